@@ -1,0 +1,90 @@
+//! Command-line arguments. Secrets are never arguments: the passphrase and the S3 secret come
+//! from files or the environment (see the configuration).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "synapse-backup",
+    version,
+    about = "Back up and restore a Matrix Synapse homeserver, encrypted, to S3 or a local folder",
+    after_help = "Exit codes: 0 success, 1 other error, 2 bad configuration or arguments, 3 backup not found, \
+4 wrong passphrase, 5 backup damaged or verification failed, 6 refused by a safety rule, \
+7 object store unreachable or refused, 130 interrupted."
+)]
+pub struct Cli {
+    /// Configuration file [default: $SYNAPSE_BACKUP_CONFIG, then /etc/synapse-backup/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Machine-readable output on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr (-v info, -vv debug)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Back up the signing key, database, local media and configuration; prints the backup id
+    CreateBackup(CreateArgs),
+    /// List backups, oldest first
+    ListBackups,
+    /// Download, decrypt and check every file of a backup against its manifest; changes nothing
+    VerifyBackup(IdArg),
+    /// Restore a backup (stages and verifies everything before replacing the live data)
+    RestoreBackup(RestoreArgs),
+    /// Delete a backup
+    DeleteBackup(IdArg),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Also back up remote media and URL preview caches (re-fetchable, skipped by default)
+    #[arg(long)]
+    pub include_remote_media: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// The backup id, as list-backups shows it (`backup-id=ID` is accepted too)
+    #[arg(value_name = "BACKUP_ID")]
+    pub backup_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub id: IdArg,
+
+    /// Restore into this empty directory (backup layout) instead of the live paths: for drills
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: Option<PathBuf>,
+
+    /// For backups made by the Synapse charm: the data dir its pipeline archived
+    #[arg(long, value_name = "DIR", default_value = "/data")]
+    pub charm_source_root: String,
+
+    /// Delete the previous data (kept as NAME.pre-restore-ID) once the restore succeeded
+    #[arg(long)]
+    pub remove_previous: bool,
+
+    /// Skip the free-space check (for data split across filesystems)
+    #[arg(long)]
+    pub skip_space_check: bool,
+}
+
+impl IdArg {
+    pub fn id(&self) -> &str {
+        self.backup_id
+            .strip_prefix("backup-id=")
+            .unwrap_or(&self.backup_id)
+    }
+}

@@ -1,0 +1,54 @@
+use anyhow::Result;
+use serde_json::json;
+use synapse_backup_core::ops::backup::{create_backup, BackupOptions};
+
+use super::Context;
+use crate::args::CreateArgs;
+use crate::output::human_bytes;
+
+pub async fn run(context: &Context, args: &CreateArgs) -> Result<()> {
+    let passphrase = context.config.passphrase()?;
+    let store = context.store()?;
+    let options = BackupOptions {
+        include_remote_media: args.include_remote_media
+            || context.config.backup.include_remote_media,
+    };
+    let summary = create_backup(
+        &context.config,
+        store.as_ref(),
+        passphrase,
+        &options,
+        context.progress.clone(),
+        context.cancel.clone(),
+    )
+    .await?;
+    let seconds = summary.elapsed.as_secs_f64();
+    if context.json {
+        let value = json!({
+            "backup-id": summary.backup_id,
+            "server-name": summary.server_name,
+            "files": summary.files,
+            "bytes": summary.file_bytes,
+            "object-bytes": summary.object_bytes,
+            "database": summary.database,
+            "seconds": seconds,
+            "skipped-vanished": summary.vanished,
+        });
+        println!("{value}");
+    } else {
+        println!("{}", summary.backup_id);
+        eprintln!(
+            "backed up {} files ({}) of {} in {:.1}s ({}/s); stored {}",
+            summary.files,
+            human_bytes(summary.file_bytes),
+            summary.server_name,
+            seconds,
+            human_bytes((summary.file_bytes as f64 / seconds.max(0.001)) as u64),
+            human_bytes(summary.object_bytes),
+        );
+        if let Some(note) = &summary.database.note {
+            eprintln!("note: {note}");
+        }
+    }
+    Ok(())
+}

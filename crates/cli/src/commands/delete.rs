@@ -1,0 +1,16 @@
+use anyhow::Result;
+use serde_json::json;
+use synapse_backup_core::ops::catalog::delete_backup;
+
+use super::Context;
+
+pub async fn run(context: &Context, id: &str) -> Result<()> {
+    let store = context.store()?;
+    delete_backup(store.as_ref(), id).await?;
+    if context.json {
+        println!("{}", json!({ "deleted": id }));
+    } else {
+        eprintln!("deleted {id} from {}", store.describe());
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+use anyhow::Result;
+use serde_json::json;
+use synapse_backup_core::ops::catalog::{list_backups, Details};
+
+use super::Context;
+use crate::output::{human_bytes, Table};
+
+pub async fn run(context: &Context) -> Result<()> {
+    // Without a passphrase the list still works; it just cannot show what is inside.
+    let passphrase = context.config.passphrase().ok();
+    let store = context.store()?;
+    let backups = list_backups(store.as_ref(), passphrase.as_ref(), &context.cancel).await?;
+    if context.json {
+        let rows: Vec<_> = backups
+            .iter()
+            .map(|b| {
+                let mut row = json!({
+                    "backup-id": b.backup_id,
+                    "last-modified": b.last_modified.to_rfc3339(),
+                    "size": b.size,
+                });
+                match &b.details {
+                    Details::Manifest(h) => {
+                        row["format"] = json!("synapse-backup");
+                        row["server-name"] = json!(h.server_name);
+                        row["tool-version"] = json!(h.tool_version);
+                        row["created"] = json!(h.created.to_rfc3339());
+                        row["database"] = json!(h.database);
+                    }
+                    Details::Charm => row["format"] = json!("charm"),
+                    Details::NotRead => {}
+                    Details::Unreadable(why) => row["error"] = json!(why),
+                }
+                row
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    let mut table = Table::new(["backup-id", "last-modified", "size", "server", "version"]);
+    for b in &backups {
+        let (server, version) = match &b.details {
+            Details::Manifest(h) => (h.server_name.clone(), h.tool_version.clone()),
+            Details::Charm => ("(charm backup)".into(), String::new()),
+            Details::NotRead => (String::new(), String::new()),
+            Details::Unreadable(_) => ("(unreadable: wrong passphrase?)".into(), String::new()),
+        };
+        table.row([
+            b.backup_id.clone(),
+            b.last_modified.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            human_bytes(b.size),
+            server,
+            version,
+        ]);
+    }
+    print!("{}", table.render());
+    if backups.is_empty() {
+        eprintln!("no backups in {}", store.describe());
+    }
+    Ok(())
+}

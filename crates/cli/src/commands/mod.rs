@@ -1,0 +1,39 @@
+//! One module per command; each is a thin layer over `synapse_backup_core::ops`.
+
+mod create;
+mod delete;
+mod list;
+mod restore;
+mod verify;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use synapse_backup_core::config::Config;
+use synapse_backup_core::progress::{Cancel, Progress};
+use synapse_backup_core::store::{self, Store};
+
+use crate::args::Command;
+
+pub struct Context {
+    pub config: Config,
+    pub json: bool,
+    pub progress: Arc<dyn Progress>,
+    pub cancel: Cancel,
+}
+
+impl Context {
+    pub fn store(&self) -> Result<Box<dyn Store>> {
+        Ok(store::open(&self.config.store)?)
+    }
+}
+
+pub async fn run(context: &Context, command: &Command) -> Result<()> {
+    match command {
+        Command::CreateBackup(args) => create::run(context, args).await,
+        Command::ListBackups => list::run(context).await,
+        Command::VerifyBackup(args) => verify::run(context, args.id()).await,
+        Command::RestoreBackup(args) => restore::run(context, args).await,
+        Command::DeleteBackup(args) => delete::run(context, args.id()).await,
+    }
+}

@@ -1,0 +1,68 @@
+use anyhow::Result;
+use serde_json::json;
+use synapse_backup_core::ops::restore::{restore_backup, RestoreOptions};
+
+use super::Context;
+use crate::args::RestoreArgs;
+use crate::output::human_bytes;
+
+pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
+    let passphrase = context.config.passphrase()?;
+    let store = context.store()?;
+    let options = RestoreOptions {
+        target_dir: args.target_dir.clone(),
+        charm_source_root: args.charm_source_root.clone(),
+        remove_previous: args.remove_previous,
+        skip_space_check: args.skip_space_check,
+    };
+    let report = restore_backup(
+        &context.config,
+        store.as_ref(),
+        args.id.id(),
+        passphrase,
+        &options,
+        context.progress.clone(),
+        context.cancel.clone(),
+    )
+    .await?;
+    if context.json {
+        println!(
+            "{}",
+            json!({
+                "backup-id": report.backup_id,
+                "charm-format": report.charm_format,
+                "files": report.files,
+                "bytes": report.bytes,
+                "placed": report.placed,
+                "kept-previous": report.kept_previous,
+                "notes": report.notes,
+                "recovered": report.recovered.as_ref().map(|r| r.to_string()),
+                "seconds": report.elapsed.as_secs_f64(),
+            })
+        );
+        return Ok(());
+    }
+    if let Some(recovered) = &report.recovered {
+        eprintln!("note: {recovered}");
+    }
+    println!(
+        "restored {} ({} files, {}) in {:.1}s",
+        report.backup_id,
+        report.files,
+        human_bytes(report.bytes),
+        report.elapsed.as_secs_f64()
+    );
+    for path in &report.placed {
+        println!("  restored  {}", path.display());
+    }
+    for path in &report.kept_previous {
+        println!(
+            "  kept      {} (previous data; delete it once Synapse runs well)",
+            path.display()
+        );
+    }
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(())
+}

@@ -1,0 +1,53 @@
+use anyhow::Result;
+use serde_json::json;
+use synapse_backup_core::ops::verify::{verify_backup, ArchiveFormat};
+
+use super::Context;
+use crate::output::human_bytes;
+
+pub async fn run(context: &Context, id: &str) -> Result<()> {
+    let passphrase = context.config.passphrase()?;
+    let store = context.store()?;
+    let report = verify_backup(
+        store.as_ref(),
+        id,
+        passphrase,
+        context.progress.clone(),
+        context.cancel.clone(),
+    )
+    .await?;
+    let (format, server) = match &report.format {
+        ArchiveFormat::Manifest(header) => ("synapse-backup", Some(header.server_name.clone())),
+        ArchiveFormat::Charm => ("charm", None),
+    };
+    if context.json {
+        println!(
+            "{}",
+            json!({
+                "backup-id": report.backup_id,
+                "ok": true,
+                "format": format,
+                "server-name": server,
+                "files": report.files,
+                "bytes": report.bytes,
+            })
+        );
+    } else {
+        match &report.format {
+            ArchiveFormat::Manifest(header) => println!(
+                "{}: OK — {} files ({}) of {} match the manifest; integrity check passed",
+                report.backup_id,
+                report.files,
+                human_bytes(report.bytes),
+                header.server_name
+            ),
+            ArchiveFormat::Charm => println!(
+                "{}: OK — charm backup without manifest: it decrypts, passes the OpenPGP integrity check and holds {} files ({})",
+                report.backup_id,
+                report.files,
+                human_bytes(report.bytes)
+            ),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! The `synapse-backup` command: parses arguments, sets up logging, signals and progress, runs
+//! one command from `commands`, and maps failures to documented exit codes.
+
+mod args;
+mod commands;
+mod exit;
+mod output;
+mod progress_bar;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use synapse_backup_core::config::{Config, CONFIG_ENV, DEFAULT_CONFIG_PATH};
+use synapse_backup_core::progress::Cancel;
+
+use args::Cli;
+use commands::Context;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    // Blocking tasks may still be winding down after a failure; don't wait for them forever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    ExitCode::from(code)
+}
+
+async fn run(cli: Cli) -> u8 {
+    let config_path = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let config = match Config::load(&config_path) {
+        Ok(config) => config,
+        Err(e) => return report(&anyhow::Error::new(e)),
+    };
+    let cancel = Cancel::new();
+    spawn_signal_handler(cancel.clone());
+    let context = Context {
+        config,
+        json: cli.json,
+        progress: Arc::new(progress_bar::TerminalProgress::new(
+            !cli.json && std::io::stderr().is_terminal(),
+        )),
+        cancel,
+    };
+    match commands::run(&context, &cli.command).await {
+        Ok(()) => exit::OK,
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints the error chain and a hint on stderr, and returns the exit code for it.
+fn report(error: &anyhow::Error) -> u8 {
+    eprintln!("error: {error:#}");
+    let kind = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<synapse_backup_core::Error>())
+        .map(|e| e.kind())
+        .unwrap_or(synapse_backup_core::ErrorKind::Other);
+    if let Some(hint) = exit::hint_for(kind) {
+        eprintln!("hint: {hint}");
+    }
+    exit::code_for(kind)
+}
+
+/// Ctrl-C or SIGTERM asks the running operation to stop cleanly (abort the upload, remove
+/// staging); a second one exits at once.
+fn spawn_signal_handler(cancel: Cancel) {
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        for _ in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if cancel.is_cancelled() {
+                eprintln!("interrupted again; exiting now");
+                std::process::exit(exit::INTERRUPTED.into());
+            }
+            eprintln!("interrupted; stopping cleanly (press Ctrl-C again to exit at once)");
+            cancel.cancel();
+        }
+    });
+}
+
+/// Logs go to stderr. Other crates stay at `info` at most, whatever the verbosity: HTTP
+/// libraries at `debug` may print request headers.
+fn init_logging(verbose: u8) {
+    let ours = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = format!("warn,synapse_backup={ours},synapse_backup_core={ours}");
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,433 @@
+//! The tool's own TOML configuration, validated before any work starts.
+//!
+//! Raw TOML is parsed into `Raw*` structs with `deny_unknown_fields` (a typo is an error, not a
+//! silently ignored key), then turned into [`Config`], which the rest of the library trusts.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/synapse-backup/config.toml";
+pub const CONFIG_ENV: &str = "SYNAPSE_BACKUP_CONFIG";
+pub const PASSPHRASE_ENV: &str = "SYNAPSE_BACKUP_PASSPHRASE";
+pub const S3_SECRET_ENV: &str = "AWS_SECRET_ACCESS_KEY";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    synapse: RawSynapse,
+    s3: Option<RawS3>,
+    local: Option<RawLocal>,
+    #[serde(default)]
+    backup: RawBackup,
+    #[serde(default)]
+    restore: RawRestore,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSynapse {
+    #[serde(default = "default_homeserver_yaml")]
+    config: PathBuf,
+}
+
+impl Default for RawSynapse {
+    fn default() -> Self {
+        RawSynapse {
+            config: default_homeserver_yaml(),
+        }
+    }
+}
+
+fn default_homeserver_yaml() -> PathBuf {
+    PathBuf::from("/data/homeserver.yaml")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawS3 {
+    endpoint: Option<String>,
+    bucket: String,
+    #[serde(default)]
+    path: String,
+    region: Option<String>,
+    s3_uri_style: Option<String>,
+    access_key: Option<String>,
+    secret_key: Option<String>,
+    secret_key_file: Option<PathBuf>,
+    storage_class: Option<String>,
+    tls_ca_chain: Option<PathBuf>,
+    upload_concurrency: Option<usize>,
+    max_upload_rate: Option<String>,
+    max_retries: Option<usize>,
+}
+
+// Hand-written so that a secret in the file can never reach a log through `{:?}`.
+impl std::fmt::Debug for RawS3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawS3")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocal {
+    path: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBackup {
+    passphrase_file: Option<PathBuf>,
+    #[serde(default)]
+    include_remote_media: bool,
+    read_concurrency: Option<usize>,
+    temp_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRestore {
+    stop_command: Option<String>,
+    start_command: Option<String>,
+    health_timeout_secs: Option<u64>,
+}
+
+/// Where backups are kept.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    S3(S3Config),
+    Local(LocalConfig),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UriStyle {
+    Path,
+    Host,
+}
+
+#[derive(Clone)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    /// Prefix inside the bucket without leading or trailing slashes; may be empty.
+    pub path: String,
+    pub region: Option<String>,
+    pub uri_style: UriStyle,
+    pub access_key: String,
+    pub secret_key: SecretString,
+    pub storage_class: Option<String>,
+    pub tls_ca_chain: Option<PathBuf>,
+    pub upload_concurrency: usize,
+    /// Upload bandwidth cap in bytes per second.
+    pub max_upload_rate: Option<u64>,
+    /// Retries of one request (a part, a GET) on transient errors, with exponential backoff.
+    pub max_retries: usize,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("path", &self.path)
+            .field("region", &self.region)
+            .field("uri_style", &self.uri_style)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupSettings {
+    pub passphrase_file: Option<PathBuf>,
+    pub include_remote_media: bool,
+    pub read_concurrency: usize,
+    pub temp_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreSettings {
+    pub stop_command: Option<String>,
+    pub start_command: Option<String>,
+    pub health_timeout_secs: u64,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub homeserver_yaml: PathBuf,
+    pub store: StoreConfig,
+    pub backup: BackupSettings,
+    pub restore: RestoreSettings,
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!(
+                "cannot read config file {}: {e}; pass --config FILE or set {CONFIG_ENV}",
+                path.display()
+            ))
+        })?;
+        let config = Config::parse(&text, path)?;
+        if has_inline_secret(&text) {
+            warn_if_others_can_read(path, "config file holding a secret");
+        }
+        Ok(config)
+    }
+
+    /// Parses configuration text; `source` names the file in messages and anchors relative paths.
+    pub fn parse(text: &str, source: &Path) -> Result<Config> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| Error::config(format!("{}: {}", source.display(), e.message())))?;
+        let base = source.parent().unwrap_or(Path::new("."));
+        let store = match (raw.s3, raw.local) {
+            (Some(s3), None) => StoreConfig::S3(s3_config(s3, base)?),
+            (None, Some(local)) => StoreConfig::Local(LocalConfig {
+                path: base.join(local.path),
+            }),
+            (Some(_), Some(_)) => {
+                return Err(Error::config(format!(
+                    "{}: both [s3] and [local] are set; keep exactly one store",
+                    source.display()
+                )))
+            }
+            (None, None) => {
+                return Err(Error::config(format!(
+                    "{}: no store configured; add an [s3] section (bucket, endpoint or region, access-key, secret-key-file) or a [local] section with path",
+                    source.display()
+                )))
+            }
+        };
+        Ok(Config {
+            source: source.to_path_buf(),
+            homeserver_yaml: base.join(raw.synapse.config),
+            store,
+            backup: BackupSettings {
+                passphrase_file: raw.backup.passphrase_file.map(|p| base.join(p)),
+                include_remote_media: raw.backup.include_remote_media,
+                read_concurrency: raw.backup.read_concurrency.unwrap_or(4).clamp(1, 64),
+                temp_dir: raw.backup.temp_dir.map(|p| base.join(p)),
+            },
+            restore: RestoreSettings {
+                stop_command: raw.restore.stop_command,
+                start_command: raw.restore.start_command,
+                health_timeout_secs: raw.restore.health_timeout_secs.unwrap_or(120),
+            },
+        })
+    }
+
+    /// The backup passphrase, from `passphrase-file` or `SYNAPSE_BACKUP_PASSPHRASE`.
+    ///
+    /// A missing or empty passphrase is an error: this tool never writes an unencrypted backup.
+    pub fn passphrase(&self) -> Result<SecretString> {
+        let secret = if let Some(file) = &self.backup.passphrase_file {
+            warn_if_others_can_read(file, "passphrase file");
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Error::config(format!(
+                    "cannot read passphrase-file {}: {e}",
+                    file.display()
+                ))
+            })?;
+            // A trailing newline from `echo pass > file` is not part of the passphrase, as with
+            // gpg --passphrase-file, which reads the first line.
+            let first_line = text.lines().next().unwrap_or("").to_string();
+            SecretString::from(first_line)
+        } else if let Ok(value) = std::env::var(PASSPHRASE_ENV) {
+            SecretString::from(value)
+        } else {
+            return Err(Error::config(format!(
+                "no backup passphrase: set [backup] passphrase-file in {} or the {PASSPHRASE_ENV} environment variable (backups are never written unencrypted)",
+                self.source.display()
+            )));
+        };
+        if secret.expose_secret().is_empty() {
+            return Err(Error::config(
+                "the backup passphrase is empty; choose a long random passphrase",
+            ));
+        }
+        Ok(secret)
+    }
+}
+
+fn s3_config(raw: RawS3, base: &Path) -> Result<S3Config> {
+    if raw.bucket.trim().is_empty() {
+        return Err(Error::config("[s3] bucket is empty"));
+    }
+    if raw.endpoint.is_none() && raw.region.is_none() {
+        return Err(Error::config(
+            "[s3] needs an endpoint or a region (as the s3-integrator does)",
+        ));
+    }
+    let uri_style = match raw.s3_uri_style.as_deref() {
+        None | Some("host") => UriStyle::Host,
+        Some("path") => UriStyle::Path,
+        Some(other) => {
+            return Err(Error::config(format!(
+                "[s3] s3-uri-style is {other:?}; use \"path\" or \"host\""
+            )))
+        }
+    };
+    let access_key = raw
+        .access_key
+        .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok())
+        .ok_or_else(|| Error::config("[s3] access-key is missing (or set AWS_ACCESS_KEY_ID)"))?;
+    let secret_key = match (raw.secret_key, raw.secret_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::config(
+                "[s3] has both secret-key and secret-key-file; keep one",
+            ))
+        }
+        (Some(inline), None) => SecretString::from(inline),
+        (None, Some(file)) => {
+            let file = base.join(file);
+            warn_if_others_can_read(&file, "S3 secret-key-file");
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                Error::config(format!(
+                    "cannot read [s3] secret-key-file {}: {e}",
+                    file.display()
+                ))
+            })?;
+            SecretString::from(text.trim().to_string())
+        }
+        (None, None) => match std::env::var(S3_SECRET_ENV) {
+            Ok(value) => SecretString::from(value),
+            Err(_) => {
+                return Err(Error::config(format!(
+                    "[s3] secret key is missing: set secret-key-file, secret-key or {S3_SECRET_ENV}"
+                )))
+            }
+        },
+    };
+    let max_upload_rate = raw.max_upload_rate.as_deref().map(parse_rate).transpose()?;
+    Ok(S3Config {
+        endpoint: raw.endpoint.map(|e| e.trim_end_matches('/').to_string()),
+        bucket: raw.bucket,
+        path: raw.path.trim_matches('/').to_string(),
+        region: raw.region,
+        uri_style,
+        access_key,
+        secret_key,
+        storage_class: raw.storage_class,
+        tls_ca_chain: raw.tls_ca_chain.map(|p| base.join(p)),
+        upload_concurrency: raw.upload_concurrency.unwrap_or(4).clamp(1, 32),
+        max_upload_rate,
+        max_retries: raw.max_retries.unwrap_or(10),
+    })
+}
+
+/// Parses a rate such as `"20MiB"`, `"500KB"` or `"1000000"` (bytes per second).
+pub fn parse_rate(text: &str) -> Result<u64> {
+    let trimmed = text.trim().trim_end_matches("/s");
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "kib" => 1024.0,
+        "mb" | "m" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "gb" | "g" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(Error::config(format!(
+                "rate {text:?}: unknown unit; use e.g. \"20MiB\""
+            )))
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| Error::config(format!("rate {text:?} is not a number")))?;
+    if value <= 0.0 {
+        return Err(Error::config(format!("rate {text:?} must be positive")));
+    }
+    Ok((value * multiplier) as u64)
+}
+
+fn has_inline_secret(text: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.trim_start();
+        line.starts_with("secret-key ") || line.starts_with("secret-key=")
+    })
+}
+
+fn warn_if_others_can_read(path: &Path, what: &str) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(
+                "{what} {} is readable by every user; run: chmod o-rwx {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = Config::parse("[local]\npath = \"/x\"\npaht = 1\n", Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("paht"), "{err}");
+    }
+
+    #[test]
+    fn both_stores_is_an_error() {
+        let text = "[local]\npath = \"/x\"\n[s3]\nbucket = \"b\"\nregion = \"r\"\naccess-key = \"a\"\nsecret-key = \"s\"\n";
+        let err = Config::parse(text, Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one"), "{err}");
+    }
+
+    #[test]
+    fn s3_needs_endpoint_or_region() {
+        let text = "[s3]\nbucket = \"b\"\naccess-key = \"a\"\nsecret-key = \"s\"\n";
+        let err = Config::parse(text, Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("endpoint or a region"), "{err}");
+    }
+
+    #[test]
+    fn s3_debug_hides_the_secret() {
+        let text = "[s3]\nbucket = \"b\"\nregion = \"r\"\naccess-key = \"a\"\nsecret-key = \"hunter2-secret\"\npath = \"/prod/\"\n";
+        let config = Config::parse(text, Path::new("/c.toml")).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        match config.store {
+            StoreConfig::S3(s3) => assert_eq!(s3.path, "prod"),
+            StoreConfig::Local(_) => panic!("expected s3"),
+        }
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("20MiB").unwrap(), 20 * 1024 * 1024);
+        assert_eq!(parse_rate("500kb/s").unwrap(), 500_000);
+        assert!(parse_rate("fast").is_err());
+    }
+}

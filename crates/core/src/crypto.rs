@@ -1,0 +1,207 @@
+//! Passphrase encryption as OpenPGP messages that plain `gpg --decrypt` opens.
+//!
+//! Writing: SKESK v4 with an iterated+salted SHA-256 S2K, AES-256, SEIPD v1 (integrity-protected
+//! with an MDC), no compression (media is already compressed, and ZLIB is what made the charm's
+//! pipeline slow). This is the packet layout GnuPG 2.2 itself writes, so every gpg in use reads it.
+//!
+//! Reading: the same, plus what GnuPG writes by default (ZLIB/ZIP/BZip2 compression) and GnuPG
+//! 2.4's OCB packets. Decryption streams: plaintext is released before the integrity check at the
+//! end of the message, so callers must read to the end and only trust what they read once
+//! [`DecryptReader`] has returned end-of-file (restore stages everything first for this reason).
+
+use std::io::{self, BufRead, Read, Write};
+
+use pgp::composed::{DecryptionOptions, Message, MessageBuilder, TheRing};
+use pgp::crypto::hash::HashAlgorithm;
+use pgp::crypto::sym::SymmetricKeyAlgorithm;
+use pgp::types::{Password, Seipdv1ReadMode, StringToKey};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::{Error, Result};
+
+/// Encoded S2K count 0xFF: 65,011,712 bytes hashed, GnuPG's usual calibrated strength.
+const S2K_COUNT: u8 = 0xFF;
+/// OpenPGP partial body chunk; larger chunks mean fewer headers but more buffering.
+const PARTIAL_CHUNK: u32 = 1 << 20;
+
+/// Encrypts everything `plaintext` yields into `out` as one OpenPGP message.
+pub fn encrypt<R, W>(plaintext: R, out: W, passphrase: &SecretString) -> Result<()>
+where
+    R: Read,
+    W: Write,
+{
+    let mut rng = rand::thread_rng();
+    let mut builder = MessageBuilder::from_reader("", plaintext)
+        .seipd_v1(&mut rng, SymmetricKeyAlgorithm::AES256);
+    builder
+        .encrypt_with_password(
+            StringToKey::new_iterated(&mut rng, HashAlgorithm::Sha256, S2K_COUNT),
+            &Password::from(passphrase.expose_secret()),
+        )
+        .map_err(|e| Error::Other(format!("cannot set up encryption: {e}")))?;
+    builder
+        .partial_chunk_size(PARTIAL_CHUNK)
+        .map_err(|e| Error::Other(format!("cannot set up encryption: {e}")))?;
+    builder.to_writer(&mut rng, out).map_err(|e| match e {
+        pgp::errors::Error::IO { source, .. } => {
+            Error::Other(format!("encryption stream: {source}"))
+        }
+        other => Error::Other(format!("encryption failed: {other}")),
+    })
+}
+
+/// A streaming reader of the plaintext of an encrypted backup.
+pub struct DecryptReader<'a> {
+    inner: Message<'a>,
+}
+
+impl std::fmt::Debug for DecryptReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DecryptReader")
+    }
+}
+
+impl Read for DecryptReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+/// Opens the encrypted message in `source` with `passphrase`.
+///
+/// `id` names the backup in errors. Telling a wrong passphrase from damage at the very start of
+/// the object is not possible in OpenPGP; both report [`Error::WrongPassphrase`].
+pub fn decrypt<'a, R>(source: R, passphrase: &SecretString, id: &str) -> Result<DecryptReader<'a>>
+where
+    R: BufRead + std::fmt::Debug + Send + 'a,
+{
+    let mut source = source;
+    let empty = source
+        .fill_buf()
+        .map_err(|e| Error::Other(format!("reading backup {id}: {e}")))?
+        .is_empty();
+    if empty {
+        return Err(Error::corrupt(id, "the object is empty"));
+    }
+    let (message, _) = Message::from_reader(source).map_err(|e| {
+        Error::corrupt(id, format!("not an OpenPGP message ({e}); was it written by synapse-backup or gpg --symmetric?"))
+    })?;
+    if !message.is_encrypted() {
+        return Err(Error::corrupt(
+            id,
+            "the object is an OpenPGP message but not encrypted",
+        ));
+    }
+    let password = Password::from(passphrase.expose_secret());
+    let ring = TheRing {
+        message_password: vec![&password],
+        decrypt_options: DecryptionOptions::new()
+            .enable_gnupg_aead()
+            .set_seipdv1_read_mode(Seipdv1ReadMode::Streaming),
+        ..Default::default()
+    };
+    let (mut message, _) = message.decrypt_the_ring(ring, true).map_err(|e| match e {
+        pgp::errors::Error::IO { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
+            Error::corrupt(id, "the object is truncated")
+        }
+        _ => Error::WrongPassphrase { id: id.to_string() },
+    })?;
+    if message.is_compressed() {
+        message = message
+            .decompress()
+            .map_err(|e| Error::corrupt(id, format!("cannot decompress: {e}")))?;
+    }
+    Ok(DecryptReader { inner: message })
+}
+
+/// Turns an I/O error from a [`DecryptReader`] into the library error that describes it.
+pub fn classify_read_error(id: &str, err: &io::Error) -> Error {
+    let text = err.to_string();
+    let lower = text.to_ascii_lowercase();
+    if err.kind() == io::ErrorKind::UnexpectedEof || lower.contains("unexpected eof") {
+        Error::corrupt(
+            id,
+            "the object is truncated (the encrypted stream ends early)",
+        )
+    } else if lower.contains("mdc") || lower.contains("integrity") || lower.contains("tag") {
+        Error::corrupt(
+            id,
+            format!("the integrity check failed; the object was modified or damaged ({text})"),
+        )
+    } else if err.kind() == io::ErrorKind::Interrupted {
+        Error::Interrupted
+    } else {
+        Error::corrupt(id, format!("cannot read the encrypted stream: {text}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufReader;
+
+    fn pass(s: &str) -> SecretString {
+        SecretString::from(s.to_string())
+    }
+
+    fn encrypt_vec(data: &[u8], p: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        encrypt(data, &mut out, &pass(p)).unwrap();
+        out
+    }
+
+    #[test]
+    fn round_trip() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let enc = encrypt_vec(&data, "correct horse");
+        let mut r = decrypt(BufReader::new(&enc[..]), &pass("correct horse"), "t").unwrap();
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn wrong_passphrase_is_its_own_error() {
+        let enc = encrypt_vec(b"hello", "right");
+        let err = decrypt(BufReader::new(&enc[..]), &pass("wrong"), "t").unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::WrongPassphrase);
+    }
+
+    #[test]
+    fn flipped_byte_in_the_middle_fails_at_the_end() {
+        let data = vec![7u8; 2_000_000];
+        let mut enc = encrypt_vec(&data, "p");
+        let mid = enc.len() / 2;
+        enc[mid] ^= 0x01;
+        let mut r = decrypt(BufReader::new(&enc[..]), &pass("p"), "t").unwrap();
+        let mut sink = Vec::new();
+        let err = r.read_to_end(&mut sink).unwrap_err();
+        assert_eq!(
+            classify_read_error("t", &err).kind(),
+            crate::error::ErrorKind::Corrupt
+        );
+    }
+
+    #[test]
+    fn truncation_is_detected() {
+        let data = vec![9u8; 1_500_000];
+        let enc = encrypt_vec(&data, "p");
+        let cut = &enc[..enc.len() - 100];
+        let mut r = decrypt(BufReader::new(cut), &pass("p"), "t").unwrap();
+        let mut sink = Vec::new();
+        assert!(r.read_to_end(&mut sink).is_err());
+    }
+
+    #[test]
+    fn empty_and_garbage_objects() {
+        let e = decrypt(BufReader::new(&b""[..]), &pass("p"), "t").unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        let e = decrypt(
+            BufReader::new(&b"this is not pgp at all"[..]),
+            &pass("p"),
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Corrupt);
+    }
+}

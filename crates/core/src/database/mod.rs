@@ -1,0 +1,3 @@
+//! Consistent copies of Synapse's database.
+
+pub mod sqlite;

@@ -1,0 +1,22 @@
+//! synapse-backup's library: everything but the command line.
+//!
+//! - [`config`]: the tool's TOML configuration, validated up front.
+//! - [`synapse`]: what homeserver.yaml says, and whether Synapse runs.
+//! - [`database`]: consistent database copies.
+//! - [`manifest`] and [`archive`]: what a backup holds and its tar layer.
+//! - [`crypto`]: OpenPGP passphrase encryption that `gpg` reads.
+//! - [`store`]: S3 and local-folder storage behind one trait.
+//! - [`ops`]: create, list, verify, restore and delete.
+
+pub mod archive;
+pub mod config;
+pub mod crypto;
+pub mod database;
+pub mod error;
+pub mod manifest;
+pub mod ops;
+pub mod progress;
+pub mod store;
+pub mod synapse;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,209 @@
+//! The manifest: what a backup holds, in two tar members.
+//!
+//! - [`HEADER_MEMBER`] is the first member. It carries what is known before any file is read
+//!   (format version, tool version, server_name, time, database kind), so `list-backups` can show
+//!   it after decrypting only the first few kilobytes.
+//! - [`FILES_MEMBER`] is the last member. It lists every stored file with its SHA-256, which is
+//!   only known once the file has been read. Writing it last means every byte of a live server
+//!   is read exactly once, and its presence marks a backup that was written to the end.
+//!
+//! `docs/format.md` describes both for people recovering by hand.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Raised when the layout of the archive or of the manifest changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_MEMBER: &str = "manifest.json";
+pub const FILES_MEMBER: &str = "manifest-files.json";
+pub const TOOL_NAME: &str = "synapse-backup";
+
+/// What a stored file is, which decides where a restore puts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    SigningKey,
+    Database,
+    Media,
+    Config,
+}
+
+impl Role {
+    /// The top-level folder of the role inside the archive.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Role::SigningKey => "keys",
+            Role::Database => "database",
+            Role::Media => "media",
+            Role::Config => "config",
+        }
+    }
+
+    pub fn of_member(path: &str) -> Option<Role> {
+        let top = path.split('/').next()?;
+        [Role::SigningKey, Role::Database, Role::Media, Role::Config]
+            .into_iter()
+            .find(|r| r.folder() == top)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgresql,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseInfo {
+    pub kind: DatabaseKind,
+    /// False when the database is backed up by other tools (PostgreSQL until it is supported,
+    /// or `--skip-database`); a restore then reminds the user to restore it first.
+    pub included: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format_version: u32,
+    pub tool: String,
+    pub tool_version: String,
+    pub backup_id: String,
+    pub server_name: String,
+    pub created: DateTime<Utc>,
+    pub database: DatabaseInfo,
+    pub include_remote_media: bool,
+    /// Sum of the sizes of the files found when the backup started; a restore uses it to check
+    /// free space before it downloads anything.
+    pub expected_bytes: u64,
+    pub files_member: String,
+}
+
+/// How a file's content is stored. Only `inline` exists today; the tag leaves room for an
+/// incremental mode that refers to a file kept in an earlier backup by its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Storage {
+    Inline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub role: Role,
+    /// Member path inside the archive, relative, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: i64,
+    pub sha256: String,
+    #[serde(default = "inline")]
+    pub storage: Storage,
+}
+
+fn inline() -> Storage {
+    Storage::Inline
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileList {
+    pub format_version: u32,
+    pub backup_id: String,
+    pub files: Vec<FileEntry>,
+}
+
+impl Header {
+    /// Parses and checks a header read from an archive of backup `id`.
+    pub fn from_json(id: &str, bytes: &[u8]) -> Result<Header> {
+        let header: Header = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt(id, format!("{HEADER_MEMBER} is not valid: {e}")))?;
+        check_version(id, header.format_version)?;
+        Ok(header)
+    }
+}
+
+impl FileList {
+    pub fn from_json(id: &str, bytes: &[u8]) -> Result<FileList> {
+        let list: FileList = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt(id, format!("{FILES_MEMBER} is not valid: {e}")))?;
+        check_version(id, list.format_version)?;
+        for entry in &list.files {
+            crate::archive::check_member_path(&entry.path)
+                .map_err(|why| Error::corrupt(id, format!("{FILES_MEMBER}: {why}")))?;
+        }
+        Ok(list)
+    }
+}
+
+fn check_version(id: &str, version: u32) -> Result<()> {
+    if version > FORMAT_VERSION {
+        return Err(Error::Refused(format!(
+            "backup {id} uses format version {version}, newer than this synapse-backup understands ({FORMAT_VERSION}); upgrade synapse-backup"
+        )));
+    }
+    if version == 0 {
+        return Err(Error::corrupt(id, "manifest format_version is 0"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            format_version: FORMAT_VERSION,
+            tool: TOOL_NAME.into(),
+            tool_version: "0.1.0".into(),
+            backup_id: "backup-20260101000000000000".into(),
+            server_name: "example.org".into(),
+            created: Utc::now(),
+            database: DatabaseInfo {
+                kind: DatabaseKind::Sqlite,
+                included: true,
+                note: None,
+            },
+            include_remote_media: false,
+            expected_bytes: 3,
+            files_member: FILES_MEMBER.into(),
+        }
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = header();
+        let json = serde_json::to_vec(&h).unwrap();
+        assert_eq!(Header::from_json("x", &json).unwrap(), h);
+    }
+
+    #[test]
+    fn future_version_is_refused() {
+        let mut h = header();
+        h.format_version = FORMAT_VERSION + 1;
+        let json = serde_json::to_vec(&h).unwrap();
+        let err = Header::from_json("x", &json).unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Refused);
+    }
+
+    #[test]
+    fn file_list_rejects_escaping_paths() {
+        let json = br#"{"format_version":1,"backup_id":"b","files":[{"role":"media","path":"../etc/passwd","size":1,"mode":420,"mtime":0,"sha256":"00"}]}"#;
+        assert!(FileList::from_json("b", json).is_err());
+    }
+
+    #[test]
+    fn roles_map_to_folders() {
+        assert_eq!(
+            Role::of_member("media/local_content/ab/cd/ef"),
+            Some(Role::Media)
+        );
+        assert_eq!(
+            Role::of_member("keys/x.signing.key"),
+            Some(Role::SigningKey)
+        );
+        assert_eq!(Role::of_member("other/x"), None);
+    }
+}

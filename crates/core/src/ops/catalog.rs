@@ -1,0 +1,117 @@
+//! `list-backups` and `delete-backup`: what the store holds.
+
+use std::io::Read;
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+
+use crate::error::{Error, Result};
+use crate::manifest::{Header, HEADER_MEMBER};
+use crate::progress::Cancel;
+use crate::store::Store;
+
+use super::open_backup;
+use super::verify::MAX_MANIFEST_BYTES;
+
+#[derive(Debug, Clone)]
+pub struct BackupListing {
+    pub backup_id: String,
+    pub last_modified: DateTime<Utc>,
+    pub size: u64,
+    pub details: Details,
+}
+
+/// What the first member of a backup says, when it could be read.
+#[derive(Debug, Clone)]
+pub enum Details {
+    /// No passphrase was given, so the backup was not opened.
+    NotRead,
+    Manifest(Box<Header>),
+    /// Opened, but holds no manifest: a backup made by the charm's pipeline.
+    Charm,
+    Unreadable(String),
+}
+
+/// Lists every backup, oldest first. With a passphrase, each backup's header is read (only the
+/// first kilobytes are downloaded and decrypted).
+pub async fn list_backups(
+    store: &dyn Store,
+    passphrase: Option<&SecretString>,
+    cancel: &Cancel,
+) -> Result<Vec<BackupListing>> {
+    store.check_access().await?;
+    let mut objects = store.list().await?;
+    objects.sort_by(|a, b| {
+        a.last_modified
+            .cmp(&b.last_modified)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let mut out = Vec::with_capacity(objects.len());
+    for object in objects {
+        if cancel.is_cancelled() {
+            return Err(Error::Interrupted);
+        }
+        let details = match passphrase {
+            None => Details::NotRead,
+            Some(passphrase) => match read_header(store, &object.name, passphrase, cancel).await {
+                Ok(Some(header)) => Details::Manifest(Box::new(header)),
+                Ok(None) => Details::Charm,
+                Err(e) => Details::Unreadable(e.to_string()),
+            },
+        };
+        out.push(BackupListing {
+            backup_id: object.name,
+            last_modified: object.last_modified,
+            size: object.size,
+            details,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads the manifest header of backup `id`, or `None` for a backup without one.
+///
+/// The header is read before the end of the stream, so its integrity is not yet proven; it is
+/// used for display and early refusals only, never to decide that a backup is sound.
+pub async fn read_header(
+    store: &dyn Store,
+    id: &str,
+    passphrase: &SecretString,
+    cancel: &Cancel,
+) -> Result<Option<Header>> {
+    let stream = store.get(id).await?;
+    let handle = tokio::runtime::Handle::current();
+    let passphrase = passphrase.clone();
+    let id = id.to_string();
+    let cancel = cancel.clone();
+    tokio::task::spawn_blocking(move || -> Result<Option<Header>> {
+        let reader = open_backup(stream, handle, &passphrase, &id, cancel)?;
+        let mut archive = tar::Archive::new(reader);
+        let mut entries = archive
+            .entries()
+            .map_err(|e| Error::corrupt(&id, format!("not a tar archive: {e}")))?;
+        let Some(first) = entries.next() else {
+            return Err(Error::corrupt(&id, "the archive is empty"));
+        };
+        let mut first =
+            first.map_err(|e| Error::corrupt(&id, format!("broken first member: {e}")))?;
+        let is_header = first.path_bytes().as_ref() == HEADER_MEMBER.as_bytes()
+            && first.header().entry_type().is_file();
+        if !is_header {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        (&mut first)
+            .take(MAX_MANIFEST_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::corrupt(&id, format!("cannot read {HEADER_MEMBER}: {e}")))?;
+        Header::from_json(&id, &bytes).map(Some)
+    })
+    .await
+    .map_err(|e| Error::Other(format!("reading the header failed: {e}")))?
+}
+
+/// Deletes backup `id`; an unknown id is an error.
+pub async fn delete_backup(store: &dyn Store, id: &str) -> Result<()> {
+    store.delete(id).await
+}

@@ -1,0 +1,240 @@
+//! The restore journal and lock: what makes a crash or a concurrent run safe.
+//!
+//! The journal is written (and fsynced) before staging starts and again before the swap. A run
+//! that finds one left by a crashed run either removes the staging (the swap had not begun, so
+//! the live data is the old data) or finishes the swap (every staged file had been verified), so
+//! that the live data ends entirely old or entirely new.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+
+use super::plan::{remove_path, Destination};
+
+const JOURNAL_NAME: &str = ".synapse-backup-restore.json";
+const LOCK_NAME: &str = ".synapse-backup.lock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Staging,
+    Swapping,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub live: PathBuf,
+    /// `None` for a file that is only moved aside (a live database's `-wal`).
+    pub staging: Option<PathBuf>,
+    pub previous: PathBuf,
+    /// The live path is an empty directory to replace (restores into --target-dir).
+    pub replace_empty_dir: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Journal {
+    pub backup_id: String,
+    pub phase: Phase,
+    pub entries: Vec<JournalEntry>,
+}
+
+/// What a run found and did about an earlier run that did not finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    RemovedStaging { backup_id: String },
+    CompletedSwap { backup_id: String },
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Recovery::RemovedStaging { backup_id } => write!(
+                f,
+                "an interrupted restore of {backup_id} had left staging files; they were removed (the live data was never touched)"
+            ),
+            Recovery::CompletedSwap { backup_id } => write!(
+                f,
+                "an interrupted restore of {backup_id} had verified its data and begun the swap; the swap was completed"
+            ),
+        }
+    }
+}
+
+/// The folder holding the journal and the lock: the parent of the media store (the data dir),
+/// or of the --target-dir.
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub(crate) fn for_destination(destination: &Destination) -> Result<StateDir> {
+        let anchor = match destination {
+            Destination::Live(hs) => hs.media_store.clone(),
+            Destination::Directory(dir) => dir.clone(),
+        };
+        let dir = anchor.parent().unwrap_or(Path::new("/")).to_path_buf();
+        fs::create_dir_all(&dir).at("create", &dir)?;
+        Ok(StateDir { dir })
+    }
+
+    pub fn at(dir: &Path) -> StateDir {
+        StateDir {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.dir.join(JOURNAL_NAME)
+    }
+
+    /// Takes the host-wide restore lock; the kernel drops it when the process dies, so a
+    /// crashed run never leaves it stuck.
+    pub fn lock_exclusive(&self) -> Result<Flock<File>> {
+        let path = self.dir.join(LOCK_NAME);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at("open lock file", &path)?;
+        Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            Error::Refused(format!(
+                "another synapse-backup restore or backup is running (lock {} is held); wait for it to finish",
+                path.display()
+            ))
+        })
+    }
+
+    /// Takes the lock shared, as a backup does: backups may run together, not with a restore.
+    /// Returns `None` when the lock file cannot be created (a read-only data dir).
+    pub fn lock_shared(&self) -> Result<Option<Flock<File>>> {
+        let path = self.dir.join(LOCK_NAME);
+        let Ok(file) = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        else {
+            return Ok(None);
+        };
+        Flock::lock(file, FlockArg::LockSharedNonblock)
+            .map(Some)
+            .map_err(|_| {
+                Error::Refused(format!(
+                    "a restore is running (lock {} is held); back up after it finished",
+                    path.display()
+                ))
+            })
+    }
+
+    pub fn write_journal(&self, journal: &Journal) -> Result<()> {
+        let path = self.journal_path();
+        let temp = self.dir.join(format!("{JOURNAL_NAME}.tmp"));
+        let json = serde_json::to_vec_pretty(journal)
+            .map_err(|e| Error::Other(format!("cannot encode the journal: {e}")))?;
+        let mut file = File::create(&temp).at("create", &temp)?;
+        file.write_all(&json).at("write", &temp)?;
+        file.sync_all().at("fsync", &temp)?;
+        fs::rename(&temp, &path).at("rename", &path)?;
+        sync_dir(&self.dir)
+    }
+
+    fn read_journal(&self) -> Result<Option<Journal>> {
+        let path = self.journal_path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::Other(format!(
+                    "the restore journal {} is unreadable ({e}); inspect it and the .staging-/.pre-restore- paths it names, then delete it",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", path, e)),
+        }
+    }
+
+    pub fn remove_journal(&self) -> Result<()> {
+        let path = self.journal_path();
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", path, e)),
+        }
+    }
+}
+
+/// Finishes or undoes what a crashed restore left. Call with the exclusive lock held.
+pub fn recover(state: &StateDir) -> Result<Option<Recovery>> {
+    let Some(journal) = state.read_journal()? else {
+        return Ok(None);
+    };
+    let recovery = match journal.phase {
+        Phase::Staging => {
+            for entry in &journal.entries {
+                if let Some(staging) = &entry.staging {
+                    remove_path(staging).at("remove leftover staging", staging)?;
+                }
+            }
+            Recovery::RemovedStaging {
+                backup_id: journal.backup_id.clone(),
+            }
+        }
+        Phase::Swapping => {
+            apply_swap(&journal)?;
+            Recovery::CompletedSwap {
+                backup_id: journal.backup_id.clone(),
+            }
+        }
+    };
+    state.remove_journal()?;
+    Ok(Some(recovery))
+}
+
+/// Performs the swap the journal describes. Idempotent: every step checks whether it already
+/// happened, so a run interrupted anywhere can be repeated.
+pub fn apply_swap(journal: &Journal) -> Result<()> {
+    for entry in &journal.entries {
+        let staged = entry.staging.as_ref().filter(|s| s.exists());
+        let live_exists = fs::symlink_metadata(&entry.live).is_ok();
+        match staged {
+            None if entry.staging.is_some() => continue, // already placed
+            None => {
+                // Move-aside only: the old -wal must not be replayed into the new database.
+                if live_exists && !entry.previous.exists() {
+                    fs::rename(&entry.live, &entry.previous).at("move aside", &entry.live)?;
+                }
+            }
+            Some(staging) => {
+                if live_exists {
+                    if entry.replace_empty_dir {
+                        fs::remove_dir(&entry.live).at("replace empty directory", &entry.live)?;
+                    } else if !entry.previous.exists() {
+                        fs::rename(&entry.live, &entry.previous).at("move aside", &entry.live)?;
+                    } else {
+                        return Err(Error::Other(format!(
+                            "cannot swap {}: both it and {} exist; inspect them and remove the wrong one",
+                            entry.live.display(),
+                            entry.previous.display()
+                        )));
+                    }
+                }
+                fs::rename(staging, &entry.live).at("move into place", &entry.live)?;
+            }
+        }
+        if let Some(parent) = entry.live.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .at("fsync directory", dir)
+}

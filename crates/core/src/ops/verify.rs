@@ -1,0 +1,273 @@
+//! `verify-backup`, and the content check that restore shares with it.
+//!
+//! A backup is sound when: it decrypts with the passphrase, its OpenPGP integrity check passes
+//! at the end of the stream, the first member is the header, the last is the file list, and
+//! every data member appears in the list with the same size and SHA-256 (and nothing else does).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use sha2::{Digest, Sha256};
+
+use crate::archive::{read_members, Member, MemberKind};
+use crate::error::{Error, Result};
+use crate::manifest::{FileList, Header, FILES_MEMBER, HEADER_MEMBER};
+use crate::progress::{Cancel, Progress};
+use crate::store::Store;
+
+use super::open_backup;
+
+/// The largest manifest member accepted, so a hostile archive cannot make us allocate without
+/// bound (50,000 files need about 10 MiB).
+pub const MAX_MANIFEST_BYTES: u64 = 512 * 1024 * 1024;
+
+/// What kind of archive a backup object holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    /// Written by synapse-backup, with a manifest.
+    Manifest(Box<Header>),
+    /// Written by the Synapse charm's `tar | gpg` pipeline: no manifest.
+    Charm,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    pub backup_id: String,
+    pub format: ArchiveFormat,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Tracks the members of one archive and checks them against its manifest.
+pub(crate) struct ContentCheck {
+    id: String,
+    format: Option<ArchiveFormat>,
+    seen: HashMap<String, (u64, String)>,
+    files: Option<FileList>,
+    bytes: u64,
+}
+
+impl ContentCheck {
+    pub fn new(id: &str) -> Self {
+        ContentCheck {
+            id: id.to_string(),
+            format: None,
+            seen: HashMap::new(),
+            files: None,
+            bytes: 0,
+        }
+    }
+
+    pub fn format(&self) -> Option<&ArchiveFormat> {
+        self.format.as_ref()
+    }
+
+    /// Handles the manifest members. Returns `true` when `member` was one of them (and has been
+    /// consumed); data members return `false` and must be passed to [`Self::record`] after
+    /// their content was read.
+    pub fn take_manifest_member(&mut self, member: &mut Member<'_>) -> Result<bool> {
+        if self.files.is_some() {
+            return Err(Error::corrupt(
+                &self.id,
+                format!(
+                    "member {:?} comes after the file list, which must be last",
+                    member.path
+                ),
+            ));
+        }
+        let first = self.format.is_none();
+        if first {
+            if member.path == HEADER_MEMBER && member.kind == MemberKind::File {
+                let bytes = read_small(member, &self.id)?;
+                let header = Header::from_json(&self.id, &bytes)?;
+                self.format = Some(ArchiveFormat::Manifest(Box::new(header)));
+                return Ok(true);
+            }
+            self.format = Some(ArchiveFormat::Charm);
+            return Ok(false);
+        }
+        if member.path == HEADER_MEMBER && self.is_manifest() {
+            return Err(Error::corrupt(
+                &self.id,
+                "a second manifest header in the archive",
+            ));
+        }
+        if member.path == FILES_MEMBER && self.is_manifest() {
+            let bytes = read_small(member, &self.id)?;
+            self.files = Some(FileList::from_json(&self.id, &bytes)?);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn is_manifest(&self) -> bool {
+        matches!(self.format, Some(ArchiveFormat::Manifest(_)))
+    }
+
+    /// Records a data member's size and hash.
+    pub fn record(&mut self, path: &str, size: u64, sha256: String) -> Result<()> {
+        self.bytes += size;
+        if self.seen.insert(path.to_string(), (size, sha256)).is_some() {
+            return Err(Error::corrupt(
+                &self.id,
+                format!("member {path:?} appears twice"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks completeness once the whole archive has been read.
+    pub fn finish(self) -> Result<(ArchiveFormat, usize, u64)> {
+        let id = self.id;
+        let format = self
+            .format
+            .ok_or_else(|| Error::corrupt(&id, "the archive holds no members"))?;
+        if let ArchiveFormat::Manifest(header) = &format {
+            let list = self.files.ok_or_else(|| {
+                Error::corrupt(
+                    &id,
+                    format!("{FILES_MEMBER} is missing: the backup was cut short"),
+                )
+            })?;
+            if list.backup_id != header.backup_id {
+                return Err(Error::corrupt(
+                    &id,
+                    "the file list belongs to another backup",
+                ));
+            }
+            let mut seen = self.seen;
+            for entry in &list.files {
+                match seen.remove(&entry.path) {
+                    None => {
+                        return Err(Error::corrupt(
+                            &id,
+                            format!("{:?} is in the manifest but not in the archive", entry.path),
+                        ))
+                    }
+                    Some((size, _)) if size != entry.size => {
+                        return Err(Error::corrupt(
+                            &id,
+                            format!(
+                                "{:?} has {size} bytes, the manifest says {}",
+                                entry.path, entry.size
+                            ),
+                        ))
+                    }
+                    Some((_, hash)) if hash != entry.sha256 => {
+                        return Err(Error::corrupt(
+                            &id,
+                            format!(
+                                "{:?} does not match its SHA-256 in the manifest",
+                                entry.path
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            if let Some(extra) = seen.keys().next() {
+                return Err(Error::corrupt(
+                    &id,
+                    format!("{extra:?} is in the archive but not in the manifest"),
+                ));
+            }
+            return Ok((format, list.files.len(), self.bytes));
+        }
+        Ok((format, self.seen.len(), self.bytes))
+    }
+}
+
+fn read_small(member: &mut Member<'_>, id: &str) -> Result<Vec<u8>> {
+    if member.size > MAX_MANIFEST_BYTES {
+        return Err(Error::corrupt(
+            id,
+            format!("{} is implausibly large", member.path),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(member.size as usize);
+    member
+        .data
+        .take(MAX_MANIFEST_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::corrupt(id, format!("cannot read {}: {e}", member.path)))?;
+    Ok(bytes)
+}
+
+/// Reads a member to its end, returning its SHA-256 and length, copying it to `out` if given.
+pub(crate) fn hash_member(
+    member: &mut Member<'_>,
+    mut out: Option<&mut dyn std::io::Write>,
+    progress: &dyn Progress,
+) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = member.data.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        if let Some(out) = out.as_mut() {
+            out.write_all(&buffer[..n]).map_err(|e| {
+                // Tagged so the caller can tell a local write failure from a stream failure.
+                std::io::Error::new(e.kind(), WriteFailed(e.to_string()))
+            })?;
+        }
+        total += n as u64;
+        progress.advance(n as u64);
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
+/// Marks an error that came from writing locally, not from the backup stream.
+#[derive(Debug)]
+pub(crate) struct WriteFailed(pub String);
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WriteFailed {}
+
+pub async fn verify_backup(
+    store: &dyn Store,
+    id: &str,
+    passphrase: SecretString,
+    progress: Arc<dyn Progress>,
+    cancel: Cancel,
+) -> Result<VerifyReport> {
+    let info = store.head(id).await?;
+    let stream = store.get(id).await?;
+    let handle = tokio::runtime::Handle::current();
+    let backup_id = id.to_string();
+    progress.start("verifying", Some(info.size));
+    let result = tokio::task::spawn_blocking(move || -> Result<VerifyReport> {
+        let reader = open_backup(stream, handle, &passphrase, &backup_id, cancel)?;
+        let mut check = ContentCheck::new(&backup_id);
+        read_members(reader, &backup_id, |mut member| {
+            if check.take_manifest_member(&mut member)? || member.kind == MemberKind::Directory {
+                return Ok(());
+            }
+            let path = member.path.clone();
+            let (hash, size) = hash_member(&mut member, None, progress.as_ref())
+                .map_err(|e| Error::corrupt(&backup_id, format!("reading {path:?}: {e}")))?;
+            check.record(&path, size, hash)
+        })?;
+        let (format, files, bytes) = check.finish()?;
+        progress.finish();
+        Ok(VerifyReport {
+            backup_id,
+            format,
+            files,
+            bytes,
+        })
+    })
+    .await
+    .map_err(|e| Error::Other(format!("verification task failed: {e}")))?;
+    result
+}

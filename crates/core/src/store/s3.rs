@@ -1,0 +1,367 @@
+//! S3-compatible object storage through the `object_store` crate (request signing, retries with
+//! backoff, multipart uploads).
+//!
+//! Uploads are always multipart with several parts in flight; on any failure the upload is
+//! aborted so no half backup ever becomes visible.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, MultipartUpload, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, RetryConfig,
+};
+use secrecy::ExposeSecret;
+
+use super::{check_name, ByteStream, ObjectInfo, Store};
+use crate::config::{S3Config, UriStyle};
+use crate::error::{Error, Result};
+
+/// S3 allows at most 10,000 parts; part sizes are chosen to stay well below that.
+const MAX_PARTS: u64 = 9_000;
+const MIN_PART_SIZE: u64 = 8 * 1024 * 1024;
+const MAX_PART_SIZE: u64 = 512 * 1024 * 1024;
+/// Used when the size is unknown: 8 MiB parts reach 70 GiB.
+const DEFAULT_EXPECTED_SIZE: u64 = 64 * 1024 * 1024 * 1024;
+
+pub struct S3Store {
+    inner: Arc<AmazonS3>,
+    bucket: String,
+    prefix: String,
+    endpoint: String,
+    concurrency: usize,
+    max_rate: Option<u64>,
+    storage_class: Option<String>,
+}
+
+// The inner client holds the credentials; this prints only what is safe to show.
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Store {
+    pub fn new(config: &S3Config) -> Result<S3Store> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_access_key_id(&config.access_key)
+            .with_secret_access_key(config.secret_key.expose_secret())
+            .with_region(config.region.clone().unwrap_or_else(|| "us-east-1".into()))
+            .with_virtual_hosted_style_request(config.uri_style == UriStyle::Host)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(200),
+                    max_backoff: Duration::from_secs(10),
+                    base: 2.0,
+                },
+                max_retries: config.max_retries,
+                retry_timeout: Duration::from_secs(120),
+            });
+        let mut options = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(Duration::from_secs(300));
+        if let Some(endpoint) = &config.endpoint {
+            let endpoint = match config.uri_style {
+                // object_store expects the bucket already in a virtual-hosted endpoint.
+                UriStyle::Host => with_bucket_host(endpoint, &config.bucket)?,
+                UriStyle::Path => endpoint.clone(),
+            };
+            options = options.with_allow_http(endpoint.starts_with("http://"));
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(ca_path) = &config.tls_ca_chain {
+            let pem = std::fs::read(ca_path).map_err(|e| {
+                Error::config(format!(
+                    "cannot read [s3] tls-ca-chain {}: {e}",
+                    ca_path.display()
+                ))
+            })?;
+            let certificates = Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::config(format!(
+                    "[s3] tls-ca-chain {} is not PEM: {e}",
+                    ca_path.display()
+                ))
+            })?;
+            for certificate in certificates {
+                options = options.with_root_certificate(certificate);
+            }
+        }
+        let inner = builder
+            .with_client_options(options)
+            .build()
+            .map_err(|e| Error::config(format!("[s3] settings are not usable: {e}")))?;
+        Ok(S3Store {
+            inner: Arc::new(inner),
+            bucket: config.bucket.clone(),
+            prefix: config.path.clone(),
+            endpoint: config.endpoint.clone().unwrap_or_else(|| {
+                format!("AWS region {}", config.region.as_deref().unwrap_or("?"))
+            }),
+            concurrency: config.upload_concurrency,
+            max_rate: config.max_upload_rate,
+            storage_class: config.storage_class.clone(),
+        })
+    }
+
+    fn key(&self, name: &str) -> Result<ObjectPath> {
+        check_name(name)?;
+        Ok(if self.prefix.is_empty() {
+            ObjectPath::from(name)
+        } else {
+            ObjectPath::from(format!("{}/{name}", self.prefix))
+        })
+    }
+
+    fn storage_error(&self, err: object_store::Error) -> Error {
+        let detail = match &err {
+            object_store::Error::NotFound { .. } => format!(
+                "bucket {} does not exist or cannot be accessed at {}",
+                self.bucket, self.endpoint
+            ),
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => format!(
+                "access to bucket {} at {} was refused; check access-key and the secret key ({err})",
+                self.bucket, self.endpoint
+            ),
+            _ => err.to_string(),
+        };
+        Error::Storage {
+            store: self.describe(),
+            detail,
+        }
+    }
+
+    fn object_error(&self, name: &str, err: object_store::Error) -> Error {
+        match err {
+            object_store::Error::NotFound { .. } => Error::NotFound {
+                id: name.to_string(),
+                store: self.describe(),
+            },
+            other => self.storage_error(other),
+        }
+    }
+
+    fn part_size(size_hint: Option<u64>) -> usize {
+        let expected = size_hint.unwrap_or(DEFAULT_EXPECTED_SIZE);
+        expected
+            .div_ceil(MAX_PARTS)
+            .clamp(MIN_PART_SIZE, MAX_PART_SIZE) as usize
+    }
+
+    async fn upload(
+        &self,
+        upload: &mut Box<dyn MultipartUpload>,
+        mut body: ByteStream,
+        part_size: usize,
+    ) -> Result<u64> {
+        let mut in_flight: FuturesUnordered<object_store::UploadPart> = FuturesUnordered::new();
+        let mut buffer = BytesMut::with_capacity(part_size);
+        let mut total = 0u64;
+        let started = Instant::now();
+        let mut finished = false;
+        while !finished {
+            let chunk = body.next().await;
+            let part: Option<Bytes> = match chunk {
+                Some(Ok(bytes)) => {
+                    total += bytes.len() as u64;
+                    buffer.extend_from_slice(&bytes);
+                    (buffer.len() >= part_size).then(|| buffer.split_to(part_size).freeze())
+                }
+                Some(Err(e)) => {
+                    return Err(Error::Other(format!("backup stream failed: {e}")));
+                }
+                None => {
+                    finished = true;
+                    (!buffer.is_empty() || total == 0).then(|| buffer.split().freeze())
+                }
+            };
+            let Some(part) = part else { continue };
+            while in_flight.len() >= self.concurrency {
+                if let Some(result) = in_flight.next().await {
+                    result.map_err(|e| self.storage_error(e))?;
+                }
+            }
+            if let Some(rate) = self.max_rate {
+                throttle(started, total, rate).await;
+            }
+            in_flight.push(upload.put_part(part.into()));
+        }
+        while let Some(result) = in_flight.next().await {
+            result.map_err(|e| self.storage_error(e))?;
+        }
+        Ok(total)
+    }
+}
+
+/// Sleeps until sending `sent` bytes since `started` no longer exceeds `rate` bytes per second.
+async fn throttle(started: Instant, sent: u64, rate: u64) {
+    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+    let elapsed = started.elapsed();
+    if due > elapsed {
+        tokio::time::sleep(due - elapsed).await;
+    }
+}
+
+fn with_bucket_host(endpoint: &str, bucket: &str) -> Result<String> {
+    let mut url = url::Url::parse(endpoint)
+        .map_err(|e| Error::config(format!("[s3] endpoint {endpoint:?} is not a URL: {e}")))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| Error::config(format!("[s3] endpoint {endpoint:?} has no host")))?
+        .to_string();
+    if !host.starts_with(&format!("{bucket}.")) {
+        url.set_host(Some(&format!("{bucket}.{host}")))
+            .map_err(|e| Error::config(format!("[s3] endpoint {endpoint:?}: {e}")))?;
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+#[async_trait]
+impl Store for S3Store {
+    fn describe(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{} at {}", self.bucket, self.endpoint)
+        } else {
+            format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint)
+        }
+    }
+
+    async fn check_access(&self) -> Result<()> {
+        let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
+        let mut listing = self.inner.list(prefix.as_ref());
+        match listing.next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(self.storage_error(e)),
+        }
+    }
+
+    async fn put(&self, name: &str, body: ByteStream, size_hint: Option<u64>) -> Result<u64> {
+        let key = self.key(name)?;
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::ContentType,
+            "application/octet-stream".to_string().into(),
+        );
+        if let Some(class) = &self.storage_class {
+            attributes.insert(Attribute::StorageClass, class.clone().into());
+        }
+        let options = PutMultipartOptions {
+            attributes,
+            ..Default::default()
+        };
+        let mut upload = self
+            .inner
+            .put_multipart_opts(&key, options)
+            .await
+            .map_err(|e| self.storage_error(e))?;
+        let result = self
+            .upload(&mut upload, body, Self::part_size(size_hint))
+            .await;
+        match result {
+            Ok(total) => match upload.complete().await {
+                Ok(_) => Ok(total),
+                Err(e) => {
+                    let _ = upload.abort().await;
+                    Err(self.storage_error(e))
+                }
+            },
+            Err(e) => {
+                if let Err(abort_error) = upload.abort().await {
+                    tracing::warn!(
+                        "could not abort the multipart upload of {name}: {abort_error}; the bucket may hold its parts until a lifecycle rule removes them"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn get(&self, name: &str) -> Result<ByteStream> {
+        let key = self.key(name)?;
+        let result = self
+            .inner
+            .get(&key)
+            .await
+            .map_err(|e| self.object_error(name, e))?;
+        Ok(result
+            .into_stream()
+            .map(|item| item.map_err(|e| std::io::Error::other(e.to_string())))
+            .boxed())
+    }
+
+    async fn head(&self, name: &str) -> Result<ObjectInfo> {
+        let key = self.key(name)?;
+        let meta = self
+            .inner
+            .head(&key)
+            .await
+            .map_err(|e| self.object_error(name, e))?;
+        Ok(ObjectInfo {
+            name: name.to_string(),
+            size: meta.size,
+            last_modified: meta.last_modified,
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<ObjectInfo>> {
+        let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
+        let listing = self
+            .inner
+            .list_with_delimiter(prefix.as_ref())
+            .await
+            .map_err(|e| self.storage_error(e))?;
+        Ok(listing
+            .objects
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta.location.filename()?.to_string();
+                Some(ObjectInfo {
+                    name,
+                    size: meta.size,
+                    last_modified: meta.last_modified,
+                })
+            })
+            .collect())
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        // S3 answers a DELETE of a missing key with success; ask first so a typo is an error.
+        self.head(name).await?;
+        let key = self.key(name)?;
+        self.inner
+            .delete(&key)
+            .await
+            .map_err(|e| self.object_error(name, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_stay_within_limits() {
+        assert_eq!(S3Store::part_size(Some(1 << 30)) as u64, MIN_PART_SIZE);
+        let big = 1u64 << 40;
+        assert!(big.div_ceil(S3Store::part_size(Some(big)) as u64) <= MAX_PARTS);
+    }
+
+    #[test]
+    fn host_style_puts_the_bucket_in_the_host() {
+        assert_eq!(
+            with_bucket_host("http://s3.example:3900", "b").unwrap(),
+            "http://b.s3.example:3900"
+        );
+    }
+}

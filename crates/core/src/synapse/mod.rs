@@ -1,0 +1,8 @@
+//! What the tool learns from Synapse's own `homeserver.yaml`: where the signing key, database,
+//! media store and referenced config files live, and how to tell whether Synapse is running.
+
+mod homeserver;
+mod running;
+
+pub use homeserver::{Database, HomeserverConfig, Listener, PostgresArgs};
+pub use running::{is_running, wait_for_health, RunningState};

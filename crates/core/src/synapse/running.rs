@@ -1,0 +1,112 @@
+//! Is Synapse running? A restore must never swap files under a live homeserver.
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+use super::HomeserverConfig;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunningState {
+    Stopped,
+    /// The pid file names a live process.
+    Pid {
+        pid_file: PathBuf,
+        pid: i32,
+    },
+    /// Something answers on a listener port of this homeserver.
+    Listening {
+        address: SocketAddr,
+    },
+}
+
+/// Looks for a live process named by `pid_file`, then for an answer on the HTTP listeners.
+pub fn is_running(hs: &HomeserverConfig) -> RunningState {
+    if let Some(pid_file) = &hs.pid_file {
+        if let Ok(text) = std::fs::read_to_string(pid_file) {
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                // EPERM means the process exists but belongs to someone else.
+                let alive = matches!(kill(Pid::from_raw(pid), None), Ok(()) | Err(Errno::EPERM));
+                if pid > 0 && alive {
+                    return RunningState::Pid {
+                        pid_file: pid_file.clone(),
+                        pid,
+                    };
+                }
+            }
+        }
+    }
+    for address in listener_addresses(hs) {
+        if TcpStream::connect_timeout(&address, Duration::from_millis(300)).is_ok() {
+            return RunningState::Listening { address };
+        }
+    }
+    RunningState::Stopped
+}
+
+fn listener_addresses(hs: &HomeserverConfig) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for listener in &hs.listeners {
+        let hosts: Vec<String> = if listener.bind_addresses.is_empty() {
+            vec!["127.0.0.1".into()]
+        } else {
+            listener
+                .bind_addresses
+                .iter()
+                .map(|a| match a.as_str() {
+                    "0.0.0.0" | "" => "127.0.0.1".to_string(),
+                    "::" => "::1".to_string(),
+                    other => other.to_string(),
+                })
+                .collect()
+        };
+        for host in hosts {
+            if let Ok(addrs) = (host.as_str(), listener.port).to_socket_addrs() {
+                out.extend(addrs);
+            }
+        }
+    }
+    out
+}
+
+/// Polls `GET /health` on the first plain-HTTP listener until it answers `OK` or `timeout` ends.
+pub async fn wait_for_health(hs: &HomeserverConfig, timeout: Duration) -> Result<String, String> {
+    let address = listener_addresses(hs)
+        .into_iter()
+        .find(|_| hs.listeners.iter().any(|l| !l.tls))
+        .ok_or_else(|| {
+            format!(
+                "{} has no plain HTTP listener to ask for /health",
+                hs.path.display()
+            )
+        })?;
+    let url = format!("http://{address}/health");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut last = String::from("no answer");
+    while started.elapsed() < timeout {
+        match client.get(&url).send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                if status.is_success() && body.trim() == "OK" {
+                    return Ok(url);
+                }
+                last = format!("HTTP {status}: {}", body.trim());
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!(
+        "{url} did not answer OK within {}s (last: {last})",
+        timeout.as_secs()
+    ))
+}
