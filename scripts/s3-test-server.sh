@@ -25,6 +25,12 @@
 #                          (default $HOME/.cache/synapse-backup-tools)
 #   S3_TEST_GARAGE_BIN     use this garage binary instead of the cached build
 #   S3_TEST_TIMEOUT        seconds each wait loop may take (default 60)
+#   S3_TEST_BUILD_TIMEOUT  seconds to wait for a garage build (default 3600)
+#
+# DIR also holds garage.toml, garage.log (appended across restarts),
+# garage.pid, setup.log (CLI output of provisioning), meta/ and data/.
+# Both path-style and virtual-hosted-style requests work (root_domain is
+# .s3.garage.localhost, which does not resolve here, so use path style).
 set -euo pipefail
 
 readonly GARAGE_VERSION=2.5.0
@@ -45,8 +51,15 @@ log() { printf 's3-test-server: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+    # Print the header comment (everything up to the first non-comment line).
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2
     exit 2
+}
+
+# Milliseconds since the epoch, for reporting how long start/restart took.
+now_ms() {
+    local t="${EPOCHREALTIME/[.,]/}"
+    printf '%s\n' "$((t / 1000))"
 }
 
 # --- garage binary -----------------------------------------------------------
@@ -56,10 +69,9 @@ usage() {
 # with a second multi-minute build into the same --root.
 wait_for_foreign_build() {
     local waited=0
+    # Wait for the process to end even if the binary already exists: cargo
+    # may still be writing it or its install metadata.
     while pgrep -f "cargo install garage" >/dev/null 2>&1; do
-        if [[ -x "$GARAGE_BIN" ]]; then
-            return 0
-        fi
         if ((waited == 0)); then
             log "a 'cargo install garage' is already running; waiting for it (up to ${BUILD_TIMEOUT}s)"
         fi
@@ -141,9 +153,15 @@ log_tail() {
     fi
 }
 
+# Fail a start/restart: show the log, and stop the garage this invocation
+# launched so a failed start never leaves a half-working server behind.
 fail() {
     log "error: $*"
     log_tail
+    if [[ -n "${PID:-}" ]] && is_our_garage "$PID"; then
+        log "stopping the garage (pid $PID) this command started"
+        stop_pid || true
+    fi
     exit 1
 }
 
@@ -154,8 +172,21 @@ is_our_garage() {
     local pid="$1" cmdline
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    # (stderr first: the redirection itself fails once the process is gone)
+    cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
     [[ "$cmdline" == *"$CONFIG"*server* ]]
+}
+
+# Is PID still a live process? A zombie (state Z) or dying task (X) has
+# already closed its sockets and files; it only waits to be reaped by its
+# parent, which for a daemonised garage is init and may take a moment.
+# (/proc/PID/cmdline is emptied before the sockets are closed, so it is not
+# a reliable "has exited" signal.)
+pid_alive() {
+    local stat
+    { stat=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
+    stat="${stat##*) }"
+    [[ "${stat:0:1}" != [ZX] ]]
 }
 
 running_pid() {
@@ -188,22 +219,84 @@ toml_get() {
 # EOF while garage lives.
 launch() {
     local pid
+    # Remember where this launch's output starts so startup checks only look
+    # at messages from this run of garage.
+    LOG_OFFSET=$(stat -c %s "$DIR/garage.log" 2>/dev/null || echo 0)
     printf '\n==== %s: starting garage (%s) ====\n' "$(date -u +%FT%TZ)" "$1" >>"$DIR/garage.log"
-    RUST_LOG="${RUST_LOG:-garage=info}" nohup "$GARAGE_BIN" -c "$CONFIG" server \
+    # NO_COLOR keeps ANSI escapes out of garage.log, which we tail on errors.
+    NO_COLOR=1 RUST_LOG="${RUST_LOG:-garage=info}" nohup "$GARAGE_BIN" -c "$CONFIG" server \
         </dev/null >>"$DIR/garage.log" 2>&1 &
     pid=$!
     printf '%s\n' "$pid" >"$DIR/garage.pid"
     PID="$pid"
 }
 
-# Poll until the daemon answers `garage status` over RPC.
+# Fatal startup messages of the current launch. Garage 2.5.0 does NOT exit
+# when its S3 listener fails to bind: it logs
+#   "ERROR garage::server: S3 API server exited with error: ... Address already in use"
+# and keeps running with RPC up, so the process being alive proves nothing.
+# (An RPC port clash is a panic; an admin port clash is not logged at all,
+# see wait_listeners.)
+launch_errors() {
+    tail -c +"$((LOG_OFFSET + 1))" "$DIR/garage.log" 2>/dev/null \
+        | grep -E 'ERROR garage::server|Address already in use|panicked' || true
+}
+
+# Die (or, with "retry" as $1, return 1 on a port clash) if the current
+# launch is dead or has logged a fatal error.
+check_launch() {
+    local errors
+    errors=$(launch_errors)
+    if [[ -n "$errors" ]]; then
+        if [[ "${1:-}" == retry ]] && grep -q 'Address already in use' <<<"$errors"; then
+            return 1
+        fi
+        fail "garage reported a startup error: $(head -n1 <<<"$errors")"
+    fi
+    is_our_garage "$PID" || fail "garage (pid $PID) exited during startup"
+}
+
+# Poll until garage itself listens on its RPC, S3 and admin ports. This is
+# what catches a port held by another process: garage logs "Admin API server
+# listening" even when that bind fails, and a foreign HTTP server on the
+# port would otherwise answer our probes. Needs ss (iproute2); skipped
+# without it. With "retry" as $1, return 1 on a port clash instead of dying.
+wait_listeners() {
+    local deadline=$((SECONDS + TIMEOUT)) port owners missing
+    if ! command -v ss >/dev/null 2>&1; then
+        log "ss not found; not checking that garage owns its ports"
+        return 0
+    fi
+    while :; do
+        missing=()
+        for port in "${PORTS[@]}"; do
+            owners=$(ss -Hltnp "sport = :$port" 2>/dev/null || true)
+            [[ "$owners" == *"pid=$PID,"* ]] && continue
+            if [[ -n "$owners" ]]; then
+                [[ "${1:-}" == retry ]] && return 1
+                fail "port $port is held by another process: $owners"
+            fi
+            missing+=("$port")
+        done
+        ((${#missing[@]} == 0)) && return 0
+        check_launch "${1:-}" || return 1
+        ((SECONDS < deadline)) || fail "garage did not listen on port(s) ${missing[*]} within ${TIMEOUT}s"
+        sleep 0.1
+    done
+}
+
+# Poll until the daemon is up: it owns its ports and answers `garage status`
+# over RPC. With "retry" as $1, return 1 instead of dying when a port we
+# picked was already in use.
 wait_rpc() {
     local deadline=$((SECONDS + TIMEOUT))
+    wait_listeners "${1:-}" || return 1
     until garage_cli status >/dev/null 2>&1; do
-        is_our_garage "$PID" || fail "garage (pid $PID) exited during startup"
+        check_launch "${1:-}" || return 1
         ((SECONDS < deadline)) || fail "garage did not answer 'garage status' within ${TIMEOUT}s"
         sleep 0.2
     done
+    check_launch "${1:-}" || return 1
 }
 
 # Poll until the admin API reports a healthy cluster, i.e. the layout is
@@ -213,7 +306,7 @@ wait_healthy() {
     while :; do
         code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$ADMIN_ENDPOINT/health" || true)
         [[ "$code" == 200 ]] && break
-        is_our_garage "$PID" || fail "garage (pid $PID) exited while waiting for it to become healthy"
+        check_launch
         ((SECONDS < deadline)) || fail "garage not healthy within ${TIMEOUT}s (last /health status: ${code:-none})"
         sleep 0.2
     done
@@ -222,13 +315,18 @@ wait_healthy() {
     while :; do
         code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$ENDPOINT/" || true)
         [[ "$code" =~ ^[1-5][0-9][0-9]$ ]] && break
+        check_launch
         ((SECONDS < deadline)) || fail "S3 API at $ENDPOINT did not answer within ${TIMEOUT}s"
         sleep 0.2
     done
+    # Whatever answered must be this garage, not another process that owns
+    # the port while our listener failed to bind.
+    check_launch
 }
 
-# Retry a garage CLI call: right after the layout is applied, the metadata
-# tables can briefly report quorum errors.
+# Run a garage CLI call, retrying for up to TIMEOUT: right after startup or a
+# layout change the metadata tables can briefly report quorum errors. Only
+# used for calls that are safe to repeat after a failed attempt.
 retry_cli() {
     local deadline=$((SECONDS + TIMEOUT)) out
     while :; do
@@ -273,6 +371,11 @@ load_config() {
     ENDPOINT="http://$(toml_get s3_api api_bind_addr)"
     ADMIN_ENDPOINT="http://$(toml_get admin api_bind_addr)"
     ADMIN_TOKEN=$(toml_get admin admin_token)
+    PORTS=(
+        "$(toml_get "" rpc_bind_addr | sed 's/.*://')"
+        "${ENDPOINT##*:}"
+        "${ADMIN_ENDPOINT##*:}"
+    )
 }
 
 # --- commands ----------------------------------------------------------------
@@ -316,29 +419,17 @@ start_fresh() {
         write_config "${ports[0]}" "${ports[1]}" "${ports[2]}"
         load_config
         launch "fresh, attempt $attempt"
-        if wait_rpc_or_bind_error; then
+        if wait_rpc retry; then
             return 0
         fi
         log "a port was taken before garage could bind it; retrying with new ports"
         stop_pid
+        # The node key and (empty) metadata of the aborted run are harmless,
+        # but start from a clean slate so every attempt is identical.
+        rm -rf "$DIR/meta" "$DIR/data"
+        mkdir -p "$DIR/meta" "$DIR/data"
     done
     fail "could not start garage after 3 attempts"
-}
-
-# Like wait_rpc, but returns 1 (instead of dying) when garage failed to bind
-# one of its ports, so start_fresh can retry.
-wait_rpc_or_bind_error() {
-    local deadline=$((SECONDS + TIMEOUT))
-    until garage_cli status >/dev/null 2>&1; do
-        if ! is_our_garage "$PID"; then
-            if tail -n 20 "$DIR/garage.log" | grep -qi 'address already in use'; then
-                return 1
-            fi
-            fail "garage (pid $PID) exited during startup"
-        fi
-        ((SECONDS < deadline)) || fail "garage did not answer 'garage status' within ${TIMEOUT}s"
-        sleep 0.2
-    done
 }
 
 provision() {
@@ -348,14 +439,21 @@ provision() {
     node_id=$(garage_cli node id -q 2>/dev/null | grep -oE '^[0-9a-f]{64}' | head -n1) || true
     [[ -n "$node_id" ]] || fail "could not read the node id from 'garage node id -q'"
 
-    garage_cli layout assign -z dc1 -c 1G "$node_id" >&2 || fail "garage layout assign failed"
-    garage_cli layout apply --version 1 >&2 || fail "garage layout apply failed"
+    # The CLI's chatty output goes to DIR/setup.log (retry_cli shows it on
+    # failure) so that callers' stderr stays readable.
+    : >"$DIR/setup.log"
+    chmod 600 "$DIR/setup.log" # `key create` prints the secret
+    retry_cli layout assign -z dc1 -c 1G "$node_id" >>"$DIR/setup.log"
+    retry_cli layout apply --version 1 >>"$DIR/setup.log"
     wait_healthy
 
-    retry_cli bucket create "$BUCKET" >&2
-    retry_cli bucket create "$OTHER_BUCKET" >&2
-    retry_cli key create "$KEY_NAME" >&2
-    retry_cli bucket allow --read --write --owner "$BUCKET" --key "$KEY_NAME" >&2
+    {
+        retry_cli bucket create "$BUCKET"
+        # A bucket the key is NOT allowed on, for access-denied tests.
+        retry_cli bucket create "$OTHER_BUCKET"
+        retry_cli key create "$KEY_NAME"
+        retry_cli bucket allow --read --write --owner "$BUCKET" --key "$KEY_NAME"
+    } >>"$DIR/setup.log"
 
     key_info=$(retry_cli key info "$KEY_NAME" --show-secret)
     # Lines look like "Key ID:              GK…" and "Secret key:          …";
@@ -367,7 +465,8 @@ provision() {
 }
 
 cmd_start() {
-    local t0=$SECONDS
+    local t0
+    t0=$(now_ms)
     if [[ -e "$CONFIG" ]]; then
         if running_pid >/dev/null; then
             die "a server is already running for $DIR (pid $(<"$DIR/garage.pid")); use 'stop' or 'restart'"
@@ -382,7 +481,7 @@ cmd_start() {
     start_fresh
     provision
     write_env
-    log "garage $GARAGE_VERSION ready at $ENDPOINT (pid $PID, started in $((SECONDS - t0))s)"
+    log "garage $GARAGE_VERSION ready at $ENDPOINT (pid $PID, started in $(($(now_ms) - t0)) ms)"
     printf '%s\n' "$DIR/env"
 }
 
@@ -391,13 +490,14 @@ stop_pid() {
     pid=$(running_pid) || { rm -f "$DIR/garage.pid"; return 0; }
     kill -TERM "$pid" 2>/dev/null || true
     deadline=$((SECONDS + TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null; do
+    # pid_alive rather than kill -0: a zombie counts as gone (see pid_alive).
+    while pid_alive "$pid"; do
         if ((SECONDS >= deadline)); then
             log "garage (pid $pid) ignored SIGTERM for ${TIMEOUT}s; sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
-            # After SIGKILL the kernel reaps it promptly (init adopts it).
+            # SIGKILL cannot be ignored; this only waits for the exit itself.
             local kdeadline=$((SECONDS + 10))
-            while kill -0 "$pid" 2>/dev/null; do
+            while pid_alive "$pid"; do
                 ((SECONDS < kdeadline)) || die "garage (pid $pid) survived SIGKILL"
                 sleep 0.1
             done
@@ -414,7 +514,8 @@ cmd_stop() {
 }
 
 cmd_restart() {
-    local t0=$SECONDS
+    local t0
+    t0=$(now_ms)
     [[ -f "$DIR/env" ]] || die "$DIR/env does not exist; run '$0 start $DIR' first"
     ensure_garage
     load_config
@@ -428,7 +529,7 @@ cmd_restart() {
     wait_rpc
     wait_healthy
     write_env
-    log "garage restarted at $ENDPOINT (pid $PID, in $((SECONDS - t0))s)"
+    log "garage restarted at $ENDPOINT (pid $PID, in $(($(now_ms) - t0)) ms)"
     printf '%s\n' "$DIR/env"
 }
 

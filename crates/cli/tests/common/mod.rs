@@ -1,0 +1,335 @@
+//! Shared fixtures for the integration tests: generated Synapse data dirs, configs, running the
+//! real binary, the real `gpg` and `tar`, and the loopback S3 server started by the test scripts.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sha2::{Digest, Sha256};
+
+pub const PASSPHRASE: &str = "correct horse battery staple";
+pub const SERVER_NAME: &str = "example.test";
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_synapse-backup"))
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// A scratch world: a data dir, a passphrase file, a config, a store.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub config: PathBuf,
+    pub passphrase_file: PathBuf,
+    pub store: PathBuf,
+}
+
+pub struct WorldOptions<'a> {
+    pub server_name: &'a str,
+    pub size_mib: f64,
+    pub seed: u32,
+    /// Extra TOML appended to the config (e.g. a [restore] section).
+    pub extra_config: &'a str,
+    /// `None`: a local store in the world; `Some`: an [s3] section.
+    pub s3: Option<S3Env>,
+}
+
+impl Default for WorldOptions<'_> {
+    fn default() -> Self {
+        WorldOptions {
+            server_name: SERVER_NAME,
+            size_mib: 2.0,
+            seed: 1,
+            extra_config: "",
+            s3: None,
+        }
+    }
+}
+
+impl World {
+    pub fn new() -> World {
+        World::with(WorldOptions::default())
+    }
+
+    pub fn with(options: WorldOptions<'_>) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        make_datadir(&data, options.server_name, options.size_mib, options.seed);
+        let passphrase_file = dir.path().join("passphrase");
+        fs::write(&passphrase_file, format!("{PASSPHRASE}\n")).unwrap();
+        fs::set_permissions(&passphrase_file, fs::Permissions::from_mode(0o600)).unwrap();
+        let store = dir.path().join("store");
+        let store_section = match &options.s3 {
+            None => format!("[local]\npath = \"{}\"\n", store.display()),
+            Some(s3) => s3.config_section(&dir.path().join("s3-secret"), &unique_prefix("w")),
+        };
+        let config = dir.path().join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                "[synapse]\nconfig = \"{}\"\n{store_section}[backup]\npassphrase-file = \"{}\"\n{}",
+                data.join("homeserver.yaml").display(),
+                passphrase_file.display(),
+                options.extra_config
+            ),
+        )
+        .unwrap();
+        World {
+            dir,
+            data,
+            config,
+            passphrase_file,
+            store,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        run_with_config(&self.config, args)
+    }
+
+    /// Runs create-backup and returns the new id.
+    pub fn create_backup(&self) -> String {
+        let out = self.run(&["create-backup"]);
+        assert_success(&out, "create-backup");
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(id.starts_with("backup-"), "unexpected id {id:?}");
+        id
+    }
+
+    /// The object file of a backup in the local store.
+    pub fn object(&self, id: &str) -> PathBuf {
+        self.store.join(id)
+    }
+
+    pub fn set_passphrase(&self, passphrase: &str) {
+        fs::write(&self.passphrase_file, format!("{passphrase}\n")).unwrap();
+    }
+}
+
+pub fn run_with_config(config: &Path, args: &[&str]) -> Output {
+    Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("SYNAPSE_BACKUP_PASSPHRASE")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run synapse-backup")
+}
+
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts the exit code and that stderr mentions `needle`; returns stderr.
+pub fn assert_fails(out: &Output, code: i32, needle: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit {code}\nstdout:\n{}\nstderr:\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "stderr does not mention {needle:?}:\n{stderr}"
+    );
+    stderr
+}
+
+pub fn make_datadir(data: &Path, server_name: &str, size_mib: f64, seed: u32) {
+    let status = Command::new("python3")
+        .arg(repo_root().join("scripts/example-datadir.py"))
+        .arg(data)
+        .args(["--server-name", server_name])
+        .args(["--size-mib", &size_mib.to_string()])
+        .args(["--seed", &seed.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .expect("python3 scripts/example-datadir.py");
+    assert!(status.success(), "example-datadir.py failed");
+}
+
+/// Relative path → SHA-256 of every file under `root` (directories omitted).
+pub fn tree_hashes(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if !root.exists() {
+        return out;
+    }
+    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let entry = entry.expect("walk");
+        if entry.file_type().is_file() {
+            let rel = entry
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            let bytes = fs::read(entry.path()).unwrap();
+            out.insert(rel, hex::encode(Sha256::digest(&bytes)));
+        } else if entry.file_type().is_symlink() {
+            let rel = entry
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            out.insert(rel, "symlink".into());
+        }
+    }
+    out
+}
+
+pub fn file_hash(path: &Path) -> String {
+    hex::encode(Sha256::digest(fs::read(path).unwrap()))
+}
+
+/// Encrypts `plain` with the real gpg, as the charm's pipeline does.
+pub fn gpg_encrypt(plain: &[u8], passphrase_file: &Path, extra: &[&str]) -> Vec<u8> {
+    let mut child = Command::new("gpg")
+        .args([
+            "--batch",
+            "--no-symkey-cache",
+            "--quiet",
+            "--passphrase-file",
+        ])
+        .arg(passphrase_file)
+        .args(extra)
+        .args(["--symmetric", "--output", "-"])
+        .env("GNUPGHOME", gnupg_home())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gpg");
+    let mut stdin = child.stdin.take().unwrap();
+    let plain = plain.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&plain));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "gpg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Decrypts `object` with the real gpg.
+pub fn gpg_decrypt(object: &Path, passphrase_file: &Path) -> Output {
+    Command::new("gpg")
+        .args(["--batch", "--quiet", "--passphrase-file"])
+        .arg(passphrase_file)
+        .args(["--decrypt"])
+        .arg(object)
+        .env("GNUPGHOME", gnupg_home())
+        .output()
+        .expect("gpg")
+}
+
+/// A private GNUPGHOME so tests never touch the user's keyrings or agent cache.
+pub fn gnupg_home() -> PathBuf {
+    let home = std::env::temp_dir().join("synapse-backup-tests-gnupg");
+    fs::create_dir_all(&home).unwrap();
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+    home
+}
+
+/// `tar -c -C root members...` with the real tar.
+pub fn real_tar(root: &Path, members: &[&str]) -> Vec<u8> {
+    let out = Command::new("tar")
+        .arg("-c")
+        .arg("-C")
+        .arg(root)
+        .args(members)
+        .output()
+        .expect("tar");
+    assert!(
+        out.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Connection facts of the loopback S3 server started by `scripts/s3-test-server.sh`.
+#[derive(Clone, Debug)]
+pub struct S3Env {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl S3Env {
+    /// Reads `S3_TEST_*`. Without them the S3 tests are skipped, unless
+    /// `SYNAPSE_BACKUP_REQUIRE_S3=1` (as in CI), where a missing server is a failure.
+    pub fn from_env() -> Option<S3Env> {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let env = (|| {
+            Some(S3Env {
+                endpoint: get("S3_TEST_ENDPOINT")?,
+                region: get("S3_TEST_REGION").unwrap_or_else(|| "garage".into()),
+                bucket: get("S3_TEST_BUCKET")?,
+                access_key: get("S3_TEST_ACCESS_KEY")?,
+                secret_key: get("S3_TEST_SECRET_KEY")?,
+            })
+        })();
+        if env.is_none() && std::env::var("SYNAPSE_BACKUP_REQUIRE_S3").as_deref() == Ok("1") {
+            panic!("SYNAPSE_BACKUP_REQUIRE_S3=1 but S3_TEST_* are not set: start scripts/s3-test-server.sh");
+        }
+        if env.is_none() {
+            eprintln!("S3_TEST_* not set: skipping an S3 test (run it through scripts/test.sh)");
+        }
+        env
+    }
+
+    /// An [s3] section; the secret goes to `secret_file` (mode 600), with `prefix` as path.
+    pub fn config_section(&self, secret_file: &Path, prefix: &str) -> String {
+        fs::write(secret_file, &self.secret_key).unwrap();
+        fs::set_permissions(secret_file, fs::Permissions::from_mode(0o600)).unwrap();
+        format!(
+            "[s3]\nendpoint = \"{}\"\nbucket = \"{}\"\npath = \"{}\"\nregion = \"{}\"\ns3-uri-style = \"path\"\naccess-key = \"{}\"\nsecret-key-file = \"{}\"\nmax-retries = 2\n",
+            self.endpoint,
+            self.bucket,
+            prefix,
+            self.region,
+            self.access_key,
+            secret_file.display()
+        )
+    }
+}
+
+/// A unique prefix so tests sharing one bucket never see each other's backups.
+pub fn unique_prefix(name: &str) -> String {
+    format!(
+        "test-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
