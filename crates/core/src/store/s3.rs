@@ -124,17 +124,29 @@ impl S3Store {
     }
 
     fn storage_error(&self, err: object_store::Error) -> Error {
-        let detail = match &err {
-            object_store::Error::NotFound { .. } => format!(
-                "bucket {} does not exist or cannot be accessed at {}",
+        let text = err.to_string();
+        let server_says = server_message(&text);
+        let denied = matches!(
+            err,
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+        ) || text.contains("403")
+            || text.contains("AccessDenied")
+            || text.contains("SignatureDoesNotMatch")
+            || text.contains("InvalidAccessKeyId");
+        let missing_bucket = matches!(err, object_store::Error::NotFound { .. })
+            || text.contains("NoSuchBucket");
+        let detail = if missing_bucket {
+            format!(
+                "bucket {} does not exist or cannot be accessed at {}{server_says}",
                 self.bucket, self.endpoint
-            ),
-            object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => format!(
-                "access to bucket {} at {} was refused; check access-key and the secret key ({err})",
+            )
+        } else if denied {
+            format!(
+                "access to bucket {} at {} was refused{server_says}; check access-key, the secret key and the key's permissions on the bucket",
                 self.bucket, self.endpoint
-            ),
-            _ => err.to_string(),
+            )
+        } else {
+            text
         };
         Error::Storage {
             store: self.describe(),
@@ -201,6 +213,20 @@ impl S3Store {
             result.map_err(|e| self.storage_error(e))?;
         }
         Ok(total)
+    }
+}
+
+/// The `<Code>` and `<Message>` of an S3 error body, as ` (Code: Message)`.
+fn server_message(text: &str) -> String {
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let end = text[start..].find(close)? + start;
+        Some(text[start..end].to_string())
+    };
+    match (between("<Code>", "</Code>"), between("<Message>", "</Message>")) {
+        (Some(code), Some(message)) => format!(" ({code}: {message})"),
+        (Some(code), None) => format!(" ({code})"),
+        _ => String::new(),
     }
 }
 
