@@ -5,6 +5,7 @@ use std::io::Read;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
+use crate::archive::normalize_member_path;
 use crate::error::{Error, Result};
 use crate::manifest::{Header, HEADER_MEMBER};
 use crate::progress::Cancel;
@@ -95,8 +96,9 @@ pub async fn read_header(
         };
         let mut first =
             first.map_err(|e| Error::corrupt(&id, format!("broken first member: {e}")))?;
-        let is_header = first.path_bytes().as_ref() == HEADER_MEMBER.as_bytes()
-            && first.header().entry_type().is_file();
+        // Named as the full reader names it, so `./manifest.json` counts as the manifest too.
+        let name = normalize_member_path(&String::from_utf8_lossy(&first.path_bytes()));
+        let is_header = name == HEADER_MEMBER && first.header().entry_type().is_file();
         if !is_header {
             return Ok(None);
         }

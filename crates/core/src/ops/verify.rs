@@ -4,7 +4,7 @@
 //! at the end of the stream, the first member is the header, the last is the file list, and
 //! every data member appears in the list with the same size and SHA-256 (and nothing else does).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
 
@@ -45,6 +45,10 @@ pub(crate) struct ContentCheck {
     id: String,
     format: Option<ArchiveFormat>,
     seen: HashMap<String, (u64, String)>,
+    /// Paths claimed but not yet recorded (their content is being read).
+    claimed: HashSet<String>,
+    /// Every folder that some member lies in.
+    folders: HashSet<String>,
     files: Option<FileList>,
     bytes: u64,
 }
@@ -55,6 +59,8 @@ impl ContentCheck {
             id: id.to_string(),
             format: None,
             seen: HashMap::new(),
+            claimed: HashSet::new(),
+            folders: HashSet::new(),
             files: None,
             bytes: 0,
         }
@@ -106,15 +112,43 @@ impl ContentCheck {
         matches!(self.format, Some(ArchiveFormat::Manifest(_)))
     }
 
-    /// Records a data member's size and hash.
-    pub fn record(&mut self, path: &str, size: u64, sha256: String) -> Result<()> {
-        self.bytes += size;
-        if self.seen.insert(path.to_string(), (size, sha256)).is_some() {
+    /// Claims a data member's path before its content is read: a path stored twice, or used
+    /// both as a file and as a folder, is refused here, by its member name.
+    pub fn claim(&mut self, path: &str) -> Result<()> {
+        if self.seen.contains_key(path) || self.claimed.contains(path) {
             return Err(Error::corrupt(
                 &self.id,
                 format!("member {path:?} appears twice"),
             ));
         }
+        if self.folders.contains(path) {
+            return Err(Error::corrupt(
+                &self.id,
+                format!("member {path:?} is a file where other members need a folder"),
+            ));
+        }
+        let mut ancestor = path;
+        while let Some((parent, _)) = ancestor.rsplit_once('/') {
+            if self.seen.contains_key(parent) || self.claimed.contains(parent) {
+                return Err(Error::corrupt(
+                    &self.id,
+                    format!("member {path:?} lies under {parent:?}, which is a file"),
+                ));
+            }
+            if !self.folders.insert(parent.to_string()) {
+                break;
+            }
+            ancestor = parent;
+        }
+        self.claimed.insert(path.to_string());
+        Ok(())
+    }
+
+    /// Records a claimed data member's size and hash once its content was read.
+    pub fn record(&mut self, path: &str, size: u64, sha256: String) -> Result<()> {
+        self.bytes += size;
+        self.claimed.remove(path);
+        self.seen.insert(path.to_string(), (size, sha256));
         Ok(())
     }
 
@@ -254,6 +288,7 @@ pub async fn verify_backup(
                 return Ok(());
             }
             let path = member.path.clone();
+            check.claim(&path)?;
             let (hash, size) = hash_member(&mut member, None, progress.as_ref())
                 .map_err(|e| Error::corrupt(&backup_id, format!("reading {path:?}: {e}")))?;
             check.record(&path, size, hash)

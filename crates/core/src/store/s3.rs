@@ -128,13 +128,14 @@ impl S3Store {
         let server_says = server_message(&text);
         let denied = matches!(
             err,
-            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
         ) || text.contains("403")
             || text.contains("AccessDenied")
             || text.contains("SignatureDoesNotMatch")
             || text.contains("InvalidAccessKeyId");
-        let missing_bucket = matches!(err, object_store::Error::NotFound { .. })
-            || text.contains("NoSuchBucket");
+        let missing_bucket =
+            matches!(err, object_store::Error::NotFound { .. }) || text.contains("NoSuchBucket");
         let detail = if missing_bucket {
             format!(
                 "bucket {} does not exist or cannot be accessed at {}{server_says}",
@@ -223,7 +224,10 @@ fn server_message(text: &str) -> String {
         let end = text[start..].find(close)? + start;
         Some(text[start..end].to_string())
     };
-    match (between("<Code>", "</Code>"), between("<Message>", "</Message>")) {
+    match (
+        between("<Code>", "</Code>"),
+        between("<Message>", "</Message>"),
+    ) {
         (Some(code), Some(message)) => format!(" ({code}: {message})"),
         (Some(code), None) => format!(" ({code})"),
         _ => String::new(),

@@ -251,6 +251,7 @@ async fn stage_and_swap(
     cancel: Cancel,
 ) -> Result<RestoreReport> {
     state.write_journal(&plan.journal(journal::Phase::Staging))?;
+    let expected_server_name = plan.server_name.clone();
     let stream = store.get(id).await?;
     let handle = tokio::runtime::Handle::current();
     let backup_id = id.to_string();
@@ -264,6 +265,7 @@ async fn stage_and_swap(
             &backup_id,
             progress.as_ref(),
             cancel,
+            expected_server_name.as_deref(),
         );
         progress.finish();
         (plan, result)
@@ -302,6 +304,7 @@ async fn stage_and_swap(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stage(
     plan: &mut Plan,
     stream: crate::store::ByteStream,
@@ -310,12 +313,24 @@ fn stage(
     id: &str,
     progress: &dyn Progress,
     cancel: Cancel,
+    expected_server_name: Option<&str>,
 ) -> Result<(ArchiveFormat, usize, u64)> {
     plan.prepare()?;
     let reader = open_backup(stream, handle, passphrase, id, cancel)?;
     let mut check = ContentCheck::new(id);
     read_members(reader, id, |mut member| {
         if check.take_manifest_member(&mut member)? {
+            // Checked again here, on the stream being restored, whatever the early look said.
+            if let (Some(ArchiveFormat::Manifest(header)), Some(expected)) =
+                (check.format(), expected_server_name)
+            {
+                if header.server_name != expected {
+                    return Err(Error::Refused(format!(
+                        "backup {id} is of server {:?} but the target's server_name is {expected:?}; Synapse cannot change its server_name",
+                        header.server_name
+                    )));
+                }
+            }
             return Ok(());
         }
         let charm = check.format() == Some(&ArchiveFormat::Charm);
@@ -325,8 +340,9 @@ fn stage(
         match member.kind {
             MemberKind::Directory => plan.make_dir(&staged_path),
             MemberKind::File => {
-                let mut file = plan.create_file(&staged_path, member.mode)?;
                 let path = member.path.clone();
+                check.claim(&path)?;
+                let mut file = plan.create_file(&staged_path, member.mode)?;
                 let (hash, size) =
                     hash_member(&mut member, Some(&mut file), progress).map_err(|e| {
                         if e.get_ref().is_some_and(|inner| inner.is::<WriteFailed>()) {

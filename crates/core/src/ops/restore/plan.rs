@@ -59,6 +59,8 @@ pub(crate) struct Plan {
     targets: Vec<Target>,
     skipped: BTreeSet<String>,
     pub notes: Vec<String>,
+    /// The target's server_name (live restores only).
+    pub server_name: Option<String>,
 }
 
 impl Plan {
@@ -76,6 +78,10 @@ impl Plan {
             targets: Vec::new(),
             skipped: BTreeSet::new(),
             notes: Vec::new(),
+            server_name: match destination {
+                Destination::Live(hs) => Some(hs.server_name.clone()),
+                Destination::Directory(_) => None,
+            },
         };
         match destination {
             Destination::Directory(dir) => {

@@ -1,0 +1,1062 @@
+//! Hostile archives, encrypted with the right passphrase so that only the tar layer and the
+//! manifest checks stand between them and the disk: path escapes, absolute paths, links, device
+//! nodes, set-id modes, archives that disagree with their manifest, and objects that are not
+//! passphrase-encrypted at all.
+//!
+//! Every refusal must exit with the documented code, name the offending member, leave the live
+//! data dir as it was, remove its staging, and write nothing anywhere else.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tar::{EntryType, Header};
+
+/// The id hand-made archives are stored under (one world per test).
+const ID: &str = "backup-20260101120000000000";
+/// 2026-01-01T12:00:00Z, the mtime of every hand-made member.
+const MTIME: u64 = 1_767_268_800;
+
+// ---------------------------------------------------------------------------------------------
+// Hand-made tar archives
+// ---------------------------------------------------------------------------------------------
+
+/// One member of a hand-made tar. The name and link target are copied into the header byte for
+/// byte, so nothing (not even the tar crate's own path checks) cleans them up.
+#[derive(Clone)]
+struct Member {
+    name: String,
+    kind: EntryType,
+    mode: u32,
+    data: Vec<u8>,
+    link: Option<String>,
+    device: Option<(u32, u32)>,
+}
+
+impl Member {
+    fn raw(name: &str, kind: EntryType, data: &[u8]) -> Member {
+        Member {
+            name: name.to_string(),
+            kind,
+            mode: 0o644,
+            data: data.to_vec(),
+            link: None,
+            device: None,
+        }
+    }
+
+    fn file(name: &str, data: &[u8]) -> Member {
+        Member::raw(name, EntryType::Regular, data)
+    }
+
+    fn with_mode(mut self, mode: u32) -> Member {
+        self.mode = mode;
+        self
+    }
+
+    fn symlink(name: &str, target: &str) -> Member {
+        Member {
+            link: Some(target.to_string()),
+            ..Member::raw(name, EntryType::Symlink, b"")
+        }
+    }
+
+    fn hard_link(name: &str, target: &str) -> Member {
+        Member {
+            link: Some(target.to_string()),
+            ..Member::raw(name, EntryType::Link, b"")
+        }
+    }
+
+    fn device(name: &str, kind: EntryType, major: u32, minor: u32) -> Member {
+        Member {
+            device: Some((major, minor)),
+            ..Member::raw(name, kind, b"")
+        }
+    }
+}
+
+/// Writes `members` into a tar with plain GNU headers (names under 100 bytes).
+fn tar_with(members: &[Member]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for member in members {
+        let mut header = Header::new_gnu();
+        let name = member.name.as_bytes();
+        assert!(
+            name.len() < 100,
+            "{:?} needs a long-name header",
+            member.name
+        );
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_entry_type(member.kind);
+        header.set_mode(member.mode);
+        header.set_size(member.data.len() as u64);
+        header.set_mtime(MTIME);
+        if let Some(link) = &member.link {
+            header.set_link_name_literal(link).unwrap();
+        }
+        if let Some((major, minor)) = member.device {
+            header.set_device_major(major).unwrap();
+            header.set_device_minor(minor).unwrap();
+        }
+        header.set_cksum();
+        builder.append(&header, &member.data[..]).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+/// One PAX extended-header record, `"<len> key=value\n"`, where `len` counts itself.
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len();
+    while len.to_string().len() + body.len() != len {
+        len = len.to_string().len() + body.len();
+    }
+    format!("{len}{body}").into_bytes()
+}
+
+fn sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn signing_key() -> Member {
+    Member::file(
+        &format!("keys/{SERVER_NAME}.signing.key"),
+        b"ed25519 a_test c29tZSBzaWduaW5nIGtleSBieXRlcyBmb3IgdGVzdHM\n",
+    )
+    .with_mode(0o600)
+}
+
+fn role_of(path: &str) -> &'static str {
+    match path.split('/').next() {
+        Some("keys") => "signing-key",
+        Some("database") => "database",
+        Some("config") => "config",
+        _ => "media",
+    }
+}
+
+/// A backup of `SERVER_NAME` laid out as synapse-backup writes it, around `members`:
+/// `manifest.json` first, the signing key, `members`, and last a file list naming every regular
+/// member with its true size and SHA-256, so that nothing but `members` themselves is wrong.
+fn backup_tar(id: &str, members: &[Member]) -> Vec<u8> {
+    let mut all = vec![signing_key()];
+    all.extend_from_slice(members);
+    let regular: Vec<&Member> = all
+        .iter()
+        .filter(|m| m.kind == EntryType::Regular)
+        .collect();
+    let files: Vec<Value> = regular
+        .iter()
+        .map(|m| {
+            json!({
+                "role": role_of(&m.name),
+                "path": m.name,
+                "size": m.data.len(),
+                "mode": m.mode,
+                "mtime": MTIME,
+                "sha256": sha256(&m.data),
+            })
+        })
+        .collect();
+    let header = json!({
+        "format_version": 1,
+        "tool": "synapse-backup",
+        "tool_version": "0.1.0",
+        "backup_id": id,
+        "server_name": SERVER_NAME,
+        "created": "2026-01-01T12:00:00Z",
+        "database": {"kind": "sqlite", "included": true},
+        "include_remote_media": false,
+        "expected_bytes": regular.iter().map(|m| m.data.len()).sum::<usize>(),
+        "files_member": "manifest-files.json",
+    });
+    let list = json!({"format_version": 1, "backup_id": id, "files": files});
+    let mut out = vec![Member::file(
+        "manifest.json",
+        &serde_json::to_vec(&header).unwrap(),
+    )];
+    out.extend(all);
+    out.push(Member::file(
+        "manifest-files.json",
+        &serde_json::to_vec(&list).unwrap(),
+    ));
+    tar_with(&out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storing objects
+// ---------------------------------------------------------------------------------------------
+
+fn store_object(world: &World, id: &str, object: &[u8]) {
+    fs::create_dir_all(&world.store).unwrap();
+    fs::write(world.object(id), object).unwrap();
+}
+
+/// Encrypts `tar_bytes` with the real gpg and the world's (right) passphrase, and stores it.
+fn store_encrypted(world: &World, id: &str, tar_bytes: &[u8]) {
+    store_object(
+        world,
+        id,
+        &gpg_encrypt(tar_bytes, &world.passphrase_file, &[]),
+    );
+}
+
+/// Runs the real gpg with `args` in `home`, `input` on stdin; returns stdout.
+fn gpg_with(home: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("gpg")
+        .args(["--batch", "--quiet", "--yes"])
+        .args(args)
+        .env("GNUPGHOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gpg");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "gpg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+// ---------------------------------------------------------------------------------------------
+// What must hold after a refusal
+// ---------------------------------------------------------------------------------------------
+
+/// The live data dir, without the tool's own lock file.
+fn live_state(world: &World) -> BTreeMap<String, String> {
+    let mut state = tree_hashes(&world.data);
+    state.retain(|name, _| !name.starts_with(".synapse-backup"));
+    state
+}
+
+fn assert_same_tree(
+    actual: &BTreeMap<String, String>,
+    expected: &BTreeMap<String, String>,
+    what: &str,
+) {
+    let differing: Vec<&String> = actual
+        .keys()
+        .chain(expected.keys())
+        .filter(|k| actual.get(*k) != expected.get(*k))
+        .take(10)
+        .collect();
+    assert!(differing.is_empty(), "{what}: differs at {differing:?}");
+}
+
+fn assert_no_staging_left(world: &World) {
+    for root in [world.data.clone(), world.data.join("media_store")] {
+        for entry in fs::read_dir(&root).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().to_string();
+            assert!(
+                !name.contains(".staging-"),
+                "staging left behind: {}",
+                root.join(&name).display()
+            );
+            assert!(
+                !name.contains(".pre-restore-"),
+                "a failed restore moved {name} aside"
+            );
+            assert!(
+                !name.starts_with("restored-config-"),
+                "a failed restore left {name}"
+            );
+        }
+    }
+    assert!(
+        !world.data.join(".synapse-backup-restore.json").exists(),
+        "journal left behind"
+    );
+}
+
+/// The --target-dir of a failed restore: absent or empty, and no staging or journal next to it.
+fn assert_no_drill_left(world: &World, drill: &Path) {
+    if drill.exists() {
+        assert!(
+            fs::read_dir(drill).unwrap().next().is_none(),
+            "{} is not empty",
+            drill.display()
+        );
+    }
+    for entry in fs::read_dir(world.dir.path()).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        assert!(!name.contains(".staging-"), "staging left behind: {name}");
+    }
+    assert!(
+        !world.path(".synapse-backup-restore.json").exists(),
+        "journal left behind"
+    );
+}
+
+/// Nothing named `name` exists anywhere in the world, nor next to it or above it.
+fn assert_not_written(world: &World, name: &str) {
+    for entry in walkdir::WalkDir::new(world.dir.path()) {
+        let entry = entry.unwrap();
+        assert!(
+            entry.file_name() != name,
+            "{} was written",
+            entry.path().display()
+        );
+    }
+    for ancestor in world.dir.path().ancestors() {
+        assert!(
+            !ancestor.join(name).exists(),
+            "{} was written",
+            ancestor.join(name).display()
+        );
+    }
+}
+
+/// No symbolic link, and no file with a second name, anywhere in the world.
+fn assert_no_links(world: &World) {
+    for entry in walkdir::WalkDir::new(world.dir.path()) {
+        let entry = entry.unwrap();
+        assert!(
+            !entry.path_is_symlink(),
+            "symlink {} was created",
+            entry.path().display()
+        );
+        let meta = entry.metadata().unwrap();
+        assert!(
+            !meta.is_file() || meta.nlink() == 1,
+            "{} has {} names: a hard link was created",
+            entry.path().display(),
+            meta.nlink()
+        );
+    }
+}
+
+/// Checks that `out` (of `what`) failed with `code` and that stderr mentions every needle.
+fn assert_refusal(what: &str, out: &Output, code: i32, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: expected exit {code}\nstdout:\n{}\nstderr:\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for needle in needles {
+        assert!(
+            stderr.to_lowercase().contains(&needle.to_lowercase()),
+            "{what}: stderr does not mention {needle:?}:\n{stderr}"
+        );
+    }
+}
+
+/// Runs verify-backup, a live restore and a restore into a new --target-dir of backup `id`;
+/// each must fail with `code` naming every needle, and change nothing.
+fn assert_refused(world: &World, id: &str, code: i32, needles: &[&str]) {
+    let before = live_state(world);
+    let drill = world.path("drill");
+    let drill_arg = drill.to_str().unwrap();
+    assert_refusal(
+        &format!("verify-backup {id}"),
+        &world.run(&["verify-backup", id]),
+        code,
+        needles,
+    );
+    assert_refusal(
+        &format!("restore-backup {id}"),
+        &world.run(&["restore-backup", id]),
+        code,
+        needles,
+    );
+    assert_same_tree(
+        &live_state(world),
+        &before,
+        "live data after a refused restore",
+    );
+    assert_no_staging_left(world);
+    let out = world.run(&["restore-backup", id, "--target-dir", drill_arg]);
+    assert_refusal(
+        &format!("restore-backup {id} --target-dir"),
+        &out,
+        code,
+        needles,
+    );
+    assert_no_drill_left(world, &drill);
+    assert_same_tree(
+        &live_state(world),
+        &before,
+        "live data after a refused --target-dir restore",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1–4: members that must never reach the disk
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn parent_dir_members_are_refused() {
+    let world = World::new();
+    let u = unique_prefix("escape");
+    let names = [
+        format!("../{u}-1.txt"),
+        format!("media/local_content/../../../{u}-2"),
+        format!("./../{u}-3"),
+        format!("media/local_content/ab/../../../../../../../../{u}-4"),
+    ];
+    for (n, name) in names.iter().enumerate() {
+        let id = format!("backup-2026010112000000000{n}");
+        let tar = backup_tar(
+            &id,
+            &[Member::file(name, b"planted by a hostile archive\n")],
+        );
+        store_encrypted(&world, &id, &tar);
+        // The error names the member as read, after a leading "./" is dropped.
+        let named = name.trim_start_matches("./");
+        assert_refused(&world, &id, 5, &["unsafe member", named, "'..'"]);
+    }
+    // The same escape in a backup without manifest, as the charm's pipeline makes them.
+    let charm = format!("data/media_store/../../../{u}-5");
+    store_encrypted(
+        &world,
+        "backup-20260101120000000009",
+        &tar_with(&[Member::file(&charm, b"x")]),
+    );
+    assert_refused(
+        &world,
+        "backup-20260101120000000009",
+        5,
+        &["unsafe member", &charm],
+    );
+    for n in 1..=5 {
+        let suffix = if n == 1 { ".txt" } else { "" };
+        assert_not_written(&world, &format!("{u}-{n}{suffix}"));
+    }
+}
+
+#[test]
+fn long_and_pax_names_are_checked_too() {
+    let world = World::new();
+    let u = unique_prefix("longname");
+    // A GNU long name (over 100 bytes) that climbs out, the real name in a ././@LongLink member.
+    let long = format!(
+        "media/local_content/{}/../../../../../../../../../../{u}-long",
+        "x/".repeat(40)
+    );
+    assert!(long.len() > 100);
+    let gnu = backup_tar(
+        ID,
+        &[
+            Member::raw(
+                "././@LongLink",
+                EntryType::GNULongName,
+                format!("{long}\0").as_bytes(),
+            ),
+            Member::file(
+                "media/local_content/lo/ng/placeholder",
+                b"long name payload\n",
+            ),
+        ],
+    );
+    store_encrypted(&world, ID, &gnu);
+    assert_refused(&world, ID, 5, &["unsafe member", &long]);
+
+    // A PAX `path` record overrides a harmless header name.
+    let pax_id = "backup-20260101120000000001";
+    let pax_name = format!("../{u}-pax");
+    let pax = backup_tar(
+        pax_id,
+        &[
+            Member::raw(
+                "PaxHeaders/payload",
+                EntryType::XHeader,
+                &pax_record("path", &pax_name),
+            ),
+            Member::file("media/local_content/pa/xx/payload", b"pax payload\n"),
+        ],
+    );
+    store_encrypted(&world, pax_id, &pax);
+    assert_refused(&world, pax_id, 5, &["unsafe member", &pax_name]);
+
+    assert_not_written(&world, &format!("{u}-long"));
+    assert_not_written(&world, &format!("{u}-pax"));
+    assert!(!world
+        .path("drill/media/local_content/pa/xx/payload")
+        .exists());
+}
+
+#[test]
+fn absolute_members_are_refused() {
+    let world = World::new();
+    let u = unique_prefix("absolute");
+    let name = format!("/tmp/{u}/abs.txt");
+    let tar = backup_tar(ID, &[Member::file(&name, b"planted at an absolute path\n")]);
+    store_encrypted(&world, ID, &tar);
+    assert_refused(&world, ID, 5, &["unsafe member", &name, "absolute"]);
+    assert!(!Path::new("/tmp").join(&u).exists(), "/tmp/{u} was created");
+    assert_not_written(&world, &u);
+}
+
+#[test]
+fn symlink_and_hard_link_members_are_refused() {
+    let world = World::new();
+    // Something outside the data dir that a link could reach and a later member overwrite.
+    let outside = world.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let secret = outside.join("secret");
+    fs::write(&secret, b"must stay as it is\n").unwrap();
+    let outside_str = outside.to_str().unwrap();
+    let secret_str = secret.to_str().unwrap();
+
+    let cases: Vec<(Vec<Member>, &str, &str)> = vec![
+        (
+            vec![Member::symlink(
+                "media/local_content/ab/link",
+                "/etc/passwd",
+            )],
+            "media/local_content/ab/link",
+            "symbolic link",
+        ),
+        (
+            // The classic: a link to a folder outside, then a file written through it.
+            vec![
+                Member::symlink("media/local_content/ab/dir", outside_str),
+                Member::file(
+                    "media/local_content/ab/dir/planted",
+                    b"through the symlink\n",
+                ),
+            ],
+            "media/local_content/ab/dir",
+            "symbolic link",
+        ),
+        (
+            vec![Member::symlink(
+                "media/local_content/ab/rel",
+                "../../../../../outside/secret",
+            )],
+            "media/local_content/ab/rel",
+            "symbolic link",
+        ),
+        (
+            // A hard link to a file outside, then new content for the same name.
+            vec![
+                Member::hard_link("media/local_content/ab/hard", secret_str),
+                Member::file(
+                    "media/local_content/ab/hard",
+                    b"overwritten through the hard link\n",
+                ),
+            ],
+            "media/local_content/ab/hard",
+            "hard link",
+        ),
+        (
+            vec![Member::hard_link(
+                "media/local_content/ab/passwd",
+                "/etc/passwd",
+            )],
+            "media/local_content/ab/passwd",
+            "hard link",
+        ),
+    ];
+    for (n, (members, offender, what)) in cases.iter().enumerate() {
+        let id = format!("backup-2026010112000000000{n}");
+        store_encrypted(&world, &id, &backup_tar(&id, members));
+        assert_refused(&world, &id, 5, &["unsafe member", offender, what]);
+    }
+    assert_eq!(fs::read(&secret).unwrap(), b"must stay as it is\n");
+    assert!(
+        !outside.join("planted").exists(),
+        "a file was written through a symlink"
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+    assert_no_links(&world);
+}
+
+#[test]
+fn device_and_fifo_members_are_refused() {
+    let world = World::new();
+    let cases = [
+        (
+            Member::device("media/local_content/ab/tty", EntryType::Char, 5, 0),
+            "character device",
+        ),
+        (
+            Member::device("media/local_content/ab/sda", EntryType::Block, 8, 0),
+            "block device",
+        ),
+        (
+            Member::device("media/local_content/ab/fifo", EntryType::Fifo, 0, 0),
+            "FIFO",
+        ),
+    ];
+    for (n, (member, what)) in cases.iter().enumerate() {
+        let id = format!("backup-2026010112000000000{n}");
+        store_encrypted(&world, &id, &backup_tar(&id, std::slice::from_ref(member)));
+        assert_refused(&world, &id, 5, &["unsafe member", &member.name, what]);
+    }
+    for entry in walkdir::WalkDir::new(world.dir.path()) {
+        let entry = entry.unwrap();
+        let kind = entry.file_type();
+        assert!(
+            kind.is_file() || kind.is_dir(),
+            "{} is a special file",
+            entry.path().display()
+        );
+    }
+}
+
+#[test]
+fn file_and_folder_at_one_path_is_refused() {
+    // Both members are listed with their true hashes, but no restore can write both.
+    let world = World::new();
+    let members = [
+        Member::file("media/local_content/ab/cd", b"a file\n"),
+        Member::file("media/local_content/ab/cd/ef", b"a file below a file\n"),
+    ];
+    store_encrypted(&world, ID, &backup_tar(ID, &members));
+    assert_refused(&world, ID, 5, &["media/local_content/ab/cd"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5: set-id bits are dropped, the archive is otherwise fine
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn setid_and_world_writable_modes_are_dropped() {
+    let world = World::new();
+    let members = [
+        Member::file("media/local_content/su/id/setuid", b"set-id payload\n").with_mode(0o6755),
+        Member::file("media/local_content/su/id/everything", b"all bits\n").with_mode(0o7777),
+        Member::file("config/homeserver.yaml", b"server_name: example.test\n").with_mode(0o4666),
+    ];
+    store_encrypted(&world, ID, &backup_tar(ID, &members));
+    assert_success(&world.run(&["verify-backup", ID]), "verify-backup");
+
+    let drill = world.path("drill");
+    let out = world.run(&[
+        "restore-backup",
+        ID,
+        "--target-dir",
+        drill.to_str().unwrap(),
+    ]);
+    assert_success(&out, "restore-backup --target-dir");
+    for member in &members {
+        let restored = drill.join(&member.name);
+        assert_eq!(fs::read(&restored).unwrap(), member.data, "{}", member.name);
+        let mode = fs::metadata(&restored).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode & 0o7000,
+            0,
+            "{} kept set-id/sticky bits: {mode:o}",
+            member.name
+        );
+        assert_eq!(
+            mode & 0o002,
+            0,
+            "{} is world-writable: {mode:o}",
+            member.name
+        );
+        assert_eq!(
+            mode & 0o600,
+            0o600,
+            "{} is not readable and writable by its owner: {mode:o}",
+            member.name
+        );
+    }
+    for entry in walkdir::WalkDir::new(&drill) {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode & 0o6002,
+            0,
+            "{} has mode {mode:o}",
+            entry.path().display()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6: a real backup that disagrees with its manifest
+// ---------------------------------------------------------------------------------------------
+
+/// A member of a real backup's tar: its path, its header and its content.
+struct RealMember {
+    path: String,
+    header: Header,
+    data: Vec<u8>,
+}
+
+/// Decrypts backup `id` with the real gpg and reads its members in order.
+fn unpack(world: &World, id: &str) -> Vec<RealMember> {
+    let out = gpg_decrypt(&world.object(id), &world.passphrase_file);
+    assert!(
+        out.status.success(),
+        "gpg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut archive = tar::Archive::new(&out.stdout[..]);
+    let members: Vec<RealMember> = archive
+        .entries()
+        .unwrap()
+        .map(|entry| {
+            let mut entry = entry.unwrap();
+            let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+            let header = entry.header().clone();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            RealMember { path, header, data }
+        })
+        .collect();
+    assert_eq!(
+        members.first().map(|m| m.path.as_str()),
+        Some("manifest.json")
+    );
+    assert_eq!(
+        members.last().map(|m| m.path.as_str()),
+        Some("manifest-files.json")
+    );
+    members
+}
+
+/// Writes `members` into a new tar. Names that fit the header are copied byte for byte (the tar
+/// crate's own path setter would drop a leading `./`); longer ones get a GNU long-name member.
+fn repack(members: &[RealMember]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for member in members {
+        let mut header = member.header.clone();
+        header.set_size(member.data.len() as u64);
+        let name = member.path.as_bytes();
+        if name.len() < 100 {
+            let field = &mut header.as_old_mut().name;
+            field.fill(0);
+            field[..name.len()].copy_from_slice(name);
+            header.set_cksum();
+            builder.append(&header, &member.data[..]).unwrap();
+        } else {
+            builder
+                .append_data(&mut header, &member.path, &member.data[..])
+                .unwrap();
+        }
+    }
+    builder.into_inner().unwrap()
+}
+
+/// Index of the first regular media file of a real backup.
+fn media_index(members: &[RealMember]) -> usize {
+    members
+        .iter()
+        .position(|m| m.path.starts_with("media/local_content/") && m.header.entry_type().is_file())
+        .expect("a media file in the backup")
+}
+
+fn edit_json(member: &mut RealMember, edit: impl FnOnce(&mut Value)) {
+    let mut value: Value = serde_json::from_slice(&member.data).unwrap();
+    edit(&mut value);
+    member.data = serde_json::to_vec(&value).unwrap();
+}
+
+const TAMPERED: &str = "backup-20000101000000000000";
+
+/// Makes a real backup, lets `edit` change its members, and stores the result re-encrypted as
+/// [`TAMPERED`]. Returns what `edit` returned (the name of the member it changed).
+fn tampered<T>(world: &World, edit: impl FnOnce(&mut Vec<RealMember>) -> T) -> T {
+    let original = world.create_backup();
+    let mut members = unpack(world, &original);
+    let named = edit(&mut members);
+    store_encrypted(world, TAMPERED, &repack(&members));
+    named
+}
+
+#[test]
+fn repacked_real_backup_is_still_sound() {
+    // The control for the tests below: unpacking and repacking alone breaks nothing.
+    let world = World::new();
+    tampered(&world, |_| ());
+    assert_success(&world.run(&["verify-backup", TAMPERED]), "verify-backup");
+    let drill = world.path("drill");
+    let out = world.run(&[
+        "restore-backup",
+        TAMPERED,
+        "--target-dir",
+        drill.to_str().unwrap(),
+    ]);
+    assert_success(&out, "restore-backup --target-dir");
+    assert_eq!(
+        tree_hashes(&drill.join("media/local_content")),
+        tree_hashes(&world.data.join("media_store/local_content"))
+    );
+}
+
+#[test]
+fn missing_member_is_refused() {
+    let world = World::new();
+    let dropped = tampered(&world, |members| members.remove(media_index(members)).path);
+    assert_refused(&world, TAMPERED, 5, &[&dropped, "not in the archive"]);
+}
+
+#[test]
+fn member_missing_from_the_list_is_refused() {
+    let world = World::new();
+    let extra = "media/local_content/zz/yy/not-in-the-list";
+    tampered(&world, |members| {
+        let mut header = members[media_index(members)].header.clone();
+        header.set_size(5);
+        let at = members.len() - 1;
+        members.insert(
+            at,
+            RealMember {
+                path: extra.into(),
+                header,
+                data: b"extra".to_vec(),
+            },
+        );
+    });
+    assert_refused(&world, TAMPERED, 5, &[extra, "not in the manifest"]);
+    assert!(!world.data.join("media_store/local_content/zz").exists());
+}
+
+#[test]
+fn changed_content_is_refused() {
+    let world = World::new();
+    let changed = tampered(&world, |members| {
+        let at = media_index(members);
+        let member = &mut members[at];
+        let middle = member.data.len() / 2;
+        member.data[middle] ^= 0x01;
+        member.path.clone()
+    });
+    assert_refused(&world, TAMPERED, 5, &[&changed, "SHA-256"]);
+}
+
+#[test]
+fn changed_size_is_refused() {
+    let world = World::new();
+    let (changed, size) = tampered(&world, |members| {
+        let at = media_index(members);
+        let member = &mut members[at];
+        member.data.push(b'!');
+        (member.path.clone(), member.data.len())
+    });
+    let says = format!("{size} bytes");
+    assert_refused(&world, TAMPERED, 5, &[&changed, &says, "the manifest says"]);
+}
+
+#[test]
+fn another_server_name_in_the_manifest_is_refused() {
+    let world = World::new();
+    tampered(&world, |members| {
+        edit_json(&mut members[0], |h| h["server_name"] = json!("other.test"))
+    });
+    let before = live_state(&world);
+    let out = world.run(&["restore-backup", TAMPERED]);
+    assert_refusal(
+        "restore-backup",
+        &out,
+        6,
+        &["server_name", "other.test", SERVER_NAME],
+    );
+    assert_same_tree(&live_state(&world), &before, "live data");
+    assert_no_staging_left(&world);
+    // The archive itself is consistent: verifying it (which knows no target) passes.
+    let verified = world.run(&["verify-backup", TAMPERED]);
+    assert_success(&verified, "verify-backup");
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("other.test"));
+}
+
+#[test]
+fn dot_slash_manifest_name_keeps_the_server_name_check() {
+    // A real backup of another server, repacked the way `tar -c -C dir .` names members: the
+    // member check reads `./manifest.json` as the manifest, so the restore must also apply the
+    // manifest's safety rules to it.
+    let other = World::with(WorldOptions {
+        server_name: "other.test",
+        seed: 5,
+        ..Default::default()
+    });
+    let source = other.create_backup();
+    let mut members = unpack(&other, &source);
+    members[0].path = "./manifest.json".into();
+    let world = World::new();
+    store_encrypted(&world, TAMPERED, &repack(&members));
+
+    let before = live_state(&world);
+    let out = world.run(&["restore-backup", TAMPERED]);
+    assert_refusal("restore-backup", &out, 6, &["server_name", "other.test"]);
+    assert_same_tree(&live_state(&world), &before, "live data");
+    assert_no_staging_left(&world);
+}
+
+#[test]
+fn newer_format_version_is_refused() {
+    let world = World::new();
+    tampered(&world, |members| {
+        edit_json(&mut members[0], |h| h["format_version"] = json!(99))
+    });
+    assert_refused(&world, TAMPERED, 6, &["newer", "99"]);
+}
+
+#[test]
+fn newer_format_version_in_the_file_list_is_refused() {
+    let world = World::new();
+    tampered(&world, |members| {
+        let last = members.len() - 1;
+        edit_json(&mut members[last], |l| l["format_version"] = json!(99));
+    });
+    assert_refused(&world, TAMPERED, 6, &["newer", "99"]);
+}
+
+#[test]
+fn backup_without_its_file_list_is_refused() {
+    let world = World::new();
+    tampered(&world, |members| members.pop());
+    assert_refused(&world, TAMPERED, 5, &["manifest-files.json", "cut short"]);
+}
+
+#[test]
+fn member_after_the_file_list_is_refused() {
+    let world = World::new();
+    let late = "media/local_content/zz/yy/after-the-list";
+    tampered(&world, |members| {
+        let mut header = members[media_index(members)].header.clone();
+        header.set_size(4);
+        members.push(RealMember {
+            path: late.into(),
+            header,
+            data: b"late".to_vec(),
+        });
+    });
+    assert_refused(&world, TAMPERED, 5, &[late, "after the file list"]);
+}
+
+#[test]
+fn duplicated_member_is_refused() {
+    let world = World::new();
+    let twice = tampered(&world, duplicate_a_media_member);
+    // verify says the member "appears twice"; a restore says the file "is written twice".
+    let within_media = twice.strip_prefix("media/local_content/").unwrap();
+    assert_refused(&world, TAMPERED, 5, &[within_media, "twice"]);
+}
+
+#[test]
+fn duplicated_member_is_named_by_a_live_restore() {
+    let world = World::new();
+    let twice = tampered(&world, duplicate_a_media_member);
+    assert_refusal(
+        "restore-backup",
+        &world.run(&["restore-backup", TAMPERED]),
+        5,
+        &[&twice, "twice"],
+    );
+}
+
+/// Stores the first media member a second time, right after itself; returns its path.
+fn duplicate_a_media_member(members: &mut Vec<RealMember>) -> String {
+    let at = media_index(members);
+    let copy = RealMember {
+        path: members[at].path.clone(),
+        header: members[at].header.clone(),
+        data: members[at].data.clone(),
+    };
+    members.insert(at + 1, copy);
+    members[at].path.clone()
+}
+
+#[test]
+fn file_list_of_another_backup_is_refused() {
+    let world = World::new();
+    tampered(&world, |members| {
+        let last = members.len() - 1;
+        edit_json(&mut members[last], |l| {
+            l["backup_id"] = json!("backup-19990101000000000000")
+        });
+    });
+    assert_refused(&world, TAMPERED, 5, &["another backup"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7: objects that are not passphrase-encrypted
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn unencrypted_tar_object_is_refused() {
+    let world = World::new();
+    store_object(
+        &world,
+        ID,
+        &backup_tar(
+            ID,
+            &[Member::file("media/local_content/pl/ai/n", b"plain\n")],
+        ),
+    );
+    assert_refused(&world, ID, 5, &["OpenPGP"]);
+}
+
+#[test]
+fn literal_only_openpgp_messages_are_refused() {
+    let world = World::new();
+    let tar = backup_tar(
+        ID,
+        &[Member::file("media/local_content/li/te/ral", b"literal\n")],
+    );
+    let home = gnupg_home();
+    let objects = [
+        (
+            "backup-20260101120000000000",
+            gpg_with(&home, &["--compress-algo", "none", "--store"], &tar),
+        ),
+        (
+            "backup-20260101120000000001",
+            gpg_with(&home, &["--compress-algo", "zlib", "--store"], &tar),
+        ),
+    ];
+    for (id, object) in &objects {
+        store_object(&world, id, object);
+        assert_refused(&world, id, 5, &["not encrypted"]);
+    }
+}
+
+#[test]
+fn signed_only_openpgp_message_is_refused() {
+    let world = World::new();
+    let tar = backup_tar(
+        ID,
+        &[Member::file("media/local_content/si/gn/ed", b"signed\n")],
+    );
+    let home = tempfile::tempdir().unwrap();
+    fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let keygen = [
+        "--pinentry-mode",
+        "loopback",
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "Hostile Signer <signer@example.test>",
+        "ed25519",
+        "sign",
+        "never",
+    ];
+    gpg_with(home.path(), &keygen, b"");
+    let signed = gpg_with(home.path(), &["--sign"], &tar);
+    // Stop the agent that signing started in the private home.
+    let _ = Command::new("gpgconf")
+        .args(["--kill", "gpg-agent"])
+        .env("GNUPGHOME", home.path())
+        .status();
+    store_object(&world, ID, &signed);
+    assert_refused(&world, ID, 5, &["not encrypted"]);
+}
+
+#[test]
+fn encrypted_garbage_is_not_a_tar() {
+    let world = World::new();
+    store_encrypted(&world, ID, b"this is not a tar archive at all\n");
+    // verify says "broken tar member header", restore "broken first member".
+    assert_refused(&world, ID, 5, &["damaged", "broken"]);
+}
