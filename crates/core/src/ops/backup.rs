@@ -6,7 +6,7 @@
 //! and a bounded channel. If any stage fails the upload is aborted, so a half backup never
 //! becomes visible.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ use crate::progress::{Cancel, Progress};
 use crate::store::{ByteStream, Store};
 use crate::synapse::{Database, HomeserverConfig};
 
-use super::pipe::{ChannelWriter, CHUNK, QUEUE_DEPTH};
+use super::pipe::{chunk_pipe, ChannelWriter, ChunkWriter, CHUNK, QUEUE_DEPTH};
 use super::restore::StateDir;
 
 /// Media folders Synapse keeps for its own users' uploads: always backed up.
@@ -227,8 +227,7 @@ fn run_pipeline(
     progress: Arc<dyn Progress>,
     cancel: Cancel,
 ) -> Result<(FileList, Vec<String>)> {
-    let (pipe_reader, pipe_writer) =
-        std::io::pipe().map_err(|e| Error::Other(format!("cannot create a pipe: {e}")))?;
+    let (pipe_writer, pipe_reader) = chunk_pipe(QUEUE_DEPTH);
     let tar_thread = {
         let cancel = cancel.clone();
         std::thread::Builder::new()
@@ -237,11 +236,7 @@ fn run_pipeline(
             .map_err(|e| Error::Other(format!("cannot start the archive thread: {e}")))?
     };
     let mut out = ChannelWriter::new(sender, cancel);
-    let encrypted = crypto::encrypt(
-        BufReader::with_capacity(CHUNK, pipe_reader),
-        &mut out,
-        &passphrase,
-    );
+    let encrypted = crypto::encrypt(pipe_reader, &mut out, &passphrase);
     let archived = tar_thread
         .join()
         .map_err(|_| Error::Other("the archive thread panicked".into()))?;
@@ -261,7 +256,7 @@ fn run_pipeline(
 fn write_archive(
     header: Header,
     sources: Vec<Source>,
-    out: std::io::PipeWriter,
+    out: ChunkWriter,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<(FileList, Vec<String>)> {
@@ -302,8 +297,10 @@ fn write_archive(
     let list_json = serde_json::to_vec(&list)
         .map_err(|e| Error::Other(format!("cannot encode the file list: {e}")))?;
     archive.append_bytes(FILES_MEMBER, &list_json, mtime)?;
-    let mut out = archive.finish()?;
-    out.flush()
+    let out = archive.finish()?;
+    out.into_inner()
+        .map_err(|e| Error::Other(format!("cannot write the archive: {}", e.error())))?
+        .finish()
         .map_err(|e| Error::Other(format!("cannot write the archive: {e}")))?;
     Ok((list, vanished))
 }
