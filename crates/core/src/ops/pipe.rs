@@ -111,6 +111,7 @@ impl BufRead for ObjectReader {
 enum Piece {
     Data(Vec<u8>),
     End,
+    Failed(io::Error),
 }
 
 /// Creates an in-process pipe of `depth` chunks of [`CHUNK`] bytes between two threads.
@@ -130,6 +131,7 @@ pub fn chunk_pipe(depth: usize) -> (ChunkWriter, ChunkReader) {
             current: Vec::new(),
             position: 0,
             ended: false,
+            failed: None,
         },
     )
 }
@@ -158,6 +160,35 @@ impl ChunkWriter {
     }
 }
 
+impl ChunkWriter {
+    /// Makes the reader fail with `error` (after the data already sent).
+    pub fn fail(mut self, error: io::Error) {
+        if !self.buffer.is_empty() {
+            let _ = self.send_buffer();
+        }
+        let _ = self.sender.send(Piece::Failed(error));
+    }
+}
+
+/// Reads `source` to its end on a thread of its own, handing its bytes over in 1 MiB chunks:
+/// decryption then runs on one core while the caller unpacks on another. An error of `source`
+/// reaches the returned reader unchanged, after the bytes read before it.
+pub fn read_ahead<R: Read + Send + 'static>(
+    mut source: R,
+    depth: usize,
+) -> io::Result<ChunkReader> {
+    let (mut writer, reader) = chunk_pipe(depth);
+    std::thread::Builder::new()
+        .name("read-ahead".into())
+        .spawn(move || match io::copy(&mut source, &mut writer) {
+            Ok(_) => {
+                let _ = writer.finish();
+            }
+            Err(e) => writer.fail(e),
+        })?;
+    Ok(reader)
+}
+
 impl Write for ChunkWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = (CHUNK - self.buffer.len()).min(buf.len());
@@ -178,6 +209,7 @@ pub struct ChunkReader {
     current: Vec<u8>,
     position: usize,
     ended: bool,
+    failed: Option<io::Error>,
 }
 
 impl Read for ChunkReader {
@@ -192,6 +224,9 @@ impl Read for ChunkReader {
 
 impl BufRead for ChunkReader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if let Some(error) = &self.failed {
+            return Err(io::Error::new(error.kind(), error.to_string()));
+        }
         while self.position >= self.current.len() && !self.ended {
             match self.receiver.recv() {
                 Ok(Piece::Data(data)) => {
@@ -199,6 +234,11 @@ impl BufRead for ChunkReader {
                     self.position = 0;
                 }
                 Ok(Piece::End) => self.ended = true,
+                Ok(Piece::Failed(error)) => {
+                    self.ended = true;
+                    self.failed = Some(io::Error::new(error.kind(), error.to_string()));
+                    return Err(error);
+                }
                 Err(_) => {
                     return Err(io::Error::other(
                         "the archive stage stopped before the end of the stream",
@@ -231,6 +271,24 @@ mod tests {
         reader.read_to_end(&mut all).unwrap();
         producer.join().unwrap();
         assert_eq!(all.len(), 3000 * 4 * 300);
+    }
+
+    #[test]
+    fn read_ahead_passes_errors_through() {
+        let failing = std::io::Cursor::new(vec![1u8; 10]).chain(Failing);
+        let mut reader = read_ahead(failing, 2).unwrap();
+        let mut all = Vec::new();
+        let err = reader.read_to_end(&mut all).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(all.len(), 10);
+    }
+
+    struct Failing;
+
+    impl Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cut"))
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::synapse::{is_running, wait_for_health, HomeserverConfig, RunningState
 
 use super::catalog::read_header;
 use super::open_backup;
+use super::pipe::{read_ahead, QUEUE_DEPTH};
 use super::verify::{hash_member, ArchiveFormat, ContentCheck, WriteFailed};
 
 pub use journal::{recover, Recovery, StateDir};
@@ -316,7 +317,9 @@ fn stage(
     expected_server_name: Option<&str>,
 ) -> Result<(ArchiveFormat, usize, u64)> {
     plan.prepare()?;
-    let reader = open_backup(stream, handle, passphrase, id, cancel)?;
+    let decrypted = open_backup(stream, handle, passphrase, id, cancel)?;
+    let reader = read_ahead(decrypted, QUEUE_DEPTH)
+        .map_err(|e| Error::Other(format!("cannot start the read-ahead thread: {e}")))?;
     let mut check = ContentCheck::new(id);
     read_members(reader, id, |mut member| {
         if check.take_manifest_member(&mut member)? {
