@@ -1,7 +1,7 @@
 //! Opening a stored backup for reading: download stream → decryption → plaintext reader.
 
 use crate::crypto::{self, DecryptReader};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::progress::Cancel;
 use crate::store::ByteStream;
 
@@ -15,6 +15,13 @@ pub fn open_backup(
     id: &str,
     cancel: Cancel,
 ) -> Result<DecryptReader<'static>> {
-    let reader = ObjectReader::new(stream, handle, cancel);
-    crypto::decrypt(reader, passphrase, id)
+    let reader = ObjectReader::new(stream, handle, cancel.clone());
+    // A read cut by Ctrl-C must not pass for a wrong passphrase or a damaged object.
+    crypto::decrypt(reader, passphrase, id).map_err(|e| {
+        if cancel.is_cancelled() {
+            Error::Interrupted
+        } else {
+            e
+        }
+    })
 }

@@ -198,7 +198,8 @@ pub fn recover(state: &StateDir) -> Result<Option<Recovery>> {
 /// Performs the swap the journal describes. Idempotent: every step checks whether it already
 /// happened, so a run interrupted anywhere can be repeated.
 pub fn apply_swap(journal: &Journal) -> Result<()> {
-    for entry in &journal.entries {
+    for (done, entry) in journal.entries.iter().enumerate() {
+        crash_point(done);
         let staged = entry.staging.as_ref().filter(|s| s.exists());
         let live_exists = fs::symlink_metadata(&entry.live).is_ok();
         match staged {
@@ -237,4 +238,17 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .at("fsync directory", dir)
+}
+
+/// Fault injection for the crash tests: with `SYNAPSE_BACKUP_CRASH_AFTER_SWAPS=N` in the
+/// environment the process aborts, like a power cut, after N renames of the swap.
+fn crash_point(done: usize) {
+    if let Ok(limit) = std::env::var("SYNAPSE_BACKUP_CRASH_AFTER_SWAPS") {
+        if limit.parse() == Ok(done) {
+            eprintln!(
+                "SYNAPSE_BACKUP_CRASH_AFTER_SWAPS={limit}: aborting in the middle of the swap"
+            );
+            std::process::abort();
+        }
+    }
 }

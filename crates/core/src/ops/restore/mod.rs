@@ -92,6 +92,22 @@ pub async fn restore_backup(
     let recovered = recover(&state)?;
     if let Some(recovery) = &recovered {
         tracing::warn!("{recovery}");
+        // Running the interrupted command again finishes it; nothing more to do.
+        if let Recovery::CompletedSwap { backup_id } = recovery {
+            if backup_id == id {
+                return Ok(RestoreReport {
+                    backup_id: id.to_string(),
+                    charm_format: false,
+                    files: 0,
+                    bytes: 0,
+                    placed: Vec::new(),
+                    kept_previous: Vec::new(),
+                    notes: vec!["the interrupted restore of this backup was completed; start Synapse when ready".into()],
+                    recovered: recovered.clone(),
+                    elapsed: started.elapsed(),
+                });
+            }
+        }
     }
 
     let header = read_header(store, id, &passphrase, &cancel).await?;
@@ -253,6 +269,7 @@ async fn stage_and_swap(
 ) -> Result<RestoreReport> {
     state.write_journal(&plan.journal(journal::Phase::Staging))?;
     let expected_server_name = plan.server_name.clone();
+    let cancelled = cancel.clone();
     let stream = store.get(id).await?;
     let handle = tokio::runtime::Handle::current();
     let backup_id = id.to_string();
@@ -279,7 +296,11 @@ async fn stage_and_swap(
         Err(e) => {
             plan.remove_staging();
             state.remove_journal()?;
-            return Err(e);
+            return Err(if cancelled.is_cancelled() {
+                Error::Interrupted
+            } else {
+                e
+            });
         }
     };
     plan.sync()?;
