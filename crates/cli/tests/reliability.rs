@@ -286,3 +286,70 @@ fn a_full_disk_while_staging_changes_nothing() {
     assert_eq!(live_state(&data), before);
     assert!(staging_left(&data).is_empty());
 }
+
+#[test]
+fn a_backup_taken_while_synapse_writes_is_consistent() {
+    let world = World::with(WorldOptions {
+        size_mib: 20.0,
+        ..Default::default()
+    });
+    let stop = world.path("stop-writing");
+    // A writer that keeps inserting rows, adding media and deleting media until told to stop.
+    let mut writer = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import os, random, sqlite3, sys, time
+data, stop = sys.argv[1], sys.argv[2]
+db = sqlite3.connect(os.path.join(data, "homeserver.db"), timeout=30)
+media = os.path.join(data, "media_store", "local_content")
+existing = [os.path.join(r, f) for r, _, fs in os.walk(media) for f in fs]
+i = 0
+while not os.path.exists(stop):
+    db.execute("INSERT INTO events (event_id, room_id, json) VALUES (?, ?, ?)", (f"$w{i}", "!r", "x" * 500))
+    db.commit()
+    path = os.path.join(media, "zz", "new", f"upload{i}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(os.urandom(20000))
+    if existing and i % 3 == 0:
+        os.remove(existing.pop(random.randrange(len(existing))))
+    i += 1
+print(i)
+"#,
+        )
+        .arg(&world.data)
+        .arg(&stop)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = world.run(&["create-backup"]);
+    fs::write(&stop, b"").unwrap();
+    let written = writer.wait_with_output().unwrap();
+    assert_success(&out, "create-backup during writes");
+    let rounds: u32 = String::from_utf8_lossy(&written.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(rounds > 10, "the writer barely ran ({rounds} rounds)");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_success(&world.run(&["verify-backup", &id]), "verify-backup");
+    let drill = world.path("drill");
+    assert_success(
+        &world.run(&[
+            "restore-backup",
+            &id,
+            "--target-dir",
+            drill.to_str().unwrap(),
+        ]),
+        "restore",
+    );
+    let check = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('pragma integrity_check').fetchone()[0])")
+        .arg(drill.join("database/homeserver.db"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "ok");
+}
