@@ -295,7 +295,7 @@ fn a_backup_taken_while_synapse_writes_is_consistent() {
     });
     let stop = world.path("stop-writing");
     // A writer that keeps inserting rows, adding media and deleting media until told to stop.
-    let mut writer = Command::new("python3")
+    let writer = Command::new("python3")
         .arg("-c")
         .arg(
             r#"
