@@ -8,9 +8,19 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v gpg >/dev/null || need_apt+=(gnupg)
 command -v tar >/dev/null || need_apt+=(tar)
+command -v pg_dump >/dev/null || need_apt+=(postgresql-client)
 if ((${#need_apt[@]})); then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+
+# The machine's PostgreSQL (started before the session on this kind of machine; start it if it
+# stopped). The PostgreSQL tests use it through PG* or 127.0.0.1:5432 as user postgres.
+if ! pg_isready -q -h "${PGHOST:-127.0.0.1}" -p "${PGPORT:-5432}" 2>/dev/null; then
+    if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    fi
+fi
+export SYNAPSE_BACKUP_REQUIRE_POSTGRES=1
 
 work=$(mktemp -d)
 cleanup() {

@@ -50,6 +50,10 @@ pub struct CreateArgs {
     /// Also back up remote media and URL preview caches (re-fetchable, skipped by default)
     #[arg(long)]
     pub include_remote_media: bool,
+
+    /// Leave the PostgreSQL database out (backed up by other tools, e.g. pgBackRest)
+    #[arg(long)]
+    pub skip_database: bool,
 }
 
 #[derive(Debug, Args)]

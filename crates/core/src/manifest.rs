@@ -59,12 +59,21 @@ pub enum DatabaseKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatabaseInfo {
     pub kind: DatabaseKind,
-    /// False when the database is backed up by other tools (PostgreSQL until it is supported,
-    /// or `--skip-database`); a restore then reminds the user to restore it first.
+    /// False when the database is backed up by other tools (`--skip-database`); a restore
+    /// then reminds the user to restore it first.
     pub included: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Server version, encoding and collation of a PostgreSQL database when it was dumped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<crate::database::postgres::PostgresInfo>,
 }
+
+/// Prefix of the members holding a PostgreSQL custom-format dump, cut into parts because a tar
+/// member must declare its size before its content and the dump's size is known only at its
+/// end. Concatenated in name order they are the dump: `cat database/postgres.dump.part-* |
+/// pg_restore ...`.
+pub const POSTGRES_DUMP_PREFIX: &str = "database/postgres.dump.part-";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
@@ -165,6 +174,7 @@ mod tests {
                 kind: DatabaseKind::Sqlite,
                 included: true,
                 note: None,
+                postgres: None,
             },
             include_remote_media: false,
             expected_bytes: 3,

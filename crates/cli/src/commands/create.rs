@@ -12,6 +12,7 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<()> {
     let options = BackupOptions {
         include_remote_media: args.include_remote_media
             || context.config.backup.include_remote_media,
+        skip_database: args.skip_database,
     };
     let summary = create_backup(
         &context.config,

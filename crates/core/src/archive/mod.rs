@@ -4,7 +4,7 @@
 mod reader;
 mod writer;
 
-pub use reader::{read_members, Member, MemberKind};
+pub use reader::{read_members, read_members_while, Member, MemberKind};
 pub use writer::{ArchiveWriter, HashingReader};
 
 use std::path::{Component, Path};

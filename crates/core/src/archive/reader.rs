@@ -58,6 +58,16 @@ pub fn read_members<R: Read>(
     id: &str,
     mut visit: impl FnMut(Member<'_>) -> Result<()>,
 ) -> Result<()> {
+    read_members_while(source, id, |member| visit(member).map(|()| true))
+}
+
+/// Like [`read_members`], but stops (without reading on to the end) once `visit` returns false.
+/// Only for a second pass over a backup already verified in full.
+pub fn read_members_while<R: Read>(
+    source: R,
+    id: &str,
+    mut visit: impl FnMut(Member<'_>) -> Result<bool>,
+) -> Result<()> {
     let seen = Arc::new(Mutex::new(None));
     let tap = ErrorTap {
         inner: source,
@@ -105,7 +115,7 @@ pub fn read_members<R: Read>(
                 .map_err(|e| Error::corrupt(id, format!("member {path:?}: bad size: {e}")))?;
             let mode = header.mode().unwrap_or(0o600) & 0o777;
             let mtime = header.mtime().unwrap_or(0) as i64;
-            visit(Member {
+            let go_on = visit(Member {
                 path,
                 kind,
                 size,
@@ -113,6 +123,9 @@ pub fn read_members<R: Read>(
                 mtime,
                 data: &mut entry,
             })?;
+            if !go_on {
+                return Ok(());
+            }
         }
         let mut rest = archive.into_inner();
         io::copy(&mut rest, &mut io::sink())

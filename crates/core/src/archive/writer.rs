@@ -13,6 +13,8 @@ use crate::progress::{is_cancelled_error, Cancel, Progress};
 /// Only permission bits travel; set-id and sticky bits never do.
 const MODE_MASK: u32 = 0o777;
 const READ_BUFFER: usize = 1 << 20;
+/// Size of each member of a stream stored in parts (a database dump); one is buffered at a time.
+pub const STREAM_PART_SIZE: usize = 8 * 1024 * 1024;
 
 pub struct ArchiveWriter<W: Write> {
     builder: tar::Builder<W>,
@@ -89,6 +91,56 @@ impl<W: Write> ArchiveWriter<W> {
             sha256: reader.finish_hex(),
             storage: Storage::Inline,
         }))
+    }
+
+    /// Stores everything `source` yields as members `<prefix>00000`, `<prefix>00001`, … of at
+    /// most [`STREAM_PART_SIZE`] bytes each: a stream of unknown length, with bounded memory.
+    pub fn append_stream_in_parts(
+        &mut self,
+        prefix: &str,
+        source: &mut dyn Read,
+        role: Role,
+        mtime: i64,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<Vec<FileEntry>> {
+        let mut entries = Vec::new();
+        let part_size = STREAM_PART_SIZE;
+        let mut buffer = Vec::with_capacity(part_size);
+        for index in 0.. {
+            buffer.clear();
+            (&mut *source)
+                .take(part_size as u64)
+                .read_to_end(&mut buffer)
+                .map_err(|e| Error::Other(format!("reading the database dump: {e}")))?;
+            if buffer.is_empty() && index > 0 {
+                break;
+            }
+            cancel.check().map_err(|_| Error::Interrupted)?;
+            let member = format!("{prefix}{index:05}");
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(buffer.len() as u64);
+            header.set_mode(0o600);
+            header.set_mtime(mtime.max(0) as u64);
+            self.builder
+                .append_data(&mut header, &member, &buffer[..])
+                .at("write archive member", &member)?;
+            progress.advance(buffer.len() as u64);
+            entries.push(FileEntry {
+                role,
+                path: member,
+                size: buffer.len() as u64,
+                mode: 0o600,
+                mtime,
+                sha256: hex::encode(Sha256::digest(&buffer)),
+                storage: Storage::Inline,
+            });
+            if buffer.len() < part_size {
+                break;
+            }
+        }
+        Ok(entries)
     }
 
     pub fn finish(self) -> Result<W> {

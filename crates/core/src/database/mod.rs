@@ -1,3 +1,4 @@
 //! Consistent copies of Synapse's database.
 
+pub mod postgres;
 pub mod sqlite;

@@ -6,7 +6,7 @@
 //! and a bounded channel. If any stage fails the upload is aborted, so a half backup never
 //! becomes visible.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +19,12 @@ use tokio::sync::mpsc;
 use crate::archive::ArchiveWriter;
 use crate::config::Config;
 use crate::crypto;
+use crate::database::postgres::{DumpProcess, Postgres};
 use crate::database::sqlite;
 use crate::error::{Error, Result};
 use crate::manifest::{
     DatabaseInfo, DatabaseKind, FileList, Header, Role, FILES_MEMBER, FORMAT_VERSION,
-    HEADER_MEMBER, TOOL_NAME,
+    HEADER_MEMBER, POSTGRES_DUMP_PREFIX, TOOL_NAME,
 };
 use crate::progress::{Cancel, Progress};
 use crate::store::{ByteStream, Store};
@@ -46,7 +47,11 @@ pub const CACHE_MEDIA_DIRS: [&str; 5] = [
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
     pub include_remote_media: bool,
+    /// Leave a PostgreSQL database out (backed up with other tools, such as pgBackRest).
+    pub skip_database: bool,
 }
+
+type Dump = std::io::BufReader<DumpProcess>;
 
 #[derive(Debug, Clone)]
 pub struct BackupSummary {
@@ -101,6 +106,7 @@ pub async fn create_backup(
 
     let mut sources = Vec::new();
     sources.extend(key_and_config_sources(&hs)?);
+    let mut dump: Option<Dump> = None;
 
     // The database comes before the media are listed, so every media row in the snapshot has
     // its file in the backup (Synapse writes the file before the row).
@@ -125,17 +131,36 @@ pub async fn create_backup(
                 kind: DatabaseKind::Sqlite,
                 included: true,
                 note: None,
+                postgres: None,
             }
         }
-        Database::Postgres(_) => {
-            tracing::warn!(
-                "{} uses PostgreSQL: this backup does not contain the database; back it up with pg_dump or pgBackRest and restore it before this backup",
-                hs.path.display()
-            );
+        Database::Postgres(_) if options.skip_database => DatabaseInfo {
+            kind: DatabaseKind::Postgresql,
+            included: false,
+            note: Some("--skip-database: the PostgreSQL database is not in this backup; restore it with its own tools (e.g. pgBackRest) before restoring this backup".into()),
+            postgres: None,
+        },
+        Database::Postgres(args) => {
+            progress.start("starting pg_dump", None);
+            let postgres = Postgres::new(args);
+            let (info, started_dump) = tokio::task::spawn_blocking(move || -> Result<_> {
+                let info = postgres.info()?;
+                let mut dump = std::io::BufReader::with_capacity(CHUNK, postgres.start_dump()?);
+                // The first bytes mean pg_dump holds its snapshot: only then are the media
+                // listed, so every media row in the dump has its file.
+                dump.fill_buf()
+                    .map_err(|e| Error::Other(format!("reading pg_dump: {e}")))?;
+                Ok((info, dump))
+            })
+            .await
+            .map_err(|e| Error::Other(format!("pg_dump task failed: {e}")))??;
+            progress.finish();
+            dump = Some(started_dump);
             DatabaseInfo {
                 kind: DatabaseKind::Postgresql,
-                included: false,
-                note: Some("PostgreSQL database not included; back it up and restore it with PostgreSQL tools, before restoring this backup".into()),
+                included: true,
+                note: None,
+                postgres: Some(info),
             }
         }
     };
@@ -176,7 +201,7 @@ pub async fn create_backup(
         let progress = Arc::clone(&progress);
         let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {
-            run_pipeline(header, sources, passphrase, sender, progress, cancel)
+            run_pipeline(header, sources, dump, passphrase, sender, progress, cancel)
         })
     };
     // Tar and OpenPGP add a little; the hint only sizes multipart parts.
@@ -222,6 +247,7 @@ async fn unused_backup_id(store: &dyn Store) -> Result<String> {
 fn run_pipeline(
     header: Header,
     sources: Vec<Source>,
+    dump: Option<Dump>,
     passphrase: SecretString,
     sender: mpsc::Sender<std::io::Result<bytes::Bytes>>,
     progress: Arc<dyn Progress>,
@@ -232,7 +258,16 @@ fn run_pipeline(
         let cancel = cancel.clone();
         std::thread::Builder::new()
             .name("archive".into())
-            .spawn(move || write_archive(header, sources, pipe_writer, progress.as_ref(), &cancel))
+            .spawn(move || {
+                write_archive(
+                    header,
+                    sources,
+                    dump,
+                    pipe_writer,
+                    progress.as_ref(),
+                    &cancel,
+                )
+            })
             .map_err(|e| Error::Other(format!("cannot start the archive thread: {e}")))?
     };
     let mut out = ChannelWriter::new(sender, cancel);
@@ -256,6 +291,7 @@ fn run_pipeline(
 fn write_archive(
     header: Header,
     sources: Vec<Source>,
+    mut dump: Option<Dump>,
     out: ChunkWriter,
     progress: &dyn Progress,
     cancel: &Cancel,
@@ -271,6 +307,12 @@ fn write_archive(
     for source in &sources {
         if cancel.is_cancelled() {
             return Err(Error::Interrupted);
+        }
+        // The dump goes after keys and config and before the media, as it was taken.
+        if source.role == Role::Media {
+            if let Some(dump) = dump.take() {
+                files.extend(write_dump(&mut archive, dump, mtime, progress, cancel)?);
+            }
         }
         match archive.append_file(&source.member, &source.path, source.role, progress, cancel)? {
             Some(entry) => files.push(entry),
@@ -289,6 +331,9 @@ fn write_archive(
             }
         }
     }
+    if let Some(dump) = dump.take() {
+        files.extend(write_dump(&mut archive, dump, mtime, progress, cancel)?);
+    }
     let list = FileList {
         format_version: FORMAT_VERSION,
         backup_id: id,
@@ -303,6 +348,28 @@ fn write_archive(
         .finish()
         .map_err(|e| Error::Other(format!("cannot write the archive: {e}")))?;
     Ok((list, vanished))
+}
+
+fn write_dump<W: Write>(
+    archive: &mut ArchiveWriter<W>,
+    mut dump: Dump,
+    mtime: i64,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<Vec<crate::manifest::FileEntry>> {
+    let written = archive.append_stream_in_parts(
+        POSTGRES_DUMP_PREFIX,
+        &mut dump,
+        Role::Database,
+        mtime,
+        progress,
+        cancel,
+    );
+    // pg_dump's exit status says whether the stream was complete.
+    let finished = dump.into_inner().finish();
+    let entries = written?;
+    finished?;
+    Ok(entries)
 }
 
 fn media_dirs(include_remote: bool) -> Vec<&'static str> {

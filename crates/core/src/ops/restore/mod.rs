@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 
-use crate::archive::{read_members, MemberKind};
+use crate::archive::{read_members, read_members_while, MemberKind};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::manifest::Header;
+use crate::manifest::POSTGRES_DUMP_PREFIX;
 use crate::progress::{Cancel, Progress};
 use crate::store::Store;
 use crate::synapse::{is_running, wait_for_health, HomeserverConfig, RunningState};
@@ -33,7 +34,7 @@ use super::pipe::{read_ahead, QUEUE_DEPTH};
 use super::verify::{hash_member, ArchiveFormat, ContentCheck, WriteFailed};
 
 pub use journal::{recover, Recovery, StateDir};
-use plan::{Destination, Plan};
+use plan::{Destination, Placement, Plan};
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -270,6 +271,7 @@ async fn stage_and_swap(
     state.write_journal(&plan.journal(journal::Phase::Staging))?;
     let expected_server_name = plan.server_name.clone();
     let cancelled = cancel.clone();
+    let passphrase_again = passphrase.clone();
     let stream = store.get(id).await?;
     let handle = tokio::runtime::Handle::current();
     let backup_id = id.to_string();
@@ -304,6 +306,17 @@ async fn stage_and_swap(
         }
     };
     plan.sync()?;
+    // The database first, then the files, as Synapse's documentation prescribes; pg_restore
+    // runs in one transaction, so a failure leaves the (empty) database as it was.
+    if let Some(postgres) = &plan.postgres {
+        let restored =
+            restore_postgres(store, id, &passphrase_again, postgres, cancelled.clone()).await;
+        if let Err(e) = restored {
+            plan.remove_staging();
+            state.remove_journal()?;
+            return Err(e);
+        }
+    }
     state.write_journal(&plan.journal(journal::Phase::Swapping))?;
     let placed = plan.swap()?;
     state.remove_journal()?;
@@ -358,8 +371,16 @@ fn stage(
             return Ok(());
         }
         let charm = check.format() == Some(&ArchiveFormat::Charm);
-        let Some(staged_path) = plan.place(&member.path, member.kind, charm)? else {
-            return Ok(());
+        let staged_path = match plan.place(&member.path, member.kind, charm)? {
+            Placement::Skip => return Ok(()),
+            Placement::HashOnly => {
+                let path = member.path.clone();
+                check.claim(&path)?;
+                let (hash, size) = hash_member(&mut member, None, progress)
+                    .map_err(|e| Error::corrupt(id, format!("reading {path:?}: {e}")))?;
+                return check.record(&path, size, hash);
+            }
+            Placement::Stage(path) => path,
         };
         match member.kind {
             MemberKind::Directory => plan.make_dir(&staged_path),
@@ -383,4 +404,48 @@ fn stage(
     let (format, files, bytes) = check.finish()?;
     plan.check_complete(&format)?;
     Ok((format, files, bytes))
+}
+
+/// Second pass over a fully verified backup: streams the dump's parts into pg_restore, and stops
+/// reading once they have passed.
+async fn restore_postgres(
+    store: &dyn Store,
+    id: &str,
+    passphrase: &SecretString,
+    postgres: &crate::database::postgres::Postgres,
+    cancel: Cancel,
+) -> Result<()> {
+    let stream = store.get(id).await?;
+    let handle = tokio::runtime::Handle::current();
+    let mut process = postgres.start_restore()?;
+    let passphrase = passphrase.clone();
+    let backup_id = id.to_string();
+    let (process, fed) = tokio::task::spawn_blocking(move || {
+        let fed = (|| -> Result<()> {
+            let reader = open_backup(stream, handle, &passphrase, &backup_id, cancel)?;
+            let mut seen_parts = false;
+            read_members_while(reader, &backup_id, |member| {
+                if !member.path.starts_with(POSTGRES_DUMP_PREFIX) {
+                    return Ok(!seen_parts);
+                }
+                seen_parts = true;
+                std::io::copy(member.data, &mut process)
+                    .map(|_| true)
+                    .map_err(|e| Error::Other(format!("feeding pg_restore: {e}")))
+            })
+        })();
+        (process, fed)
+    })
+    .await
+    .map_err(|e| Error::Other(format!("database restore task failed: {e}")))?;
+    match fed {
+        Ok(()) => process.finish(),
+        Err(e) => {
+            // pg_restore's own message says more than a broken pipe.
+            match process.finish() {
+                Err(pg) => Err(pg),
+                Ok(()) => Err(e),
+            }
+        }
+    }
 }

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::archive::MemberKind;
+use crate::database::postgres::Postgres;
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{DatabaseKind, Header};
+use crate::manifest::{DatabaseKind, Header, POSTGRES_DUMP_PREFIX};
 use crate::ops::backup::{CACHE_MEDIA_DIRS, LOCAL_MEDIA_DIRS};
 use crate::ops::verify::ArchiveFormat;
 use crate::synapse::{Database, HomeserverConfig};
@@ -20,6 +21,15 @@ use super::journal::{Journal, JournalEntry, Phase};
 const SPACE_MARGIN: u64 = 64 * 1024 * 1024;
 /// Nothing restored is writable by others.
 const MODE_MASK: u32 = 0o775;
+
+/// What to do with a member.
+pub(crate) enum Placement {
+    Skip,
+    Stage(PathBuf),
+    /// Checked against the manifest only: a database dump, restored by pg_restore in a second
+    /// pass once everything has been verified.
+    HashOnly,
+}
 
 pub(crate) enum Destination {
     Live(Box<HomeserverConfig>),
@@ -61,6 +71,8 @@ pub(crate) struct Plan {
     pub notes: Vec<String>,
     /// The target's server_name (live restores only).
     pub server_name: Option<String>,
+    /// The target's PostgreSQL database, when the backup holds a dump to restore into it.
+    pub postgres: Option<Postgres>,
 }
 
 impl Plan {
@@ -78,6 +90,7 @@ impl Plan {
             targets: Vec::new(),
             skipped: BTreeSet::new(),
             notes: Vec::new(),
+            postgres: None,
             server_name: match destination {
                 Destination::Live(hs) => Some(hs.server_name.clone()),
                 Destination::Directory(_) => None,
@@ -138,6 +151,14 @@ impl Plan {
                 self.add(Slot::Database, path, false, false)?;
                 let wal = PathBuf::from(format!("{}-wal", path.display()));
                 self.add(Slot::DatabaseWal, &wal, false, false)?;
+            }
+            (Database::Postgres(args), Some(info))
+                if info.included && info.kind == DatabaseKind::Postgresql =>
+            {
+                let postgres = Postgres::new(args);
+                // Before anything is downloaded or stopped: the target must be empty.
+                postgres.check_restore_target()?;
+                self.postgres = Some(postgres);
             }
             (Database::Postgres(_), _) => {}
         }
@@ -225,7 +246,22 @@ impl Plan {
     }
 
     /// Maps a member to the staging path it is written to, or `None` to skip it.
-    pub fn place(
+    pub fn place(&mut self, member: &str, kind: MemberKind, charm: bool) -> Result<Placement> {
+        if member.starts_with(POSTGRES_DUMP_PREFIX) && !charm && self.live_mode {
+            return match &self.postgres {
+                Some(_) => Ok(Placement::HashOnly),
+                None => Err(Error::Refused(format!(
+                    "backup {} holds a PostgreSQL dump but the target does not use PostgreSQL",
+                    self.id
+                ))),
+            };
+        }
+        Ok(self
+            .place_in_layout(member, kind, charm)?
+            .map_or(Placement::Skip, Placement::Stage))
+    }
+
+    fn place_in_layout(
         &mut self,
         member: &str,
         kind: MemberKind,

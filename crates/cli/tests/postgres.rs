@@ -1,0 +1,191 @@
+//! PostgreSQL in the backup, against the machine's real server (`PG*` variables, or
+//! 127.0.0.1:5432 as user postgres) and the real pg_dump / pg_restore.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+use common::*;
+
+struct Pg {
+    host: String,
+    port: String,
+    user: String,
+}
+
+impl Pg {
+    /// The server, or `None` (a skip) when there is none, unless
+    /// `SYNAPSE_BACKUP_REQUIRE_POSTGRES=1`, where a missing server fails the test.
+    fn find() -> Option<Pg> {
+        let pg = Pg {
+            host: std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into()),
+            port: std::env::var("PGPORT").unwrap_or_else(|_| "5432".into()),
+            user: std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()),
+        };
+        if pg.sql("postgres", "SELECT 1").is_ok() {
+            return Some(pg);
+        }
+        if std::env::var("SYNAPSE_BACKUP_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+            panic!(
+                "SYNAPSE_BACKUP_REQUIRE_POSTGRES=1 but no PostgreSQL answers at {}:{}",
+                pg.host, pg.port
+            );
+        }
+        eprintln!("no PostgreSQL server: skipping");
+        None
+    }
+
+    fn sql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &self.host,
+                "-p",
+                &self.port,
+                "-U",
+                &self.user,
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    }
+
+    fn fresh_db(&self, name: &str, collate: &str) {
+        self.sql("postgres", &format!("DROP DATABASE IF EXISTS {name}"))
+            .unwrap();
+        self.sql(
+            "postgres",
+            &format!("CREATE DATABASE {name} ENCODING 'UTF8' LC_COLLATE '{collate}' LC_CTYPE '{collate}' TEMPLATE template0"),
+        )
+        .unwrap();
+    }
+
+    /// Points the world's homeserver.yaml at database `name`.
+    fn use_in(&self, world: &World, name: &str) {
+        let yaml_path = world.data.join("homeserver.yaml");
+        let yaml = fs::read_to_string(&yaml_path).unwrap();
+        let start = yaml.find("database:").unwrap();
+        let end = yaml[start..].find("log_config").unwrap() + start;
+        let database = format!(
+            "database:\n  name: psycopg2\n  args:\n    user: {}\n    dbname: {name}\n    host: {}\n    port: {}\n    cp_min: 5\n",
+            self.user, self.host, self.port
+        );
+        fs::write(
+            &yaml_path,
+            format!("{}{database}{}", &yaml[..start], &yaml[end..]),
+        )
+        .unwrap();
+    }
+}
+
+fn unique(name: &str) -> String {
+    format!("sbt_{name}_{}", std::process::id())
+}
+
+#[test]
+fn postgres_database_round_trips_without_one_time_keys() {
+    let Some(pg) = Pg::find() else { return };
+    let source_db = unique("src");
+    let target_db = unique("dst");
+    pg.fresh_db(&source_db, "C");
+    pg.sql(
+        &source_db,
+        "CREATE TABLE events (id bigserial PRIMARY KEY, body text);
+         INSERT INTO events (body) SELECT 'message ' || g FROM generate_series(1, 5000) g;
+         CREATE TABLE e2e_one_time_keys_json (user_id text, key_json text);
+         INSERT INTO e2e_one_time_keys_json VALUES ('@a:example.test', '{\"k\":1}');",
+    )
+    .unwrap();
+    let source = World::new();
+    pg.use_in(&source, &source_db);
+    let id = source.create_backup();
+    let listed = source.run(&["--json", "list-backups"]);
+    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(rows[0]["database"]["kind"], "postgresql");
+    assert_eq!(rows[0]["database"]["included"], true);
+    assert_eq!(rows[0]["database"]["postgres"]["encoding"], "UTF8");
+    assert_success(&source.run(&["verify-backup", &id]), "verify-backup");
+
+    // A new host: another data dir, an empty database of its own.
+    let target = World::with(WorldOptions {
+        seed: 5,
+        ..Default::default()
+    });
+    pg.fresh_db(&target_db, "C");
+    pg.use_in(&target, &target_db);
+    fs::create_dir_all(&target.store).unwrap();
+    fs::copy(source.object(&id), target.object(&id)).unwrap();
+    let out = target.run(&["restore-backup", &id]);
+    assert_success(&out, "restore-backup into PostgreSQL");
+    assert_eq!(
+        pg.sql(&target_db, "SELECT count(*), max(body) FROM events")
+            .unwrap(),
+        "5000|message 999"
+    );
+    assert_eq!(
+        pg.sql(&target_db, "SELECT count(*) FROM e2e_one_time_keys_json")
+            .unwrap(),
+        "0"
+    );
+    let key = format!("{SERVER_NAME}.signing.key");
+    assert_eq!(
+        file_hash(&target.data.join(&key)),
+        file_hash(&source.data.join(&key))
+    );
+
+    // A second restore into the now filled database is refused, and says how to fix it.
+    let id2 = target.create_backup();
+    let stderr = assert_fails(&target.run(&["restore-backup", &id2]), 6, "not empty");
+    assert!(stderr.contains("CREATE DATABASE"), "{stderr}");
+
+    for db in [&source_db, &target_db] {
+        pg.sql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_database_synapse_would_refuse_is_refused_before_anything_changes() {
+    let Some(pg) = Pg::find() else { return };
+    let source_db = unique("src2");
+    let target_db = unique("dst2");
+    pg.fresh_db(&source_db, "C");
+    pg.sql(
+        &source_db,
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1);",
+    )
+    .unwrap();
+    let world = World::new();
+    pg.use_in(&world, &source_db);
+    let id = world.create_backup();
+    pg.fresh_db(&target_db, "C.UTF-8");
+    pg.use_in(&world, &target_db);
+    let before = tree_hashes(&world.data.join("media_store"));
+    assert_fails(&world.run(&["restore-backup", &id]), 6, "collation");
+    assert_eq!(tree_hashes(&world.data.join("media_store")), before);
+
+    // --skip-database leaves the database out and says so.
+    pg.use_in(&world, &source_db);
+    let out = world.run(&["--json", "create-backup", "--skip-database"]);
+    assert_success(&out, "create-backup --skip-database");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["database"]["included"], false);
+    for db in [&source_db, &target_db] {
+        pg.sql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
+            .unwrap();
+    }
+}

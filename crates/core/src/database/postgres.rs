@@ -1,0 +1,287 @@
+//! PostgreSQL through the real client programs: `pg_dump --format=custom` streams into the
+//! backup, `pg_restore --single-transaction` reads it back. Connection settings come from
+//! homeserver.yaml and are passed as `PG*` environment variables (never as arguments), so a
+//! libpq passfile or the caller's own `PG*` variables work too.
+
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::synapse::PostgresArgs;
+
+/// Synapse's guidance: restoring used one-time keys breaks end-to-end encryption for clients.
+pub const EXCLUDED_TABLE_DATA: &[&str] = &["e2e_one_time_keys_json"];
+
+/// Facts recorded in the manifest and checked on restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresInfo {
+    pub server_version: String,
+    pub encoding: String,
+    pub collate: String,
+    pub ctype: String,
+}
+
+pub struct Postgres {
+    args: PostgresArgs,
+}
+
+impl Postgres {
+    pub fn new(args: &PostgresArgs) -> Postgres {
+        Postgres { args: args.clone() }
+    }
+
+    /// Names the database for messages: `dbname on host:port`.
+    pub fn describe(&self) -> String {
+        format!(
+            "PostgreSQL database {} on {}:{}",
+            self.args.dbname.as_deref().unwrap_or("(default)"),
+            self.args.host.as_deref().unwrap_or("(local socket)"),
+            self.args
+                .port
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "5432".into())
+        )
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        let set = |command: &mut Command, key: &str, value: &Option<String>| {
+            if let Some(value) = value {
+                command.env(key, value);
+            }
+        };
+        set(&mut command, "PGHOST", &self.args.host);
+        set(
+            &mut command,
+            "PGPORT",
+            &self.args.port.map(|p| p.to_string()),
+        );
+        set(&mut command, "PGUSER", &self.args.user);
+        set(&mut command, "PGDATABASE", &self.args.dbname);
+        set(&mut command, "PGSSLMODE", &self.args.sslmode);
+        if let Some(password) = self.args.password() {
+            command.env("PGPASSWORD", password);
+        }
+        command
+    }
+
+    fn query(&self, sql: &str) -> Result<String> {
+        let out = self
+            .command("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| missing_program("psql", e))?;
+        if !out.status.success() {
+            return Err(Error::Other(format!(
+                "psql on {} failed: {}",
+                self.describe(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    pub fn info(&self) -> Result<PostgresInfo> {
+        let row = self.query(
+            "SELECT current_setting('server_version'), pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = current_database()",
+        )?;
+        let fields: Vec<&str> = row.split('|').collect();
+        match fields.as_slice() {
+            [version, encoding, collate, ctype] => Ok(PostgresInfo {
+                server_version: version.to_string(),
+                encoding: encoding.to_string(),
+                collate: collate.to_string(),
+                ctype: ctype.to_string(),
+            }),
+            _ => Err(Error::Other(format!(
+                "unexpected answer from {}: {row:?}",
+                self.describe()
+            ))),
+        }
+    }
+
+    /// Number of tables outside the system schemas.
+    pub fn table_count(&self) -> Result<u64> {
+        let count = self.query(
+            "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+        )?;
+        count
+            .parse()
+            .map_err(|_| Error::Other(format!("unexpected table count {count:?}")))
+    }
+
+    /// Refuses a target that Synapse would refuse or that a restore would mix into.
+    pub fn check_restore_target(&self) -> Result<()> {
+        let info = self.info()?;
+        let create_hint = format!(
+            "create an empty one: CREATE DATABASE {} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 OWNER {};",
+            self.args.dbname.as_deref().unwrap_or("synapse"),
+            self.args.user.as_deref().unwrap_or("synapse_user")
+        );
+        if info.encoding != "UTF8" || info.collate != "C" || info.ctype != "C" {
+            return Err(Error::Refused(format!(
+                "{} has encoding {} and collation {}/{}; Synapse needs UTF8 with C collation and ctype: {create_hint}",
+                self.describe(),
+                info.encoding,
+                info.collate,
+                info.ctype
+            )));
+        }
+        let tables = self.table_count()?;
+        if tables > 0 {
+            return Err(Error::Refused(format!(
+                "{} is not empty ({tables} tables); restore-backup only restores into an empty database. Drop it and {create_hint}",
+                self.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts `pg_dump --format=custom` writing to a pipe.
+    pub fn start_dump(&self) -> Result<DumpProcess> {
+        let mut command = self.command("pg_dump");
+        command.args(["--format=custom", "--no-owner"]);
+        for table in EXCLUDED_TABLE_DATA {
+            command.arg(format!("--exclude-table-data={table}"));
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| missing_program("pg_dump", e))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Other("pg_dump has no stdout".into()))?;
+        Ok(DumpProcess {
+            child,
+            stdout,
+            describe: self.describe(),
+        })
+    }
+
+    /// Starts `pg_restore` reading a custom-format dump from a pipe, in one transaction, so a
+    /// failure leaves the (empty) database as it was.
+    pub fn start_restore(&self) -> Result<RestoreProcess> {
+        let mut command = self.command("pg_restore");
+        command.args([
+            "--no-owner",
+            "--exit-on-error",
+            "--single-transaction",
+            "--dbname",
+        ]);
+        command.arg(self.args.dbname.as_deref().unwrap_or("synapse"));
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| missing_program("pg_restore", e))?;
+        let stdin = child.stdin.take();
+        Ok(RestoreProcess {
+            child,
+            stdin,
+            describe: self.describe(),
+        })
+    }
+}
+
+fn missing_program(program: &str, e: std::io::Error) -> Error {
+    Error::Other(format!(
+        "cannot run {program} ({e}); install the PostgreSQL client programs matching the server's major version (e.g. apt-get install postgresql-client)"
+    ))
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut text);
+    }
+    text.trim().to_string()
+}
+
+pub struct DumpProcess {
+    child: Child,
+    stdout: ChildStdout,
+    describe: String,
+}
+
+impl Read for DumpProcess {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stdout.read(buf)
+    }
+}
+
+impl DumpProcess {
+    /// Waits for pg_dump and turns a failure into an error that quotes it.
+    pub fn finish(mut self) -> Result<()> {
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::Other(format!("waiting for pg_dump: {e}")))?;
+        if status.success() {
+            return Ok(());
+        }
+        let stderr = stderr_of(&mut self.child);
+        let hint = if stderr.contains("version mismatch") {
+            "; install the pg_dump of the server's major version"
+        } else {
+            ""
+        };
+        Err(Error::Other(format!(
+            "pg_dump of {} failed ({status}): {stderr}{hint}",
+            self.describe
+        )))
+    }
+}
+
+pub struct RestoreProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    describe: String,
+}
+
+impl Write for RestoreProcess {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.stdin.as_mut() {
+            Some(stdin) => stdin.write(buf),
+            None => Err(std::io::Error::other("pg_restore's input is closed")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.stdin.as_mut() {
+            Some(stdin) => stdin.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl RestoreProcess {
+    /// Closes the input and waits; pg_restore's own message on failure.
+    pub fn finish(mut self) -> Result<()> {
+        drop(self.stdin.take());
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::Other(format!("waiting for pg_restore: {e}")))?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(Error::Other(format!(
+            "pg_restore into {} failed ({status}); its transaction was rolled back, the database is as it was: {}",
+            self.describe,
+            stderr_of(&mut self.child)
+        )))
+    }
+
+    /// Stops pg_restore without committing anything.
+    pub fn abort(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

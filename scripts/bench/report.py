@@ -1,0 +1,380 @@
+#!/usr/bin/env python3
+"""Turns the measurements of scripts/bench.sh into a Markdown report.
+
+Input: --results, a TSV without header, one row per measurement:
+    dataset tool op run bytes wall_s mb_s cpu_s peak_rss_kib server_cpu_s
+('-' where a figure does not apply), and --meta, the KEY=VALUE lines (shell-quoted) bench.sh
+wrote about the machine and the run. Output: the report on stdout and in --out.
+"""
+
+import argparse
+import shlex
+import statistics
+import sys
+
+DATASETS = ("media-heavy", "many-small")
+
+# (tool, op) in the order the tables show them, with a label.
+ROWS = [
+    ("ours", "create", "synapse-backup create-backup"),
+    ("ours", "verify", "synapse-backup verify-backup"),
+    ("ours", "restore", "synapse-backup restore-backup --target-dir"),
+    ("charm", "backup", "charm: tar -c | gpg --symmetric | aws s3 cp -"),
+    ("charm", "restore", "charm: aws s3 cp - | gpg -d | tar -x"),
+    ("restic", "backup", "restic backup (first, new repository)"),
+    ("restic", "restore", "restic restore"),
+    ("limit", "read", "limit: read the data (tar -c | cat > /dev/null)"),
+    ("limit", "encrypt", "limit: OpenPGP encryption, 1 core, in memory"),
+    ("limit", "decrypt", "(context) OpenPGP decryption, 1 core, in memory"),
+    ("limit", "s3-ingest", "limit: S3 ingest (aws s3 cp FILE)"),
+    ("limit", "s3-put", "(context) S3 ingest, one PUT (curl -T FILE)"),
+    ("limit", "s3-egress", "(context) S3 egress (aws s3 cp OBJECT - | cat)"),
+]
+CREATE_LIMITS = (("read", "read"), ("encrypt", "encrypt"), ("s3-ingest", "S3 ingest"))
+RSS_TARGET_MIB = 64
+
+
+def num(value):
+    return None if value in ("-", "", None) else float(value)
+
+
+def load_results(path):
+    data = {}
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            ds, tool, op, run, size, wall, mbs, cpu, rss, server = line.split("\t")
+            data.setdefault((ds, tool, op), []).append(
+                {
+                    "run": int(run),
+                    "bytes": int(size),
+                    "wall": num(wall),
+                    "mbs": num(mbs),
+                    "cpu": num(cpu),
+                    "rss_mib": None if num(rss) is None else num(rss) / 1024,
+                    "server": num(server),
+                }
+            )
+    return data
+
+
+def load_meta(path):
+    meta = {}
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if "=" not in line:
+                continue
+            key, value = line.split("=", 1)
+            meta[key] = " ".join(shlex.split(value)) if value else ""
+    return meta
+
+
+def values(rows, key):
+    return [r[key] for r in rows if r[key] is not None]
+
+
+def median(rows, key):
+    v = values(rows, key)
+    return statistics.median(v) if v else None
+
+
+def fmt(x, digits=1):
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def spread(rows, key, digits=1):
+    """median (min–max)"""
+    v = values(rows, key)
+    if not v:
+        return "–"
+    if len(v) == 1:
+        return fmt(v[0], digits)
+    return f"{fmt(statistics.median(v), digits)} ({fmt(min(v), digits)}–{fmt(max(v), digits)})"
+
+
+class Report:
+    def __init__(self, data, meta):
+        self.data = data
+        self.meta = meta
+        self.lines = []
+
+    def out(self, text=""):
+        self.lines.append(text)
+
+    def rows(self, ds, tool, op):
+        return self.data.get((ds, tool, op), [])
+
+    def mbs(self, ds, tool, op):
+        return median(self.rows(ds, tool, op), "mbs")
+
+    def has(self, ds):
+        return any(key[0] == ds for key in self.data)
+
+    def create_limit(self, ds):
+        found = [(self.mbs(ds, "limit", op), label) for op, label in CREATE_LIMITS]
+        found = [(v, label) for v, label in found if v is not None]
+        return min(found) if found else (None, None)
+
+    def restore_limit(self, ds):
+        found = [(self.mbs(ds, "limit", op), label) for op, label in (("s3-egress", "S3 egress"), ("decrypt", "decrypt"))]
+        found = [(v, label) for v, label in found if v is not None]
+        return min(found) if found else (None, None)
+
+    def ours_peak_rss(self, ds):
+        v = [r["rss_mib"] for op in ("create", "verify", "restore") for r in self.rows(ds, "ours", op) if r["rss_mib"] is not None]
+        return max(v) if v else None
+
+    # --- sections ---
+
+    def header(self):
+        m = self.meta
+        self.out("# Benchmarks")
+        self.out()
+        self.out(
+            f"Written by `{m.get('command', 'scripts/bench.sh')}` on {m.get('date', '?')} "
+            f"({self.minutes(m.get('elapsed_s'))}). Do not edit by hand: run the script again. "
+            "The method, and what the figures do and do not say, are at the end."
+        )
+        self.out()
+        self.out("| machine | |")
+        self.out("| --- | --- |")
+        self.out(f"| CPUs (nproc) | {m.get('nproc', '?')} |")
+        self.out(f"| CPU model | {m.get('cpu_model', '?')} |")
+        self.out(f"| RAM | {m.get('mem_total', '?')} |")
+        self.out(f"| kernel, file system of the work dir | {m.get('kernel', '?')}, {m.get('fs', '?')} |")
+        self.out(f"| load average (1, 5, 15 min) at start / end | {m.get('load_start', '?')} / {m.get('load_end', '?')} |")
+        self.out(f"| synapse-backup | {m.get('v_ours', '?')}, commit {m.get('commit', '?')} |")
+        self.out(
+            f"| others | {m.get('v_gpg', '?')}; {m.get('v_aws', '?')}; {m.get('v_restic', '?')}; "
+            f"{m.get('v_tar', '?')}; {m.get('v_garage', '?') or 'garage'} (S3 server) |"
+        )
+        self.out()
+
+    @staticmethod
+    def minutes(seconds):
+        if not seconds:
+            return "run time unknown"
+        s = int(float(seconds))
+        return f"the whole run took {s // 60} min {s % 60:02d} s"
+
+    def dataset_title(self, ds):
+        key = ds.replace("-", "_")
+        files = self.meta.get(f"files_{key}")
+        size = self.meta.get(f"bytes_{key}")
+        if ds == "media-heavy":
+            what = f"media-heavy, {self.meta.get('media_mib', '?')} MiB of media asked for"
+        else:
+            what = f"many-small, {self.meta.get('small_files', '?')} media files of 2–60 KiB asked for"
+        extra = ""
+        if files and size:
+            extra = f": {int(files):,} files, {int(size) / 1e6:,.1f} MB backed up"
+        return f"{what}{extra}"
+
+    def targets(self):
+        self.out("## Targets")
+        self.out()
+        self.out("Ratios of medians of MB/s (higher is faster); reported against the targets, not as pass/fail of the script.")
+        self.out()
+        self.out("| target | measured | ratio | met? |")
+        self.out("| --- | --- | --- | --- |")
+        mh = "media-heavy"
+
+        def row(label, ours, other, want, other_label):
+            if ours is None or other is None:
+                self.out(f"| {label} | not measured | – | – |")
+                return
+            ratio = ours / other
+            met = "met" if ratio >= want else "**not met**"
+            self.out(f"| {label} | {fmt(ours)} vs {other_label} {fmt(other)} MB/s | {ratio:.2f}× | {met} |")
+
+        ours_c = self.mbs(mh, "ours", "create")
+        row("create-backup ≥ 4× charm backup (media-heavy)", ours_c, self.mbs(mh, "charm", "backup"), 4, "charm")
+        row("create-backup ≥ 2× restic first backup (media-heavy)", ours_c, self.mbs(mh, "restic", "backup"), 2, "restic")
+        limit, which = self.create_limit(mh)
+        row(
+            "create-backup ≥ 80% of the limit, the slowest of read, encrypt and S3 ingest (media-heavy)",
+            ours_c,
+            limit,
+            0.8,
+            f"limit ({which})",
+        )
+        for ds in DATASETS:
+            ours_r = self.mbs(ds, "ours", "restore")
+            row(f"restore-backup ≥ 1.5× charm restore ({ds})", ours_r, self.mbs(ds, "charm", "restore"), 1.5, "charm")
+            row(f"restore-backup ≥ 1.2× restic restore ({ds})", ours_r, self.mbs(ds, "restic", "restore"), 1.2, "restic")
+        row(
+            "many-small create-backup MB/s ≥ 50% of media-heavy's",
+            self.mbs("many-small", "ours", "create"),
+            ours_c,
+            0.5,
+            "media-heavy",
+        )
+        size = self.meta.get("size_gib", "?")
+        for ds in DATASETS:
+            peak = self.ours_peak_rss(ds)
+            label = f"peak RSS ≤ {RSS_TARGET_MIB} MiB (create, verify, restore; {ds}, {size} GiB)"
+            if peak is None:
+                self.out(f"| {label} | not measured | – | – |")
+            else:
+                met = "met" if peak <= RSS_TARGET_MIB else "**not met**"
+                self.out(f"| {label} | largest of all runs {peak:.1f} MiB | {peak / RSS_TARGET_MIB:.2f}× the cap | {met} |")
+        self.out()
+        self.out(
+            f"The RSS target holds \"for 1 GiB and 10 GiB alike\": this run measured {size} GiB; "
+            "`scripts/bench.sh --size 10` measures the other end."
+        )
+        self.out()
+
+    def tables(self):
+        for ds in DATASETS:
+            if not self.has(ds):
+                continue
+            self.out(f"## Results: {self.dataset_title(ds)}")
+            self.out()
+            self.out("Median (min–max) over the runs. CPU is user + system seconds of every process of the command or")
+            self.out("pipeline; peak RSS is the largest process's, the highest of all runs; server CPU is Garage's.")
+            self.out()
+            self.out("| what | MB/s | wall s | CPU s | peak RSS MiB | server CPU s |")
+            self.out("| --- | ---: | ---: | ---: | ---: | ---: |")
+            for tool, op, label in ROWS:
+                rows = self.rows(ds, tool, op)
+                if not rows:
+                    continue
+                rss = values(rows, "rss_mib")
+                note = ""
+                if (tool, op) == ("limit", "encrypt"):
+                    note = " ¹"
+                label = label.replace("|", "\\|")
+                self.out(
+                    f"| {label}{note} | {spread(rows, 'mbs')} | {spread(rows, 'wall', 2)} | {spread(rows, 'cpu', 2)} "
+                    f"| {fmt(max(rss)) if rss else '–'} | {spread(rows, 'server', 2)} |"
+                )
+            self.out()
+            self.out(
+                "¹ MB/s as the example program reports it for encryption alone; its wall time, CPU and RSS are the "
+                "whole program's (it also encrypts and decrypts a second message in memory)."
+            )
+            self.out()
+
+    def ratios(self):
+        present = [ds for ds in DATASETS if self.has(ds)]
+        if not present:
+            return
+        self.out("## Ratios")
+        self.out()
+        self.out("| ratio of medians of MB/s | " + " | ".join(present) + " |")
+        self.out("| --- |" + " ---: |" * len(present))
+
+        def line(label, fn):
+            cells = []
+            for ds in present:
+                a, b = fn(ds)
+                cells.append("–" if a is None or b is None else f"{a / b:.2f}×")
+            self.out(f"| {label} | " + " | ".join(cells) + " |")
+
+        line("create-backup / charm backup", lambda ds: (self.mbs(ds, "ours", "create"), self.mbs(ds, "charm", "backup")))
+        line("create-backup / restic first backup", lambda ds: (self.mbs(ds, "ours", "create"), self.mbs(ds, "restic", "backup")))
+        for op, label in CREATE_LIMITS:
+            line(f"create-backup / {label} limit", lambda ds, op=op: (self.mbs(ds, "ours", "create"), self.mbs(ds, "limit", op)))
+        line("create-backup / limit (slowest of the three)", lambda ds: (self.mbs(ds, "ours", "create"), self.create_limit(ds)[0]))
+        line("restore-backup / charm restore", lambda ds: (self.mbs(ds, "ours", "restore"), self.mbs(ds, "charm", "restore")))
+        line("restore-backup / restic restore", lambda ds: (self.mbs(ds, "ours", "restore"), self.mbs(ds, "restic", "restore")))
+        line(
+            "restore-backup / slowest of S3 egress and decrypt (context)",
+            lambda ds: (self.mbs(ds, "ours", "restore"), self.restore_limit(ds)[0]),
+        )
+        line(
+            "verify-backup / slowest of S3 egress and decrypt (context)",
+            lambda ds: (self.mbs(ds, "ours", "verify"), self.restore_limit(ds)[0]),
+        )
+        line("verify-backup / charm restore (context)", lambda ds: (self.mbs(ds, "ours", "verify"), self.mbs(ds, "charm", "restore")))
+        self.out()
+        limits = []
+        for ds in present:
+            v, which = self.create_limit(ds)
+            if v is not None:
+                limits.append(f"{ds}: {which}, {fmt(v)} MB/s")
+        if limits:
+            self.out("The create limit (slowest of read, encrypt, S3 ingest) is " + "; ".join(limits) + ".")
+            self.out()
+
+    def method(self):
+        m = self.meta
+        runs = m.get("runs", "?")
+        self.out("## Method")
+        self.out()
+        for text in [
+            f"One run of `scripts/bench.sh` does everything on this machine: it generates the data sets with "
+            f"`scripts/example-datadir.py` (fixed seeds: media-heavy `--profile media-heavy --size-mib "
+            f"{m.get('media_mib', '?')} --seed 1`, many-small `--profile many-small --files {m.get('small_files', '?')} "
+            f"--seed 2`; random media bytes, as real JPEG/MP4 do not compress), then repeats every measurement "
+            f"{runs} time(s) and reports the median and the range.",
+            "All tools back up the same files: the signing key, `homeserver.db` and `media_store/local_content` and "
+            "`local_thumbnails` (what the charm's pipeline archives; synapse-backup finds them through "
+            "homeserver.yaml and adds the config files, a few KiB, and takes the database through SQLite's backup "
+            "API). MB/s is that data's size (10⁶ bytes) divided by the wall time, the same size for every tool.",
+            "S3 is a single-node Garage (`scripts/s3-test-server.sh`, as the tests use) on loopback. Each tool gets "
+            "a fresh, empty server in each run (the limits one too), so no tool finds another's objects or "
+            "leftover blocks and the disk holds one copy at a time; starting it is not timed. Garage stores what "
+            "it is sent on the same disk, compresses blocks with zstd and hashes them, so the server's CPU "
+            "(last column) competes with the client's for the 2 cores.",
+            "synapse-backup: `create-backup`, then `verify-backup ID`, then `restore-backup ID --target-dir DIR` "
+            "into an empty directory, with its default settings (4 multipart uploads in flight, 8 MiB parts).",
+            "The charm's pipeline: `tar -c … | gpg --batch --symmetric --passphrase-file F | aws s3 cp "
+            "--expected-size=N - s3://…` and `aws s3 cp s3://… - | gpg --batch --passphrase-file F -d | tar -x`, "
+            "gpg with its defaults as the charm runs it (so ZLIB compression of incompressible media).",
+            "restic: a new repository (new server, new prefix, empty cache) in each run, so `restic backup` is "
+            "always a first backup; restic's defaults (repository version 2, compression `auto`); then "
+            "`restic restore latest --target DIR`.",
+            "Limits, measured in the same run on the same data: reading it (`tar -c … | cat > /dev/null`, since "
+            "GNU tar skips reading file data when its output is /dev/null), OpenPGP encryption on one core in "
+            "memory (`crates/core/examples/crypto_throughput.rs`, the tool's own encryption code, at most "
+            "512 MiB), and the server's ingest of one pre-made object of the data set's size (`aws s3 cp FILE`, "
+            "awscli's default 10 threads and 8 MiB parts). That limit includes awscli's own CPU, which "
+            "competes with Garage for the 2 cores, so it is a lower bound of what the server can take; for "
+            "context the tables also show one plain PUT of the same file with curl (unsigned payload, no "
+            "client-side hashing), S3 egress (`aws s3 cp s3://… - | cat`) and the example's decryption rate.",
+            "Wall time is taken around the whole command or pipeline; every process (each pipeline stage) runs "
+            "under `/usr/bin/time`, whose user + system seconds are summed and whose largest maximum RSS is "
+            "reported.",
+            "Nothing is dropped from the page cache (that needs root): the data set is read once before the "
+            "first run, so it is warm in the cache for all tools alike, and the figures are those of a "
+            "backup of recently used data, not of cold disk reads. After each measurement the script runs "
+            "`sync` (untimed), and each restore target is emptied before its run; restores are checked "
+            "(untimed) to hold at least every media file and byte.",
+            "Tools' order rotates from run to run (synapse-backup, charm, restic; then charm, restic, "
+            "synapse-backup; …) so that none always runs first. The machine may have been running other "
+            "work: see the load averages above, and the spread in the tables.",
+        ]:
+            self.out(f"- {text}")
+        self.out()
+
+    def render(self):
+        self.header()
+        self.targets()
+        self.tables()
+        self.ratios()
+        self.method()
+        return "\n".join(self.lines).rstrip() + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", required=True)
+    p.add_argument("--meta", required=True)
+    p.add_argument("--out")
+    args = p.parse_args()
+    text = Report(load_results(args.results), load_meta(args.meta)).render()
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
