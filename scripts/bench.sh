@@ -31,6 +31,7 @@
 # Environment knobs:
 #   BENCH_NO_BUILD=1        use target/release/synapse-backup and the crypto_throughput example
 #                           as they are (no cargo build)
+#   SYNAPSE_BACKUP_BIN=FILE  measure this synapse-backup binary (with BENCH_NO_BUILD=1)
 #   BENCH_CMD_TIMEOUT=SECS  bound on each measured command (default 900 + 600 per GiB)
 #   BENCH_DOC=FILE          where the report goes (default docs/benchmarks.md)
 set -euo pipefail
@@ -107,6 +108,7 @@ servers=$work/servers
 restores=$work/restores
 scratch=$work/scratch
 results=$work/results.tsv
+failures=$work/failures.tsv
 meta=$work/meta.env
 
 current_server=""
@@ -169,7 +171,7 @@ ensure_tools() {
 }
 
 build_tool() {
-    bin=$root/target/release/synapse-backup
+    bin=${SYNAPSE_BACKUP_BIN:-$root/target/release/synapse-backup}
     crypto_bin=$root/target/release/examples/crypto_throughput
     if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
         log "cargo build --release (synapse-backup and the crypto_throughput example)"
@@ -282,7 +284,8 @@ stage() {
 # measure DATASET TOOL OP RUN BYTES FUNCTION [ARGS...]
 # Runs FUNCTION (which uses `stage` for every process), times it on the wall clock, sums the
 # CPU seconds of all stages, keeps the largest peak RSS and appends a row to results.tsv.
-# FUNCTION's stdout goes to $last_out, its stderr to a log.
+# FUNCTION's stdout goes to $last_out, its stderr to a log. A failure is recorded in
+# failures.tsv (and shown in the report) and returns 1, so one failed run does not lose the rest.
 measure() {
     local ds=$1 tool=$2 op=$3 run=$4 bytes=$5 fn=$6
     shift 6
@@ -295,8 +298,12 @@ measure() {
     cpu0=$(server_cpu_or_zero)
     t0=$EPOCHREALTIME
     if ! "$fn" "$@" >"$last_out" 2>"$errlog"; then
+        measure_mbs=""
         tail -n 20 "$errlog" >&2
-        die "$tool $op failed on $ds (run $run); see $errlog"
+        log "  FAILED after $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s; see $errlog"
+        record_failure "$ds" "$tool" "$op" "$run" "$(first_error "$errlog")"
+        sync
+        return 1
     fi
     t1=$EPOCHREALTIME
     cpu1=$(server_cpu_or_zero)
@@ -323,6 +330,18 @@ measure() {
     sync
 }
 
+# The first line of a log that names an error, else its last line; one line, at most 400 chars.
+first_error() {
+    local line
+    line=$(grep -m1 -i -E 'error|fail|fatal|panic' "$1" 2>/dev/null || tail -n1 "$1" 2>/dev/null || true)
+    line=${line//$'\t'/ }
+    printf '%s' "${line:0:400}"
+}
+
+record_failure() {
+    printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-failed}" >>"$failures"
+}
+
 server_cpu_or_zero() {
     if [[ -n "$current_server" ]]; then server_cpu; else echo -; fi
 }
@@ -332,7 +351,10 @@ check_restore() {
     local what=$1 dir=$2 want_files=$3 want_bytes=$4 got_files got_bytes
     read -r got_files got_bytes < <(python3 "$helpers/dirstat.py" "$dir")
     if ((got_files < want_files || got_bytes < want_bytes)); then
-        die "$what restored $got_files files / $got_bytes bytes, expected at least $want_files / $want_bytes"
+        log "  INCOMPLETE: $what restored $got_files files / $got_bytes bytes, expected at least $want_files / $want_bytes"
+        record_failure "$ds" "$what" "restore check" "$run" \
+            "restored $got_files files / $got_bytes bytes, expected at least $want_files / $want_bytes"
+        return 1
     fi
 }
 
@@ -395,25 +417,32 @@ passphrase-file = "$secrets/passphrase"
 temp-dir = "$scratch/tmp"
 TOML
     mkdir -p "$scratch/tmp"
-    measure "$ds" ours create "$run" "$bytes" op_ours_create
-    ours_id=$(tail -n1 "$last_out")
-    [[ "$ours_id" =~ ^backup-[0-9]+$ ]] || die "create-backup printed '$ours_id', not a backup id"
-    measure "$ds" ours verify "$run" "$bytes" op_ours_verify
-    rm -rf "$restore_dir"
-    sync
-    measure "$ds" ours restore "$run" "$bytes" op_ours_restore
-    check_restore "synapse-backup" "$restore_dir" "$media_files" "$media_bytes"
-    rm -rf "$restore_dir"
+    if measure "$ds" ours create "$run" "$bytes" op_ours_create; then
+        ours_id=$(tail -n1 "$last_out")
+        if [[ "$ours_id" =~ ^backup-[0-9]+$ ]]; then
+            measure "$ds" ours verify "$run" "$bytes" op_ours_verify || true
+            rm -rf "$restore_dir"
+            sync
+            if measure "$ds" ours restore "$run" "$bytes" op_ours_restore; then
+                check_restore ours "$restore_dir" "$media_files" "$media_bytes" || true
+            fi
+            rm -rf "$restore_dir"
+        else
+            record_failure "$ds" ours create "$run" "create-backup printed '${ours_id:0:100}', not a backup id"
+        fi
+    fi
     server_stop
 }
 
 tool_charm() {
     server_start
-    measure "$ds" charm backup "$run" "$bytes" op_charm_backup
-    fresh_restore_dir
-    measure "$ds" charm restore "$run" "$bytes" op_charm_restore
-    check_restore "the charm pipeline" "$restore_dir" "$media_files" "$media_bytes"
-    rm -rf "$restore_dir"
+    if measure "$ds" charm backup "$run" "$bytes" op_charm_backup; then
+        fresh_restore_dir
+        if measure "$ds" charm restore "$run" "$bytes" op_charm_restore; then
+            check_restore charm "$restore_dir" "$media_files" "$media_bytes" || true
+        fi
+        rm -rf "$restore_dir"
+    fi
     server_stop
 }
 
@@ -423,28 +452,33 @@ tool_restic() {
     rm -rf "$scratch/restic-cache"
     restic_args=(-r "s3:$S3_TEST_ENDPOINT/$S3_TEST_BUCKET/restic/run$run" --cache-dir "$scratch/restic-cache")
     export RESTIC_PASSWORD_FILE=$secrets/passphrase
-    timeout 300 restic "${restic_args[@]}" init >"$logs/restic-init.log" 2>&1 \
-        || { cat "$logs/restic-init.log" >&2; die "restic init failed"; }
-    measure "$ds" restic backup "$run" "$bytes" op_restic_backup
-    fresh_restore_dir
-    measure "$ds" restic restore "$run" "$bytes" op_restic_restore
-    check_restore "restic" "$restore_dir" "$media_files" "$media_bytes"
-    rm -rf "$restore_dir"
+    if ! timeout 300 restic "${restic_args[@]}" init >"$logs/restic-init.log" 2>&1; then
+        cat "$logs/restic-init.log" >&2
+        record_failure "$ds" restic init "$run" "$(first_error "$logs/restic-init.log")"
+    elif measure "$ds" restic backup "$run" "$bytes" op_restic_backup; then
+        fresh_restore_dir
+        if measure "$ds" restic restore "$run" "$bytes" op_restic_restore; then
+            check_restore restic "$restore_dir" "$media_files" "$media_bytes" || true
+        fi
+        rm -rf "$restore_dir"
+    fi
     server_stop
 }
 
 limits() {
-    measure "$ds" limit read "$run" "$bytes" op_read
-    measure "$ds" limit encrypt "$run" "$bytes" op_crypto_measured
-    # The same program's decryption rate (in memory, one core), for context on restores; its
-    # time and memory are those of the whole program, so they are not repeated here.
-    printf '%s\tlimit\tdecrypt\t%s\t%s\t-\t%s\t-\t-\t-\n' "$ds" "$run" "$bytes" "$decrypt_rate" >>"$results"
+    measure "$ds" limit read "$run" "$bytes" op_read || true
+    if measure "$ds" limit encrypt "$run" "$bytes" op_crypto_measured; then
+        # The same program's decryption rate (in memory, one core), for context on restores;
+        # its time and memory are those of the whole program, so they are not repeated here.
+        printf '%s\tlimit\tdecrypt\t%s\t%s\t-\t%s\t-\t-\t-\n' "$ds" "$run" "$bytes" "$decrypt_rate" >>"$results"
+    fi
     server_start
-    measure "$ds" limit s3-ingest "$run" "$bytes" op_ingest
-    measure "$ds" limit s3-egress "$run" "$bytes" op_egress
+    if measure "$ds" limit s3-ingest "$run" "$bytes" op_ingest; then
+        measure "$ds" limit s3-egress "$run" "$bytes" op_egress || true
+    fi
     server_stop
     server_start
-    measure "$ds" limit s3-put "$run" "$bytes" op_ingest_put
+    measure "$ds" limit s3-put "$run" "$bytes" op_ingest_put || true
     server_stop
 }
 
@@ -464,6 +498,7 @@ op_crypto_measured() {
 mkdir -p "$logs" "$servers" "$restores" "$scratch" "$work/data"
 rm -rf "${servers:?}"/* "${restores:?}"/* "${scratch:?}"/*
 : >"$results"
+: >"$failures"
 (umask 077 && mkdir -p "$secrets" "$secrets/gnupg")
 chmod 700 "$secrets" "$secrets/gnupg"
 export GNUPGHOME=$secrets/gnupg
@@ -543,5 +578,5 @@ done
 printf 'load_end=%q\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$meta"
 printf 'elapsed_s=%q\n' "$(awk -v a="$started_epoch" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", b - a }')" >>"$meta"
 mkdir -p "$(dirname "$doc")"
-python3 "$helpers/report.py" --results "$results" --meta "$meta" --out "$doc"
+python3 "$helpers/report.py" --results "$results" --failures "$failures" --meta "$meta" --out "$doc"
 log "report written to $doc (total $(awk -v a="$started_epoch" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", b - a }') s)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what is missing (gpg, a Garage S3
 # server built from crates.io and cached), starts Garage on loopback, then runs formatting and
-# lint checks and every test with the S3 tests required (a missing server fails, never skips).
+# lint checks, every test with the S3 and PostgreSQL tests required (a missing server fails,
+# never skips), and the end-to-end test against a real Synapse.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,3 +38,6 @@ export SYNAPSE_BACKUP_REQUIRE_S3=1
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# End to end against a real Synapse from PyPI (SQLite and PostgreSQL, and a charm backup).
+bash scripts/e2e-synapse.sh

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Turns the measurements of scripts/bench.sh into a Markdown report.
 
-Input: --results, a TSV without header, one row per measurement:
+Input: --results, a TSV without header, one row per successful measurement:
     dataset tool op run bytes wall_s mb_s cpu_s peak_rss_kib server_cpu_s
-('-' where a figure does not apply), and --meta, the KEY=VALUE lines (shell-quoted) bench.sh
+('-' where a figure does not apply); --failures, a TSV of the measurements that failed:
+    dataset tool op run message
+and --meta, the KEY=VALUE lines (shell-quoted) bench.sh
 wrote about the machine and the run. Output: the report on stdout and in --out.
 """
 
@@ -60,6 +62,19 @@ def load_results(path):
     return data
 
 
+def load_failures(path):
+    failures = []
+    if not path:
+        return failures
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line:
+                ds, tool, op, run, message = (line.split("\t", 4) + [""] * 5)[:5]
+                failures.append((ds, tool, op, run, message))
+    return failures
+
+
 def load_meta(path):
     meta = {}
     with open(path) as f:
@@ -98,10 +113,19 @@ def spread(rows, key, digits=1):
 
 
 class Report:
-    def __init__(self, data, meta):
+    def __init__(self, data, meta, failures=()):
         self.data = data
         self.meta = meta
+        self.failures = list(failures)
         self.lines = []
+        try:
+            self.runs = int(meta.get("runs", "0"))
+        except ValueError:
+            self.runs = 0
+
+    def count_note(self, ds, tool, op):
+        n = len(self.rows(ds, tool, op))
+        return f" ({n} of {self.runs} runs)" if self.runs and 0 < n < self.runs else ""
 
     def out(self, text=""):
         self.lines.append(text)
@@ -184,17 +208,18 @@ class Report:
         self.out("| --- | --- | --- | --- |")
         mh = "media-heavy"
 
-        def row(label, ours, other, want, other_label):
+        def row(label, ours, other, want, other_label, note=""):
             if ours is None or other is None:
                 self.out(f"| {label} | not measured | – | – |")
                 return
             ratio = ours / other
             met = "met" if ratio >= want else "**not met**"
-            self.out(f"| {label} | {fmt(ours)} vs {other_label} {fmt(other)} MB/s | {ratio:.2f}× | {met} |")
+            self.out(f"| {label} | {fmt(ours)} vs {other_label} {fmt(other)} MB/s{note} | {ratio:.2f}× | {met} |")
 
         ours_c = self.mbs(mh, "ours", "create")
-        row("create-backup ≥ 4× charm backup (media-heavy)", ours_c, self.mbs(mh, "charm", "backup"), 4, "charm")
-        row("create-backup ≥ 2× restic first backup (media-heavy)", ours_c, self.mbs(mh, "restic", "backup"), 2, "restic")
+        note_c = self.count_note(mh, "ours", "create")
+        row("create-backup ≥ 4× charm backup (media-heavy)", ours_c, self.mbs(mh, "charm", "backup"), 4, "charm", note_c)
+        row("create-backup ≥ 2× restic first backup (media-heavy)", ours_c, self.mbs(mh, "restic", "backup"), 2, "restic", note_c)
         limit, which = self.create_limit(mh)
         row(
             "create-backup ≥ 80% of the limit, the slowest of read, encrypt and S3 ingest (media-heavy)",
@@ -202,17 +227,20 @@ class Report:
             limit,
             0.8,
             f"limit ({which})",
+            note_c,
         )
         for ds in DATASETS:
             ours_r = self.mbs(ds, "ours", "restore")
-            row(f"restore-backup ≥ 1.5× charm restore ({ds})", ours_r, self.mbs(ds, "charm", "restore"), 1.5, "charm")
-            row(f"restore-backup ≥ 1.2× restic restore ({ds})", ours_r, self.mbs(ds, "restic", "restore"), 1.2, "restic")
+            note_r = self.count_note(ds, "ours", "restore")
+            row(f"restore-backup ≥ 1.5× charm restore ({ds})", ours_r, self.mbs(ds, "charm", "restore"), 1.5, "charm", note_r)
+            row(f"restore-backup ≥ 1.2× restic restore ({ds})", ours_r, self.mbs(ds, "restic", "restore"), 1.2, "restic", note_r)
         row(
             "many-small create-backup MB/s ≥ 50% of media-heavy's",
             self.mbs("many-small", "ours", "create"),
             ours_c,
             0.5,
             "media-heavy",
+            self.count_note("many-small", "ours", "create") or note_c,
         )
         size = self.meta.get("size_gib", "?")
         for ds in DATASETS:
@@ -229,6 +257,17 @@ class Report:
             "`scripts/bench.sh --size 10` measures the other end."
         )
         self.out()
+        if self.failures:
+            self.out("### Failed measurements")
+            self.out()
+            self.out("Left out of the medians above and below.")
+            self.out()
+            self.out("| data set | run | tool | step | error (first line) |")
+            self.out("| --- | ---: | --- | --- | --- |")
+            for ds, tool, op, run, message in self.failures:
+                message = message.replace("|", "\\|")
+                self.out(f"| {ds} | {run} | {tool} | {op} | {message} |")
+            self.out()
 
     def tables(self):
         for ds in DATASETS:
@@ -239,11 +278,14 @@ class Report:
             self.out("Median (min–max) over the runs. CPU is user + system seconds of every process of the command or")
             self.out("pipeline; peak RSS is the largest process's, the highest of all runs; server CPU is Garage's.")
             self.out()
-            self.out("| what | MB/s | wall s | CPU s | peak RSS MiB | server CPU s |")
-            self.out("| --- | ---: | ---: | ---: | ---: | ---: |")
+            self.out("| what | MB/s | wall s | CPU s | peak RSS MiB | server CPU s | runs |")
+            self.out("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
             for tool, op, label in ROWS:
                 rows = self.rows(ds, tool, op)
                 if not rows:
+                    if any(f[:3] == (ds, tool, op) for f in self.failures):
+                        label = label.replace("|", "\\|")
+                        self.out(f"| {label} | failed | – | – | – | – | 0/{self.runs or '?'} |")
                     continue
                 rss = values(rows, "rss_mib")
                 note = ""
@@ -252,7 +294,7 @@ class Report:
                 label = label.replace("|", "\\|")
                 self.out(
                     f"| {label}{note} | {spread(rows, 'mbs')} | {spread(rows, 'wall', 2)} | {spread(rows, 'cpu', 2)} "
-                    f"| {fmt(max(rss)) if rss else '–'} | {spread(rows, 'server', 2)} |"
+                    f"| {fmt(max(rss)) if rss else '–'} | {spread(rows, 'server', 2)} | {len(rows)}/{self.runs or '?'} |"
                 )
             self.out()
             self.out(
@@ -366,10 +408,11 @@ class Report:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", required=True)
+    p.add_argument("--failures")
     p.add_argument("--meta", required=True)
     p.add_argument("--out")
     args = p.parse_args()
-    text = Report(load_results(args.results), load_meta(args.meta)).render()
+    text = Report(load_results(args.results), load_meta(args.meta), load_failures(args.failures)).render()
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)

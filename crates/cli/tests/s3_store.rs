@@ -149,3 +149,118 @@ fn an_interrupted_backup_leaves_nothing_visible() {
     fs::write(&world.config, &config).unwrap();
     world.create_backup();
 }
+
+/// A self-signed HTTPS endpoint (a TLS proxy in front of the test server) fails without
+/// `tls-ca-chain` and works with it.
+#[test]
+fn private_tls_endpoints_need_their_ca() {
+    let Some(s3) = S3Env::from_env() else { return };
+    let world = World::with(WorldOptions {
+        s3: Some(s3.clone()),
+        ..Default::default()
+    });
+    let cert = world.path("cert.pem");
+    let key = world.path("key.pem");
+    // A private CA and a server certificate it signed, as a private endpoint would have.
+    let ca_key = world.path("ca-key.pem");
+    let ca = world.path("ca.pem");
+    let csr = world.path("server.csr");
+    let ext = world.path("server.ext");
+    fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |path: &std::path::Path| path.to_str().unwrap().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        &p(&ca_key),
+        "-out",
+        &p(&ca),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&csr),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&ca),
+        "-CAkey",
+        &p(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&cert),
+    ]);
+    let target = s3.endpoint.trim_start_matches("http://").to_string();
+    let (host, port) = target.rsplit_once(':').unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut proxy = std::process::Command::new("python3")
+        .arg(repo_root().join("crates/cli/tests/fixtures/tls_proxy.py"))
+        .args([cert.to_str().unwrap(), key.to_str().unwrap(), host, port])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = proxy.stdout.take().unwrap();
+    let _proxy = Kill(proxy);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    let https = format!("https://127.0.0.1:{}", line.trim());
+
+    let config = fs::read_to_string(&world.config)
+        .unwrap()
+        .replace(&s3.endpoint, &https);
+    fs::write(&world.config, &config).unwrap();
+    let out = world.run(&["list-backups"]);
+    let stderr = assert_fails(&out, 7, "127.0.0.1");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+
+    let with_ca = config.replace(
+        "[s3]\n",
+        &format!("[s3]\ntls-ca-chain = \"{}\"\n", ca.display()),
+    );
+    fs::write(&world.config, with_ca).unwrap();
+    let id = world.create_backup();
+    assert_success(&world.run(&["verify-backup", &id]), "verify over TLS");
+}

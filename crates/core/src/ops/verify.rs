@@ -268,6 +268,32 @@ impl std::fmt::Display for WriteFailed {
 
 impl std::error::Error for WriteFailed {}
 
+/// Checks a plaintext archive stream against its manifest, writing nothing.
+pub fn check_archive<R: Read>(
+    reader: R,
+    id: &str,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    let mut check = ContentCheck::new(id);
+    read_members(reader, id, |mut member| {
+        if check.take_manifest_member(&mut member)? || member.kind == MemberKind::Directory {
+            return Ok(());
+        }
+        let path = member.path.clone();
+        check.claim(&path)?;
+        let (hash, size) = hash_member(&mut member, None, progress)
+            .map_err(|e| Error::corrupt(id, format!("reading {path:?}: {e}")))?;
+        check.record(&path, size, hash)
+    })?;
+    let (format, files, bytes) = check.finish()?;
+    Ok(VerifyReport {
+        backup_id: id.to_string(),
+        format,
+        files,
+        bytes,
+    })
+}
+
 pub async fn verify_backup(
     store: &dyn Store,
     id: &str,
@@ -282,25 +308,9 @@ pub async fn verify_backup(
     progress.start("verifying", Some(info.size));
     let result = tokio::task::spawn_blocking(move || -> Result<VerifyReport> {
         let reader = open_backup(stream, handle, &passphrase, &backup_id, cancel)?;
-        let mut check = ContentCheck::new(&backup_id);
-        read_members(reader, &backup_id, |mut member| {
-            if check.take_manifest_member(&mut member)? || member.kind == MemberKind::Directory {
-                return Ok(());
-            }
-            let path = member.path.clone();
-            check.claim(&path)?;
-            let (hash, size) = hash_member(&mut member, None, progress.as_ref())
-                .map_err(|e| Error::corrupt(&backup_id, format!("reading {path:?}: {e}")))?;
-            check.record(&path, size, hash)
-        })?;
-        let (format, files, bytes) = check.finish()?;
+        let report = check_archive(reader, &backup_id, progress.as_ref())?;
         progress.finish();
-        Ok(VerifyReport {
-            backup_id,
-            format,
-            files,
-            bytes,
-        })
+        Ok(report)
     })
     .await
     .map_err(|e| Error::Other(format!("verification task failed: {e}")))?;

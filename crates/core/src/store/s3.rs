@@ -124,7 +124,19 @@ impl S3Store {
     }
 
     fn storage_error(&self, err: object_store::Error) -> Error {
-        let text = err.to_string();
+        let mut text = err.to_string();
+        // The innermost cause (a TLS or DNS failure) is what tells the user what to fix.
+        let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&err);
+        let mut innermost = None;
+        while let Some(current) = cause {
+            innermost = Some(current.to_string());
+            cause = current.source();
+        }
+        if let Some(innermost) = innermost {
+            if !text.contains(&innermost) {
+                text = format!("{text} ({innermost})");
+            }
+        }
         let server_says = server_message(&text);
         let denied = matches!(
             err,
