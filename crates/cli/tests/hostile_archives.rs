@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 use serde_json::{json, Value};
@@ -210,54 +209,9 @@ fn store_encrypted(world: &World, id: &str, tar_bytes: &[u8]) {
     );
 }
 
-/// Runs the real gpg with `args` in `home`, `input` on stdin; returns stdout.
-fn gpg_with(home: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("gpg")
-        .args(["--batch", "--quiet", "--yes"])
-        .args(args)
-        .env("GNUPGHOME", home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gpg");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(
-        out.status.success(),
-        "gpg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 // ---------------------------------------------------------------------------------------------
 // What must hold after a refusal
 // ---------------------------------------------------------------------------------------------
-
-/// The live data dir, without the tool's own lock file.
-fn live_state(world: &World) -> BTreeMap<String, String> {
-    let mut state = tree_hashes(&world.data);
-    state.retain(|name, _| !name.starts_with(".synapse-backup"));
-    state
-}
-
-fn assert_same_tree(
-    actual: &BTreeMap<String, String>,
-    expected: &BTreeMap<String, String>,
-    what: &str,
-) {
-    let differing: Vec<&String> = actual
-        .keys()
-        .chain(expected.keys())
-        .filter(|k| actual.get(*k) != expected.get(*k))
-        .take(10)
-        .collect();
-    assert!(differing.is_empty(), "{what}: differs at {differing:?}");
-}
 
 fn assert_no_staging_left(world: &World) {
     for root in [world.data.clone(), world.data.join("media_store")] {
@@ -361,7 +315,7 @@ fn assert_refusal(what: &str, out: &Output, code: i32, needles: &[&str]) {
 /// Runs verify-backup, a live restore and a restore into a new --target-dir of backup `id`;
 /// each must fail with `code` naming every needle, and change nothing.
 fn assert_refused(world: &World, id: &str, code: i32, needles: &[&str]) {
-    let before = live_state(world);
+    let before = live_state(&world.data);
     let drill = world.path("drill");
     let drill_arg = drill.to_str().unwrap();
     assert_refusal(
@@ -377,7 +331,7 @@ fn assert_refused(world: &World, id: &str, code: i32, needles: &[&str]) {
         needles,
     );
     assert_same_tree(
-        &live_state(world),
+        &live_state(&world.data),
         &before,
         "live data after a refused restore",
     );
@@ -391,7 +345,7 @@ fn assert_refused(world: &World, id: &str, code: i32, needles: &[&str]) {
     );
     assert_no_drill_left(world, &drill);
     assert_same_tree(
-        &live_state(world),
+        &live_state(&world.data),
         &before,
         "live data after a refused --target-dir restore",
     );
@@ -854,7 +808,7 @@ fn another_server_name_in_the_manifest_is_refused() {
     tampered(&world, |members| {
         edit_json(&mut members[0], |h| h["server_name"] = json!("other.test"))
     });
-    let before = live_state(&world);
+    let before = live_state(&world.data);
     let out = world.run(&["restore-backup", TAMPERED]);
     assert_refusal(
         "restore-backup",
@@ -862,7 +816,7 @@ fn another_server_name_in_the_manifest_is_refused() {
         6,
         &["server_name", "other.test", SERVER_NAME],
     );
-    assert_same_tree(&live_state(&world), &before, "live data");
+    assert_same_tree(&live_state(&world.data), &before, "live data");
     assert_no_staging_left(&world);
     // The archive itself is consistent: verifying it (which knows no target) passes.
     let verified = world.run(&["verify-backup", TAMPERED]);
@@ -886,10 +840,10 @@ fn dot_slash_manifest_name_keeps_the_server_name_check() {
     let world = World::new();
     store_encrypted(&world, TAMPERED, &repack(&members));
 
-    let before = live_state(&world);
+    let before = live_state(&world.data);
     let out = world.run(&["restore-backup", TAMPERED]);
     assert_refusal("restore-backup", &out, 6, &["server_name", "other.test"]);
-    assert_same_tree(&live_state(&world), &before, "live data");
+    assert_same_tree(&live_state(&world.data), &before, "live data");
     assert_no_staging_left(&world);
 }
 
@@ -1009,11 +963,11 @@ fn literal_only_openpgp_messages_are_refused() {
     let objects = [
         (
             "backup-20260101120000000000",
-            gpg_with(&home, &["--compress-algo", "none", "--store"], &tar),
+            run_gpg(&home, &["--compress-algo", "none", "--store"], &tar),
         ),
         (
             "backup-20260101120000000001",
-            gpg_with(&home, &["--compress-algo", "zlib", "--store"], &tar),
+            run_gpg(&home, &["--compress-algo", "zlib", "--store"], &tar),
         ),
     ];
     for (id, object) in &objects {
@@ -1042,8 +996,8 @@ fn signed_only_openpgp_message_is_refused() {
         "sign",
         "never",
     ];
-    gpg_with(home.path(), &keygen, b"");
-    let signed = gpg_with(home.path(), &["--sign"], &tar);
+    run_gpg(home.path(), &keygen, b"");
+    let signed = run_gpg(home.path(), &["--sign"], &tar);
     // Stop the agent that signing started in the private home.
     let _ = Command::new("gpgconf")
         .args(["--kill", "gpg-agent"])

@@ -4,19 +4,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn live_state(data: &Path) -> BTreeMap<String, String> {
-    let mut state = tree_hashes(data);
-    state.retain(|name, _| !name.starts_with(".synapse-backup"));
-    state
-}
 
 fn journal(world: &World) -> std::path::PathBuf {
     world.data.join(".synapse-backup-restore.json")

@@ -60,12 +60,7 @@ fn the_server_dying_mid_operation_loses_nothing_and_a_rerun_succeeds() {
     server_script("restart");
     assert_fails(&out, 7, "object store");
     fs::write(&world.config, &config).unwrap();
-    let listed = world.run(&["--json", "list-backups"]);
-    assert_success(&listed, "list-backups after the failed backup");
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&listed.stdout).unwrap(),
-        serde_json::json!([])
-    );
+    assert_no_backups(&world);
 
     // The rerun succeeds.
     let id = world.create_backup();

@@ -44,11 +44,7 @@ fn round_trip_through_s3() {
 
     assert_success(&world.run(&["delete-backup", &id]), "delete-backup");
     assert_fails(&world.run(&["delete-backup", &id]), 3, "not found");
-    let listed = world.run(&["--json", "list-backups"]);
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&listed.stdout).unwrap(),
-        serde_json::json!([])
-    );
+    assert_no_backups(&world);
 }
 
 #[test]
@@ -139,12 +135,7 @@ fn an_interrupted_backup_leaves_nothing_visible() {
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert_fails(&out, 130, "interrupted");
-    let listed = world.run(&["--json", "list-backups"]);
-    assert_success(&listed, "list-backups");
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&listed.stdout).unwrap(),
-        serde_json::json!([])
-    );
+    assert_no_backups(&world);
     // The next run succeeds.
     fs::write(&world.config, &config).unwrap();
     world.create_backup();

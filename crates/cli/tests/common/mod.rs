@@ -207,30 +207,35 @@ pub fn file_hash(path: &Path) -> String {
 
 /// Encrypts `plain` with the real gpg, as the charm's pipeline does.
 pub fn gpg_encrypt(plain: &[u8], passphrase_file: &Path, extra: &[&str]) -> Vec<u8> {
+    let mut args = vec![
+        "--no-symkey-cache",
+        "--passphrase-file",
+        passphrase_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--symmetric", "--output", "-"]);
+    run_gpg(&gnupg_home(), &args, plain)
+}
+
+/// Runs the real gpg with `args` in `home`, `input` on stdin; returns stdout.
+pub fn run_gpg(home: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
     let mut child = Command::new("gpg")
-        .args([
-            "--batch",
-            "--no-symkey-cache",
-            "--quiet",
-            "--passphrase-file",
-        ])
-        .arg(passphrase_file)
-        .args(extra)
-        .args(["--symmetric", "--output", "-"])
-        .env("GNUPGHOME", gnupg_home())
+        .args(["--batch", "--quiet", "--yes"])
+        .args(args)
+        .env("GNUPGHOME", home)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("gpg");
     let mut stdin = child.stdin.take().unwrap();
-    let plain = plain.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&plain));
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
     assert!(
         out.status.success(),
-        "gpg: {}",
+        "gpg {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
@@ -332,4 +337,37 @@ pub fn unique_prefix(name: &str) -> String {
             .unwrap()
             .as_nanos()
     )
+}
+
+/// The files of a live data dir, without the tool's own lock file.
+pub fn live_state(data: &Path) -> BTreeMap<String, String> {
+    let mut state = tree_hashes(data);
+    state.retain(|name, _| !name.starts_with(".synapse-backup"));
+    state
+}
+
+/// Compares two trees and names the first paths that differ.
+pub fn assert_same_tree(
+    actual: &BTreeMap<String, String>,
+    expected: &BTreeMap<String, String>,
+    what: &str,
+) {
+    let differing: Vec<&String> = actual
+        .keys()
+        .chain(expected.keys())
+        .filter(|k| actual.get(*k) != expected.get(*k))
+        .take(10)
+        .collect();
+    assert!(differing.is_empty(), "{what}: differs at {differing:?}");
+}
+
+/// Asserts that `list-backups` shows nothing.
+pub fn assert_no_backups(world: &World) {
+    let listed = world.run(&["--json", "list-backups"]);
+    assert_success(&listed, "list-backups");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&listed.stdout).unwrap(),
+        serde_json::json!([]),
+        "a backup is listed"
+    );
 }

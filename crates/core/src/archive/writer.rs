@@ -27,7 +27,7 @@ impl<W: Write> ArchiveWriter<W> {
         ArchiveWriter { builder }
     }
 
-    /// Adds a small generated member (a manifest).
+    /// Adds a generated member (a manifest, a part of a dump), readable by its owner only.
     pub fn append_bytes(&mut self, member: &str, bytes: &[u8], mtime: i64) -> Result<()> {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
@@ -118,14 +118,7 @@ impl<W: Write> ArchiveWriter<W> {
             }
             cancel.check().map_err(|_| Error::Interrupted)?;
             let member = format!("{prefix}{index:05}");
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(buffer.len() as u64);
-            header.set_mode(0o600);
-            header.set_mtime(mtime.max(0) as u64);
-            self.builder
-                .append_data(&mut header, &member, &buffer[..])
-                .at("write archive member", &member)?;
+            self.append_bytes(&member, &buffer, mtime)?;
             progress.advance(buffer.len() as u64);
             entries.push(FileEntry {
                 role,
