@@ -14,7 +14,7 @@ use crate::store::ByteStream;
 /// Size of each chunk handed to the uploader.
 pub const CHUNK: usize = 1 << 20;
 /// Chunks queued between the encryption thread and the uploader.
-pub const QUEUE_DEPTH: usize = 8;
+pub const QUEUE_DEPTH: usize = 4;
 
 /// A `Write` that sends its bytes, in chunks, to an async consumer.
 pub struct ChannelWriter {

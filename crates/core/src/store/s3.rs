@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{
     Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, MultipartUpload, ObjectStore,
-    ObjectStoreExt, PutMultipartOptions, RetryConfig,
+    ObjectStoreExt, PutMultipartOptions, PutPayload, RetryConfig,
 };
 use secrecy::ExposeSecret;
 
@@ -25,9 +25,9 @@ use crate::error::{Error, Result};
 
 /// S3 allows at most 10,000 parts; part sizes are chosen to stay well below that.
 const MAX_PARTS: u64 = 9_000;
-const MIN_PART_SIZE: u64 = 8 * 1024 * 1024;
+const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 const MAX_PART_SIZE: u64 = 512 * 1024 * 1024;
-/// Used when the size is unknown: 8 MiB parts reach 70 GiB.
+/// Used when the size is unknown: parts of 7.3 MiB, so up to 64 GiB fit.
 const DEFAULT_EXPECTED_SIZE: u64 = 64 * 1024 * 1024 * 1024;
 
 pub struct S3Store {
@@ -191,27 +191,35 @@ impl S3Store {
         part_size: usize,
     ) -> Result<u64> {
         let mut in_flight: FuturesUnordered<object_store::UploadPart> = FuturesUnordered::new();
-        let mut buffer = BytesMut::with_capacity(part_size);
+        // Chunks are gathered, not copied, into a part; S3 only needs every part but the last
+        // to be at least 5 MiB, not all parts to be the same size.
+        let mut gathered: Vec<Bytes> = Vec::new();
+        let mut gathered_len = 0usize;
         let mut total = 0u64;
         let started = Instant::now();
         let mut finished = false;
         while !finished {
             let chunk = body.next().await;
-            let part: Option<Bytes> = match chunk {
+            let ready = match chunk {
                 Some(Ok(bytes)) => {
                     total += bytes.len() as u64;
-                    buffer.extend_from_slice(&bytes);
-                    (buffer.len() >= part_size).then(|| buffer.split_to(part_size).freeze())
+                    gathered_len += bytes.len();
+                    gathered.push(bytes);
+                    gathered_len >= part_size
                 }
                 Some(Err(e)) => {
                     return Err(Error::Other(format!("backup stream failed: {e}")));
                 }
                 None => {
                     finished = true;
-                    (!buffer.is_empty() || total == 0).then(|| buffer.split().freeze())
+                    !gathered.is_empty() || total == 0
                 }
             };
-            let Some(part) = part else { continue };
+            if !ready {
+                continue;
+            }
+            let part: PutPayload = std::mem::take(&mut gathered).into_iter().collect();
+            gathered_len = 0;
             while in_flight.len() >= self.concurrency {
                 if let Some(result) = in_flight.next().await {
                     result.map_err(|e| self.storage_error(e))?;
@@ -220,7 +228,7 @@ impl S3Store {
             if let Some(rate) = self.max_rate {
                 throttle(started, total, rate).await;
             }
-            in_flight.push(upload.put_part(part.into()));
+            in_flight.push(upload.put_part(part));
         }
         while let Some(result) = in_flight.next().await {
             result.map_err(|e| self.storage_error(e))?;
