@@ -83,6 +83,12 @@ pub struct RestoreArgs {
     /// Skip the free-space check (for data split across filesystems)
     #[arg(long)]
     pub skip_space_check: bool,
+
+    /// PostgreSQL only, destructive for the target's current contents: restore even though the
+    /// database has tables. After the whole backup verified, the current database is renamed to
+    /// NAME_pre_ID (kept) and an empty one created in its place (needs CREATEDB)
+    #[arg(long)]
+    pub replace_database: bool,
 }
 
 impl IdArg {

@@ -14,6 +14,7 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
         charm_source_root: args.charm_source_root.clone(),
         remove_previous: args.remove_previous,
         skip_space_check: args.skip_space_check,
+        replace_database: args.replace_database,
     };
     let report = restore_backup(
         &context.config,

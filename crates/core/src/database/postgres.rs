@@ -68,8 +68,16 @@ impl Postgres {
     }
 
     fn query(&self, sql: &str) -> Result<String> {
-        let out = self
-            .command("psql")
+        self.query_in(None, sql)
+    }
+
+    /// Runs `sql` in `database` (default: the configured one) and returns the unaligned output.
+    fn query_in(&self, database: Option<&str>, sql: &str) -> Result<String> {
+        let mut command = self.command("psql");
+        if let Some(database) = database {
+            command.env("PGDATABASE", database);
+        }
+        let out = command
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .stdin(Stdio::null())
             .output()
@@ -113,8 +121,63 @@ impl Postgres {
             .map_err(|_| Error::Other(format!("unexpected table count {count:?}")))
     }
 
-    /// Refuses a target that Synapse would refuse or that a restore would mix into.
-    pub fn check_restore_target(&self) -> Result<()> {
+    fn dbname(&self) -> Result<&str> {
+        self.args.dbname.as_deref().ok_or_else(|| {
+            Error::config("homeserver.yaml's database args name no dbname (or database)")
+        })
+    }
+
+    /// For `--replace-database`: renames the current database to `<name>_pre_<digits of id>`
+    /// (kept, like the files' `.pre-restore-<id>`) and creates an empty UTF8/C one in its place.
+    /// Returns the kept name. Needs the CREATEDB privilege.
+    pub fn set_aside(&self, backup_id: &str) -> Result<String> {
+        let name = self.dbname()?.to_string();
+        let digits: String = backup_id.chars().filter(char::is_ascii_digit).collect();
+        let mut kept = format!("{name}_pre_{digits}");
+        kept.truncate(63);
+        let owner = self.query("SELECT current_user")?;
+        // Other sessions on the database (a stopped Synapse has none) would block the rename.
+        self.query_in(
+            Some("postgres"),
+            &format!("ALTER DATABASE {} RENAME TO {}", quote(&name), quote(&kept)),
+        )
+        .map_err(|e| {
+            Error::Refused(format!(
+                "cannot set the current database aside for --replace-database: {e}"
+            ))
+        })?;
+        let created = self.query_in(
+            Some("postgres"),
+            &format!(
+                "CREATE DATABASE {} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 OWNER {}",
+                quote(&name),
+                quote(&owner)
+            ),
+        );
+        if let Err(e) = created {
+            self.query_in(
+                Some("postgres"),
+                &format!("ALTER DATABASE {} RENAME TO {}", quote(&kept), quote(&name)),
+            )?;
+            return Err(e);
+        }
+        Ok(kept)
+    }
+
+    /// Undoes [`Self::set_aside`] after a failed restore.
+    pub fn put_back(&self, kept: &str) -> Result<()> {
+        let name = self.dbname()?;
+        self.query_in(Some("postgres"), &format!("DROP DATABASE {}", quote(name)))?;
+        self.query_in(
+            Some("postgres"),
+            &format!("ALTER DATABASE {} RENAME TO {}", quote(kept), quote(name)),
+        )?;
+        Ok(())
+    }
+
+    /// Refuses a target that Synapse would refuse or that a restore would mix into. With
+    /// `replace`, a database with tables is accepted: it will be set aside, not mixed into.
+    pub fn check_restore_target(&self, replace: bool) -> Result<()> {
         let info = self.info()?;
         let create_hint = format!(
             "create an empty one: CREATE DATABASE {} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 OWNER {};",
@@ -131,9 +194,9 @@ impl Postgres {
             )));
         }
         let tables = self.table_count()?;
-        if tables > 0 {
+        if tables > 0 && !replace {
             return Err(Error::Refused(format!(
-                "{} is not empty ({tables} tables); restore-backup only restores into an empty database. Drop it and {create_hint}",
+                "{} is not empty ({tables} tables); restore-backup only restores into an empty database. Drop it and {create_hint} (or pass --replace-database, which keeps the current one under another name)",
                 self.describe()
             )));
         }
@@ -188,6 +251,11 @@ impl Postgres {
             describe: self.describe(),
         })
     }
+}
+
+/// Quotes an SQL identifier.
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
 fn missing_program(program: &str, e: std::io::Error) -> Error {

@@ -45,6 +45,9 @@ pub struct RestoreOptions {
     /// Delete the `.pre-restore-<id>` copies once the restore succeeded.
     pub remove_previous: bool,
     pub skip_space_check: bool,
+    /// Restore into a PostgreSQL database that has tables: it is renamed aside (kept) and an
+    /// empty one created in its place, once the whole backup has been verified.
+    pub replace_database: bool,
 }
 
 impl Default for RestoreOptions {
@@ -54,6 +57,7 @@ impl Default for RestoreOptions {
             charm_source_root: "/data".into(),
             remove_previous: false,
             skip_space_check: false,
+            replace_database: false,
         }
     }
 }
@@ -114,12 +118,7 @@ pub async fn restore_backup(
     let header = read_header(store, id, &passphrase, &cancel).await?;
     let mut notes = Vec::new();
     check_before_download(&destination, header.as_ref(), &mut notes)?;
-    let plan = Plan::new(
-        &destination,
-        id,
-        header.as_ref(),
-        &options.charm_source_root,
-    )?;
+    let plan = Plan::new(&destination, id, header.as_ref(), options)?;
     if !options.skip_space_check {
         let needed = header
             .as_ref()
@@ -308,13 +307,30 @@ async fn stage_and_swap(
     plan.sync()?;
     // The database first, then the files, as Synapse's documentation prescribes; pg_restore
     // runs in one transaction, so a failure leaves the (empty) database as it was.
+    let mut database_notes = Vec::new();
     if let Some(postgres) = &plan.postgres {
+        // --replace-database: only now, with everything verified, is the old one set aside.
+        let kept = if options.replace_database && postgres.table_count()? > 0 {
+            Some(postgres.set_aside(id)?)
+        } else {
+            None
+        };
         let restored =
             restore_postgres(store, id, &passphrase_again, postgres, cancelled.clone()).await;
         if let Err(e) = restored {
+            if let Some(kept) = &kept {
+                if let Err(undo) = postgres.put_back(kept) {
+                    tracing::error!("could not put database {kept} back in place: {undo}");
+                }
+            }
             plan.remove_staging();
             state.remove_journal()?;
             return Err(e);
+        }
+        if let Some(kept) = kept {
+            database_notes.push(format!(
+                "the previous database was kept as {kept}; drop it once Synapse runs well"
+            ));
         }
     }
     state.write_journal(&plan.journal(journal::Phase::Swapping))?;
@@ -333,7 +349,7 @@ async fn stage_and_swap(
         bytes,
         placed,
         kept_previous,
-        notes: plan.notes.clone(),
+        notes: plan.notes.iter().cloned().chain(database_notes).collect(),
         recovered: None,
         elapsed: Duration::ZERO,
     })

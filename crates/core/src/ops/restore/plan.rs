@@ -80,8 +80,10 @@ impl Plan {
         destination: &Destination,
         id: &str,
         header: Option<&Header>,
-        charm_root: &str,
+        options: &super::RestoreOptions,
     ) -> Result<Plan> {
+        let charm_root = options.charm_source_root.as_str();
+        let replace_database = options.replace_database;
         let mut plan = Plan {
             id: id.to_string(),
             live_mode: matches!(destination, Destination::Live(_)),
@@ -106,7 +108,7 @@ impl Plan {
                 }
                 plan.add(Slot::Root, dir, true, true)?;
             }
-            Destination::Live(hs) => plan.add_live_targets(hs, header)?,
+            Destination::Live(hs) => plan.add_live_targets(hs, header, replace_database)?,
         }
         for target in &plan.targets {
             if target.previous.exists() {
@@ -119,7 +121,12 @@ impl Plan {
         Ok(plan)
     }
 
-    fn add_live_targets(&mut self, hs: &HomeserverConfig, header: Option<&Header>) -> Result<()> {
+    fn add_live_targets(
+        &mut self,
+        hs: &HomeserverConfig,
+        header: Option<&Header>,
+        replace_database: bool,
+    ) -> Result<()> {
         self.add(Slot::Key, &hs.signing_key, false, false)?;
         match (&hs.database, header.map(|h| &h.database)) {
             (Database::Sqlite { path }, Some(info))
@@ -157,7 +164,7 @@ impl Plan {
             {
                 let postgres = Postgres::new(args);
                 // Before anything is downloaded or stopped: the target must be empty.
-                postgres.check_restore_target()?;
+                postgres.check_restore_target(replace_database)?;
                 self.postgres = Some(postgres);
             }
             (Database::Postgres(_), _) => {}
