@@ -216,9 +216,13 @@ pub async fn create_backup(
     if cancel.is_cancelled() {
         return Err(Error::Interrupted);
     }
-    // The pipeline's own error says more than the upload's "stream failed".
-    let (list, vanished) = archived?;
-    let object_bytes = uploaded?;
+    // Report the root cause: a store failure makes the pipeline fail with a broken pipe, and a
+    // pipeline failure makes the upload fail with "stream failed".
+    let ((list, vanished), object_bytes) = match (archived, uploaded) {
+        (Ok(archived), Ok(uploaded)) => (archived, uploaded),
+        (_, Err(e)) if e.kind() == crate::error::ErrorKind::Storage => return Err(e),
+        (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+    };
     Ok(BackupSummary {
         backup_id,
         server_name: hs.server_name,
