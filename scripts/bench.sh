@@ -125,7 +125,10 @@ cleanup() {
         log "kept $work"
     else
         rm -rf "$servers" "$restores" "$scratch" "$secrets" "$work/data" "$work/ingest" 2>/dev/null || true
-        if ((created_work)); then
+        if ((rc != 0)); then
+            # Keep what explains the failure: logs and the measurements so far (small).
+            log "failed (exit $rc); logs and partial results kept in $work"
+        elif ((created_work)); then
             rm -rf "$work" 2>/dev/null || true
         fi
     fi
@@ -234,14 +237,32 @@ make_ingest_file() {
 
 # --- S3 server ---------------------------------------------------------------
 
+# Start a fresh server in a new directory. On a busy machine another process can grab a port
+# between its choice and garage's bind more often than s3-test-server.sh's own retries cover,
+# so a failed start is retried (3 attempts) in a new directory.
 server_seq=0
 server_start() {
-    local dir env_file
-    server_seq=$((server_seq + 1))
-    dir=$servers/s$server_seq
-    current_server=$dir
-    env_file=$(timeout 600 "$root/scripts/s3-test-server.sh" start "$dir" 2>>"$logs/s3-server.log" | tail -n1) \
-        || { tail -n 20 "$logs/s3-server.log" >&2; die "could not start the S3 test server"; }
+    local dir env_file="" attempt
+    for attempt in 1 2 3; do
+        server_seq=$((server_seq + 1))
+        dir=$servers/s$server_seq
+        current_server=$dir
+        if env_file=$(timeout 600 "$root/scripts/s3-test-server.sh" start "$dir" 2>>"$logs/s3-server.log" | tail -n1) \
+            && [[ -f "$env_file" ]]; then
+            break
+        fi
+        log "the S3 test server did not start (attempt $attempt of 3); its log is in $logs/garage-s$server_seq.log"
+        cp "$dir/garage.log" "$logs/garage-s$server_seq.log" 2>/dev/null || true
+        timeout 300 "$root/scripts/s3-test-server.sh" stop "$dir" 2>>"$logs/s3-server.log" || true
+        rm -rf "$dir"
+        current_server=""
+        env_file=""
+        sleep 2
+    done
+    if [[ -z "$env_file" ]]; then
+        tail -n 20 "$logs/s3-server.log" >&2
+        die "could not start the S3 test server"
+    fi
     # shellcheck source=/dev/null
     . "$env_file"
     # Every client reads its credentials from the environment or a file, never argv.

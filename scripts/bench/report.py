@@ -170,7 +170,10 @@ class Report:
         self.out(f"| CPUs (nproc) | {m.get('nproc', '?')} |")
         self.out(f"| CPU model | {m.get('cpu_model', '?')} |")
         self.out(f"| RAM | {m.get('mem_total', '?')} |")
-        self.out(f"| kernel, file system of the work dir | {m.get('kernel', '?')}, {m.get('fs', '?')} |")
+        fs = m.get("fs", "?")
+        if m.get("fs_opts"):
+            fs += f" ({m['fs_opts']})"
+        self.out(f"| kernel, file system of the work dir | {m.get('kernel', '?')}, {fs} |")
         self.out(f"| load average (1, 5, 15 min) at start / end | {m.get('load_start', '?')} / {m.get('load_end', '?')} |")
         self.out(f"| synapse-backup | {m.get('v_ours', '?')}, commit {m.get('commit', '?')} |")
         self.out(
@@ -388,7 +391,9 @@ class Report:
             "first run, so it is warm in the cache for all tools alike, and the figures are those of a "
             "backup of recently used data, not of cold disk reads. After each measurement the script runs "
             "`sync` (untimed), and each restore target is emptied before its run; restores are checked "
-            "(untimed) to hold at least every media file and byte.",
+            "(untimed) to hold at least every media file and byte. Deleting restores and servers between "
+            "measurements is not timed either (on a file system mounted with `discard` it takes minutes for "
+            "50,000 files, which makes the whole run much longer than the sum of the timings).",
             "Tools' order rotates from run to run (synapse-backup, charm, restic; then charm, restic, "
             "synapse-backup; …) so that none always runs first. The machine may have been running other "
             "work: see the load averages above, and the spread in the tables.",
