@@ -560,6 +560,7 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
     printf 'mem_total=%q\n' "$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
     printf 'kernel=%q\n' "$(uname -r)"
     printf 'fs=%q\n' "$(df -PT "$work" | awk 'NR == 2 { print $2 }')"
+    printf 'fs_opts=%q\n' "$(findmnt -n -o OPTIONS -T "$work" 2>/dev/null || true)"
     printf 'commit=%q\n' "$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$root" && git diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes in crates/')"
     printf 'v_ours=%q\n' "$("$bin" --version 2>&1 | head -n1)"
     printf 'v_gpg=%q\n' "$(gpg --version | head -n1)"

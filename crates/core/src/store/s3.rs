@@ -66,11 +66,13 @@ impl S3Store {
                     base: 2.0,
                 },
                 max_retries: config.max_retries,
-                retry_timeout: Duration::from_secs(120),
+                // Longer than one request's timeout, so a request that hangs is retried.
+                retry_timeout: Duration::from_secs(600),
             });
         let mut options = ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(10))
-            .with_timeout(Duration::from_secs(300));
+            // A part is at most a few MiB: a request silent this long is stuck, not slow.
+            .with_timeout(Duration::from_secs(120));
         if let Some(endpoint) = &config.endpoint {
             let endpoint = match config.uri_style {
                 // object_store expects the bucket already in a virtual-hosted endpoint.
