@@ -328,16 +328,7 @@ print(i)
     assert!(rounds > 10, "the writer barely ran ({rounds} rounds)");
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_success(&world.run(&["verify-backup", &id]), "verify-backup");
-    let drill = world.path("drill");
-    assert_success(
-        &world.run(&[
-            "restore-backup",
-            &id,
-            "--target-dir",
-            drill.to_str().unwrap(),
-        ]),
-        "restore",
-    );
+    let drill = world.restore_drill(&id, "restore");
     let check = Command::new("python3")
         .arg("-c")
         .arg("import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('pragma integrity_check').fetchone()[0])")

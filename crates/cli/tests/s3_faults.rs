@@ -99,14 +99,5 @@ fn the_server_dying_mid_operation_loses_nothing_and_a_rerun_succeeds() {
 
     // verify-backup and restore-backup work once the server is back.
     assert_success(&world.run(&["verify-backup", &id]), "verify after restart");
-    let drill = world.path("drill");
-    assert_success(
-        &world.run(&[
-            "restore-backup",
-            &id,
-            "--target-dir",
-            drill.to_str().unwrap(),
-        ]),
-        "restore after restart",
-    );
+    world.restore_drill(&id, "restore after restart");
 }

@@ -27,16 +27,7 @@ fn round_trip_through_s3() {
     assert_eq!(rows[0]["server-name"], SERVER_NAME);
 
     assert_success(&world.run(&["verify-backup", &id]), "verify-backup");
-    let drill = world.path("drill");
-    assert_success(
-        &world.run(&[
-            "restore-backup",
-            &id,
-            "--target-dir",
-            drill.to_str().unwrap(),
-        ]),
-        "restore-backup",
-    );
+    let drill = world.restore_drill(&id, "restore-backup");
     assert_eq!(
         tree_hashes(&drill.join("media/local_content")),
         tree_hashes(&world.data.join("media_store/local_content"))

@@ -110,6 +110,19 @@ impl World {
         id
     }
 
+    /// Restores backup `id` into a new `drill` directory of the world and returns it.
+    pub fn restore_drill(&self, id: &str, what: &str) -> PathBuf {
+        let drill = self.path("drill");
+        let out = self.run(&[
+            "restore-backup",
+            id,
+            "--target-dir",
+            drill.to_str().unwrap(),
+        ]);
+        assert_success(&out, what);
+        drill
+    }
+
     /// The object file of a backup in the local store.
     pub fn object(&self, id: &str) -> PathBuf {
         self.store.join(id)
