@@ -6,6 +6,7 @@
 #   scripts/s3-test-server.sh start   DIR   # create DIR, start, provision, print DIR/env
 #   scripts/s3-test-server.sh restart DIR   # stop + start again with the same data/config/ports
 #   scripts/s3-test-server.sh stop    DIR   # stop the server and wait for it to exit
+#   scripts/s3-test-server.sh kill    DIR   # SIGKILL the server: requests in flight are cut
 #   scripts/s3-test-server.sh status  DIR   # exit 0 if the server in DIR is running
 #   scripts/s3-test-server.sh install       # only make sure the garage binary exists
 #
@@ -486,9 +487,10 @@ cmd_start() {
 }
 
 stop_pid() {
-    local pid deadline
+    local signal="${1:-TERM}" pid deadline
     pid=$(running_pid) || { rm -f "$DIR/garage.pid"; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
+    # SIGTERM lets garage finish the requests in flight; SIGKILL cuts them.
+    kill "-$signal" "$pid" 2>/dev/null || true
     deadline=$((SECONDS + TIMEOUT))
     # pid_alive rather than kill -0: a zombie counts as gone (see pid_alive).
     while pid_alive "$pid"; do
@@ -511,6 +513,11 @@ stop_pid() {
 cmd_stop() {
     stop_pid
     log "stopped garage for $DIR"
+}
+
+cmd_kill() {
+    stop_pid KILL
+    log "killed garage for $DIR"
 }
 
 cmd_restart() {
@@ -565,6 +572,7 @@ main() {
     case "$cmd" in
         start) cmd_start ;;
         stop) cmd_stop ;;
+        kill) cmd_kill ;;
         restart) cmd_restart ;;
         status) cmd_status ;;
         *) usage ;;

@@ -43,19 +43,6 @@ fn wait_for(path: &Path, child: &mut Child) -> bool {
     false
 }
 
-fn staging_left(data: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    for dir in [data.to_path_buf(), data.join("media_store")] {
-        for entry in fs::read_dir(dir).unwrap() {
-            let name = entry.unwrap().file_name().to_string_lossy().to_string();
-            if name.contains(".staging-") {
-                found.push(name);
-            }
-        }
-    }
-    found
-}
-
 fn big_world() -> World {
     World::with(WorldOptions {
         size_mib: 40.0,
@@ -365,5 +352,18 @@ fn sigkill_during_create_backup_leaves_no_backup_and_a_rerun_succeeds() {
         return;
     }
     assert_no_backups(&world);
-    world.create_backup();
+    let out = world.run(&["create-backup"]);
+    assert_success(&out, "create-backup after SIGKILL");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("removed the unfinished upload of backup-"),
+        "the rerun did not clean up:\n{stderr}"
+    );
+    let left: Vec<String> = fs::read_dir(&world.store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "temp files left in the store: {left:?}");
 }

@@ -1,14 +1,27 @@
-//! The S3 server dies in the middle of create-backup, restore-backup and verify-backup. Kept in
-//! its own test binary: it stops and restarts the shared loopback server, so nothing else may use
-//! the server meanwhile (cargo runs test binaries one after another).
+//! Faults between synapse-backup and a real S3 server: the server dies in the middle of
+//! create-backup, restore-backup and verify-backup; the tool is killed or interrupted in the
+//! middle of an upload; the server answers with transient errors. Kept in its own test binary:
+//! these tests stop and restart the shared loopback server and read the bucket's count of
+//! unfinished multipart uploads, so they take turns (cargo runs test binaries one at a time).
 
 mod common;
 
 use std::fs;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::io::BufRead;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use common::*;
+
+static SERVER: Mutex<()> = Mutex::new(());
+
+/// Holds the shared server for one test.
+fn exclusive() -> MutexGuard<'static, ()> {
+    SERVER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn server_script(action: &str) {
     let dir = std::env::var("S3_TEST_SERVER_DIR").expect("S3_TEST_SERVER_DIR");
@@ -25,79 +38,279 @@ fn server_script(action: &str) {
     );
 }
 
-fn throttled(world: &World) -> (String, String) {
-    let config = fs::read_to_string(&world.config).unwrap();
-    let slow = config.replace(
-        "max-retries = 2\n",
-        "max-retries = 2\nmax-upload-rate = \"4MiB\"\n",
+/// The bucket's count of multipart uploads begun and neither completed nor aborted, from
+/// Garage's admin API.
+fn unfinished_uploads() -> u64 {
+    let endpoint = std::env::var("S3_TEST_ADMIN_ENDPOINT").expect("S3_TEST_ADMIN_ENDPOINT");
+    let token = std::env::var("S3_TEST_ADMIN_TOKEN").expect("S3_TEST_ADMIN_TOKEN");
+    let bucket = std::env::var("S3_TEST_BUCKET").expect("S3_TEST_BUCKET");
+    let script = "import json, os, sys, urllib.request as u\n\
+        r = u.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + os.environ['TOKEN']})\n\
+        print(json.load(u.urlopen(r, timeout=10))['unfinishedMultipartUploads'])";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(format!("{endpoint}/v2/GetBucketInfo?globalAlias={bucket}"))
+        .env("TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "Garage admin API: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    (config, slow)
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Waits until `check` holds (Garage updates its counters asynchronously).
+fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn s3_world(size_mib: f64) -> Option<World> {
+    let s3 = S3Env::from_env()?;
+    Some(World::with(WorldOptions {
+        s3: Some(s3),
+        size_mib,
+        ..Default::default()
+    }))
+}
+
+/// Adds `settings` to the [s3] section; returns the config as it was.
+fn with_s3_settings(world: &World, settings: &str) -> String {
+    let config = fs::read_to_string(&world.config).unwrap();
+    let changed = config.replace("max-retries = 2\n", &format!("max-retries = 2\n{settings}"));
+    assert_ne!(config, changed);
+    fs::write(&world.config, changed).unwrap();
+    config
+}
+
+fn spawn(world: &World, args: &[&str]) -> Child {
+    Command::new(binary())
+        .arg("--config")
+        .arg(&world.config)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Starts a throttled create-backup and returns once its multipart upload is under way.
+fn backup_in_the_middle_of_its_upload(world: &World, before: u64) -> Child {
+    with_s3_settings(world, "max-upload-rate = \"4MiB\"\n");
+    let child = spawn(world, &["create-backup"]);
+    eventually("the upload has begun", || unfinished_uploads() > before);
+    child
+}
+
+/// Runs create-backup after an interrupted one: it removes the leftover upload and succeeds.
+fn rerun_cleans_up(world: &World, config: &str, before: u64) {
+    fs::write(&world.config, config).unwrap();
+    let out = world.run(&["create-backup"]);
+    assert_success(&out, "create-backup after the fault");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("removed the unfinished upload of backup-"),
+        "the rerun did not report the cleanup:\n{stderr}"
+    );
+    eventually("no stray multipart upload is left", || {
+        unfinished_uploads() == before
+    });
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_success(&world.run(&["verify-backup", &id]), "verify the rerun");
+    let listed = world.run(&["--json", "list-backups"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
 }
 
 #[test]
-fn the_server_dying_mid_operation_loses_nothing_and_a_rerun_succeeds() {
-    let Some(s3) = S3Env::from_env() else { return };
-    let world = World::with(WorldOptions {
-        s3: Some(s3),
-        size_mib: 24.0,
-        ..Default::default()
-    });
-
-    // create-backup: the server goes away in the middle of the multipart upload.
-    let (config, slow) = throttled(&world);
-    fs::write(&world.config, slow).unwrap();
-    let child = Command::new(binary())
-        .arg("--config")
-        .arg(&world.config)
-        .arg("create-backup")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    server_script("stop");
+fn the_server_dying_mid_backup_leaves_nothing_and_the_next_run_cleans_up() {
+    let Some(world) = s3_world(24.0) else { return };
+    let _server = exclusive();
+    let before = unfinished_uploads();
+    let config = fs::read_to_string(&world.config).unwrap();
+    let child = backup_in_the_middle_of_its_upload(&world, before);
+    server_script("kill");
     let out = child.wait_with_output().unwrap();
     server_script("restart");
     assert_fails(&out, 7, "object store");
-    fs::write(&world.config, &config).unwrap();
     assert_no_backups(&world);
+    // The abort could not reach the server; the upload is still there until the next run.
+    assert!(unfinished_uploads() > before);
+    rerun_cleans_up(&world, &config, before);
+}
 
-    // The rerun succeeds.
-    let id = world.create_backup();
+#[test]
+fn sigkill_mid_backup_leaves_nothing_and_the_next_run_cleans_up() {
+    let Some(world) = s3_world(24.0) else { return };
+    let _server = exclusive();
+    let before = unfinished_uploads();
+    let config = fs::read_to_string(&world.config).unwrap();
+    let mut child = backup_in_the_middle_of_its_upload(&world, before);
+    signal(&child, "KILL");
+    child.wait().unwrap();
+    assert_no_backups(&world);
+    assert!(unfinished_uploads() > before);
+    rerun_cleans_up(&world, &config, before);
+}
 
-    // restore-backup: the server goes away while the restore downloads.
-    let before = tree_hashes(&world.data);
-    fs::write(world.data.join("media_store/local_content/after"), b"x").unwrap();
-    let before_with_new = tree_hashes(&world.data);
-    let child = Command::new(binary())
-        .arg("--config")
-        .arg(&world.config)
-        .args(["restore-backup", &id])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    server_script("stop");
+#[test]
+fn ctrl_c_mid_backup_aborts_the_upload() {
+    let Some(world) = s3_world(24.0) else { return };
+    let _server = exclusive();
+    let before = unfinished_uploads();
+    let config = fs::read_to_string(&world.config).unwrap();
+    for name in ["INT", "TERM"] {
+        let child = backup_in_the_middle_of_its_upload(&world, before);
+        signal(&child, name);
+        let out = child.wait_with_output().unwrap();
+        assert_fails(&out, 130, "interrupted");
+        eventually("the upload is aborted", || unfinished_uploads() == before);
+        assert_no_backups(&world);
+        fs::write(&world.config, &config).unwrap();
+    }
+    // Nothing was left for the next run to clean.
+    let out = world.run(&["create-backup"]);
+    assert_success(&out, "create-backup after Ctrl-C");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("removed the unfinished upload"));
+}
+
+#[test]
+fn another_runs_live_upload_is_left_alone() {
+    let Some(world) = s3_world(24.0) else { return };
+    let _server = exclusive();
+    let before = unfinished_uploads();
+    let config = fs::read_to_string(&world.config).unwrap();
+    let slow = backup_in_the_middle_of_its_upload(&world, before);
+    fs::write(&world.config, &config).unwrap();
+    let out = world.run(&["create-backup"]);
+    assert_success(&out, "a second create-backup during the first");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("removed the unfinished upload"));
+    let out = slow.wait_with_output().unwrap();
+    assert_success(&out, "the first create-backup");
+    let listed = world.run(&["--json", "list-backups"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+}
+
+/// Runs `args` with downloads throttled, kills the server after a second (a SIGTERM would let
+/// it finish the download) and restarts it.
+fn server_dies_during(world: &World, args: &[&str]) -> Output {
+    let config = with_s3_settings(world, "max-download-rate = \"4MiB\"\n");
+    let child = spawn(world, args);
+    std::thread::sleep(Duration::from_secs(1));
+    server_script("kill");
     let out = child.wait_with_output().unwrap();
     server_script("restart");
-    if !out.status.success() {
-        let mut now = tree_hashes(&world.data);
-        now.retain(|k, _| !k.starts_with(".synapse-backup"));
-        let mut expected = before_with_new.clone();
-        expected.retain(|k, _| !k.starts_with(".synapse-backup"));
-        assert_eq!(
-            now.len(),
-            expected.len(),
-            "a failed restore changed the live data"
-        );
-        assert!(now == expected, "a failed restore changed the live data");
-    } else {
-        eprintln!("the restore finished before the server stopped");
-    }
-    drop(before);
+    fs::write(&world.config, config).unwrap();
+    out
+}
 
-    // verify-backup and restore-backup work once the server is back.
+#[test]
+fn the_server_dying_mid_restore_changes_nothing() {
+    let Some(world) = s3_world(24.0) else { return };
+    let _server = exclusive();
+    let id = world.create_backup();
+    fs::write(world.data.join("media_store/local_content/after"), b"x").unwrap();
+    let before = live_state(&world.data);
+
+    let out = server_dies_during(&world, &["restore-backup", &id]);
+    assert_fails(&out, 7, "object store");
+    assert_same_tree(
+        &live_state(&world.data),
+        &before,
+        "live data after a failed restore",
+    );
+    assert!(staging_left(&world.data).is_empty(), "staging left");
+
+    let drill = world.restore_drill(&id, "restore after restart");
+    assert!(!drill.join("media_store/local_content/after").exists());
+}
+
+#[test]
+fn the_server_dying_mid_verify_fails_the_verification() {
+    let Some(world) = s3_world(24.0) else { return };
+    let _server = exclusive();
+    let id = world.create_backup();
+    let out = server_dies_during(&world, &["verify-backup", &id]);
+    let stderr = assert_fails(&out, 7, "object store");
+    assert!(
+        stderr.contains(&id),
+        "the error does not name the backup: {stderr}"
+    );
+    eprintln!("{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("OK"),
+        "a verify that could not read the object said OK"
+    );
     assert_success(&world.run(&["verify-backup", &id]), "verify after restart");
-    world.restore_drill(&id, "restore after restart");
+}
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn transient_errors_are_retried_part_by_part() {
+    let Some(s3) = S3Env::from_env() else { return };
+    let world = s3_world(24.0).unwrap();
+    let _server = exclusive();
+    let fault_log = world.path("faults.log");
+    let address = s3.endpoint.trim_start_matches("http://");
+    let (host, port) = address.split_once(':').unwrap();
+    let mut proxy = Command::new("python3")
+        .arg(repo_root().join("crates/cli/tests/fixtures/fault_proxy.py"))
+        .args([host, port, fault_log.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = proxy.stdout.take().unwrap();
+    let _proxy = Kill(proxy);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let config = fs::read_to_string(&world.config)
+        .unwrap()
+        .replace(&s3.endpoint, &format!("http://127.0.0.1:{}", line.trim()));
+    // Three of every six requests fail; a retry may land on another failing slot.
+    fs::write(
+        &world.config,
+        config.replace("max-retries = 2\n", "max-retries = 10\n"),
+    )
+    .unwrap();
+
+    let id = world.create_backup();
+    assert_success(&world.run(&["verify-backup", &id]), "verify through faults");
+    let drill = world.restore_drill(&id, "restore through faults");
+    assert_same_tree(
+        &tree_hashes(&drill.join("media/local_content")),
+        &tree_hashes(&world.data.join("media_store/local_content")),
+        "media restored through faults",
+    );
+
+    let log = fs::read_to_string(&fault_log).unwrap();
+    for kind in ["503 PUT", "500 PUT", "reset PUT", "cut-body GET"] {
+        assert!(log.contains(kind), "no {kind} fault was injected:\n{log}");
+    }
+    eprintln!("faults injected and survived: {}", log.lines().count());
 }

@@ -92,46 +92,6 @@ fn unknown_bucket_and_unreachable_endpoint_are_named() {
     assert_fails(&world.run(&["create-backup"]), 7, "127.0.0.1:1");
 }
 
-#[test]
-fn an_interrupted_backup_leaves_nothing_visible() {
-    let Some(s3) = S3Env::from_env() else { return };
-    let world = World::with(WorldOptions {
-        s3: Some(s3),
-        size_mib: 24.0,
-        ..Default::default()
-    });
-    // Throttled so that the interrupt lands in the middle of the multipart upload.
-    let config = fs::read_to_string(&world.config).unwrap();
-    fs::write(
-        &world.config,
-        config.replace(
-            "max-retries = 2\n",
-            "max-retries = 2\nmax-upload-rate = \"4MiB\"\n",
-        ),
-    )
-    .unwrap();
-    let child = std::process::Command::new(binary())
-        .arg("--config")
-        .arg(&world.config)
-        .arg("create-backup")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    assert_fails(&out, 130, "interrupted");
-    assert_no_backups(&world);
-    // The next run succeeds.
-    fs::write(&world.config, &config).unwrap();
-    world.create_backup();
-}
-
 /// A self-signed HTTPS endpoint (a TLS proxy in front of the test server) fails without
 /// `tls-ca-chain` and works with it.
 #[test]

@@ -64,6 +64,7 @@ struct RawS3 {
     tls_ca_chain: Option<PathBuf>,
     upload_concurrency: Option<usize>,
     max_upload_rate: Option<String>,
+    max_download_rate: Option<String>,
     max_retries: Option<usize>,
 }
 
@@ -104,7 +105,7 @@ struct RawRestore {
 /// Where backups are kept.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    S3(S3Config),
+    S3(Box<S3Config>),
     Local(LocalConfig),
 }
 
@@ -129,6 +130,8 @@ pub struct S3Config {
     pub upload_concurrency: usize,
     /// Upload bandwidth cap in bytes per second.
     pub max_upload_rate: Option<u64>,
+    /// Download bandwidth cap in bytes per second (verify, restore).
+    pub max_download_rate: Option<u64>,
     /// Retries of one request (a part, a GET) on transient errors, with exponential backoff.
     pub max_retries: usize,
 }
@@ -199,7 +202,7 @@ impl Config {
             .map_err(|e| Error::config(format!("{}: {}", source.display(), e.message())))?;
         let base = source.parent().unwrap_or(Path::new("."));
         let store = match (raw.s3, raw.local) {
-            (Some(s3), None) => StoreConfig::S3(s3_config(s3, base)?),
+            (Some(s3), None) => StoreConfig::S3(Box::new(s3_config(s3, base)?)),
             (None, Some(local)) => StoreConfig::Local(LocalConfig {
                 path: base.join(local.path),
             }),
@@ -317,6 +320,11 @@ fn s3_config(raw: RawS3, base: &Path) -> Result<S3Config> {
         },
     };
     let max_upload_rate = raw.max_upload_rate.as_deref().map(parse_rate).transpose()?;
+    let max_download_rate = raw
+        .max_download_rate
+        .as_deref()
+        .map(parse_rate)
+        .transpose()?;
     Ok(S3Config {
         endpoint: raw.endpoint.map(|e| e.trim_end_matches('/').to_string()),
         bucket: raw.bucket,
@@ -329,6 +337,7 @@ fn s3_config(raw: RawS3, base: &Path) -> Result<S3Config> {
         tls_ca_chain: raw.tls_ca_chain.map(|p| base.join(p)),
         upload_concurrency: raw.upload_concurrency.unwrap_or(4).clamp(1, 32),
         max_upload_rate,
+        max_download_rate,
         max_retries: raw.max_retries.unwrap_or(10),
     })
 }

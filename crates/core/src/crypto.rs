@@ -18,6 +18,7 @@ use pgp::types::{Password, Seipdv1ReadMode, StringToKey};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::{Error, Result};
+use crate::store::ReadFailed;
 
 /// Encoded S2K count 0xFF: 65,011,712 bytes hashed, GnuPG's usual calibrated strength.
 const S2K_COUNT: u8 = 0xFF;
@@ -101,9 +102,7 @@ where
         ..Default::default()
     };
     let (mut message, _) = message.decrypt_the_ring(ring, true).map_err(|e| match e {
-        pgp::errors::Error::IO { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
-            Error::corrupt(id, "the object is truncated")
-        }
+        pgp::errors::Error::IO { source, .. } => classify_read_error(id, &source),
         _ => Error::WrongPassphrase { id: id.to_string() },
     })?;
     if message.is_compressed() {
@@ -116,6 +115,9 @@ where
 
 /// Turns an I/O error from a [`DecryptReader`] into the library error that describes it.
 pub fn classify_read_error(id: &str, err: &io::Error) -> Error {
+    if let Some(failed) = ReadFailed::find(err) {
+        return failed.to_error(id);
+    }
     let text = err.to_string();
     let lower = text.to_ascii_lowercase();
     if err.kind() == io::ErrorKind::UnexpectedEof || lower.contains("unexpected eof") {

@@ -374,6 +374,20 @@ pub fn assert_same_tree(
     assert!(differing.is_empty(), "{what}: differs at {differing:?}");
 }
 
+/// Staging folders a restore left next to the live data.
+pub fn staging_left(data: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for dir in [data.to_path_buf(), data.join("media_store")] {
+        for entry in fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().to_string();
+            if name.contains(".staging-") {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
 /// Asserts that `list-backups` shows nothing.
 pub fn assert_no_backups(world: &World) {
     let listed = world.run(&["--json", "list-backups"]);

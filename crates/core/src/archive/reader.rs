@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::crypto::classify_read_error;
 use crate::error::{Error, Result};
 use crate::progress::is_cancelled_error;
+use crate::store::ReadFailed;
 
 use super::{check_member_path, normalize_member_path};
 
@@ -42,7 +43,10 @@ impl<R: Read> Read for ErrorTap<R> {
             Err(e) => {
                 if let Ok(mut slot) = self.seen.lock() {
                     if slot.is_none() {
-                        *slot = Some(io::Error::new(e.kind(), e.to_string()));
+                        *slot = Some(match ReadFailed::find(&e) {
+                            Some(failed) => failed.clone().into_io(),
+                            None => io::Error::new(e.kind(), e.to_string()),
+                        });
                     }
                 }
                 Err(e)

@@ -92,6 +92,7 @@ pub async fn create_backup(
     let state = StateDir::at(hs.media_store.parent().unwrap_or(Path::new("/")));
     let lock = state.lock_shared()?;
     store.check_access().await?;
+    remove_interrupted_uploads(store).await;
     let backup_id = unused_backup_id(store).await?;
 
     let temp_parent = config
@@ -233,6 +234,22 @@ pub async fn create_backup(
         elapsed: started.elapsed(),
         vanished,
     })
+}
+
+/// Cleans up after create-backups that were killed or lost the store half-way. Never fatal:
+/// leftovers are invisible to list and restore, and the next run tries again.
+async fn remove_interrupted_uploads(store: &dyn Store) {
+    match store.remove_interrupted_uploads().await {
+        Ok(names) => {
+            for name in names {
+                tracing::warn!(
+                    "removed the unfinished upload of {name} that an interrupted create-backup left in {}",
+                    store.describe()
+                );
+            }
+        }
+        Err(e) => tracing::warn!("could not look for unfinished uploads: {e}"),
+    }
 }
 
 async fn unused_backup_id(store: &dyn Store) -> Result<String> {

@@ -11,10 +11,12 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
-use super::{check_name, ByteStream, ObjectInfo, Store};
+use super::owner::UploadOwner;
+use super::{check_name, ByteStream, ObjectInfo, ReadFailed, Store};
 use crate::error::{Error, IoContext, Result};
 
 const READ_CHUNK: usize = 1 << 20;
+const PARTIAL_MARK: &str = ".partial-";
 
 #[derive(Debug)]
 pub struct LocalStore {
@@ -77,9 +79,10 @@ impl Store for LocalStore {
 
     async fn put(&self, name: &str, mut body: ByteStream, _size_hint: Option<u64>) -> Result<u64> {
         let final_path = self.object_path(name)?;
-        let temp_path = self
-            .root
-            .join(format!(".{name}.partial-{}", std::process::id()));
+        let temp_path = self.root.join(format!(
+            ".{name}{PARTIAL_MARK}{}",
+            UploadOwner::current().token()
+        ));
         let mut file = tokio::fs::File::create(&temp_path)
             .await
             .at("create", &temp_path)?;
@@ -117,7 +120,20 @@ impl Store for LocalStore {
     async fn get(&self, name: &str) -> Result<ByteStream> {
         let path = self.object_path(name)?;
         match tokio::fs::File::open(&path).await {
-            Ok(file) => Ok(ReaderStream::with_capacity(file, READ_CHUNK).boxed()),
+            Ok(file) => {
+                let store = self.describe();
+                Ok(ReaderStream::with_capacity(file, READ_CHUNK)
+                    .map(move |item| {
+                        item.map_err(|e| {
+                            ReadFailed {
+                                store: store.clone(),
+                                detail: format!("reading {}: {e}", path.display()),
+                            }
+                            .into_io()
+                        })
+                    })
+                    .boxed())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.not_found(name)),
             Err(e) => Err(Error::io("open", path, e)),
         }
@@ -160,5 +176,38 @@ impl Store for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.not_found(name)),
             Err(e) => Err(Error::io("delete", path, e)),
         }
+    }
+
+    async fn remove_interrupted_uploads(&self) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let mut dir = match tokio::fs::read_dir(&self.root).await {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) => return Err(Error::io("list", &self.root, e)),
+        };
+        while let Some(entry) = dir.next_entry().await.at("list", &self.root)? {
+            let file_name = entry.file_name().to_string_lossy().to_string();
+            let Some((name, token)) = file_name
+                .strip_prefix('.')
+                .and_then(|rest| rest.split_once(PARTIAL_MARK))
+            else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata().await else {
+                continue;
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .unwrap_or_default();
+            if meta.is_file() && UploadOwner::is_abandoned(token, age) {
+                tokio::fs::remove_file(entry.path())
+                    .await
+                    .at("remove the leftover", entry.path())?;
+                removed.push(name.to_string());
+            }
+        }
+        Ok(removed)
     }
 }

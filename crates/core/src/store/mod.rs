@@ -7,8 +7,11 @@
 //!   local temp files removed).
 //! - `get` streams; a body shorter than `head` announced surfaces as an error, never as EOF.
 //! - names are backup ids: no `/`, no leading `.`; the store adds its own prefix.
+//! - what a `put` killed half-way leaves behind (an unfinished multipart upload, a temp file) is
+//!   never listed, and `remove_interrupted_uploads` cleans it up once its writer is gone.
 
 pub mod local;
+pub mod owner;
 pub mod s3;
 
 use async_trait::async_trait;
@@ -21,6 +24,50 @@ use crate::error::{Error, Result};
 
 /// A stream of object bytes; an `Err` item in a `put` body aborts the upload.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// A failure to read an object's bytes from the store (connection lost, server gone, disk
+/// error). `get` streams carry it inside their `std::io::Error`s through decryption and untar,
+/// so that it is reported as a store failure, never as a damaged backup.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{detail}")]
+pub struct ReadFailed {
+    pub store: String,
+    pub detail: String,
+}
+
+impl ReadFailed {
+    pub fn into_io(self) -> std::io::Error {
+        std::io::Error::other(self)
+    }
+
+    /// The `ReadFailed` inside `err` or anything it wraps.
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ReadFailed> {
+        let mut current: Option<&'a (dyn std::error::Error + 'static)> = Some(err);
+        while let Some(error) = current {
+            if let Some(found) = error.downcast_ref::<ReadFailed>() {
+                return Some(found);
+            }
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                if let Some(found) = io.get_ref().and_then(|inner| inner.downcast_ref()) {
+                    return Some(found);
+                }
+            }
+            current = error.source();
+        }
+        None
+    }
+
+    /// The library error for backup `id`.
+    pub fn to_error(&self, id: &str) -> Error {
+        Error::Storage {
+            store: self.store.clone(),
+            detail: format!(
+                "reading backup {id} failed: {}; nothing was changed, run the command again once the store is reachable",
+                self.detail
+            ),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -49,6 +96,11 @@ pub trait Store: Send + Sync {
 
     /// Deletes `name`; a missing object is [`Error::NotFound`].
     async fn delete(&self, name: &str) -> Result<()>;
+
+    /// Removes what earlier `put`s left when their process died or the store went away before
+    /// they could clean up, skipping uploads whose process still runs. Returns the names of the
+    /// backups whose leftovers were removed.
+    async fn remove_interrupted_uploads(&self) -> Result<Vec<String>>;
 }
 
 /// Opens the store a configuration names.

@@ -2,7 +2,10 @@
 //! backoff, multipart uploads).
 //!
 //! Uploads are always multipart with several parts in flight; on any failure the upload is
-//! aborted so no half backup ever becomes visible.
+//! aborted so no half backup ever becomes visible. While an upload runs, a small marker object
+//! `PREFIX/.uploads-in-progress/BACKUP-ID` holds its upload id and owner, so that when the abort
+//! itself cannot happen (SIGKILL, server gone) a later create-backup aborts it: object_store has
+//! no ListMultipartUploads, and the marker is also what tells a live upload from a dead one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,14 +15,17 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, MultipartUpload, ObjectStore,
-    ObjectStoreExt, PutMultipartOptions, PutPayload, RetryConfig,
+    Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, ObjectStore, ObjectStoreExt,
+    PutMultipartOptions, PutPayload, RetryConfig,
 };
 use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
 
-use super::{check_name, ByteStream, ObjectInfo, Store};
+use super::owner::UploadOwner;
+use super::{check_name, ByteStream, ObjectInfo, ReadFailed, Store};
 use crate::config::{S3Config, UriStyle};
 use crate::error::{Error, Result};
 
@@ -29,6 +35,16 @@ const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 const MAX_PART_SIZE: u64 = 512 * 1024 * 1024;
 /// Used when the size is unknown: parts of 7.3 MiB, so up to 64 GiB fit.
 const DEFAULT_EXPECTED_SIZE: u64 = 64 * 1024 * 1024 * 1024;
+/// Under the store's prefix; `list` only sees objects directly under the prefix, so markers are
+/// never taken for backups.
+const IN_PROGRESS_DIR: &str = ".uploads-in-progress";
+
+/// The body of an in-progress marker. Holds nothing about the server being backed up.
+#[derive(Serialize, Deserialize)]
+struct UploadMarker {
+    upload_id: String,
+    owner: String,
+}
 
 pub struct S3Store {
     inner: Arc<AmazonS3>,
@@ -36,7 +52,8 @@ pub struct S3Store {
     prefix: String,
     endpoint: String,
     concurrency: usize,
-    max_rate: Option<u64>,
+    max_upload_rate: Option<u64>,
+    max_download_rate: Option<u64>,
     storage_class: Option<String>,
 }
 
@@ -111,34 +128,31 @@ impl S3Store {
                 format!("AWS region {}", config.region.as_deref().unwrap_or("?"))
             }),
             concurrency: config.upload_concurrency,
-            max_rate: config.max_upload_rate,
+            max_upload_rate: config.max_upload_rate,
+            max_download_rate: config.max_download_rate,
             storage_class: config.storage_class.clone(),
         })
     }
 
     fn key(&self, name: &str) -> Result<ObjectPath> {
         check_name(name)?;
-        Ok(if self.prefix.is_empty() {
-            ObjectPath::from(name)
+        Ok(self.under_prefix(name))
+    }
+
+    fn under_prefix(&self, relative: &str) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(relative)
         } else {
-            ObjectPath::from(format!("{}/{name}", self.prefix))
-        })
+            ObjectPath::from(format!("{}/{relative}", self.prefix))
+        }
+    }
+
+    fn marker_key(&self, name: &str) -> ObjectPath {
+        self.under_prefix(&format!("{IN_PROGRESS_DIR}/{name}"))
     }
 
     fn storage_error(&self, err: object_store::Error) -> Error {
-        let mut text = err.to_string();
-        // The innermost cause (a TLS or DNS failure) is what tells the user what to fix.
-        let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&err);
-        let mut innermost = None;
-        while let Some(current) = cause {
-            innermost = Some(current.to_string());
-            cause = current.source();
-        }
-        if let Some(innermost) = innermost {
-            if !text.contains(&innermost) {
-                text = format!("{text} ({innermost})");
-            }
-        }
+        let text = error_text(&err);
         let server_says = server_message(&text);
         let denied = matches!(
             err,
@@ -186,13 +200,17 @@ impl S3Store {
             .clamp(MIN_PART_SIZE, MAX_PART_SIZE) as usize
     }
 
-    async fn upload(
+    /// Sends `body` as the parts of upload `id`, several at a time, and returns them in order
+    /// with the byte count.
+    async fn upload_parts(
         &self,
-        upload: &mut Box<dyn MultipartUpload>,
+        key: &ObjectPath,
+        id: &String,
         mut body: ByteStream,
         part_size: usize,
-    ) -> Result<u64> {
-        let mut in_flight: FuturesUnordered<object_store::UploadPart> = FuturesUnordered::new();
+    ) -> Result<(Vec<PartId>, u64)> {
+        let mut in_flight = FuturesUnordered::new();
+        let mut parts: Vec<Option<PartId>> = Vec::new();
         // Chunks are gathered, not copied, into a part; S3 only needs every part but the last
         // to be at least 5 MiB, not all parts to be the same size.
         let mut gathered: Vec<Bytes> = Vec::new();
@@ -223,19 +241,58 @@ impl S3Store {
             let part: PutPayload = std::mem::take(&mut gathered).into_iter().collect();
             gathered_len = 0;
             while in_flight.len() >= self.concurrency {
-                if let Some(result) = in_flight.next().await {
-                    result.map_err(|e| self.storage_error(e))?;
+                if let Some((index, result)) = in_flight.next().await {
+                    let result: object_store::Result<PartId> = result;
+                    parts[index] = Some(result.map_err(|e| self.storage_error(e))?);
                 }
             }
-            if let Some(rate) = self.max_rate {
+            if let Some(rate) = self.max_upload_rate {
                 throttle(started, total, rate).await;
             }
-            in_flight.push(upload.put_part(part));
+            let index = parts.len();
+            parts.push(None);
+            let inner = &self.inner;
+            in_flight.push(async move { (index, inner.put_part(key, id, index, part).await) });
         }
-        while let Some(result) = in_flight.next().await {
-            result.map_err(|e| self.storage_error(e))?;
+        while let Some((index, result)) = in_flight.next().await {
+            parts[index] = Some(result.map_err(|e| self.storage_error(e))?);
         }
-        Ok(total)
+        let parts = parts.into_iter().flatten().collect();
+        Ok((parts, total))
+    }
+
+    /// Aborts upload `id` of `name` and removes its marker; a failure is only logged, the next
+    /// create-backup retries it.
+    async fn abort_upload(&self, name: &str, key: &ObjectPath, id: &String) {
+        match self.inner.abort_multipart(key, id).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                if let Err(e) = self.inner.delete(&self.marker_key(name)).await {
+                    tracing::warn!("could not remove the upload marker of {name}: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(
+                "could not abort the unfinished upload of {name} in {}: {}; the next create-backup will",
+                self.describe(),
+                self.storage_error(e)
+            ),
+        }
+    }
+}
+
+/// The error with its innermost cause (a TLS, DNS or connection failure), which is what tells
+/// the user what to fix.
+fn error_text(err: &object_store::Error) -> String {
+    // object_store prefixes every layer with the same label.
+    let text = err.to_string().replace("Generic S3 error: ", "");
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(err);
+    let mut innermost = None;
+    while let Some(current) = cause {
+        innermost = Some(current.to_string());
+        cause = current.source();
+    }
+    match innermost {
+        Some(innermost) if !text.contains(&innermost) => format!("{text} ({innermost})"),
+        _ => text,
     }
 }
 
@@ -312,28 +369,47 @@ impl Store for S3Store {
             attributes,
             ..Default::default()
         };
-        let mut upload = self
+        let id = self
             .inner
-            .put_multipart_opts(&key, options)
+            .create_multipart_opts(&key, options)
             .await
             .map_err(|e| self.storage_error(e))?;
-        let result = self
-            .upload(&mut upload, body, Self::part_size(size_hint))
-            .await;
+        let marker = UploadMarker {
+            upload_id: id.clone(),
+            owner: UploadOwner::current().token(),
+        };
+        let marker_body =
+            serde_json::to_vec(&marker).map_err(|e| Error::Other(format!("upload marker: {e}")))?;
+        if let Err(e) = self
+            .inner
+            .put(&self.marker_key(name), marker_body.into())
+            .await
+        {
+            let _ = self.inner.abort_multipart(&key, &id).await;
+            return Err(self.storage_error(e));
+        }
+        let result = match self
+            .upload_parts(&key, &id, body, Self::part_size(size_hint))
+            .await
+        {
+            Ok((parts, total)) => self
+                .inner
+                .complete_multipart(&key, &id, parts)
+                .await
+                .map(|_| total)
+                .map_err(|e| self.storage_error(e)),
+            Err(e) => Err(e),
+        };
         match result {
-            Ok(total) => match upload.complete().await {
-                Ok(_) => Ok(total),
-                Err(e) => {
-                    let _ = upload.abort().await;
-                    Err(self.storage_error(e))
+            Ok(total) => {
+                if let Err(e) = self.inner.delete(&self.marker_key(name)).await {
+                    // Harmless: the next create-backup finds the upload complete and drops it.
+                    tracing::warn!("could not remove the upload marker of {name}: {e}");
                 }
-            },
+                Ok(total)
+            }
             Err(e) => {
-                if let Err(abort_error) = upload.abort().await {
-                    tracing::warn!(
-                        "could not abort the multipart upload of {name}: {abort_error}; the bucket may hold its parts until a lifecycle rule removes them"
-                    );
-                }
+                self.abort_upload(name, &key, &id).await;
                 Err(e)
             }
         }
@@ -346,9 +422,32 @@ impl Store for S3Store {
             .get(&key)
             .await
             .map_err(|e| self.object_error(name, e))?;
-        Ok(result
-            .into_stream()
-            .map(|item| item.map_err(|e| std::io::Error::other(e.to_string())))
+        let store = self.describe();
+        let stream = result.into_stream().map(move |item| {
+            item.map_err(|e| {
+                ReadFailed {
+                    store: store.clone(),
+                    detail: error_text(&e),
+                }
+                .into_io()
+            })
+        });
+        let Some(rate) = self.max_download_rate else {
+            return Ok(stream.boxed());
+        };
+        let started = Instant::now();
+        let mut received = 0u64;
+        Ok(stream
+            .then(move |item| {
+                if let Ok(bytes) = &item {
+                    received += bytes.len() as u64;
+                }
+                let due = received;
+                async move {
+                    throttle(started, due, rate).await;
+                    item
+                }
+            })
             .boxed())
     }
 
@@ -395,6 +494,55 @@ impl Store for S3Store {
             .delete(&key)
             .await
             .map_err(|e| self.object_error(name, e))
+    }
+
+    async fn remove_interrupted_uploads(&self) -> Result<Vec<String>> {
+        let markers: Vec<object_store::ObjectMeta> = self
+            .inner
+            .list(Some(&self.under_prefix(IN_PROGRESS_DIR)))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.storage_error(e))?;
+        let mut removed = Vec::new();
+        for meta in markers {
+            let Some(name) = meta.location.filename().map(str::to_string) else {
+                continue;
+            };
+            if check_name(&name).is_err() {
+                continue;
+            }
+            let body = match self.inner.get(&meta.location).await {
+                Ok(result) => result.bytes().await.map_err(|e| self.storage_error(e))?,
+                // Its upload finished meanwhile.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(self.storage_error(e)),
+            };
+            let age = (chrono::Utc::now() - meta.last_modified)
+                .to_std()
+                .unwrap_or_default();
+            match serde_json::from_slice::<UploadMarker>(&body) {
+                Ok(marker) if !UploadOwner::is_abandoned(&marker.owner, age) => continue,
+                Ok(marker) => {
+                    // Aborting an upload that did complete is refused by the server and leaves
+                    // the finished backup alone.
+                    let key = self.key(&name)?;
+                    match self.inner.abort_multipart(&key, &marker.upload_id).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(self.storage_error(e)),
+                    }
+                }
+                Err(_) if age <= super::owner::FOREIGN_STALE_AFTER => continue,
+                Err(_) => {}
+            }
+            self.inner
+                .delete(&meta.location)
+                .await
+                .map_err(|e| self.storage_error(e))?;
+            removed.push(name);
+        }
+        Ok(removed)
     }
 }
 
