@@ -1014,3 +1014,68 @@ fn encrypted_garbage_is_not_a_tar() {
     // verify says "broken tar member header", restore "broken first member".
     assert_refused(&world, ID, 5, &["damaged", "broken"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Declared lengths far beyond the data
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the tool under a 2 GiB address-space limit: trusting a declared length of several GiB
+/// (allocating it) would abort the process instead of failing with an error.
+fn run_limited(world: &World, args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 2097152 && exec \"$0\" \"$@\"")
+        .arg(binary())
+        .arg("--config")
+        .arg(&world.config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn huge_declared_lengths_are_truncation_not_allocation() {
+    let world = World::new();
+    let real = world.create_backup();
+    let object = fs::read(world.object(&real)).unwrap();
+    // The tool's objects start with a new-format SKESK packet (tag 3, one-byte length), then the
+    // encrypted data packet (tag 18) in partial-length chunks.
+    assert_eq!(object[0], 0xC3, "SKESK packet first");
+    let skesk_end = 2 + object[1] as usize;
+    assert_eq!(object[skesk_end], 0xD2, "SEIPD packet second");
+    let mut packet_lie = object[..skesk_end].to_vec();
+    // A five-octet length: 4 GiB - 16 bytes, of which only 64 KiB follow.
+    packet_lie.extend_from_slice(&[0xD2, 0xFF, 0xFF, 0xFF, 0xFF, 0xF0]);
+    packet_lie.extend_from_slice(&object[skesk_end + 2..skesk_end + 2 + 65536]);
+    let packet_id = "backup-20260101120000000001";
+    store_object(&world, packet_id, &packet_lie);
+
+    // A tar member whose header claims 8 GiB but holds 11 bytes.
+    let mut tar_lie = backup_tar(
+        ID,
+        &[Member::file(
+            "media/local_content/hu/ge/size",
+            b"eleven byte",
+        )],
+    );
+    let header_at = tar_lie
+        .windows(b"media/local_content/hu/ge/size".len())
+        .position(|w| w == b"media/local_content/hu/ge/size")
+        .unwrap();
+    let header = &mut tar_lie[header_at..header_at + 512];
+    header[124..136].copy_from_slice(b"77777777777\0");
+    header[148..156].copy_from_slice(b"        ");
+    let checksum: u32 = header.iter().map(|&b| b as u32).sum();
+    header[148..156].copy_from_slice(format!("{checksum:06o}\0 ").as_bytes());
+    store_encrypted(&world, ID, &tar_lie);
+
+    for (id, needle) in [(packet_id, "truncated"), (ID, "damaged")] {
+        let before = live_state(&world.data);
+        for args in [vec!["verify-backup", id], vec!["restore-backup", id]] {
+            let out = run_limited(&world, &args);
+            assert_refusal(&format!("{args:?}"), &out, 5, &[needle]);
+        }
+        assert_same_tree(&live_state(&world.data), &before, "live data");
+        assert_no_staging_left(&world);
+    }
+}

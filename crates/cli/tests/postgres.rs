@@ -189,3 +189,90 @@ fn a_database_synapse_would_refuse_is_refused_before_anything_changes() {
             .unwrap();
     }
 }
+
+/// No child (pg_dump, psql, pg_restore, the stop command) and not the tool itself ever has the
+/// passphrase, the S3 secret key or the database password among its arguments.
+#[test]
+fn no_process_gets_a_secret_on_its_command_line() {
+    let Some(pg) = Pg::find() else { return };
+    const PG_PASSWORD: &str = "pg-password-sentinel-7f3a";
+    let source_db = unique("cmdline_src");
+    let target_db = unique("cmdline_dst");
+    pg.fresh_db(&source_db, "C");
+    pg.sql(
+        &source_db,
+        "CREATE TABLE events (id bigserial PRIMARY KEY, body text);
+         INSERT INTO events (body) SELECT 'message ' || g FROM generate_series(1, 2000) g;",
+    )
+    .unwrap();
+    let s3 = S3Env::from_env();
+    let world = World::with(WorldOptions {
+        s3: s3.clone(),
+        ..Default::default()
+    });
+    let with_password = |world: &World, db: &str| {
+        pg.use_in(world, db);
+        let yaml_path = world.data.join("homeserver.yaml");
+        let yaml = fs::read_to_string(&yaml_path).unwrap().replace(
+            "    cp_min: 5\n",
+            &format!("    password: {PG_PASSWORD}\n    cp_min: 5\n"),
+        );
+        fs::write(&yaml_path, yaml).unwrap();
+    };
+    with_password(&world, &source_db);
+    let pid_file = world.data.join("homeserver.pid");
+    let config = fs::read_to_string(&world.config).unwrap();
+    fs::write(
+        &world.config,
+        format!(
+            "{config}[restore]\nstop-command = \"sleep 0.2; rm -f {}\"\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+
+    let watch = CommandLineWatch::start();
+    let id = world.create_backup();
+    assert_success(&world.run(&["verify-backup", &id]), "verify-backup");
+    assert_success(&world.run(&["-vv", "list-backups"]), "list-backups");
+    pg.fresh_db(&target_db, "C");
+    with_password(&world, &target_db);
+    fs::write(&pid_file, std::process::id().to_string()).unwrap();
+    assert_success(&world.run(&["restore-backup", &id]), "restore-backup");
+    let seen = watch.finish();
+
+    let mut secrets = vec![PASSPHRASE.to_string(), PG_PASSWORD.to_string()];
+    if let Some(s3) = &s3 {
+        secrets.push(s3.secret_key.clone());
+    }
+    for line in &seen {
+        for secret in &secrets {
+            assert!(
+                !line.contains(secret.as_str()),
+                "a secret on a command line: {line}"
+            );
+        }
+    }
+    // The watch did see the children it is meant to check.
+    for program in [
+        "synapse-backup",
+        "pg_dump",
+        "pg_restore",
+        "psql",
+        "sleep 0.2",
+    ] {
+        assert!(
+            seen.iter().any(|line| line.contains(program)),
+            "the watch never saw {program}; it saw {} command lines",
+            seen.len()
+        );
+    }
+    assert_eq!(
+        pg.sql(&target_db, "SELECT count(*) FROM events").unwrap(),
+        "2000"
+    );
+    for db in [&source_db, &target_db] {
+        pg.sql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
+            .unwrap();
+    }
+}

@@ -38,6 +38,89 @@ fn round_trip_through_s3() {
     assert_no_backups(&world);
 }
 
+/// What anyone with read access to the bucket sees, short of the passphrase: one key named after
+/// the backup id, no metadata, no plaintext.
+#[test]
+fn stored_keys_and_metadata_reveal_only_the_backup_id() {
+    use futures::TryStreamExt;
+    use object_store::{aws::AmazonS3Builder, path::Path, GetOptions, ObjectStore, ObjectStoreExt};
+
+    let Some(s3) = S3Env::from_env() else { return };
+    let world = s3_world().unwrap();
+    let id = world.create_backup();
+    let config = fs::read_to_string(&world.config).unwrap();
+    let prefix = config
+        .lines()
+        .find_map(|line| line.strip_prefix("path = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap()
+        .to_string();
+    let media = world.data.join("media_store/local_content");
+    let (some_file, _) = tree_hashes(&media).into_iter().next().unwrap();
+    let some_bytes = fs::read(media.join(&some_file)).unwrap();
+    let file_name = some_file.rsplit('/').next().unwrap().to_string();
+
+    let client = AmazonS3Builder::new()
+        .with_endpoint(&s3.endpoint)
+        .with_allow_http(true)
+        .with_region(&s3.region)
+        .with_bucket_name(&s3.bucket)
+        .with_access_key_id(&s3.access_key)
+        .with_secret_access_key(&s3.secret_key)
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let keys: Vec<String> = client
+            .list(Some(&Path::from(prefix.as_str())))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(keys, vec![format!("{prefix}/{id}")]);
+
+        let key = Path::from(format!("{prefix}/{id}"));
+        let head = client
+            .get_opts(
+                &key,
+                GetOptions {
+                    head: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let attributes: Vec<String> = head
+            .attributes
+            .iter()
+            .map(|(name, value)| format!("{name:?}={}", value.as_ref()))
+            .collect();
+        assert_eq!(
+            attributes,
+            vec!["ContentType=application/octet-stream".to_string()],
+            "object metadata"
+        );
+
+        let object = client.get(&key).await.unwrap().bytes().await.unwrap();
+        for needle in [
+            SERVER_NAME.as_bytes(),
+            file_name.as_bytes(),
+            b"homeserver",
+            b"signing.key",
+            &some_bytes[..64],
+        ] {
+            assert!(
+                !object.windows(needle.len()).any(|w| w == needle),
+                "plaintext {:?} found in the stored object",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    });
+}
+
 #[test]
 fn a_large_backup_uses_several_parts() {
     let Some(s3) = S3Env::from_env() else { return };

@@ -120,7 +120,11 @@ pub fn classify_read_error(id: &str, err: &io::Error) -> Error {
     }
     let text = err.to_string();
     let lower = text.to_ascii_lowercase();
-    if err.kind() == io::ErrorKind::UnexpectedEof || lower.contains("unexpected eof") {
+    // rPGP says "shorter than expected" when a packet ends before its declared length.
+    if err.kind() == io::ErrorKind::UnexpectedEof
+        || lower.contains("unexpected eof")
+        || lower.contains("shorter than expected")
+    {
         Error::corrupt(
             id,
             "the object is truncated (the encrypted stream ends early)",

@@ -374,6 +374,46 @@ pub fn assert_same_tree(
     assert!(differing.is_empty(), "{what}: differs at {differing:?}");
 }
 
+/// Reads the command line of every process on the machine, over and over, while a test runs:
+/// what a secret passed as an argument would expose to every local user through `ps`.
+pub struct CommandLineWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<std::collections::BTreeSet<String>>,
+}
+
+impl CommandLineWatch {
+    pub fn start() -> CommandLineWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in fs::read_dir("/proc").unwrap().flatten() {
+                    let name = entry.file_name();
+                    if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                        continue;
+                    }
+                    // Processes come and go; one that ended meanwhile has nothing to read.
+                    if let Ok(raw) = fs::read(entry.path().join("cmdline")) {
+                        if !raw.is_empty() {
+                            seen.insert(String::from_utf8_lossy(&raw).replace('\0', " "));
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            seen
+        });
+        CommandLineWatch { stop, thread }
+    }
+
+    /// Every distinct command line seen.
+    pub fn finish(self) -> std::collections::BTreeSet<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 /// Staging folders a restore left next to the live data.
 pub fn staging_left(data: &Path) -> Vec<String> {
     let mut found = Vec::new();
