@@ -142,29 +142,31 @@ fn ctrl_c_while_staging_removes_the_staging() {
     let world = big_world();
     let id = world.create_backup();
     let before = live_state(&world.data);
-    let mut child = spawn(&world, &["restore-backup", &id], &[]);
-    assert!(
-        wait_for(&journal(&world), &mut child),
-        "the restore never started staging"
-    );
-    std::thread::sleep(Duration::from_millis(30));
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        eprintln!("the restore finished before the interrupt arrived; nothing to check");
-        return;
+    for signal in ["INT", "TERM"] {
+        let mut child = spawn(&world, &["restore-backup", &id], &[]);
+        assert!(
+            wait_for(&journal(&world), &mut child),
+            "the restore never started staging"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            eprintln!("the restore finished before SIG{signal} arrived; nothing to check");
+            return;
+        }
+        assert_fails(&out, 130, "interrupted");
+        assert_eq!(live_state(&world.data), before, "after SIG{signal}");
+        assert!(
+            staging_left(&world.data).is_empty(),
+            "staging left after SIG{signal}: {:?}",
+            staging_left(&world.data)
+        );
+        assert!(!journal(&world).exists());
     }
-    assert_fails(&out, 130, "interrupted");
-    assert_eq!(live_state(&world.data), before);
-    assert!(
-        staging_left(&world.data).is_empty(),
-        "staging left: {:?}",
-        staging_left(&world.data)
-    );
-    assert!(!journal(&world).exists());
 }
 
 #[test]

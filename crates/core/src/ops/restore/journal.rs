@@ -241,13 +241,15 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Fault injection for the crash tests: with `SYNAPSE_BACKUP_CRASH_AFTER_SWAPS=N` in the
-/// environment the process aborts, like a power cut, after N renames of the swap.
+/// environment the process kills itself with SIGKILL, like a power cut, after N renames of the
+/// swap.
 fn crash_point(done: usize) {
     if let Ok(limit) = std::env::var("SYNAPSE_BACKUP_CRASH_AFTER_SWAPS") {
         if limit.parse() == Ok(done) {
             eprintln!(
                 "SYNAPSE_BACKUP_CRASH_AFTER_SWAPS={limit}: aborting in the middle of the swap"
             );
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
             std::process::abort();
         }
     }
