@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::*;
@@ -261,6 +262,12 @@ fn damaged_objects_are_refused_and_change_nothing() {
         5,
         "damaged",
     );
+    // Inside the S2K salt: OpenPGP cannot tell that from a wrong passphrase.
+    corrupt_and_expect(&world, &id, |b| b[8] ^= 0x01, 4, "passphrase");
+    for keep in [100, 5000] {
+        corrupt_and_expect(&world, &id, |b| b.truncate(keep), 5, "truncated");
+    }
+    corrupt_and_expect(&world, &id, |b| b.truncate(b.len() / 3), 5, "truncated");
     corrupt_and_expect(&world, &id, |b| b.truncate(b.len() * 2 / 3), 5, "truncated");
     corrupt_and_expect(&world, &id, |b| b.truncate(b.len() - 1), 5, "damaged");
     corrupt_and_expect(&world, &id, |b| b.clear(), 5, "empty");
@@ -383,6 +390,18 @@ fn configuration_mistakes_are_named() {
     world.set_passphrase("");
     assert_fails(&world.run(&["create-backup"]), 2, "empty");
     assert!(!world.store.exists() || fs::read_dir(&world.store).unwrap().next().is_none());
+
+    // Readable by everyone: works, with a warning that says how to fix it.
+    world.set_passphrase(PASSPHRASE);
+    fs::set_permissions(&world.passphrase_file, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = world.run(&["create-backup"]);
+    assert_success(&out, "create-backup with a world-readable passphrase file");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("readable by every user") && stderr.contains("chmod o-rwx"),
+        "{stderr}"
+    );
+    fs::set_permissions(&world.passphrase_file, fs::Permissions::from_mode(0o600)).unwrap();
 
     let no_pass = config.replace(
         &format!("passphrase-file = \"{}\"", world.passphrase_file.display()),
