@@ -289,3 +289,66 @@ fn private_tls_endpoints_need_their_ca() {
     let id = world.create_backup();
     assert_success(&world.run(&["verify-backup", &id]), "verify over TLS");
 }
+
+/// At the highest verbosity, and with `RUST_LOG=trace` in the environment (which must not open
+/// the HTTP libraries' header logs), no output of any command holds the passphrase or the S3
+/// secret key, in success or in failure.
+#[test]
+fn secrets_stay_out_of_s3_output_at_any_verbosity() {
+    let Some(s3) = S3Env::from_env() else { return };
+    let world = s3_world().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&world.config)
+            .arg("-vvv")
+            .args(args)
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap()
+    };
+    let mut outputs = Vec::new();
+    let created = run(&["create-backup"]);
+    assert_success(&created, "create-backup -vvv");
+    let id = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    outputs.push(created);
+    outputs.push(run(&["list-backups"]));
+    outputs.push(run(&["verify-backup", &id]));
+    let drill = world.path("drill");
+    outputs.push(run(&[
+        "restore-backup",
+        &id,
+        "--target-dir",
+        drill.to_str().unwrap(),
+    ]));
+    world.set_passphrase("wrong-passphrase-sentinel-91c2");
+    outputs.push(run(&["verify-backup", &id]));
+    world.set_passphrase(PASSPHRASE);
+    fs::write(world.path("s3-secret"), "wrong-secret-sentinel-4b7e").unwrap();
+    outputs.push(run(&["list-backups"]));
+    outputs.push(run(&["create-backup"]));
+    fs::write(world.path("s3-secret"), &s3.secret_key).unwrap();
+    outputs.push(run(&["delete-backup", &id]));
+
+    for out in &outputs {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for secret in [
+            PASSPHRASE,
+            "wrong-passphrase-sentinel-91c2",
+            s3.secret_key.as_str(),
+            "wrong-secret-sentinel-4b7e",
+        ] {
+            assert!(!all.contains(secret), "a secret in the output:\n{all}");
+        }
+    }
+    // The failures did fail, so their messages were among what was searched.
+    assert_eq!(outputs[4].status.code(), Some(4));
+    assert_eq!(outputs[5].status.code(), Some(7));
+    // The logs were on: create-backup's info line is there.
+    let create_log = String::from_utf8_lossy(&outputs[0].stderr);
+    assert!(create_log.contains("backing up"), "{create_log}");
+}
