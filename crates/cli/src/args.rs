@@ -43,6 +43,31 @@ pub enum Command {
     RestoreBackup(RestoreArgs),
     /// Delete a backup
     DeleteBackup(IdArg),
+    /// Delete the backups a retention policy does not keep (the newest is always kept)
+    PruneBackups(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Keep the newest N backups
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: usize,
+
+    /// Keep the newest backup of each of the last N days that have one (UTC)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: usize,
+
+    /// Keep the newest backup of each of the last N weeks that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: usize,
+
+    /// Keep the newest backup of each of the last N months that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: usize,
+
+    /// Show what would be deleted; delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -557,3 +557,60 @@ fn gnupg_backups_with_a_wrong_charm_root_are_refused() {
     );
     assert_same_tree(&live_state(&target.data), &before, "live data");
 }
+
+#[test]
+fn prune_keeps_what_the_policy_says_and_touches_nothing_else() {
+    let world = World::new();
+    let newest = world.create_backup();
+    // Older backups (copies of the real one under older ids) and a file that is not a backup.
+    let older = [
+        "backup-20260301100000000000",
+        "backup-20260301230000000000",
+        "backup-20260228120000000000",
+        "backup-20260115120000000000",
+    ];
+    for id in older {
+        fs::copy(world.object(&newest), world.object(id)).unwrap();
+    }
+    fs::write(world.store.join("notes.txt"), b"not a backup").unwrap();
+
+    assert_fails(&world.run(&["prune-backups"]), 2, "keep");
+
+    let dry = world.run(&["--json", "prune-backups", "--keep-daily", "2", "--dry-run"]);
+    assert_success(&dry, "prune-backups --dry-run");
+    let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    let kept: Vec<&str> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["keep"] == true)
+        .map(|d| d["backup_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [newest.as_str(), "backup-20260301230000000000"]);
+    assert_eq!(plan.as_array().unwrap().len(), 5);
+    for id in older {
+        assert!(world.object(id).exists(), "a dry run deleted {id}");
+    }
+
+    let out = world.run(&["prune-backups", "--keep-daily", "2", "--keep-monthly", "3"]);
+    assert_success(&out, "prune-backups");
+    let mut left: Vec<String> = fs::read_dir(&world.store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    left.sort();
+    // Daily: today and March 1 (its newest); monthly: November, March, February.
+    assert_eq!(
+        left,
+        [
+            "backup-20260228120000000000",
+            "backup-20260301230000000000",
+            newest.as_str(),
+            "notes.txt",
+        ]
+    );
+    assert_success(
+        &world.run(&["verify-backup", &newest]),
+        "verify after prune",
+    );
+}

@@ -3,6 +3,7 @@
 mod create;
 mod delete;
 mod list;
+mod prune;
 mod restore;
 mod verify;
 
@@ -35,5 +36,6 @@ pub async fn run(context: &Context, command: &Command) -> Result<()> {
         Command::VerifyBackup(args) => verify::run(context, args.id()).await,
         Command::RestoreBackup(args) => restore::run(context, args).await,
         Command::DeleteBackup(args) => delete::run(context, args.id()).await,
+        Command::PruneBackups(args) => prune::run(context, args).await,
     }
 }

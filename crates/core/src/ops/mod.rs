@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod prune;
 pub mod restore;
 pub mod verify;
 

@@ -1,0 +1,48 @@
+use anyhow::Result;
+use synapse_backup_core::ops::prune::{prune_backups, RetentionPolicy};
+
+use super::Context;
+use crate::args::PruneArgs;
+use crate::output::Table;
+
+pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
+    let policy = RetentionPolicy {
+        keep_last: args.keep_last,
+        keep_daily: args.keep_daily,
+        keep_weekly: args.keep_weekly,
+        keep_monthly: args.keep_monthly,
+    };
+    let store = context.store()?;
+    let decisions = prune_backups(store.as_ref(), &policy, args.dry_run).await?;
+    if context.json {
+        println!("{}", serde_json::to_string(&decisions)?);
+        return Ok(());
+    }
+    let removed = decisions.iter().filter(|d| !d.keep).count();
+    let mut table = Table::new(["backup-id", "created", "action", "kept by"]);
+    for decision in &decisions {
+        let action = match (decision.keep, args.dry_run) {
+            (true, _) => "keep",
+            (false, true) => "would delete",
+            (false, false) => "deleted",
+        };
+        table.row([
+            decision.backup_id.clone(),
+            decision.created.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            action.to_string(),
+            decision.reasons.join(", "),
+        ]);
+    }
+    print!("{}", table.render());
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    eprintln!(
+        "{verb} {removed} of {} backups in {}",
+        decisions.len(),
+        store.describe()
+    );
+    Ok(())
+}

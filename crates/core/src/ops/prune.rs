@@ -1,0 +1,234 @@
+//! `prune-backups`: a retention policy in the manner of restic's `forget`, applied to backup ids,
+//! which carry their creation time (ours and the charm's alike).
+//!
+//! Safety rules: only objects named like backups are ever considered; a policy must keep
+//! something, and every rule keeps the newest backup, so pruning never empties the store; a dry
+//! run shows the exact plan.
+
+use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// The newest N backups.
+    pub keep_last: usize,
+    /// The newest backup of each of the last N days that have backups (UTC).
+    pub keep_daily: usize,
+    /// The same per ISO week.
+    pub keep_weekly: usize,
+    /// The same per calendar month.
+    pub keep_monthly: usize,
+}
+
+impl RetentionPolicy {
+    pub fn keeps_nothing(&self) -> bool {
+        self.keep_last == 0
+            && self.keep_daily == 0
+            && self.keep_weekly == 0
+            && self.keep_monthly == 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PruneDecision {
+    pub backup_id: String,
+    pub created: DateTime<Utc>,
+    pub keep: bool,
+    /// The rules that keep it (`last`, `daily`, `weekly`, `monthly`); empty when it goes.
+    pub reasons: Vec<&'static str>,
+}
+
+/// The creation time a backup id carries: `backup-YYYYMMDDHHMMSSffffff` (UTC, microseconds).
+pub fn created_at(id: &str) -> Option<DateTime<Utc>> {
+    let stamp = id.strip_prefix("backup-")?;
+    if stamp.len() != 20 || !stamp.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (seconds, micros) = stamp.split_at(14);
+    let time = NaiveDateTime::parse_from_str(seconds, "%Y%m%d%H%M%S").ok()?;
+    let micros: u32 = micros.parse().ok()?;
+    Some(time.and_utc() + chrono::Duration::microseconds(micros.into()))
+}
+
+/// Decides, newest first, which of `ids` the policy keeps. Names that are not backup ids are
+/// left out (and so never deleted).
+pub fn plan(ids: &[String], policy: &RetentionPolicy) -> Vec<PruneDecision> {
+    let mut backups: Vec<(DateTime<Utc>, &String)> = ids
+        .iter()
+        .filter_map(|id| Some((created_at(id)?, id)))
+        .collect();
+    backups.sort_by(|a, b| b.cmp(a));
+
+    type Period = fn(&DateTime<Utc>, usize) -> (i32, u32, u32);
+    let rules: [(&'static str, usize, Period); 4] = [
+        ("last", policy.keep_last, |_, index| (0, 0, index as u32)),
+        ("daily", policy.keep_daily, |t, _| {
+            (t.year(), t.ordinal(), 0)
+        }),
+        ("weekly", policy.keep_weekly, |t, _| {
+            let week = t.iso_week();
+            (week.year(), week.week(), 0)
+        }),
+        ("monthly", policy.keep_monthly, |t, _| {
+            (t.year(), t.month(), 0)
+        }),
+    ];
+    let mut kept_per_rule = [0usize; 4];
+    let mut last_period: [Option<(i32, u32, u32)>; 4] = [None; 4];
+    backups
+        .iter()
+        .enumerate()
+        .map(|(index, (created, id))| {
+            let mut reasons = Vec::new();
+            for (rule, (name, limit, period_of)) in rules.iter().enumerate() {
+                let period = period_of(created, index);
+                // Newest first, so the first backup seen in a period is that period's newest.
+                if last_period[rule] != Some(period) {
+                    last_period[rule] = Some(period);
+                    if kept_per_rule[rule] < *limit {
+                        kept_per_rule[rule] += 1;
+                        reasons.push(*name);
+                    }
+                }
+            }
+            PruneDecision {
+                backup_id: (*id).clone(),
+                created: *created,
+                keep: !reasons.is_empty(),
+                reasons,
+            }
+        })
+        .collect()
+}
+
+/// Applies `policy` to the store (deleting nothing when `dry_run`) and returns the plan.
+pub async fn prune_backups(
+    store: &dyn Store,
+    policy: &RetentionPolicy,
+    dry_run: bool,
+) -> Result<Vec<PruneDecision>> {
+    if policy.keeps_nothing() {
+        return Err(Error::config(
+            "a retention policy must keep something: give --keep-last, --keep-daily, --keep-weekly or --keep-monthly",
+        ));
+    }
+    store.check_access().await?;
+    let names: Vec<String> = store.list().await?.into_iter().map(|o| o.name).collect();
+    let decisions = plan(&names, policy);
+    if !dry_run {
+        for decision in decisions.iter().filter(|d| !d.keep) {
+            store.delete(&decision.backup_id).await?;
+            tracing::info!("deleted {}", decision.backup_id);
+        }
+    }
+    Ok(decisions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(stamp: &str) -> String {
+        format!("backup-{stamp}000000")
+    }
+
+    fn kept(decisions: &[PruneDecision]) -> Vec<String> {
+        decisions
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.backup_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn ids_carry_their_creation_time() {
+        let t = created_at("backup-20261126071112123456").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-26T07:11:12.123456+00:00");
+        assert_eq!(created_at("backup-2026"), None);
+        assert_eq!(created_at("backup-20261326071112123456"), None);
+        assert_eq!(created_at("notes.txt"), None);
+    }
+
+    #[test]
+    fn keep_last_keeps_the_newest() {
+        let ids = [
+            id("20260101000000"),
+            id("20260103000000"),
+            id("20260102000000"),
+        ];
+        let policy = RetentionPolicy {
+            keep_last: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            kept(&plan(&ids, &policy)),
+            [id("20260103000000"), id("20260102000000")]
+        );
+    }
+
+    #[test]
+    fn daily_keeps_the_newest_of_each_day() {
+        let ids = [
+            id("20260101010000"),
+            id("20260101230000"),
+            id("20260102120000"),
+            id("20260102130000"),
+            id("20260105000000"),
+        ];
+        let policy = RetentionPolicy {
+            keep_daily: 2,
+            ..Default::default()
+        };
+        let decisions = plan(&ids, &policy);
+        assert_eq!(
+            kept(&decisions),
+            [id("20260105000000"), id("20260102130000")]
+        );
+        assert_eq!(decisions.len(), 5);
+    }
+
+    #[test]
+    fn rules_add_up_and_the_newest_is_always_kept() {
+        // Every day of January and February 2026 at noon.
+        let ids: Vec<String> = (0..59)
+            .map(|day| {
+                let t = created_at(&id("20260101120000")).unwrap() + chrono::Duration::days(day);
+                format!("backup-{}", t.format("%Y%m%d%H%M%S%6f"))
+            })
+            .collect();
+        let policy = RetentionPolicy {
+            keep_last: 1,
+            keep_daily: 7,
+            keep_weekly: 4,
+            keep_monthly: 2,
+        };
+        let decisions = plan(&ids, &policy);
+        let newest = &decisions[0];
+        assert_eq!(newest.backup_id, id("20260228120000"));
+        assert_eq!(newest.reasons, ["last", "daily", "weekly", "monthly"]);
+        // February 22–28 (daily; the 22nd, a Sunday, also ends the second week), the Sundays
+        // February 15 and 8 (weekly), January 31 (monthly).
+        let kept = kept(&decisions);
+        assert_eq!(kept.len(), 7 + 2 + 1, "{kept:?}");
+        for day in ["20260215", "20260208", "20260131"] {
+            assert!(kept.contains(&id(&format!("{day}120000"))), "{day}");
+        }
+        assert!(!kept.contains(&id("20260201120000")));
+        assert!(!kept.contains(&id("20260101120000")));
+    }
+
+    #[test]
+    fn other_objects_are_never_in_the_plan() {
+        let ids = ["notes.txt".to_string(), id("20260101000000")];
+        let policy = RetentionPolicy {
+            keep_last: 1,
+            ..Default::default()
+        };
+        let decisions = plan(&ids, &policy);
+        assert_eq!(decisions.len(), 1);
+        assert!(decisions[0].keep);
+    }
+}
