@@ -31,12 +31,26 @@ where
     R: Read,
     W: Write,
 {
+    encrypt_with_s2k_count(plaintext, out, passphrase, S2K_COUNT)
+}
+
+/// [`encrypt`] with another S2K count; tests use the cheapest.
+pub(crate) fn encrypt_with_s2k_count<R, W>(
+    plaintext: R,
+    out: W,
+    passphrase: &SecretString,
+    s2k_count: u8,
+) -> Result<()>
+where
+    R: Read,
+    W: Write,
+{
     let mut rng = rand::thread_rng();
     let mut builder = MessageBuilder::from_reader("", plaintext)
         .seipd_v1(&mut rng, SymmetricKeyAlgorithm::AES256);
     builder
         .encrypt_with_password(
-            StringToKey::new_iterated(&mut rng, HashAlgorithm::Sha256, S2K_COUNT),
+            StringToKey::new_iterated(&mut rng, HashAlgorithm::Sha256, s2k_count),
             &Password::from(passphrase.expose_secret()),
         )
         .map_err(|e| Error::Other(format!("cannot set up encryption: {e}")))?;
@@ -102,13 +116,22 @@ where
         ..Default::default()
     };
     let (mut message, _) = message.decrypt_the_ring(ring, true).map_err(|e| match e {
-        pgp::errors::Error::IO { source, .. } => classify_read_error(id, &source),
+        // Only a failing store or a cut-off object are told apart here: a wrong key decrypts to
+        // garbage, and garbage fails in any way the packet parser can, I/O errors included.
+        pgp::errors::Error::IO { source, .. } if ReadFailed::find(&source).is_some() => {
+            classify_read_error(id, &source)
+        }
+        pgp::errors::Error::IO { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
+            Error::corrupt(id, "the object is truncated")
+        }
         _ => Error::WrongPassphrase { id: id.to_string() },
     })?;
     if message.is_compressed() {
+        // Garbage from a wrong key passes for a compressed packet now and then; with the right
+        // key, GnuPG's algorithms all decompress.
         message = message
             .decompress()
-            .map_err(|e| Error::corrupt(id, format!("cannot decompress: {e}")))?;
+            .map_err(|_| Error::WrongPassphrase { id: id.to_string() })?;
     }
     Ok(DecryptReader { inner: message })
 }

@@ -37,7 +37,7 @@ pub enum Error {
     #[error("backup {id} was not found in {store}")]
     NotFound { id: String, store: String },
 
-    #[error("the passphrase does not open backup {id} (wrong passphrase, or not an OpenPGP backup made with a passphrase)")]
+    #[error("the passphrase does not open backup {id} (wrong passphrase, not an OpenPGP backup made with a passphrase, or damaged in its first bytes)")]
     WrongPassphrase { id: String },
 
     #[error("backup {id} is damaged: {detail}")]

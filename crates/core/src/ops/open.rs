@@ -1,11 +1,18 @@
 //! Opening a stored backup for reading: download stream → decryption → plaintext reader.
 
-use crate::crypto::{self, DecryptReader};
+use std::io::{self, Read};
+
+use crate::crypto::{self, classify_read_error, DecryptReader};
 use crate::error::{Error, Result};
-use crate::progress::Cancel;
-use crate::store::ByteStream;
+use crate::progress::{is_cancelled_error, Cancel};
+use crate::store::{ByteStream, ReadFailed};
 
 use super::pipe::ObjectReader;
+
+const TAR_BLOCK: usize = 512;
+
+/// The plaintext of a backup: its first tar block, already read and checked, then the rest.
+pub type BackupReader = io::Chain<io::Cursor<Vec<u8>>, DecryptReader<'static>>;
 
 /// Decrypts `stream` (the object of backup `id`). Call from a blocking thread.
 pub fn open_backup(
@@ -14,14 +21,150 @@ pub fn open_backup(
     passphrase: &secrecy::SecretString,
     id: &str,
     cancel: Cancel,
-) -> Result<DecryptReader<'static>> {
+) -> Result<BackupReader> {
     let reader = ObjectReader::new(stream, handle, cancel.clone());
     // A read cut by Ctrl-C must not pass for a wrong passphrase or a damaged object.
-    crypto::decrypt(reader, passphrase, id).map_err(|e| {
+    let interrupted = |e: Error| {
         if cancel.is_cancelled() {
             Error::Interrupted
         } else {
             e
         }
-    })
+    };
+    let decrypted = crypto::decrypt(reader, passphrase, id).map_err(interrupted)?;
+    check_plaintext_start(decrypted, id).map_err(interrupted)
+}
+
+/// Reads the first tar block and checks that it is one.
+///
+/// OpenPGP has no key check (rPGP rightly skips the "quick check", an oracle), so a wrong
+/// passphrase only shows as garbage. Most garbage fails to parse as a packet at once, but now
+/// and then it passes for a packet header, and the error would only come later, as "damaged".
+/// Every backup, ours and the charm's, is a tar, and garbage is never a valid tar header.
+pub fn check_plaintext_start(
+    mut decrypted: DecryptReader<'static>,
+    id: &str,
+) -> Result<BackupReader> {
+    let mut first = vec![0u8; TAR_BLOCK];
+    let mut filled = 0;
+    while filled < TAR_BLOCK {
+        match decrypted.read(&mut first[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && !is_cancelled_error(&e) => {}
+            Err(e)
+                if is_cancelled_error(&e)
+                    || e.kind() == io::ErrorKind::UnexpectedEof
+                    || ReadFailed::find(&e).is_some() =>
+            {
+                return Err(classify_read_error(id, &e))
+            }
+            Err(_) => return Err(Error::WrongPassphrase { id: id.to_string() }),
+        }
+    }
+    first.truncate(filled);
+    // Shorter than a block: not garbage from a wrong key, which goes on for the whole object; the
+    // tar reader says what is wrong with it.
+    if filled == TAR_BLOCK && !is_tar_header(&first) {
+        return Err(Error::WrongPassphrase { id: id.to_string() });
+    }
+    Ok(io::Cursor::new(first).chain(decrypted))
+}
+
+/// A block of zeros (an empty archive) or a header whose checksum adds up, summed unsigned or
+/// signed as old tars did.
+fn is_tar_header(block: &[u8]) -> bool {
+    if block.iter().all(|&b| b == 0) {
+        return true;
+    }
+    let stored = std::str::from_utf8(&block[148..156])
+        .ok()
+        .map(|field| field.trim_matches(|c: char| c == '\0' || c == ' '))
+        .and_then(|digits| u32::from_str_radix(digits, 8).ok());
+    let Some(stored) = stored else {
+        return false;
+    };
+    let field = 148..156;
+    let unsigned: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if field.contains(&i) { 32 } else { u32::from(b) })
+        .sum();
+    let signed: i64 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if field.contains(&i) {
+                32
+            } else {
+                i64::from(b as i8)
+            }
+        })
+        .sum();
+    stored == unsigned || i64::from(stored) == signed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use secrecy::SecretString;
+
+    fn pass(s: &str) -> SecretString {
+        SecretString::from(s.to_string())
+    }
+
+    fn a_tar() -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let data = vec![7u8; 20_000];
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "media/a", &data[..])
+            .unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    /// A wrong key decrypts to garbage that now and then (about 1 in 1,000 here) passes the
+    /// packet parser as a literal or compressed packet; every wrong passphrase must still read
+    /// as a wrong passphrase, never as damage.
+    #[test]
+    fn any_wrong_passphrase_is_a_wrong_passphrase() {
+        let tar = a_tar();
+        let mut object = Vec::new();
+        // The cheapest S2K, so thousands of tries take under a second.
+        crypto::encrypt_with_s2k_count(&tar[..], &mut object, &pass("right"), 0).unwrap();
+        for attempt in 0..20_000 {
+            let passphrase = pass(&format!("wrong {attempt}"));
+            let err = crypto::decrypt(io::Cursor::new(object.clone()), &passphrase, "t")
+                .and_then(|reader| check_plaintext_start(reader, "t"))
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::WrongPassphrase,
+                "attempt {attempt}: {err}"
+            );
+        }
+        let reader = crypto::decrypt(io::Cursor::new(object), &pass("right"), "t").unwrap();
+        let mut plain = Vec::new();
+        check_plaintext_start(reader, "t")
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert!(plain == tar, "the plaintext came back changed");
+    }
+
+    #[test]
+    fn tar_headers_are_recognised() {
+        let tar = a_tar();
+        assert!(is_tar_header(&tar[..TAR_BLOCK]));
+        assert!(is_tar_header(&[0u8; TAR_BLOCK]));
+        let mut changed = tar[..TAR_BLOCK].to_vec();
+        changed[0] ^= 1;
+        assert!(!is_tar_header(&changed));
+        assert!(!is_tar_header(&[0x41u8; TAR_BLOCK]));
+    }
 }
