@@ -17,6 +17,9 @@ use pgp::crypto::sym::SymmetricKeyAlgorithm;
 use pgp::types::{Password, Seipdv1ReadMode, StringToKey};
 use secrecy::{ExposeSecret, SecretString};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::store::ReadFailed;
 
@@ -90,7 +93,11 @@ pub fn decrypt<'a, R>(source: R, passphrase: &SecretString, id: &str) -> Result<
 where
     R: BufRead + std::fmt::Debug + Send + 'a,
 {
-    let mut source = source;
+    let source_ended = Arc::new(AtomicBool::new(false));
+    let mut source = EndWatch {
+        inner: source,
+        ended: Arc::clone(&source_ended),
+    };
     let empty = source
         .fill_buf()
         .map_err(|e| Error::Other(format!("reading backup {id}: {e}")))?
@@ -115,25 +122,66 @@ where
             .set_seipdv1_read_mode(Seipdv1ReadMode::Streaming),
         ..Default::default()
     };
-    let (mut message, _) = message.decrypt_the_ring(ring, true).map_err(|e| match e {
-        // Only a failing store or a cut-off object are told apart here: a wrong key decrypts to
-        // garbage, and garbage fails in any way the packet parser can, I/O errors included.
+    let (mut message, _) = message
+        .decrypt_the_ring(ring, true)
+        .map_err(|e| opening_error(id, e, source_ended.load(Ordering::Relaxed)))?;
+    if message.is_compressed() {
+        message = message
+            .decompress()
+            .map_err(|e| opening_error(id, e, false))?;
+    }
+    Ok(DecryptReader { inner: message })
+}
+
+/// The error for a message that could not be opened (decrypted, decompressed).
+///
+/// A wrong key decrypts to garbage, and garbage fails in any way the packet parser can: I/O
+/// errors, an early end ("no more data available" when it declares more than there is), an
+/// unknown compression algorithm. So only a failing store, and an early end once the object
+/// itself has ended (`source_ended`), are told apart from a wrong passphrase.
+fn opening_error(id: &str, err: pgp::errors::Error, source_ended: bool) -> Error {
+    match err {
         pgp::errors::Error::IO { source, .. } if ReadFailed::find(&source).is_some() => {
             classify_read_error(id, &source)
         }
-        pgp::errors::Error::IO { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
+        pgp::errors::Error::IO { source, .. }
+            if source_ended && source.kind() == io::ErrorKind::UnexpectedEof =>
+        {
             Error::corrupt(id, "the object is truncated")
         }
         _ => Error::WrongPassphrase { id: id.to_string() },
-    })?;
-    if message.is_compressed() {
-        // Garbage from a wrong key passes for a compressed packet now and then; with the right
-        // key, GnuPG's algorithms all decompress.
-        message = message
-            .decompress()
-            .map_err(|_| Error::WrongPassphrase { id: id.to_string() })?;
     }
-    Ok(DecryptReader { inner: message })
+}
+
+/// Notes when the object's bytes have run out.
+#[derive(Debug)]
+struct EndWatch<R> {
+    inner: R,
+    ended: Arc<AtomicBool>,
+}
+
+impl<R: BufRead> Read for EndWatch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for EndWatch<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        let buf = self.inner.fill_buf()?;
+        if buf.is_empty() {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        Ok(buf)
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.inner.consume(amount)
+    }
 }
 
 /// Turns an I/O error from a [`DecryptReader`] into the library error that describes it.

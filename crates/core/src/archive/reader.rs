@@ -80,6 +80,7 @@ pub fn read_members_while<R: Read>(
     let mut archive = tar::Archive::new(tap);
     let stream_error = |fallback: Error| -> Error {
         match seen.lock().ok().and_then(|mut slot| slot.take()) {
+            Some(e) if ReadFailed::find(&e).is_some() => classify_read_error(id, &e),
             Some(e) if is_cancelled_error(&e) || e.to_string().contains("cancelled") => {
                 Error::Interrupted
             }

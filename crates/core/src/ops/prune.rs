@@ -118,6 +118,16 @@ pub async fn prune_backups(
     store.check_access().await?;
     let names: Vec<String> = store.list().await?.into_iter().map(|o| o.name).collect();
     let decisions = plan(&names, policy);
+    // A backup from a host whose clock ran ahead would pass for the newest forever and push out
+    // the real newest ones.
+    let tomorrow = Utc::now() + chrono::Duration::days(1);
+    if let Some(future) = decisions.iter().find(|d| d.created > tomorrow) {
+        return Err(Error::Refused(format!(
+            "backup {} is dated {}, in the future (the clock of the host that made it was wrong); check it, delete it with delete-backup or rename it, then prune again",
+            future.backup_id,
+            future.created.format("%Y-%m-%d %H:%M UTC")
+        )));
+    }
     if !dry_run {
         for decision in decisions.iter().filter(|d| !d.keep) {
             store.delete(&decision.backup_id).await?;

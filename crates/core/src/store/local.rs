@@ -189,7 +189,7 @@ impl Store for LocalStore {
             let file_name = entry.file_name().to_string_lossy().to_string();
             let Some((name, token)) = file_name
                 .strip_prefix('.')
-                .and_then(|rest| rest.split_once(PARTIAL_MARK))
+                .and_then(|rest| rest.rsplit_once(PARTIAL_MARK))
             else {
                 continue;
             };
@@ -202,10 +202,12 @@ impl Store for LocalStore {
                 .and_then(|modified| modified.elapsed().ok())
                 .unwrap_or_default();
             if meta.is_file() && UploadOwner::is_abandoned(token, age) {
-                tokio::fs::remove_file(entry.path())
-                    .await
-                    .at("remove the leftover", entry.path())?;
-                removed.push(name.to_string());
+                match tokio::fs::remove_file(entry.path()).await {
+                    Ok(()) => removed.push(name.to_string()),
+                    // Another run cleaned it up first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove the leftover", entry.path(), e)),
+                }
             }
         }
         Ok(removed)

@@ -47,12 +47,13 @@ impl ReadFailed {
             if let Some(found) = error.downcast_ref::<ReadFailed>() {
                 return Some(found);
             }
-            if let Some(io) = error.downcast_ref::<std::io::Error>() {
-                if let Some(found) = io.get_ref().and_then(|inner| inner.downcast_ref()) {
-                    return Some(found);
-                }
-            }
-            current = error.source();
+            // An io::Error's source() skips the error it wraps; get_ref() is that error.
+            current = match error.downcast_ref::<std::io::Error>() {
+                Some(io) => io
+                    .get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static)),
+                None => error.source(),
+            };
         }
         None
     }
@@ -125,5 +126,32 @@ pub fn check_name(name: &str) -> Result<()> {
         Err(Error::config(format!(
             "{name:?} is not a valid backup id (expected something like backup-20260101120000000000)"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> ReadFailed {
+        ReadFailed {
+            store: "s".into(),
+            detail: "connection reset".into(),
+        }
+    }
+
+    #[test]
+    fn read_failures_are_found_however_deeply_wrapped() {
+        let direct = failed().into_io();
+        assert!(ReadFailed::find(&direct).is_some());
+        let twice = std::io::Error::other(failed().into_io());
+        assert!(ReadFailed::find(&twice).is_some());
+        #[derive(Debug, thiserror::Error)]
+        #[error("parser failed")]
+        struct Parser(#[source] std::io::Error);
+        let behind_a_source = std::io::Error::other(Parser(failed().into_io()));
+        assert!(ReadFailed::find(&behind_a_source).is_some());
+        let unrelated = std::io::Error::other("cancelled");
+        assert!(ReadFailed::find(&unrelated).is_none());
     }
 }

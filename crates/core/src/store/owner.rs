@@ -3,9 +3,11 @@
 //! multipart uploads, local temp files) without ever touching a backup another process is
 //! writing at that moment.
 //!
-//! An owner is this boot of this machine, a pid and that process's start time; the start time
-//! makes a reused pid harmless. Leftovers of another boot or machine cannot be checked, so they
-//! are only cleaned once they are older than [`FOREIGN_STALE_AFTER`].
+//! An owner is this boot of this machine seen from this pid namespace (containers on one host
+//! share the boot id but not their pids), a user, a pid and that process's start time; the start
+//! time makes a reused pid harmless. Leftovers of another boot, machine, container or user (whose
+//! processes `/proc` may hide) cannot be checked, so they are only cleaned once they are older
+//! than [`FOREIGN_STALE_AFTER`]. When anything cannot be read, the answer is "foreign".
 
 use std::time::Duration;
 
@@ -17,9 +19,12 @@ pub const FOREIGN_STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadOwner {
-    /// A hash of the kernel's boot id: says nothing about the host, changes with every boot.
+    /// A hash of the kernel's boot id and the pid namespace: says nothing about the host,
+    /// changes with every boot.
     boot: String,
+    uid: u32,
     pid: u32,
+    /// 0 when it could not be read: such an owner can never be checked.
     start_ticks: u64,
 }
 
@@ -29,24 +34,30 @@ impl UploadOwner {
         let pid = std::process::id();
         UploadOwner {
             boot: boot_tag(),
+            uid: nix::unistd::getuid().as_raw(),
             pid,
             start_ticks: start_ticks(pid).unwrap_or(0),
         }
     }
 
-    /// A short token safe for file names and object bodies: `BOOT-PID-START`.
+    /// A short token safe for file names and object bodies: `BOOT-UID-PID-START`.
     pub fn token(&self) -> String {
-        format!("{}-{}-{}", self.boot, self.pid, self.start_ticks)
+        format!(
+            "{}-{}-{}-{}",
+            self.boot, self.uid, self.pid, self.start_ticks
+        )
     }
 
     pub fn parse(token: &str) -> Option<UploadOwner> {
-        let mut fields = token.splitn(3, '-');
+        let mut fields = token.splitn(4, '-');
         let boot = fields.next()?.to_string();
+        let uid = fields.next()?.parse().ok()?;
         let pid = fields.next()?.parse().ok()?;
         let start_ticks = fields.next()?.parse().ok()?;
         let valid_boot = !boot.is_empty() && boot.chars().all(|c| c.is_ascii_hexdigit());
         valid_boot.then_some(UploadOwner {
             boot,
+            uid,
             pid,
             start_ticks,
         })
@@ -55,8 +66,16 @@ impl UploadOwner {
     /// Whether the upload marked with `token`, last touched `age` ago, belongs to nobody any
     /// more. An unreadable token counts as foreign.
     pub fn is_abandoned(token: &str, age: Duration) -> bool {
+        let me = UploadOwner::current();
         match UploadOwner::parse(token) {
-            Some(owner) if owner.boot == boot_tag() && owner.boot != UNKNOWN_BOOT => {
+            // Checkable: same boot and pid namespace, same user (whose processes `/proc`
+            // always shows us), and a start time that was read.
+            Some(owner)
+                if owner.boot == me.boot
+                    && owner.boot != UNKNOWN_BOOT
+                    && owner.uid == me.uid
+                    && owner.start_ticks != 0 =>
+            {
                 start_ticks(owner.pid) != Some(owner.start_ticks)
             }
             _ => age > FOREIGN_STALE_AFTER,
@@ -66,10 +85,18 @@ impl UploadOwner {
 
 const UNKNOWN_BOOT: &str = "0";
 
+/// The boot id and the pid namespace, hashed.
 fn boot_tag() -> String {
-    match std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
-        Ok(id) => hex::encode(&Sha256::digest(id.trim().as_bytes())[..6]),
-        Err(_) => UNKNOWN_BOOT.to_string(),
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+    let namespace = std::fs::read_link("/proc/self/ns/pid");
+    match (boot, namespace) {
+        (Ok(boot), Ok(namespace)) => {
+            let mut hasher = Sha256::new();
+            hasher.update(boot.trim().as_bytes());
+            hasher.update(namespace.as_os_str().as_encoded_bytes());
+            hex::encode(&hasher.finalize()[..6])
+        }
+        _ => UNKNOWN_BOOT.to_string(),
     }
 }
 
@@ -90,7 +117,7 @@ mod tests {
         let me = UploadOwner::current();
         assert_eq!(UploadOwner::parse(&me.token()), Some(me));
         assert_eq!(UploadOwner::parse("nonsense"), None);
-        assert_eq!(UploadOwner::parse("zz-1-2"), None);
+        assert_eq!(UploadOwner::parse("zz-0-1-2"), None);
     }
 
     #[test]
@@ -117,7 +144,7 @@ mod tests {
         ));
         let foreign = UploadOwner {
             boot: "abcdef".into(),
-            ..me
+            ..me.clone()
         };
         assert!(!UploadOwner::is_abandoned(
             &foreign.token(),

@@ -1,50 +1,25 @@
 //! S3-compatible object storage through the `object_store` crate (request signing, retries with
 //! backoff, multipart uploads).
 //!
-//! Uploads are always multipart with several parts in flight; on any failure the upload is
-//! aborted so no half backup ever becomes visible. While an upload runs, a small marker object
-//! `PREFIX/.uploads-in-progress/BACKUP-ID` holds its upload id and owner, so that when the abort
-//! itself cannot happen (SIGKILL, server gone) a later create-backup aborts it: object_store has
-//! no ListMultipartUploads, and the marker is also what tells a live upload from a dead one.
+//! Uploads (multipart, with markers for cleaning up after a killed run) are in [`upload`].
+
+mod upload;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, ObjectStore, ObjectStoreExt,
-    PutMultipartOptions, PutPayload, RetryConfig,
+    BackoffConfig, Certificate, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig,
 };
 use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
 
-use super::owner::UploadOwner;
 use super::{check_name, ByteStream, ObjectInfo, ReadFailed, Store};
 use crate::config::{S3Config, UriStyle};
 use crate::error::{Error, Result};
-
-/// S3 allows at most 10,000 parts; part sizes are chosen to stay well below that.
-const MAX_PARTS: u64 = 9_000;
-const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
-const MAX_PART_SIZE: u64 = 512 * 1024 * 1024;
-/// Used when the size is unknown: parts of 7.3 MiB, so up to 64 GiB fit.
-const DEFAULT_EXPECTED_SIZE: u64 = 64 * 1024 * 1024 * 1024;
-/// Under the store's prefix; `list` only sees objects directly under the prefix, so markers are
-/// never taken for backups.
-const IN_PROGRESS_DIR: &str = ".uploads-in-progress";
-
-/// The body of an in-progress marker. Holds nothing about the server being backed up.
-#[derive(Serialize, Deserialize)]
-struct UploadMarker {
-    upload_id: String,
-    owner: String,
-}
 
 pub struct S3Store {
     inner: Arc<AmazonS3>,
@@ -147,10 +122,6 @@ impl S3Store {
         }
     }
 
-    fn marker_key(&self, name: &str) -> ObjectPath {
-        self.under_prefix(&format!("{IN_PROGRESS_DIR}/{name}"))
-    }
-
     fn storage_error(&self, err: object_store::Error) -> Error {
         let text = error_text(&err);
         let server_says = server_message(&text);
@@ -190,91 +161,6 @@ impl S3Store {
                 store: self.describe(),
             },
             other => self.storage_error(other),
-        }
-    }
-
-    fn part_size(size_hint: Option<u64>) -> usize {
-        let expected = size_hint.unwrap_or(DEFAULT_EXPECTED_SIZE);
-        expected
-            .div_ceil(MAX_PARTS)
-            .clamp(MIN_PART_SIZE, MAX_PART_SIZE) as usize
-    }
-
-    /// Sends `body` as the parts of upload `id`, several at a time, and returns them in order
-    /// with the byte count.
-    async fn upload_parts(
-        &self,
-        key: &ObjectPath,
-        id: &String,
-        mut body: ByteStream,
-        part_size: usize,
-    ) -> Result<(Vec<PartId>, u64)> {
-        let mut in_flight = FuturesUnordered::new();
-        let mut parts: Vec<Option<PartId>> = Vec::new();
-        // Chunks are gathered, not copied, into a part; S3 only needs every part but the last
-        // to be at least 5 MiB, not all parts to be the same size.
-        let mut gathered: Vec<Bytes> = Vec::new();
-        let mut gathered_len = 0usize;
-        let mut total = 0u64;
-        let started = Instant::now();
-        let mut finished = false;
-        while !finished {
-            let chunk = body.next().await;
-            let ready = match chunk {
-                Some(Ok(bytes)) => {
-                    total += bytes.len() as u64;
-                    gathered_len += bytes.len();
-                    gathered.push(bytes);
-                    gathered_len >= part_size
-                }
-                Some(Err(e)) => {
-                    return Err(Error::Other(format!("backup stream failed: {e}")));
-                }
-                None => {
-                    finished = true;
-                    !gathered.is_empty() || total == 0
-                }
-            };
-            if !ready {
-                continue;
-            }
-            let part: PutPayload = std::mem::take(&mut gathered).into_iter().collect();
-            gathered_len = 0;
-            while in_flight.len() >= self.concurrency {
-                if let Some((index, result)) = in_flight.next().await {
-                    let result: object_store::Result<PartId> = result;
-                    parts[index] = Some(result.map_err(|e| self.storage_error(e))?);
-                }
-            }
-            if let Some(rate) = self.max_upload_rate {
-                throttle(started, total, rate).await;
-            }
-            let index = parts.len();
-            parts.push(None);
-            let inner = &self.inner;
-            in_flight.push(async move { (index, inner.put_part(key, id, index, part).await) });
-        }
-        while let Some((index, result)) = in_flight.next().await {
-            parts[index] = Some(result.map_err(|e| self.storage_error(e))?);
-        }
-        let parts = parts.into_iter().flatten().collect();
-        Ok((parts, total))
-    }
-
-    /// Aborts upload `id` of `name` and removes its marker; a failure is only logged, the next
-    /// create-backup retries it.
-    async fn abort_upload(&self, name: &str, key: &ObjectPath, id: &String) {
-        match self.inner.abort_multipart(key, id).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                if let Err(e) = self.inner.delete(&self.marker_key(name)).await {
-                    tracing::warn!("could not remove the upload marker of {name}: {e}");
-                }
-            }
-            Err(e) => tracing::warn!(
-                "could not abort the unfinished upload of {name} in {}: {}; the next create-backup will",
-                self.describe(),
-                self.storage_error(e)
-            ),
         }
     }
 }
@@ -356,63 +242,7 @@ impl Store for S3Store {
     }
 
     async fn put(&self, name: &str, body: ByteStream, size_hint: Option<u64>) -> Result<u64> {
-        let key = self.key(name)?;
-        let mut attributes = Attributes::new();
-        attributes.insert(
-            Attribute::ContentType,
-            "application/octet-stream".to_string().into(),
-        );
-        if let Some(class) = &self.storage_class {
-            attributes.insert(Attribute::StorageClass, class.clone().into());
-        }
-        let options = PutMultipartOptions {
-            attributes,
-            ..Default::default()
-        };
-        let id = self
-            .inner
-            .create_multipart_opts(&key, options)
-            .await
-            .map_err(|e| self.storage_error(e))?;
-        let marker = UploadMarker {
-            upload_id: id.clone(),
-            owner: UploadOwner::current().token(),
-        };
-        let marker_body =
-            serde_json::to_vec(&marker).map_err(|e| Error::Other(format!("upload marker: {e}")))?;
-        if let Err(e) = self
-            .inner
-            .put(&self.marker_key(name), marker_body.into())
-            .await
-        {
-            let _ = self.inner.abort_multipart(&key, &id).await;
-            return Err(self.storage_error(e));
-        }
-        let result = match self
-            .upload_parts(&key, &id, body, Self::part_size(size_hint))
-            .await
-        {
-            Ok((parts, total)) => self
-                .inner
-                .complete_multipart(&key, &id, parts)
-                .await
-                .map(|_| total)
-                .map_err(|e| self.storage_error(e)),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(total) => {
-                if let Err(e) = self.inner.delete(&self.marker_key(name)).await {
-                    // Harmless: the next create-backup finds the upload complete and drops it.
-                    tracing::warn!("could not remove the upload marker of {name}: {e}");
-                }
-                Ok(total)
-            }
-            Err(e) => {
-                self.abort_upload(name, &key, &id).await;
-                Err(e)
-            }
-        }
+        self.upload(name, body, size_hint).await
     }
 
     async fn get(&self, name: &str) -> Result<ByteStream> {
@@ -497,65 +327,13 @@ impl Store for S3Store {
     }
 
     async fn remove_interrupted_uploads(&self) -> Result<Vec<String>> {
-        let markers: Vec<object_store::ObjectMeta> = self
-            .inner
-            .list(Some(&self.under_prefix(IN_PROGRESS_DIR)))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| self.storage_error(e))?;
-        let mut removed = Vec::new();
-        for meta in markers {
-            let Some(name) = meta.location.filename().map(str::to_string) else {
-                continue;
-            };
-            if check_name(&name).is_err() {
-                continue;
-            }
-            let body = match self.inner.get(&meta.location).await {
-                Ok(result) => result.bytes().await.map_err(|e| self.storage_error(e))?,
-                // Its upload finished meanwhile.
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(self.storage_error(e)),
-            };
-            let age = (chrono::Utc::now() - meta.last_modified)
-                .to_std()
-                .unwrap_or_default();
-            match serde_json::from_slice::<UploadMarker>(&body) {
-                Ok(marker) if !UploadOwner::is_abandoned(&marker.owner, age) => continue,
-                Ok(marker) => {
-                    // Aborting an upload that did complete is refused by the server and leaves
-                    // the finished backup alone.
-                    let key = self.key(&name)?;
-                    match self.inner.abort_multipart(&key, &marker.upload_id).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(self.storage_error(e)),
-                    }
-                }
-                Err(_) if age <= super::owner::FOREIGN_STALE_AFTER => continue,
-                Err(_) => {}
-            }
-            self.inner
-                .delete(&meta.location)
-                .await
-                .map_err(|e| self.storage_error(e))?;
-            removed.push(name);
-        }
-        Ok(removed)
+        self.abort_abandoned_uploads().await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn part_sizes_stay_within_limits() {
-        assert_eq!(S3Store::part_size(Some(1 << 30)) as u64, MIN_PART_SIZE);
-        let big = 1u64 << 40;
-        assert!(big.div_ceil(S3Store::part_size(Some(big)) as u64) <= MAX_PARTS);
-    }
 
     #[test]
     fn host_style_puts_the_bucket_in_the_host() {
