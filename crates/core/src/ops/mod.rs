@@ -10,4 +10,4 @@ pub mod verify;
 mod open;
 mod pipe;
 
-pub use open::open_backup;
+pub use open::{check_plaintext_start, open_backup, BackupReader};

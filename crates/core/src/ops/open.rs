@@ -12,7 +12,7 @@ use super::pipe::ObjectReader;
 const TAR_BLOCK: usize = 512;
 
 /// The plaintext of a backup: its first tar block, already read and checked, then the rest.
-pub type BackupReader = io::Chain<io::Cursor<Vec<u8>>, DecryptReader<'static>>;
+pub type BackupReader<'a> = io::Chain<io::Cursor<Vec<u8>>, DecryptReader<'a>>;
 
 /// Decrypts `stream` (the object of backup `id`). Call from a blocking thread.
 pub fn open_backup(
@@ -21,7 +21,7 @@ pub fn open_backup(
     passphrase: &secrecy::SecretString,
     id: &str,
     cancel: Cancel,
-) -> Result<BackupReader> {
+) -> Result<BackupReader<'static>> {
     let reader = ObjectReader::new(stream, handle, cancel.clone());
     // A read cut by Ctrl-C must not pass for a wrong passphrase or a damaged object.
     let interrupted = |e: Error| {
@@ -41,10 +41,10 @@ pub fn open_backup(
 /// passphrase only shows as garbage. Most garbage fails to parse as a packet at once, but now
 /// and then it passes for a packet header, and the error would only come later, as "damaged".
 /// Every backup, ours and the charm's, is a tar, and garbage is never a valid tar header.
-pub fn check_plaintext_start(
-    mut decrypted: DecryptReader<'static>,
+pub fn check_plaintext_start<'a>(
+    mut decrypted: DecryptReader<'a>,
     id: &str,
-) -> Result<BackupReader> {
+) -> Result<BackupReader<'a>> {
     let mut first = vec![0u8; TAR_BLOCK];
     let mut filled = 0;
     while filled < TAR_BLOCK {
