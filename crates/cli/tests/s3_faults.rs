@@ -8,6 +8,7 @@ mod common;
 
 use std::fs;
 use std::io::BufRead;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -268,23 +269,22 @@ impl Drop for Kill {
     }
 }
 
-#[test]
-fn transient_errors_are_retried_part_by_part() {
-    let Some(s3) = S3Env::from_env() else { return };
-    let world = s3_world(24.0).unwrap();
-    let _server = exclusive();
+/// Starts the fault proxy in front of the test server (extra arguments: see fault_proxy.py),
+/// points the world's config at it with `settings` added, and returns the proxy and its log.
+fn behind_fault_proxy(world: &World, s3: &S3Env, args: &[&str], settings: &str) -> (Kill, PathBuf) {
     let fault_log = world.path("faults.log");
     let address = s3.endpoint.trim_start_matches("http://");
     let (host, port) = address.split_once(':').unwrap();
     let mut proxy = Command::new("python3")
         .arg(repo_root().join("crates/cli/tests/fixtures/fault_proxy.py"))
         .args([host, port, fault_log.to_str().unwrap()])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = proxy.stdout.take().unwrap();
-    let _proxy = Kill(proxy);
+    let proxy = Kill(proxy);
     let mut line = String::new();
     std::io::BufReader::new(stdout)
         .read_line(&mut line)
@@ -292,13 +292,19 @@ fn transient_errors_are_retried_part_by_part() {
     let config = fs::read_to_string(&world.config)
         .unwrap()
         .replace(&s3.endpoint, &format!("http://127.0.0.1:{}", line.trim()));
-    // Three of every six requests fail; a retry may land on another failing slot.
     fs::write(
         &world.config,
-        config.replace("max-retries = 2\n", "max-retries = 10\n"),
+        config.replace(
+            "max-retries = 2\n",
+            &format!("max-retries = 10\n{settings}"),
+        ),
     )
     .unwrap();
+    (proxy, fault_log)
+}
 
+/// create, verify and restore all succeed; returns the fault log.
+fn every_command_succeeds(world: &World, fault_log: &Path) -> String {
     let id = world.create_backup();
     assert_success(&world.run(&["verify-backup", &id]), "verify through faults");
     let drill = world.restore_drill(&id, "restore through faults");
@@ -307,10 +313,39 @@ fn transient_errors_are_retried_part_by_part() {
         &tree_hashes(&world.data.join("media_store/local_content")),
         "media restored through faults",
     );
+    fs::read_to_string(fault_log).unwrap()
+}
 
-    let log = fs::read_to_string(&fault_log).unwrap();
+#[test]
+fn transient_errors_are_retried_part_by_part() {
+    let Some(s3) = S3Env::from_env() else { return };
+    let world = s3_world(24.0).unwrap();
+    let _server = exclusive();
+    // Three of every six requests fail; a retry may land on another failing slot.
+    let (_proxy, fault_log) = behind_fault_proxy(&world, &s3, &[], "");
+    let log = every_command_succeeds(&world, &fault_log);
     for kind in ["503 PUT", "500 PUT", "reset PUT", "cut-body GET"] {
         assert!(log.contains(kind), "no {kind} fault was injected:\n{log}");
     }
     eprintln!("faults injected and survived: {}", log.lines().count());
+}
+
+#[test]
+fn a_hanging_server_is_timed_out_and_retried() {
+    let Some(s3) = S3Env::from_env() else { return };
+    let world = s3_world(24.0).unwrap();
+    let _server = exclusive();
+    // Every fourth request hangs for five minutes; the tool gives up on it after 2 s.
+    let (_proxy, fault_log) =
+        behind_fault_proxy(&world, &s3, &["300"], "request-timeout-secs = 2\n");
+    let started = Instant::now();
+    let log = every_command_succeeds(&world, &fault_log);
+    for kind in ["stall PUT", "stall GET", "stalled-body GET"] {
+        assert!(log.contains(kind), "no {kind} fault was injected:\n{log}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(300),
+        "a hung request was waited out instead of timed out"
+    );
+    eprintln!("hangs injected and survived: {}", log.lines().count());
 }

@@ -66,6 +66,7 @@ struct RawS3 {
     max_upload_rate: Option<String>,
     max_download_rate: Option<String>,
     max_retries: Option<usize>,
+    request_timeout_secs: Option<u64>,
 }
 
 // Hand-written so that a secret in the file can never reach a log through `{:?}`.
@@ -134,6 +135,8 @@ pub struct S3Config {
     pub max_download_rate: Option<u64>,
     /// Retries of one request (a part, a GET) on transient errors, with exponential backoff.
     pub max_retries: usize,
+    /// A request silent this long is abandoned and retried.
+    pub request_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -339,6 +342,9 @@ fn s3_config(raw: RawS3, base: &Path) -> Result<S3Config> {
         max_upload_rate,
         max_download_rate,
         max_retries: raw.max_retries.unwrap_or(10),
+        request_timeout: std::time::Duration::from_secs(
+            raw.request_timeout_secs.unwrap_or(120).max(1),
+        ),
     })
 }
 

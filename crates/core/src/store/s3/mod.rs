@@ -23,6 +23,8 @@ use crate::error::{Error, Result};
 
 pub struct S3Store {
     inner: Arc<AmazonS3>,
+    /// The same client without an overall request timeout, for streaming whole backups.
+    downloads: Arc<AmazonS3>,
     bucket: String,
     prefix: String,
     endpoint: String,
@@ -59,12 +61,9 @@ impl S3Store {
                 },
                 max_retries: config.max_retries,
                 // Longer than one request's timeout, so a request that hangs is retried.
-                retry_timeout: Duration::from_secs(600),
+                retry_timeout: (config.request_timeout * 5).max(Duration::from_secs(600)),
             });
-        let mut options = ClientOptions::new()
-            .with_connect_timeout(Duration::from_secs(10))
-            // A part is at most a few MiB: a request silent this long is stuck, not slow.
-            .with_timeout(Duration::from_secs(120));
+        let mut options = ClientOptions::new().with_connect_timeout(Duration::from_secs(10));
         if let Some(endpoint) = &config.endpoint {
             let endpoint = match config.uri_style {
                 // object_store expects the bucket already in a virtual-hosted endpoint.
@@ -91,12 +90,25 @@ impl S3Store {
                 options = options.with_root_certificate(certificate);
             }
         }
-        let inner = builder
-            .with_client_options(options)
-            .build()
-            .map_err(|e| Error::config(format!("[s3] settings are not usable: {e}")))?;
+        let build = |options: ClientOptions| {
+            builder
+                .clone()
+                .with_client_options(options)
+                .build()
+                .map_err(|e| Error::config(format!("[s3] settings are not usable: {e}")))
+        };
+        // Every request but a download is small (a part is at most a few MiB): one silent for
+        // request-timeout is stuck, not slow. A download streams a whole backup, so it gets no
+        // overall limit; it is abandoned (and resumed) once no byte arrived for that long.
+        let inner = build(options.clone().with_timeout(config.request_timeout))?;
+        let downloads = build(
+            options
+                .with_timeout_disabled()
+                .with_read_timeout(config.request_timeout),
+        )?;
         Ok(S3Store {
             inner: Arc::new(inner),
+            downloads: Arc::new(downloads),
             bucket: config.bucket.clone(),
             prefix: config.path.clone(),
             endpoint: config.endpoint.clone().unwrap_or_else(|| {
@@ -248,7 +260,7 @@ impl Store for S3Store {
     async fn get(&self, name: &str) -> Result<ByteStream> {
         let key = self.key(name)?;
         let result = self
-            .inner
+            .downloads
             .get(&key)
             .await
             .map_err(|e| self.object_error(name, e))?;
