@@ -325,7 +325,8 @@ fn write_archive(
     archive.append_bytes(HEADER_MEMBER, &header_json, mtime)?;
     let mut files = Vec::with_capacity(sources.len());
     let mut vanished = Vec::new();
-    for source in &sources {
+    // By value: each source's paths are freed once archived, while the file list grows.
+    for source in sources {
         if cancel.is_cancelled() {
             return Err(Error::Interrupted);
         }
@@ -342,7 +343,7 @@ fn write_archive(
                     "{} was deleted during the backup; skipped",
                     source.path.display()
                 );
-                vanished.push(source.member.clone());
+                vanished.push(source.member);
             }
             None => {
                 return Err(Error::Other(format!(
