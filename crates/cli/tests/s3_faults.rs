@@ -260,15 +260,6 @@ fn the_server_dying_mid_verify_fails_the_verification() {
     assert_success(&world.run(&["verify-backup", &id]), "verify after restart");
 }
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the fault proxy in front of the test server (extra arguments: see fault_proxy.py),
 /// points the world's config at it with `settings` added, and returns the proxy and its log.
 fn behind_fault_proxy(world: &World, s3: &S3Env, args: &[&str], settings: &str) -> (Kill, PathBuf) {

@@ -254,13 +254,6 @@ fn private_tls_endpoints_need_their_ca() {
     ]);
     let target = s3.endpoint.trim_start_matches("http://").to_string();
     let (host, port) = target.rsplit_once(':').unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut proxy = std::process::Command::new("python3")
         .arg(repo_root().join("crates/cli/tests/fixtures/tls_proxy.py"))
         .args([cert.to_str().unwrap(), key.to_str().unwrap(), host, port])

@@ -414,6 +414,16 @@ impl CommandLineWatch {
     }
 }
 
+/// A helper process (a proxy) that is killed when the test ends, however it ends.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Staging folders a restore left next to the live data.
 pub fn staging_left(data: &Path) -> Vec<String> {
     let mut found = Vec::new();
