@@ -39,6 +39,21 @@ impl<W: Write> ArchiveWriter<W> {
             .at("write archive member", member)
     }
 
+    /// Adds a generated member the tool wrote to a temp file (the file list), readable by its
+    /// owner only.
+    pub fn append_generated_file(&mut self, member: &str, path: &Path, mtime: i64) -> Result<()> {
+        let mut file = std::fs::File::open(path).at("open", path)?;
+        let size = file.metadata().at("stat", path)?.len();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(size);
+        header.set_mode(0o600);
+        header.set_mtime(mtime.max(0) as u64);
+        self.builder
+            .append_data(&mut header, member, &mut file)
+            .at("write archive member", member)
+    }
+
     /// Streams the file at `source` into the archive as `member` and returns its manifest entry.
     ///
     /// Returns `Ok(None)` when the file vanished since it was listed (Synapse may delete media

@@ -21,10 +21,10 @@ use crate::config::Config;
 use crate::crypto;
 use crate::database::postgres::{DumpProcess, Postgres};
 use crate::database::sqlite;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::manifest::{
-    DatabaseInfo, DatabaseKind, FileList, Header, Role, FILES_MEMBER, FORMAT_VERSION,
-    HEADER_MEMBER, POSTGRES_DUMP_PREFIX, TOOL_NAME,
+    DatabaseInfo, DatabaseKind, FileListWriter, Header, ListTotals, Role, FILES_MEMBER,
+    FORMAT_VERSION, HEADER_MEMBER, POSTGRES_DUMP_PREFIX, TOOL_NAME,
 };
 use crate::progress::{Cancel, Progress};
 use crate::store::{ByteStream, Store};
@@ -198,11 +198,14 @@ pub async fn create_backup(
     let (sender, mut receiver) = mpsc::channel::<std::io::Result<bytes::Bytes>>(QUEUE_DEPTH);
     let body: ByteStream = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed();
     let pipeline = {
+        let list_path = temp.path().join(FILES_MEMBER);
         let header = header.clone();
         let progress = Arc::clone(&progress);
         let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {
-            run_pipeline(header, sources, dump, passphrase, sender, progress, cancel)
+            run_pipeline(
+                header, sources, dump, list_path, passphrase, sender, progress, cancel,
+            )
         })
     };
     // Tar and OpenPGP add a little; the hint only sizes multipart parts.
@@ -219,7 +222,7 @@ pub async fn create_backup(
     }
     // Report the root cause: a store failure makes the pipeline fail with a broken pipe, and a
     // pipeline failure makes the upload fail with "stream failed".
-    let ((list, vanished), object_bytes) = match (archived, uploaded) {
+    let ((totals, vanished), object_bytes) = match (archived, uploaded) {
         (Ok(archived), Ok(uploaded)) => (archived, uploaded),
         (_, Err(e)) if e.kind() == crate::error::ErrorKind::Storage => return Err(e),
         (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
@@ -227,8 +230,8 @@ pub async fn create_backup(
     Ok(BackupSummary {
         backup_id,
         server_name: hs.server_name,
-        files: list.files.len(),
-        file_bytes: list.files.iter().map(|f| f.size).sum(),
+        files: totals.files,
+        file_bytes: totals.file_bytes,
         object_bytes,
         database,
         elapsed: started.elapsed(),
@@ -265,15 +268,17 @@ async fn unused_backup_id(store: &dyn Store) -> Result<String> {
 }
 
 /// Writes tar into an OS pipe on one thread and encrypts from it into `sender` on this one.
+#[allow(clippy::too_many_arguments)]
 fn run_pipeline(
     header: Header,
     sources: Vec<Source>,
     dump: Option<Dump>,
+    list_path: PathBuf,
     passphrase: SecretString,
     sender: mpsc::Sender<std::io::Result<bytes::Bytes>>,
     progress: Arc<dyn Progress>,
     cancel: Cancel,
-) -> Result<(FileList, Vec<String>)> {
+) -> Result<(ListTotals, Vec<String>)> {
     let (pipe_writer, pipe_reader) = chunk_pipe(QUEUE_DEPTH);
     let tar_thread = {
         let cancel = cancel.clone();
@@ -284,6 +289,7 @@ fn run_pipeline(
                     header,
                     sources,
                     dump,
+                    &list_path,
                     pipe_writer,
                     progress.as_ref(),
                     &cancel,
@@ -309,21 +315,26 @@ fn run_pipeline(
     }
 }
 
+/// Writes the whole archive; the file list is built in a temp file at `list_path` as members
+/// are written, and goes in last.
 fn write_archive(
     header: Header,
     sources: Vec<Source>,
     mut dump: Option<Dump>,
+    list_path: &Path,
     out: ChunkWriter,
     progress: &dyn Progress,
     cancel: &Cancel,
-) -> Result<(FileList, Vec<String>)> {
+) -> Result<(ListTotals, Vec<String>)> {
     let id = header.backup_id.clone();
     let mtime = header.created.timestamp();
     let mut archive = ArchiveWriter::new(BufWriter::with_capacity(CHUNK, out));
     let header_json = serde_json::to_vec_pretty(&header)
         .map_err(|e| Error::Other(format!("cannot encode the manifest: {e}")))?;
     archive.append_bytes(HEADER_MEMBER, &header_json, mtime)?;
-    let mut files = Vec::with_capacity(sources.len());
+    let list_file = std::fs::File::create(list_path).at("create", list_path)?;
+    let mut files = FileListWriter::new(BufWriter::new(list_file), &id)
+        .at("write the file list to", list_path)?;
     let mut vanished = Vec::new();
     // By value: each source's paths are freed once archived, while the file list grows.
     for source in sources {
@@ -333,11 +344,13 @@ fn write_archive(
         // The dump goes after keys and config and before the media, as it was taken.
         if source.role == Role::Media {
             if let Some(dump) = dump.take() {
-                files.extend(write_dump(&mut archive, dump, mtime, progress, cancel)?);
+                for entry in write_dump(&mut archive, dump, mtime, progress, cancel)? {
+                    files.push(&entry).at("write the file list to", list_path)?;
+                }
             }
         }
         match archive.append_file(&source.member, &source.path, source.role, progress, cancel)? {
-            Some(entry) => files.push(entry),
+            Some(entry) => files.push(&entry).at("write the file list to", list_path)?,
             None if source.role == Role::Media => {
                 tracing::info!(
                     "{} was deleted during the backup; skipped",
@@ -354,22 +367,18 @@ fn write_archive(
         }
     }
     if let Some(dump) = dump.take() {
-        files.extend(write_dump(&mut archive, dump, mtime, progress, cancel)?);
+        for entry in write_dump(&mut archive, dump, mtime, progress, cancel)? {
+            files.push(&entry).at("write the file list to", list_path)?;
+        }
     }
-    let list = FileList {
-        format_version: FORMAT_VERSION,
-        backup_id: id,
-        files,
-    };
-    let list_json = serde_json::to_vec(&list)
-        .map_err(|e| Error::Other(format!("cannot encode the file list: {e}")))?;
-    archive.append_bytes(FILES_MEMBER, &list_json, mtime)?;
+    let (_, totals) = files.finish().at("write the file list to", list_path)?;
+    archive.append_generated_file(FILES_MEMBER, list_path, mtime)?;
     let out = archive.finish()?;
     out.into_inner()
         .map_err(|e| Error::Other(format!("cannot write the archive: {}", e.error())))?
         .finish()
         .map_err(|e| Error::Other(format!("cannot write the archive: {e}")))?;
-    Ok((list, vanished))
+    Ok((totals, vanished))
 }
 
 fn write_dump<W: Write>(
