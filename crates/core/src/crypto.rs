@@ -71,6 +71,9 @@ where
 /// A streaming reader of the plaintext of an encrypted backup.
 pub struct DecryptReader<'a> {
     inner: Message<'a>,
+    /// The first error, returned again for every later read: rPGP panics when read again after
+    /// an error ("LiteralDataReader errored"), and parsers such as serde_json do read again.
+    failed: Option<(io::ErrorKind, String)>,
 }
 
 impl std::fmt::Debug for DecryptReader<'_> {
@@ -81,7 +84,13 @@ impl std::fmt::Debug for DecryptReader<'_> {
 
 impl Read for DecryptReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+        if let Some((kind, message)) = &self.failed {
+            return Err(io::Error::new(*kind, message.clone()));
+        }
+        self.inner.read(buf).inspect_err(|e| {
+            // A store failure keeps its type for the first report; later reads only repeat it.
+            self.failed = Some((e.kind(), e.to_string()));
+        })
     }
 }
 
@@ -130,7 +139,10 @@ where
             .decompress()
             .map_err(|e| opening_error(id, e, false))?;
     }
-    Ok(DecryptReader { inner: message })
+    Ok(DecryptReader {
+        inner: message,
+        failed: None,
+    })
 }
 
 /// The error for a message that could not be opened (decrypted, decompressed).
@@ -257,6 +269,9 @@ mod tests {
             classify_read_error("t", &err).kind(),
             crate::error::ErrorKind::Corrupt
         );
+        // Reading on after the error (serde_json does) repeats it; rPGP alone would panic.
+        let again = r.read(&mut [0u8; 16]).unwrap_err();
+        assert_eq!(again.kind(), err.kind());
     }
 
     #[test]

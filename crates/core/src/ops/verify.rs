@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::{read_members, Member, MemberKind};
 use crate::error::{Error, Result};
-use crate::manifest::{FileList, Header, FILES_MEMBER, HEADER_MEMBER};
+use crate::manifest::{read_file_list, FileEntry, Header, FILES_MEMBER, HEADER_MEMBER};
 use crate::progress::{Cancel, Progress};
 use crate::store::Store;
 
@@ -49,8 +49,16 @@ pub(crate) struct ContentCheck {
     claimed: HashSet<String>,
     /// Every folder that some member lies in.
     folders: HashSet<String>,
-    files: Option<FileList>,
+    list: Option<ListRead>,
     bytes: u64,
+}
+
+/// What the file list said, compared entry by entry as it was read.
+struct ListRead {
+    backup_id: String,
+    entries: usize,
+    /// The first entry that disagreed with the archive.
+    problem: Option<String>,
 }
 
 impl ContentCheck {
@@ -61,7 +69,7 @@ impl ContentCheck {
             seen: HashMap::new(),
             claimed: HashSet::new(),
             folders: HashSet::new(),
-            files: None,
+            list: None,
             bytes: 0,
         }
     }
@@ -74,7 +82,7 @@ impl ContentCheck {
     /// consumed); data members return `false` and must be passed to [`Self::record`] after
     /// their content was read.
     pub fn take_manifest_member(&mut self, member: &mut Member<'_>) -> Result<bool> {
-        if self.files.is_some() {
+        if self.list.is_some() {
             return Err(Error::corrupt(
                 &self.id,
                 format!(
@@ -101,11 +109,39 @@ impl ContentCheck {
             ));
         }
         if member.path == FILES_MEMBER && self.is_manifest() {
-            let bytes = read_small(member, &self.id)?;
-            self.files = Some(FileList::from_json(&self.id, &bytes)?);
+            self.list = Some(self.read_list(member)?);
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Reads the file list, the last member, comparing each entry with what the archive held as
+    /// it goes: only the entry being read is in memory. A disagreement is kept for `finish`,
+    /// which reports problems in a fixed order (another backup's list before a changed file).
+    fn read_list(&mut self, member: &mut Member<'_>) -> Result<ListRead> {
+        if member.size > MAX_MANIFEST_BYTES {
+            return Err(Error::corrupt(
+                &self.id,
+                format!("{} is implausibly large", member.path),
+            ));
+        }
+        let seen = &mut self.seen;
+        let mut problem = None;
+        let (backup_id, entries) = read_file_list(
+            &self.id,
+            // serde_json reads a byte at a time; each would go down to the decryptor.
+            std::io::BufReader::with_capacity(1 << 16, (&mut member.data).take(MAX_MANIFEST_BYTES)),
+            |entry| {
+                if problem.is_none() {
+                    problem = disagreement(seen, &entry);
+                }
+            },
+        )?;
+        Ok(ListRead {
+            backup_id,
+            entries,
+            problem,
+        })
     }
 
     fn is_manifest(&self) -> bool {
@@ -159,7 +195,7 @@ impl ContentCheck {
             .format
             .ok_or_else(|| Error::corrupt(&id, "the archive holds no members"))?;
         if let ArchiveFormat::Manifest(header) = &format {
-            let list = self.files.ok_or_else(|| {
+            let list = self.list.ok_or_else(|| {
                 Error::corrupt(
                     &id,
                     format!("{FILES_MEMBER} is missing: the backup was cut short"),
@@ -171,45 +207,38 @@ impl ContentCheck {
                     "the file list belongs to another backup",
                 ));
             }
-            let mut seen = self.seen;
-            for entry in &list.files {
-                match seen.remove(&entry.path) {
-                    None => {
-                        return Err(Error::corrupt(
-                            &id,
-                            format!("{:?} is in the manifest but not in the archive", entry.path),
-                        ))
-                    }
-                    Some((size, _)) if size != entry.size => {
-                        return Err(Error::corrupt(
-                            &id,
-                            format!(
-                                "{:?} has {size} bytes, the manifest says {}",
-                                entry.path, entry.size
-                            ),
-                        ))
-                    }
-                    Some((_, hash)) if hash != entry.sha256 => {
-                        return Err(Error::corrupt(
-                            &id,
-                            format!(
-                                "{:?} does not match its SHA-256 in the manifest",
-                                entry.path
-                            ),
-                        ))
-                    }
-                    Some(_) => {}
-                }
+            if let Some(problem) = list.problem {
+                return Err(Error::corrupt(&id, problem));
             }
-            if let Some(extra) = seen.keys().next() {
+            if let Some(extra) = self.seen.keys().next() {
                 return Err(Error::corrupt(
                     &id,
                     format!("{extra:?} is in the archive but not in the manifest"),
                 ));
             }
-            return Ok((format, list.files.len(), self.bytes));
+            return Ok((format, list.entries, self.bytes));
         }
         Ok((format, self.seen.len(), self.bytes))
+    }
+}
+
+/// Checks one file-list entry against the members read (and removes it from them), describing
+/// how they disagree.
+fn disagreement(seen: &mut HashMap<String, (u64, String)>, entry: &FileEntry) -> Option<String> {
+    match seen.remove(&entry.path) {
+        None => Some(format!(
+            "{:?} is in the manifest but not in the archive",
+            entry.path
+        )),
+        Some((size, _)) if size != entry.size => Some(format!(
+            "{:?} has {size} bytes, the manifest says {}",
+            entry.path, entry.size
+        )),
+        Some((_, hash)) if hash != entry.sha256 => Some(format!(
+            "{:?} does not match its SHA-256 in the manifest",
+            entry.path
+        )),
+        Some(_) => None,
     }
 }
 

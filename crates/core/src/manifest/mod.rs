@@ -9,7 +9,9 @@
 //!
 //! `docs/format.md` describes both for people recovering by hand.
 
-use std::io::Write;
+mod file_list;
+
+pub use file_list::{read_file_list, FileListWriter, ListTotals};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -125,51 +127,6 @@ pub struct FileList {
     pub files: Vec<FileEntry>,
 }
 
-/// How many files a file list holds, and their bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ListTotals {
-    pub files: usize,
-    pub file_bytes: u64,
-}
-
-/// Writes a [`FileList`] one entry at a time, byte for byte as `serde_json::to_writer` writes
-/// the whole list, so that a backup of millions of files never holds its list in memory.
-pub struct FileListWriter<W: Write> {
-    out: W,
-    totals: ListTotals,
-}
-
-impl<W: Write> FileListWriter<W> {
-    pub fn new(mut out: W, backup_id: &str) -> std::io::Result<Self> {
-        write!(
-            out,
-            "{{\"format_version\":{},\"backup_id\":{},\"files\":[",
-            FORMAT_VERSION,
-            serde_json::to_string(backup_id)?
-        )?;
-        Ok(FileListWriter {
-            out,
-            totals: ListTotals::default(),
-        })
-    }
-
-    pub fn push(&mut self, entry: &FileEntry) -> std::io::Result<()> {
-        if self.totals.files > 0 {
-            self.out.write_all(b",")?;
-        }
-        serde_json::to_writer(&mut self.out, entry)?;
-        self.totals.files += 1;
-        self.totals.file_bytes += entry.size;
-        Ok(())
-    }
-
-    pub fn finish(mut self) -> std::io::Result<(W, ListTotals)> {
-        self.out.write_all(b"]}")?;
-        self.out.flush()?;
-        Ok((self.out, self.totals))
-    }
-}
-
 impl Header {
     /// Parses and checks a header read from an archive of backup `id`.
     pub fn from_json(id: &str, bytes: &[u8]) -> Result<Header> {
@@ -193,7 +150,7 @@ impl FileList {
     }
 }
 
-fn check_version(id: &str, version: u32) -> Result<()> {
+pub(crate) fn check_version(id: &str, version: u32) -> Result<()> {
     if version > FORMAT_VERSION {
         return Err(Error::Refused(format!(
             "backup {id} uses format version {version}, newer than this synapse-backup understands ({FORMAT_VERSION}); upgrade synapse-backup"
@@ -208,41 +165,6 @@ fn check_version(id: &str, version: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_streamed_file_list_is_what_serde_writes() {
-        let entry = |path: &str, size| FileEntry {
-            role: Role::Media,
-            path: path.into(),
-            size,
-            mode: 0o644,
-            mtime: 1_767_268_800,
-            sha256: "ab".repeat(32),
-            storage: Storage::Inline,
-        };
-        for files in [
-            vec![],
-            vec![entry("media/a", 1)],
-            vec![entry("media/\"q\"", 2), entry("media/é", 3)],
-        ] {
-            let list = FileList {
-                format_version: FORMAT_VERSION,
-                backup_id: "backup-20260101120000000000".into(),
-                files: files.clone(),
-            };
-            let mut writer = FileListWriter::new(Vec::new(), &list.backup_id).unwrap();
-            for file in &files {
-                writer.push(file).unwrap();
-            }
-            let (bytes, totals) = writer.finish().unwrap();
-            assert_eq!(
-                String::from_utf8(bytes).unwrap(),
-                serde_json::to_string(&list).unwrap()
-            );
-            assert_eq!(totals.files, files.len());
-            assert_eq!(totals.file_bytes, files.iter().map(|f| f.size).sum::<u64>());
-        }
-    }
 
     fn header() -> Header {
         Header {
