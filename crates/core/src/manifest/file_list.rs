@@ -94,7 +94,8 @@ impl<'de, F: FnMut(FileEntry)> DeserializeSeed<'de> for ListSeed<'_, F> {
         self,
         deserializer: D,
     ) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_map(self)
+        // As a derived struct: an object, or (serde accepts it) an array of the three fields.
+        deserializer.deserialize_struct("FileList", &["format_version", "backup_id", "files"], self)
     }
 }
 
@@ -103,6 +104,25 @@ impl<'de, F: FnMut(FileEntry)> Visitor<'de> for ListSeed<'_, F> {
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a file list object")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let version = seq
+            .next_element()?
+            .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+        let backup_id = seq
+            .next_element()?
+            .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+        let count = seq
+            .next_element_seed(EntriesSeed {
+                visit: &mut *self.visit,
+                unsafe_path: &mut *self.unsafe_path,
+            })?
+            .ok_or_else(|| de::Error::invalid_length(2, &self))?;
+        if seq.next_element::<IgnoredAny>()?.is_some() {
+            return Err(de::Error::invalid_length(4, &self));
+        }
+        Ok((version, backup_id, count))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
@@ -241,6 +261,25 @@ mod tests {
         assert_eq!(backup_id, "backup-20260101120000000000");
         assert_eq!(count, 2);
         assert_eq!(seen, files);
+    }
+
+    /// Found by the `manifest` fuzz target: serde accepts a struct written as an array.
+    #[test]
+    fn the_array_form_serde_accepts_is_accepted() {
+        let array = r#"[1,"",[]]"#;
+        let whole = FileList::from_json("t", array.as_bytes()).unwrap();
+        let (backup_id, count) = read_file_list("t", array.as_bytes(), |_| {}).unwrap();
+        assert_eq!((backup_id, count), (whole.backup_id, whole.files.len()));
+        for refused in [r#"[1,""]"#, r#"[1,"",[],2]"#] {
+            assert!(
+                FileList::from_json("t", refused.as_bytes()).is_err(),
+                "{refused}"
+            );
+            assert!(
+                read_file_list("t", refused.as_bytes(), |_| {}).is_err(),
+                "{refused}"
+            );
+        }
     }
 
     #[test]
