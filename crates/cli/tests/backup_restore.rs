@@ -10,16 +10,8 @@ use std::path::Path;
 use common::*;
 
 fn assert_no_staging_left(world: &World) {
-    for root in [world.data.clone(), world.data.join("media_store")] {
-        for entry in fs::read_dir(&root).unwrap() {
-            let name = entry.unwrap().file_name().to_string_lossy().to_string();
-            assert!(
-                !name.contains(".staging-"),
-                "staging left behind: {}",
-                root.join(&name).display()
-            );
-        }
-    }
+    let left = staging_left(&world.data);
+    assert!(left.is_empty(), "staging left behind: {left:?}");
     assert!(
         !world.data.join(".synapse-backup-restore.json").exists(),
         "journal left behind"

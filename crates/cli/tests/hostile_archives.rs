@@ -593,14 +593,7 @@ fn setid_and_world_writable_modes_are_dropped() {
     store_encrypted(&world, ID, &backup_tar(ID, &members));
     assert_success(&world.run(&["verify-backup", ID]), "verify-backup");
 
-    let drill = world.path("drill");
-    let out = world.run(&[
-        "restore-backup",
-        ID,
-        "--target-dir",
-        drill.to_str().unwrap(),
-    ]);
-    assert_success(&out, "restore-backup --target-dir");
+    let drill = world.restore_drill(ID, "restore-backup --target-dir");
     for member in &members {
         let restored = drill.join(&member.name);
         assert_eq!(fs::read(&restored).unwrap(), member.data, "{}", member.name);

@@ -15,19 +15,6 @@ fn journal(world: &World) -> std::path::PathBuf {
     world.data.join(".synapse-backup-restore.json")
 }
 
-fn spawn(world: &World, args: &[&str], env: &[(&str, &str)]) -> Child {
-    let mut command = Command::new(binary());
-    command.arg("--config").arg(&world.config).args(args);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 /// Waits until `path` exists; false if `child` ended first or 20 s passed.
 fn wait_for(path: &Path, child: &mut Child) -> bool {
     let started = Instant::now();
@@ -149,10 +136,7 @@ fn ctrl_c_while_staging_removes_the_staging() {
             "the restore never started staging"
         );
         std::thread::sleep(Duration::from_millis(30));
-        Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .unwrap();
+        common::signal(&child, signal);
         let out = child.wait_with_output().unwrap();
         if out.status.success() {
             eprintln!("the restore finished before SIG{signal} arrived; nothing to check");

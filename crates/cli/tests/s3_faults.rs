@@ -89,30 +89,10 @@ fn with_s3_settings(world: &World, settings: &str) -> String {
     config
 }
 
-fn spawn(world: &World, args: &[&str]) -> Child {
-    Command::new(binary())
-        .arg("--config")
-        .arg(&world.config)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// Starts a throttled create-backup and returns once its multipart upload is under way.
 fn backup_in_the_middle_of_its_upload(world: &World, before: u64) -> Child {
     with_s3_settings(world, "max-upload-rate = \"4MiB\"\n");
-    let child = spawn(world, &["create-backup"]);
+    let child = spawn(world, &["create-backup"], &[]);
     eventually("the upload has begun", || unfinished_uploads() > before);
     child
 }
@@ -211,7 +191,7 @@ fn another_runs_live_upload_is_left_alone() {
 /// it finish the download) and restarts it.
 fn server_dies_during(world: &World, args: &[&str]) -> Output {
     let config = with_s3_settings(world, "max-download-rate = \"4MiB\"\n");
-    let child = spawn(world, args);
+    let child = spawn(world, args, &[]);
     std::thread::sleep(Duration::from_secs(1));
     server_script("kill");
     let out = child.wait_with_output().unwrap();

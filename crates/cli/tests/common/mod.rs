@@ -414,6 +414,30 @@ impl CommandLineWatch {
     }
 }
 
+/// Starts the binary on the world's config with `args` and extra environment, output captured.
+pub fn spawn(world: &World, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut command = Command::new(binary());
+    command.arg("--config").arg(&world.config).args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends signal `name` (`INT`, `TERM`, `KILL`) to `child`.
+pub fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// A helper process (a proxy) that is killed when the test ends, however it ends.
 pub struct Kill(pub std::process::Child);
 
