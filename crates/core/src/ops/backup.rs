@@ -93,7 +93,7 @@ pub async fn create_backup(
     let lock = state.lock_shared()?;
     store.check_access().await?;
     remove_interrupted_uploads(store).await;
-    let backup_id = unused_backup_id(store).await?;
+    let backup_id = unused_backup_id(store, &state).await?;
 
     let temp_parent = config
         .backup
@@ -255,11 +255,24 @@ async fn remove_interrupted_uploads(store: &dyn Store) {
     }
 }
 
-async fn unused_backup_id(store: &dyn Store) -> Result<String> {
+/// Chooses a backup id no backup in the store has.
+///
+/// Ids are times to the microsecond. Two create-backups on one host that read the clock in the
+/// same microsecond would pick the same id, and the later upload would replace the earlier
+/// backup (seen once in the concurrency test), which asking the store cannot prevent, since
+/// neither has uploaded yet. So the id is chosen under a host-wide lock held until the clock
+/// has moved past it.
+async fn unused_backup_id(store: &dyn Store, state: &StateDir) -> Result<String> {
+    let _choosing = state.lock_id_choice();
     for _ in 0..20 {
         let id = new_backup_id();
         match store.head(&id).await {
-            Err(Error::NotFound { .. }) => return Ok(id),
+            Err(Error::NotFound { .. }) => {
+                while new_backup_id() <= id {
+                    std::hint::spin_loop();
+                }
+                return Ok(id);
+            }
             Err(other) => return Err(other),
             Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
         }

@@ -18,6 +18,7 @@ use super::plan::{remove_path, Destination};
 
 const JOURNAL_NAME: &str = ".synapse-backup-restore.json";
 const LOCK_NAME: &str = ".synapse-backup.lock";
+const ID_LOCK_NAME: &str = ".synapse-backup-id.lock";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -108,6 +109,19 @@ impl StateDir {
                 path.display()
             ))
         })
+    }
+
+    /// Serializes the choice of backup ids on this host (see `ops::backup`). Blocks; the lock is
+    /// held for microseconds. `None` when the lock file cannot be created (a read-only data dir).
+    pub fn lock_id_choice(&self) -> Option<Flock<File>> {
+        let path = self.dir.join(ID_LOCK_NAME);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .ok()?;
+        Flock::lock(file, FlockArg::LockExclusive).ok()
     }
 
     /// Takes the lock shared, as a backup does: backups may run together, not with a restore.
