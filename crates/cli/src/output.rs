@@ -1,4 +1,31 @@
-//! Human output: tables and sizes.
+//! What the commands print on stdout: tables, sizes, and lines written so that a closed pipe
+//! (`list-backups | head -1`) ends the program quietly instead of panicking as `println!` does.
+
+use std::io::Write;
+
+/// `println!` for stdout that survives a reader that went away.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
+
+/// Writes `text` to stdout. When the reader has gone (a closed pipe) there is nobody left to
+/// tell anything: exit quietly with success, as Unix tools do.
+pub fn write_stdout(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(crate::exit::OK.into());
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(crate::exit::OTHER.into());
+    }
+}
 
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

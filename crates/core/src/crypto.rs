@@ -20,7 +20,8 @@ use secrecy::{ExposeSecret, SecretString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{find_cause, CorruptKind, Error, Result};
+use crate::progress::Cancelled;
 use crate::store::ReadFailed;
 
 /// Encoded S2K count 0xFF: 65,011,712 bytes hashed, GnuPG's usual calibrated strength.
@@ -56,24 +57,81 @@ where
             StringToKey::new_iterated(&mut rng, HashAlgorithm::Sha256, s2k_count),
             &Password::from(passphrase.expose_secret()),
         )
-        .map_err(|e| Error::Other(format!("cannot set up encryption: {e}")))?;
+        .map_err(|e| Error::Encryption(format!("cannot set it up: {e}")))?;
     builder
         .partial_chunk_size(PARTIAL_CHUNK)
-        .map_err(|e| Error::Other(format!("cannot set up encryption: {e}")))?;
+        .map_err(|e| Error::Encryption(format!("cannot set it up: {e}")))?;
     builder.to_writer(&mut rng, out).map_err(|e| match e {
         pgp::errors::Error::IO { source, .. } => {
-            Error::Other(format!("encryption stream: {source}"))
+            Error::Encryption(format!("the stream failed: {source}"))
         }
-        other => Error::Other(format!("encryption failed: {other}")),
+        other => Error::Encryption(other.to_string()),
     })
 }
 
 /// A streaming reader of the plaintext of an encrypted backup.
+///
+/// Its errors carry their cause as a type: a store failure ([`ReadFailed`]) or Ctrl-C
+/// ([`Cancelled`]) as they came from the source, damage as a [`StreamDamage`].
 pub struct DecryptReader<'a> {
     inner: Message<'a>,
+    /// Whether the object's bytes have run out: an error after that is a truncation.
+    source_ended: Arc<AtomicBool>,
     /// The first error, returned again for every later read: rPGP panics when read again after
     /// an error ("LiteralDataReader errored"), and parsers such as serde_json do read again.
-    failed: Option<(io::ErrorKind, String)>,
+    failed: Option<(io::ErrorKind, Failure)>,
+}
+
+/// Why the encrypted stream could not be read to its end, as decryption found it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamDamage {
+    #[error("the encrypted stream ends early")]
+    Truncated,
+    /// The MDC or AEAD tag does not match: the bytes were changed.
+    #[error("{0}")]
+    Integrity(String),
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+/// A first error, kept to be returned again with its type.
+#[derive(Debug, Clone)]
+enum Failure {
+    Store(ReadFailed),
+    Cancelled,
+    Damage(StreamDamage),
+}
+
+impl Failure {
+    fn of(err: &io::Error, source_ended: bool) -> Failure {
+        if let Some(failed) = find_cause::<ReadFailed>(err) {
+            return Failure::Store(failed.clone());
+        }
+        if find_cause::<Cancelled>(err).is_some() {
+            return Failure::Cancelled;
+        }
+        let integrity = find_cause::<pgp::errors::Error>(err).is_some_and(|pgp| {
+            matches!(
+                pgp,
+                pgp::errors::Error::MdcError | pgp::errors::Error::Aead { .. }
+            )
+        });
+        Failure::Damage(if integrity {
+            StreamDamage::Integrity(err.to_string())
+        } else if err.kind() == io::ErrorKind::UnexpectedEof || source_ended {
+            StreamDamage::Truncated
+        } else {
+            StreamDamage::Unreadable(err.to_string())
+        })
+    }
+
+    fn to_io(&self, kind: io::ErrorKind) -> io::Error {
+        match self {
+            Failure::Store(failed) => failed.clone().into_io(),
+            Failure::Cancelled => io::Error::other(Cancelled),
+            Failure::Damage(damage) => io::Error::new(kind, damage.clone()),
+        }
+    }
 }
 
 impl std::fmt::Debug for DecryptReader<'_> {
@@ -84,12 +142,18 @@ impl std::fmt::Debug for DecryptReader<'_> {
 
 impl Read for DecryptReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some((kind, message)) = &self.failed {
-            return Err(io::Error::new(*kind, message.clone()));
+        if let Some((kind, failure)) = &self.failed {
+            return Err(failure.to_io(*kind));
         }
-        self.inner.read(buf).inspect_err(|e| {
-            // A store failure keeps its type for the first report; later reads only repeat it.
-            self.failed = Some((e.kind(), e.to_string()));
+        self.inner.read(buf).map_err(|e| {
+            let failure = Failure::of(&e, self.source_ended.load(Ordering::Relaxed));
+            let kind = e.kind();
+            self.failed = Some((kind, failure.clone()));
+            match failure {
+                // The source's own error, unchanged, for the first report.
+                Failure::Store(_) | Failure::Cancelled => e,
+                Failure::Damage(_) => failure.to_io(kind),
+            }
         })
     }
 }
@@ -109,17 +173,22 @@ where
     };
     let empty = source
         .fill_buf()
-        .map_err(|e| Error::Other(format!("reading backup {id}: {e}")))?
+        .map_err(|e| classify_read_error(id, &e))?
         .is_empty();
     if empty {
-        return Err(Error::corrupt(id, "the object is empty"));
+        return Err(Error::corrupt(
+            id,
+            CorruptKind::Malformed,
+            "the object is empty",
+        ));
     }
     let (message, _) = Message::from_reader(source).map_err(|e| {
-        Error::corrupt(id, format!("not an OpenPGP message ({e}); was it written by synapse-backup or gpg --symmetric?"))
+        Error::corrupt(id, CorruptKind::Malformed, format!("not an OpenPGP message ({e}); was it written by synapse-backup or gpg --symmetric?"))
     })?;
     if !message.is_encrypted() {
         return Err(Error::corrupt(
             id,
+            CorruptKind::Malformed,
             "the object is an OpenPGP message but not encrypted",
         ));
     }
@@ -141,6 +210,7 @@ where
     }
     Ok(DecryptReader {
         inner: message,
+        source_ended,
         failed: None,
     })
 }
@@ -153,13 +223,16 @@ where
 /// itself has ended (`source_ended`), are told apart from a wrong passphrase.
 fn opening_error(id: &str, err: pgp::errors::Error, source_ended: bool) -> Error {
     match err {
-        pgp::errors::Error::IO { source, .. } if ReadFailed::find(&source).is_some() => {
+        pgp::errors::Error::IO { source, .. }
+            if find_cause::<ReadFailed>(&source).is_some()
+                || find_cause::<Cancelled>(&source).is_some() =>
+        {
             classify_read_error(id, &source)
         }
         pgp::errors::Error::IO { source, .. }
             if source_ended && source.kind() == io::ErrorKind::UnexpectedEof =>
         {
-            Error::corrupt(id, "the object is truncated")
+            Error::corrupt(id, CorruptKind::Truncated, "the object is truncated")
         }
         _ => Error::WrongPassphrase { id: id.to_string() },
     }
@@ -196,31 +269,41 @@ impl<R: BufRead> BufRead for EndWatch<R> {
     }
 }
 
-/// Turns an I/O error from a [`DecryptReader`] into the library error that describes it.
+/// Turns an I/O error from a [`DecryptReader`] (or the tar layer above it) into the library
+/// error that describes it, by the typed cause it carries.
 pub fn classify_read_error(id: &str, err: &io::Error) -> Error {
-    if let Some(failed) = ReadFailed::find(err) {
+    if let Some(failed) = find_cause::<ReadFailed>(err) {
         return failed.to_error(id);
     }
-    let text = err.to_string();
-    let lower = text.to_ascii_lowercase();
-    // rPGP says "shorter than expected" when a packet ends before its declared length.
-    if err.kind() == io::ErrorKind::UnexpectedEof
-        || lower.contains("unexpected eof")
-        || lower.contains("shorter than expected")
-    {
+    if find_cause::<Cancelled>(err).is_some() || err.kind() == io::ErrorKind::Interrupted {
+        return Error::Interrupted;
+    }
+    let truncated = || {
         Error::corrupt(
             id,
+            CorruptKind::Truncated,
             "the object is truncated (the encrypted stream ends early)",
         )
-    } else if lower.contains("mdc") || lower.contains("integrity") || lower.contains("tag") {
-        Error::corrupt(
+    };
+    match find_cause::<StreamDamage>(err) {
+        Some(StreamDamage::Truncated) => truncated(),
+        Some(StreamDamage::Integrity(text)) => Error::corrupt(
             id,
+            CorruptKind::Integrity,
             format!("the integrity check failed; the object was modified or damaged ({text})"),
-        )
-    } else if err.kind() == io::ErrorKind::Interrupted {
-        Error::Interrupted
-    } else {
-        Error::corrupt(id, format!("cannot read the encrypted stream: {text}"))
+        ),
+        Some(StreamDamage::Unreadable(text)) => Error::corrupt(
+            id,
+            CorruptKind::Malformed,
+            format!("cannot read the encrypted stream: {text}"),
+        ),
+        // The plaintext (a tar stream) ended early.
+        None if err.kind() == io::ErrorKind::UnexpectedEof => truncated(),
+        None => Error::corrupt(
+            id,
+            CorruptKind::Malformed,
+            format!("cannot read the encrypted stream: {err}"),
+        ),
     }
 }
 
@@ -266,8 +349,8 @@ mod tests {
         let mut sink = Vec::new();
         let err = r.read_to_end(&mut sink).unwrap_err();
         assert_eq!(
-            classify_read_error("t", &err).kind(),
-            crate::error::ErrorKind::Corrupt
+            classify_read_error("t", &err).corrupt_kind(),
+            Some(CorruptKind::Integrity)
         );
         // Reading on after the error (serde_json does) repeats it; rPGP alone would panic.
         let again = r.read(&mut [0u8; 16]).unwrap_err();
@@ -281,7 +364,11 @@ mod tests {
         let cut = &enc[..enc.len() - 100];
         let mut r = decrypt(BufReader::new(cut), &pass("p"), "t").unwrap();
         let mut sink = Vec::new();
-        assert!(r.read_to_end(&mut sink).is_err());
+        let err = r.read_to_end(&mut sink).unwrap_err();
+        assert_eq!(
+            classify_read_error("t", &err).corrupt_kind(),
+            Some(CorruptKind::Truncated)
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Typed errors of the library.
 //!
 //! Each variant says what failed and on which object or path; the CLI adds a hint and maps the
-//! [`ErrorKind`] to a documented exit code. No variant ever carries a secret.
+//! [`ErrorKind`] to a documented exit code. No variant ever carries a secret. Decisions (exit
+//! codes, retries, "damaged" vs "store unreachable") are made on variants and on the typed
+//! causes inside `std::io::Error`s ([`find_cause`]), never on message text.
 
 use std::path::PathBuf;
 
@@ -28,6 +30,25 @@ pub enum ErrorKind {
     Other,
 }
 
+/// How a backup is damaged. All are [`ErrorKind::Corrupt`] (one exit code); the kind lets tests
+/// and callers tell them apart without reading the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CorruptKind {
+    /// The encrypted stream ends before the message does.
+    Truncated,
+    /// The OpenPGP integrity check (MDC or AEAD tag) failed: the bytes were changed.
+    Integrity,
+    /// Not the structure a backup has: not OpenPGP, not tar, an empty object, a broken header.
+    Malformed,
+    /// The archive disagrees with its manifest: a file missing, extra, resized or changed, the
+    /// list of another backup, members out of order.
+    ManifestMismatch,
+    /// A member that must never be restored: a link or device, an absolute path or `..`, a
+    /// path written twice, something outside the layout.
+    HostileMember,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -41,7 +62,11 @@ pub enum Error {
     WrongPassphrase { id: String },
 
     #[error("backup {id} is damaged: {detail}")]
-    Corrupt { id: String, detail: String },
+    Corrupt {
+        id: String,
+        kind: CorruptKind,
+        detail: String,
+    },
 
     #[error("refused: {0}")]
     Refused(String),
@@ -60,6 +85,25 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The database programs (pg_dump, pg_restore, psql) or SQLite failed.
+    #[error("{0}")]
+    Database(String),
+
+    /// A configured command (`[restore] stop-command`, `start-command`) failed, or Synapse did
+    /// not come back healthy after it.
+    #[error("{0}")]
+    Hook(String),
+
+    /// What an interrupted restore left and only the admin can sort out (an unreadable
+    /// journal, staging or previous data in the way).
+    #[error("{0}")]
+    Leftover(String),
+
+    /// Encrypting the backup stream failed.
+    #[error("encryption failed: {0}")]
+    Encryption(String),
+
+    /// What should not happen: a worker thread that panicked, a value that cannot be encoded.
     #[error("{0}")]
     Other(String),
 }
@@ -74,7 +118,20 @@ impl Error {
             Error::Refused(_) => ErrorKind::Refused,
             Error::Storage { .. } => ErrorKind::Storage,
             Error::Interrupted => ErrorKind::Interrupted,
-            Error::Io { .. } | Error::Other(_) => ErrorKind::Other,
+            Error::Io { .. }
+            | Error::Database(_)
+            | Error::Hook(_)
+            | Error::Leftover(_)
+            | Error::Encryption(_)
+            | Error::Other(_) => ErrorKind::Other,
+        }
+    }
+
+    /// How the backup is damaged, for [`Error::Corrupt`].
+    pub fn corrupt_kind(&self) -> Option<CorruptKind> {
+        match self {
+            Error::Corrupt { kind, .. } => Some(*kind),
+            _ => None,
         }
     }
 
@@ -91,11 +148,18 @@ impl Error {
         Error::Config(message.into())
     }
 
-    pub fn corrupt(id: &str, detail: impl Into<String>) -> Self {
+    pub fn corrupt(id: &str, kind: CorruptKind, detail: impl Into<String>) -> Self {
         Error::Corrupt {
             id: id.to_string(),
+            kind,
             detail: detail.into(),
         }
+    }
+
+    /// A worker task or thread that failed to finish (it panicked or was cancelled by the
+    /// runtime): a bug, not a condition of the data.
+    pub fn task_failed(what: &str, cause: impl std::fmt::Display) -> Self {
+        Error::Other(format!("the {what} task failed: {cause}"))
     }
 }
 
@@ -107,5 +171,93 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|e| Error::io(action, path, e))
+    }
+}
+
+/// The first `T` in `err` or anything it wraps.
+///
+/// Typed causes travel inside `std::io::Error`s through layers (decryption, tar) that only speak
+/// `io::Error`. An `io::Error`'s `source()` skips the error it wraps, so `get_ref()` is followed
+/// for those, `source()` for everything else.
+pub fn find_cause<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current: Option<&'a (dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("marker")]
+    struct Marker;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("layer")]
+    struct Layer(#[source] std::io::Error);
+
+    #[test]
+    fn causes_are_found_through_io_errors_and_sources() {
+        let direct = std::io::Error::other(Marker);
+        assert!(find_cause::<Marker>(&direct).is_some());
+        let layered = std::io::Error::other(Layer(std::io::Error::other(Marker)));
+        assert!(find_cause::<Marker>(&layered).is_some());
+        // The same words are not the same error.
+        let text = std::io::Error::other("marker");
+        assert!(find_cause::<Marker>(&text).is_none());
+    }
+
+    #[test]
+    fn every_variant_has_its_kind() {
+        let io = || std::io::Error::other("x");
+        let cases = [
+            (Error::config("x"), ErrorKind::Config),
+            (
+                Error::NotFound {
+                    id: "b".into(),
+                    store: "s".into(),
+                },
+                ErrorKind::NotFound,
+            ),
+            (
+                Error::WrongPassphrase { id: "b".into() },
+                ErrorKind::WrongPassphrase,
+            ),
+            (
+                Error::corrupt("b", CorruptKind::Truncated, "x"),
+                ErrorKind::Corrupt,
+            ),
+            (Error::Refused("x".into()), ErrorKind::Refused),
+            (
+                Error::Storage {
+                    store: "s".into(),
+                    detail: "x".into(),
+                },
+                ErrorKind::Storage,
+            ),
+            (Error::Interrupted, ErrorKind::Interrupted),
+            (Error::io("read", "/x", io()), ErrorKind::Other),
+            (Error::Database("x".into()), ErrorKind::Other),
+            (Error::Hook("x".into()), ErrorKind::Other),
+            (Error::Leftover("x".into()), ErrorKind::Other),
+            (Error::Encryption("x".into()), ErrorKind::Other),
+            (Error::Other("x".into()), ErrorKind::Other),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(error.kind(), kind, "{error}");
+        }
     }
 }

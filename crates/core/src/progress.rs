@@ -7,6 +7,8 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::error::find_cause;
+
 pub trait Progress: Send + Sync {
     /// A new phase starts; `total` is the expected number of bytes when known.
     fn start(&self, _phase: &str, _total: Option<u64>) {}
@@ -36,6 +38,13 @@ impl Cancel {
         self.0.load(Ordering::Relaxed)
     }
 
+    /// Resolves once cancelled, for racing an async wait against Ctrl-C.
+    pub async fn cancelled(&self) {
+        while !self.is_cancelled() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// The I/O error a reader returns once cancelled. Not `ErrorKind::Interrupted`: `io::copy`
     /// retries those.
     pub fn check(&self) -> io::Result<()> {
@@ -48,19 +57,11 @@ impl Cancel {
 }
 
 /// Marker inside an `io::Error` that says the operation was cancelled.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("cancelled by the user")]
 pub struct Cancelled;
-
-impl std::fmt::Display for Cancelled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("cancelled by the user")
-    }
-}
-
-impl std::error::Error for Cancelled {}
 
 /// True when `err` (or what it wraps) is a [`Cancelled`] marker.
 pub fn is_cancelled_error(err: &io::Error) -> bool {
-    err.get_ref()
-        .is_some_and(|inner| inner.is::<Cancelled>() || inner.to_string() == Cancelled.to_string())
+    find_cause::<Cancelled>(err).is_some()
 }

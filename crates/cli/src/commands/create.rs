@@ -4,7 +4,7 @@ use synapse_backup_core::ops::backup::{create_backup, BackupOptions};
 
 use super::Context;
 use crate::args::CreateArgs;
-use crate::output::human_bytes;
+use crate::output::{human_bytes, outln};
 
 pub async fn run(context: &Context, args: &CreateArgs) -> Result<()> {
     let passphrase = context.config.passphrase()?;
@@ -14,15 +14,8 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<()> {
             || context.config.backup.include_remote_media,
         skip_database: args.skip_database,
     };
-    let summary = create_backup(
-        &context.config,
-        store.as_ref(),
-        passphrase,
-        &options,
-        context.progress.clone(),
-        context.cancel.clone(),
-    )
-    .await?;
+    let ctx = context.op(store.as_ref(), passphrase);
+    let summary = create_backup(&context.config, &ctx, &options).await?;
     let seconds = summary.elapsed.as_secs_f64();
     if context.json {
         let value = json!({
@@ -35,9 +28,9 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<()> {
             "seconds": seconds,
             "skipped-vanished": summary.vanished,
         });
-        println!("{value}");
+        outln!("{value}");
     } else {
-        println!("{}", summary.backup_id);
+        outln!("{}", summary.backup_id);
         eprintln!(
             "backed up {} files ({}) of {} in {:.1}s ({}/s); stored {}",
             summary.files,

@@ -3,7 +3,7 @@ use serde_json::json;
 use synapse_backup_core::ops::catalog::{list_backups, Details};
 
 use super::Context;
-use crate::output::{human_bytes, Table};
+use crate::output::{human_bytes, outln, Table};
 
 pub async fn run(context: &Context) -> Result<()> {
     // Without a passphrase the list still works; it just cannot show what is inside.
@@ -34,7 +34,7 @@ pub async fn run(context: &Context) -> Result<()> {
                 row
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        outln!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
     let mut table = Table::new(["backup-id", "last-modified", "size", "server", "version"]);
@@ -53,7 +53,7 @@ pub async fn run(context: &Context) -> Result<()> {
             version,
         ]);
     }
-    print!("{}", table.render());
+    crate::output::write_stdout(&table.render());
     if backups.is_empty() {
         eprintln!("no backups in {}", store.describe());
     }

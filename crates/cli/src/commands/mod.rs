@@ -10,7 +10,9 @@ mod verify;
 use std::sync::Arc;
 
 use anyhow::Result;
+use secrecy::SecretString;
 use synapse_backup_core::config::Config;
+use synapse_backup_core::ops::OpContext;
 use synapse_backup_core::progress::{Cancel, Progress};
 use synapse_backup_core::store::{self, Store};
 
@@ -26,6 +28,16 @@ pub struct Context {
 impl Context {
     pub fn store(&self) -> Result<Box<dyn Store>> {
         Ok(store::open(&self.config.store)?)
+    }
+
+    /// What an operation on `store` needs, with the passphrase read beforehand.
+    pub fn op<'a>(&'a self, store: &'a dyn Store, passphrase: SecretString) -> OpContext<'a> {
+        OpContext {
+            store,
+            passphrase,
+            progress: Arc::clone(&self.progress),
+            cancel: self.cancel.clone(),
+        }
     }
 }
 

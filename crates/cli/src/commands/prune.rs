@@ -3,7 +3,7 @@ use synapse_backup_core::ops::prune::{prune_backups, RetentionPolicy};
 
 use super::Context;
 use crate::args::PruneArgs;
-use crate::output::Table;
+use crate::output::{outln, Table};
 
 pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
     let policy = RetentionPolicy {
@@ -15,7 +15,7 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
     let store = context.store()?;
     let decisions = prune_backups(store.as_ref(), &policy, args.dry_run).await?;
     if context.json {
-        println!("{}", serde_json::to_string(&decisions)?);
+        outln!("{}", serde_json::to_string(&decisions)?);
         return Ok(());
     }
     let removed = decisions.iter().filter(|d| !d.keep).count();
@@ -33,7 +33,7 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
             decision.reasons.join(", "),
         ]);
     }
-    print!("{}", table.render());
+    crate::output::write_stdout(&table.render());
     let verb = if args.dry_run {
         "would delete"
     } else {

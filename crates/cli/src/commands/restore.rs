@@ -4,7 +4,7 @@ use synapse_backup_core::ops::restore::{restore_backup, RestoreOptions};
 
 use super::Context;
 use crate::args::RestoreArgs;
-use crate::output::human_bytes;
+use crate::output::{human_bytes, outln};
 
 pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
     let passphrase = context.config.passphrase()?;
@@ -16,18 +16,10 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
         skip_space_check: args.skip_space_check,
         replace_database: args.replace_database,
     };
-    let report = restore_backup(
-        &context.config,
-        store.as_ref(),
-        args.id.id(),
-        passphrase,
-        &options,
-        context.progress.clone(),
-        context.cancel.clone(),
-    )
-    .await?;
+    let ctx = context.op(store.as_ref(), passphrase);
+    let report = restore_backup(&context.config, &ctx, args.id.id(), &options).await?;
     if context.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "backup-id": report.backup_id,
@@ -46,7 +38,7 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
     if let Some(recovered) = &report.recovered {
         eprintln!("note: {recovered}");
     }
-    println!(
+    outln!(
         "restored {} ({} files, {}) in {:.1}s",
         report.backup_id,
         report.files,
@@ -54,10 +46,10 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
         report.elapsed.as_secs_f64()
     );
     for path in &report.placed {
-        println!("  restored  {}", path.display());
+        outln!("  restored  {}", path.display());
     }
     for path in &report.kept_previous {
-        println!(
+        outln!(
             "  kept      {} (previous data; delete it once Synapse runs well)",
             path.display()
         );

@@ -3,25 +3,18 @@ use serde_json::json;
 use synapse_backup_core::ops::verify::{verify_backup, ArchiveFormat};
 
 use super::Context;
-use crate::output::human_bytes;
+use crate::output::{human_bytes, outln};
 
 pub async fn run(context: &Context, id: &str) -> Result<()> {
     let passphrase = context.config.passphrase()?;
     let store = context.store()?;
-    let report = verify_backup(
-        store.as_ref(),
-        id,
-        passphrase,
-        context.progress.clone(),
-        context.cancel.clone(),
-    )
-    .await?;
+    let report = verify_backup(&context.op(store.as_ref(), passphrase), id).await?;
     let (format, server) = match &report.format {
         ArchiveFormat::Manifest(header) => ("synapse-backup", Some(header.server_name.clone())),
         ArchiveFormat::Charm => ("charm", None),
     };
     if context.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "backup-id": report.backup_id,
@@ -34,14 +27,14 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
         );
     } else {
         match &report.format {
-            ArchiveFormat::Manifest(header) => println!(
+            ArchiveFormat::Manifest(header) => outln!(
                 "{}: OK — {} files ({}) of {} match the manifest; integrity check passed",
                 report.backup_id,
                 report.files,
                 human_bytes(report.bytes),
                 header.server_name
             ),
-            ArchiveFormat::Charm => println!(
+            ArchiveFormat::Charm => outln!(
                 "{}: OK — charm backup without manifest: it decrypts, passes the OpenPGP integrity check and holds {} files ({})",
                 report.backup_id,
                 report.files,

@@ -8,9 +8,7 @@ use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
 use crate::crypto::classify_read_error;
-use crate::error::{Error, Result};
-use crate::progress::is_cancelled_error;
-use crate::store::ReadFailed;
+use crate::error::{CorruptKind, Error, Result};
 
 use super::{check_member_path, normalize_member_path};
 
@@ -30,28 +28,23 @@ pub struct Member<'a> {
     pub data: &'a mut dyn Read,
 }
 
-/// Remembers the first error of the underlying stream, which the tar layer may rewrap.
-struct ErrorTap<R> {
+/// Remembers the first error of the underlying stream, classified by its typed cause, which
+/// the tar layer may rewrap into an error of its own.
+struct ErrorTap<'a, R> {
     inner: R,
-    seen: Arc<Mutex<Option<io::Error>>>,
+    id: &'a str,
+    seen: Arc<Mutex<Option<Error>>>,
 }
 
-impl<R: Read> Read for ErrorTap<R> {
+impl<R: Read> Read for ErrorTap<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.inner.read(buf) {
-            Ok(n) => Ok(n),
-            Err(e) => {
-                if let Ok(mut slot) = self.seen.lock() {
-                    if slot.is_none() {
-                        *slot = Some(match ReadFailed::find(&e) {
-                            Some(failed) => failed.clone().into_io(),
-                            None => io::Error::new(e.kind(), e.to_string()),
-                        });
-                    }
+        self.inner.read(buf).inspect_err(|e| {
+            if let Ok(mut slot) = self.seen.lock() {
+                if slot.is_none() {
+                    *slot = Some(classify_read_error(self.id, e));
                 }
-                Err(e)
             }
-        }
+        })
     }
 }
 
@@ -75,39 +68,57 @@ pub fn read_members_while<R: Read>(
     let seen = Arc::new(Mutex::new(None));
     let tap = ErrorTap {
         inner: source,
+        id,
         seen: Arc::clone(&seen),
     };
     let mut archive = tar::Archive::new(tap);
+    // The stream's own failure (store, truncation, integrity, Ctrl-C) is the cause of whatever
+    // the tar layer then reports.
     let stream_error = |fallback: Error| -> Error {
-        match seen.lock().ok().and_then(|mut slot| slot.take()) {
-            Some(e) if ReadFailed::find(&e).is_some() => classify_read_error(id, &e),
-            Some(e) if is_cancelled_error(&e) || e.to_string().contains("cancelled") => {
-                Error::Interrupted
-            }
-            Some(e) => classify_read_error(id, &e),
-            None => fallback,
-        }
+        seen.lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+            .unwrap_or(fallback)
     };
     let result = (|| -> Result<()> {
-        let entries = archive
-            .entries()
-            .map_err(|e| Error::corrupt(id, format!("not a tar archive: {e}")))?;
+        let entries = archive.entries().map_err(|e| {
+            Error::corrupt(
+                id,
+                CorruptKind::Malformed,
+                format!("not a tar archive: {e}"),
+            )
+        })?;
         for entry in entries {
-            let mut entry =
-                entry.map_err(|e| Error::corrupt(id, format!("broken tar member header: {e}")))?;
+            let mut entry = entry.map_err(|e| {
+                Error::corrupt(
+                    id,
+                    CorruptKind::Malformed,
+                    format!("broken tar member header: {e}"),
+                )
+            })?;
             let raw_path = entry.path_bytes().into_owned();
-            let path = String::from_utf8(raw_path)
-                .map_err(|_| Error::corrupt(id, "a member name is not valid UTF-8; refusing it"))?;
+            let path = String::from_utf8(raw_path).map_err(|_| {
+                Error::corrupt(
+                    id,
+                    CorruptKind::Malformed,
+                    "a member name is not valid UTF-8; refusing it",
+                )
+            })?;
             let path = normalize_member_path(&path);
-            check_member_path(&path)
-                .map_err(|why| Error::corrupt(id, format!("unsafe member: {why}")))?;
+            check_member_path(&path).map_err(|why| {
+                Error::corrupt(
+                    id,
+                    CorruptKind::HostileMember,
+                    format!("unsafe member: {why}"),
+                )
+            })?;
             let header = entry.header();
             let kind = match header.entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => MemberKind::File,
                 tar::EntryType::Directory => MemberKind::Directory,
                 other => {
                     return Err(Error::corrupt(
-                        id,
+                        id, CorruptKind::HostileMember,
                         format!(
                             "unsafe member {path:?}: it is a {}; backups hold only regular files and directories",
                             describe_type(other)
@@ -115,9 +126,13 @@ pub fn read_members_while<R: Read>(
                     ))
                 }
             };
-            let size = header
-                .size()
-                .map_err(|e| Error::corrupt(id, format!("member {path:?}: bad size: {e}")))?;
+            let size = header.size().map_err(|e| {
+                Error::corrupt(
+                    id,
+                    CorruptKind::Malformed,
+                    format!("member {path:?}: bad size: {e}"),
+                )
+            })?;
             let mode = header.mode().unwrap_or(0o600) & 0o777;
             let mtime = header.mtime().unwrap_or(0) as i64;
             let go_on = visit(Member {
@@ -133,8 +148,13 @@ pub fn read_members_while<R: Read>(
             }
         }
         let mut rest = archive.into_inner();
-        io::copy(&mut rest, &mut io::sink())
-            .map_err(|e| Error::corrupt(id, format!("after the archive: {e}")))?;
+        io::copy(&mut rest, &mut io::sink()).map_err(|e| {
+            Error::corrupt(
+                id,
+                CorruptKind::Malformed,
+                format!("after the archive: {e}"),
+            )
+        })?;
         Ok(())
     })();
     result.map_err(stream_error)

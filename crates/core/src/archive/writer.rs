@@ -127,7 +127,7 @@ impl<W: Write> ArchiveWriter<W> {
             (&mut *source)
                 .take(part_size as u64)
                 .read_to_end(&mut buffer)
-                .map_err(|e| Error::Other(format!("reading the database dump: {e}")))?;
+                .map_err(|e| Error::Database(format!("reading the database dump: {e}")))?;
             if buffer.is_empty() && index > 0 {
                 break;
             }

@@ -23,6 +23,7 @@ pub struct PostgresInfo {
     pub ctype: String,
 }
 
+#[derive(Clone)]
 pub struct Postgres {
     args: PostgresArgs,
 }
@@ -83,7 +84,7 @@ impl Postgres {
             .output()
             .map_err(|e| missing_program("psql", e))?;
         if !out.status.success() {
-            return Err(Error::Other(format!(
+            return Err(Error::Database(format!(
                 "psql on {} failed: {}",
                 self.describe(),
                 String::from_utf8_lossy(&out.stderr).trim()
@@ -104,7 +105,7 @@ impl Postgres {
                 collate: collate.to_string(),
                 ctype: ctype.to_string(),
             }),
-            _ => Err(Error::Other(format!(
+            _ => Err(Error::Database(format!(
                 "unexpected answer from {}: {row:?}",
                 self.describe()
             ))),
@@ -118,7 +119,7 @@ impl Postgres {
         )?;
         count
             .parse()
-            .map_err(|_| Error::Other(format!("unexpected table count {count:?}")))
+            .map_err(|_| Error::Database(format!("unexpected table count {count:?}")))
     }
 
     fn dbname(&self) -> Result<&str> {
@@ -219,7 +220,7 @@ impl Postgres {
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| Error::Other("pg_dump has no stdout".into()))?;
+            .ok_or_else(|| Error::Database("pg_dump has no stdout".into()))?;
         Ok(DumpProcess {
             child,
             stdout,
@@ -259,7 +260,7 @@ fn quote(identifier: &str) -> String {
 }
 
 fn missing_program(program: &str, e: std::io::Error) -> Error {
-    Error::Other(format!(
+    Error::Database(format!(
         "cannot run {program} ({e}); install the PostgreSQL client programs matching the server's major version (e.g. apt-get install postgresql-client)"
     ))
 }
@@ -290,7 +291,7 @@ impl DumpProcess {
         let status = self
             .child
             .wait()
-            .map_err(|e| Error::Other(format!("waiting for pg_dump: {e}")))?;
+            .map_err(|e| Error::Database(format!("waiting for pg_dump: {e}")))?;
         if status.success() {
             return Ok(());
         }
@@ -300,7 +301,7 @@ impl DumpProcess {
         } else {
             ""
         };
-        Err(Error::Other(format!(
+        Err(Error::Database(format!(
             "pg_dump of {} failed ({status}): {stderr}{hint}",
             self.describe
         )))
@@ -336,11 +337,11 @@ impl RestoreProcess {
         let status = self
             .child
             .wait()
-            .map_err(|e| Error::Other(format!("waiting for pg_restore: {e}")))?;
+            .map_err(|e| Error::Database(format!("waiting for pg_restore: {e}")))?;
         if status.success() {
             return Ok(());
         }
-        Err(Error::Other(format!(
+        Err(Error::Database(format!(
             "pg_restore into {} failed ({status}); its transaction was rolled back, the database is as it was: {}",
             self.describe,
             stderr_of(&mut self.child)

@@ -20,7 +20,7 @@ pub fn snapshot(source: &Path, dest: &Path) -> Result<()> {
         )));
     }
     let fail = |what: &str, e: rusqlite::Error| {
-        Error::Other(format!(
+        Error::Database(format!(
             "SQLite snapshot of {}: {what}: {e}",
             source.display()
         ))
@@ -55,10 +55,10 @@ pub fn snapshot(source: &Path, dest: &Path) -> Result<()> {
 /// Runs `PRAGMA integrity_check` and returns its first complaint, if any.
 pub fn integrity_check(path: &Path) -> Result<Option<String>> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| Error::Other(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| Error::Database(format!("cannot open {}: {e}", path.display())))?;
     let result: String = conn
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .map_err(|e| Error::Other(format!("integrity_check on {}: {e}", path.display())))?;
+        .map_err(|e| Error::Database(format!("integrity_check on {}: {e}", path.display())))?;
     Ok((result != "ok").then_some(result))
 }
 

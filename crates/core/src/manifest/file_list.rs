@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{check_version, FileEntry, FILES_MEMBER, FORMAT_VERSION};
-use crate::archive::check_member_path;
-use crate::error::{Error, Result};
+use crate::archive::member_path::check_member_path;
+use crate::error::{CorruptKind, Error, Result};
 
 /// How many files a file list holds, and their bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,10 +74,19 @@ pub fn read_file_list<R: Read>(
     .deserialize(&mut deserializer)
     .and_then(|parsed| deserializer.end().map(|()| parsed));
     if let Some(why) = unsafe_path {
-        return Err(Error::corrupt(id, format!("{FILES_MEMBER}: {why}")));
+        return Err(Error::corrupt(
+            id,
+            CorruptKind::Malformed,
+            format!("{FILES_MEMBER}: {why}"),
+        ));
     }
-    let (version, backup_id, count) =
-        parsed.map_err(|e| Error::corrupt(id, format!("{FILES_MEMBER} is not valid: {e}")))?;
+    let (version, backup_id, count) = parsed.map_err(|e| {
+        Error::corrupt(
+            id,
+            CorruptKind::Malformed,
+            format!("{FILES_MEMBER} is not valid: {e}"),
+        )
+    })?;
     check_version(id, version)?;
     Ok((backup_id, count))
 }

@@ -16,7 +16,7 @@ pub use file_list::{read_file_list, FileListWriter, ListTotals};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 
 /// Raised when the layout of the archive or of the manifest changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -130,8 +130,13 @@ pub struct FileList {
 impl Header {
     /// Parses and checks a header read from an archive of backup `id`.
     pub fn from_json(id: &str, bytes: &[u8]) -> Result<Header> {
-        let header: Header = serde_json::from_slice(bytes)
-            .map_err(|e| Error::corrupt(id, format!("{HEADER_MEMBER} is not valid: {e}")))?;
+        let header: Header = serde_json::from_slice(bytes).map_err(|e| {
+            Error::corrupt(
+                id,
+                CorruptKind::Malformed,
+                format!("{HEADER_MEMBER} is not valid: {e}"),
+            )
+        })?;
         check_version(id, header.format_version)?;
         Ok(header)
     }
@@ -139,12 +144,18 @@ impl Header {
 
 impl FileList {
     pub fn from_json(id: &str, bytes: &[u8]) -> Result<FileList> {
-        let list: FileList = serde_json::from_slice(bytes)
-            .map_err(|e| Error::corrupt(id, format!("{FILES_MEMBER} is not valid: {e}")))?;
+        let list: FileList = serde_json::from_slice(bytes).map_err(|e| {
+            Error::corrupt(
+                id,
+                CorruptKind::Malformed,
+                format!("{FILES_MEMBER} is not valid: {e}"),
+            )
+        })?;
         check_version(id, list.format_version)?;
         for entry in &list.files {
-            crate::archive::check_member_path(&entry.path)
-                .map_err(|why| Error::corrupt(id, format!("{FILES_MEMBER}: {why}")))?;
+            crate::archive::member_path::check_member_path(&entry.path).map_err(|why| {
+                Error::corrupt(id, CorruptKind::Malformed, format!("{FILES_MEMBER}: {why}"))
+            })?;
         }
         Ok(list)
     }
@@ -157,7 +168,11 @@ pub(crate) fn check_version(id: &str, version: u32) -> Result<()> {
         )));
     }
     if version == 0 {
-        return Err(Error::corrupt(id, "manifest format_version is 0"));
+        return Err(Error::corrupt(
+            id,
+            CorruptKind::Malformed,
+            "manifest format_version is 0",
+        ));
     }
     Ok(())
 }

@@ -7,13 +7,13 @@ use futures::StreamExt;
 use secrecy::SecretString;
 
 use crate::archive::normalize_member_path;
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::manifest::{Header, HEADER_MEMBER};
 use crate::progress::Cancel;
 use crate::store::Store;
 
+use super::content_check::MAX_MANIFEST_BYTES;
 use super::open_backup;
-use super::verify::MAX_MANIFEST_BYTES;
 
 /// Each header read costs one passphrase derivation (a fraction of a second of CPU) and one GET.
 const HEADER_READS_AT_ONCE: usize = 8;
@@ -98,14 +98,27 @@ pub async fn read_header(
     tokio::task::spawn_blocking(move || -> Result<Option<Header>> {
         let reader = open_backup(stream, handle, &passphrase, &id, cancel)?;
         let mut archive = tar::Archive::new(reader);
-        let mut entries = archive
-            .entries()
-            .map_err(|e| Error::corrupt(&id, format!("not a tar archive: {e}")))?;
+        let mut entries = archive.entries().map_err(|e| {
+            Error::corrupt(
+                &id,
+                CorruptKind::Malformed,
+                format!("not a tar archive: {e}"),
+            )
+        })?;
         let Some(first) = entries.next() else {
-            return Err(Error::corrupt(&id, "the archive is empty"));
+            return Err(Error::corrupt(
+                &id,
+                CorruptKind::Malformed,
+                "the archive is empty",
+            ));
         };
-        let mut first =
-            first.map_err(|e| Error::corrupt(&id, format!("broken first member: {e}")))?;
+        let mut first = first.map_err(|e| {
+            Error::corrupt(
+                &id,
+                CorruptKind::Malformed,
+                format!("broken first member: {e}"),
+            )
+        })?;
         // Named as the full reader names it, so `./manifest.json` counts as the manifest too.
         let name = normalize_member_path(&String::from_utf8_lossy(&first.path_bytes()));
         let is_header = name == HEADER_MEMBER && first.header().entry_type().is_file();
@@ -116,11 +129,17 @@ pub async fn read_header(
         (&mut first)
             .take(MAX_MANIFEST_BYTES)
             .read_to_end(&mut bytes)
-            .map_err(|e| Error::corrupt(&id, format!("cannot read {HEADER_MEMBER}: {e}")))?;
+            .map_err(|e| {
+                Error::corrupt(
+                    &id,
+                    CorruptKind::Malformed,
+                    format!("cannot read {HEADER_MEMBER}: {e}"),
+                )
+            })?;
         Header::from_json(&id, &bytes).map(Some)
     })
     .await
-    .map_err(|e| Error::Other(format!("reading the header failed: {e}")))?
+    .map_err(|e| Error::task_failed("header read", e))?
 }
 
 /// Deletes backup `id`; an unknown id is an error.

@@ -1,13 +1,22 @@
-//! The operations behind the commands, and the plumbing that joins blocking stages (tar,
-//! encryption, hashing) to the async object store.
+//! The operations behind the commands, and the plumbing they share.
+//!
+//! - `backup`, `restore`, `verify`, `catalog` (list, delete), `prune`: one module per command.
+//! - `content_check`: the manifest check that verify and restore share.
+//! - `open`: store stream → decryption → plaintext, with the wrong-passphrase check.
+//! - `pipe`: bounded buffers between blocking stages (tar, encryption) and the async store.
+//! - `state_dir`: the data dir's locks, where the restore journal lives too.
 
 pub mod backup;
 pub mod catalog;
+pub mod context;
 pub mod prune;
 pub mod restore;
 pub mod verify;
 
+mod content_check;
 mod open;
 mod pipe;
+mod state_dir;
 
+pub use context::OpContext;
 pub use open::{check_plaintext_start, open_backup, BackupReader};

@@ -3,7 +3,7 @@
 use std::io::{self, Read};
 
 use crate::crypto::{self, classify_read_error, DecryptReader};
-use crate::error::{Error, Result};
+use crate::error::{find_cause, Error, Result};
 use crate::progress::{is_cancelled_error, Cancel};
 use crate::store::{ByteStream, ReadFailed};
 
@@ -55,7 +55,7 @@ pub fn check_plaintext_start<'a>(
             Err(e)
                 if is_cancelled_error(&e)
                     || e.kind() == io::ErrorKind::UnexpectedEof
-                    || ReadFailed::find(&e).is_some() =>
+                    || find_cause::<ReadFailed>(&e).is_some() =>
             {
                 return Err(classify_read_error(id, &e))
             }

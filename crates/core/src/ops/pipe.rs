@@ -3,6 +3,7 @@
 
 use std::io::{self, BufRead, Read, Write};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -37,6 +38,11 @@ impl ChannelWriter {
         self.sender
             .blocking_send(Ok(chunk))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+
+    /// Whether the consumer (the upload) has stopped taking data.
+    pub fn consumer_gone(&self) -> bool {
+        self.sender.is_closed()
     }
 
     /// Makes the consumer fail instead of completing: used when an earlier stage failed.
@@ -172,7 +178,7 @@ impl ChunkWriter {
 
 /// Reads `source` to its end on a thread of its own, handing its bytes over in 1 MiB chunks:
 /// decryption then runs on one core while the caller unpacks on another. An error of `source`
-/// reaches the returned reader unchanged, after the bytes read before it.
+/// reaches the returned reader with its kind and typed cause, after the bytes read before it.
 pub fn read_ahead<R: Read + Send + 'static>(
     mut source: R,
     depth: usize,
@@ -209,7 +215,24 @@ pub struct ChunkReader {
     current: Vec<u8>,
     position: usize,
     ended: bool,
-    failed: Option<io::Error>,
+    failed: Option<Arc<io::Error>>,
+}
+
+/// The error a [`ChunkReader`] returns on every read after its writer failed, with the
+/// original (and so its typed cause) as its source.
+#[derive(Debug)]
+struct Failed(Arc<io::Error>);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Failed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
 }
 
 impl Read for ChunkReader {
@@ -225,7 +248,7 @@ impl Read for ChunkReader {
 impl BufRead for ChunkReader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if let Some(error) = &self.failed {
-            return Err(io::Error::new(error.kind(), error.to_string()));
+            return Err(io::Error::new(error.kind(), Failed(Arc::clone(error))));
         }
         while self.position >= self.current.len() && !self.ended {
             match self.receiver.recv() {
@@ -236,8 +259,10 @@ impl BufRead for ChunkReader {
                 Ok(Piece::End) => self.ended = true,
                 Ok(Piece::Failed(error)) => {
                     self.ended = true;
-                    self.failed = Some(io::Error::new(error.kind(), error.to_string()));
-                    return Err(error);
+                    let kind = error.kind();
+                    let error = Arc::new(error);
+                    self.failed = Some(Arc::clone(&error));
+                    return Err(io::Error::new(kind, Failed(error)));
                 }
                 Err(_) => {
                     return Err(io::Error::other(
@@ -281,6 +306,25 @@ mod tests {
         let err = reader.read_to_end(&mut all).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert_eq!(all.len(), 10);
+    }
+
+    #[test]
+    fn a_typed_cause_survives_the_pipe_on_every_read() {
+        let cancelled = std::io::Cursor::new(vec![1u8; 10]).chain(CancelledRead);
+        let mut reader = read_ahead(cancelled, 2).unwrap();
+        let mut all = Vec::new();
+        let first = reader.read_to_end(&mut all).unwrap_err();
+        assert!(crate::progress::is_cancelled_error(&first), "{first}");
+        let again = reader.read(&mut [0u8; 4]).unwrap_err();
+        assert!(crate::progress::is_cancelled_error(&again), "{again}");
+    }
+
+    struct CancelledRead;
+
+    impl Read for CancelledRead {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other(crate::progress::Cancelled))
+        }
     }
 
     struct Failing;

@@ -1,36 +1,18 @@
-//! `verify-backup`, and the content check that restore shares with it.
+//! `verify-backup`: download, decrypt and check a whole backup, writing nothing.
 //!
 //! A backup is sound when: it decrypts with the passphrase, its OpenPGP integrity check passes
-//! at the end of the stream, the first member is the header, the last is the file list, and
-//! every data member appears in the list with the same size and SHA-256 (and nothing else does).
+//! at the end of the stream, and its members agree with its manifest (see `content_check`).
 
-use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
 
-use secrecy::SecretString;
-use sha2::{Digest, Sha256};
-
-use crate::archive::{read_members, Member, MemberKind};
+use crate::archive::{read_members, MemberKind};
 use crate::error::{Error, Result};
-use crate::manifest::{read_file_list, FileEntry, Header, FILES_MEMBER, HEADER_MEMBER};
-use crate::progress::{Cancel, Progress};
-use crate::store::Store;
+use crate::progress::Progress;
 
-use super::open_backup;
-
-/// The largest manifest member accepted, so a hostile archive cannot make us allocate without
-/// bound (50,000 files need about 10 MiB).
-pub const MAX_MANIFEST_BYTES: u64 = 512 * 1024 * 1024;
-
-/// What kind of archive a backup object holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ArchiveFormat {
-    /// Written by synapse-backup, with a manifest.
-    Manifest(Box<Header>),
-    /// Written by the Synapse charm's `tar | gpg` pipeline: no manifest.
-    Charm,
-}
+pub use super::content_check::ArchiveFormat;
+use super::content_check::{hash_member, unreadable_member, ContentCheck};
+use super::{open_backup, OpContext};
 
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
@@ -39,263 +21,6 @@ pub struct VerifyReport {
     pub files: usize,
     pub bytes: u64,
 }
-
-/// Tracks the members of one archive and checks them against its manifest.
-pub(crate) struct ContentCheck {
-    id: String,
-    format: Option<ArchiveFormat>,
-    seen: HashMap<String, (u64, String)>,
-    /// Paths claimed but not yet recorded (their content is being read).
-    claimed: HashSet<String>,
-    /// Every folder that some member lies in.
-    folders: HashSet<String>,
-    list: Option<ListRead>,
-    bytes: u64,
-}
-
-/// What the file list said, compared entry by entry as it was read.
-struct ListRead {
-    backup_id: String,
-    entries: usize,
-    /// The first entry that disagreed with the archive.
-    problem: Option<String>,
-}
-
-impl ContentCheck {
-    pub fn new(id: &str) -> Self {
-        ContentCheck {
-            id: id.to_string(),
-            format: None,
-            seen: HashMap::new(),
-            claimed: HashSet::new(),
-            folders: HashSet::new(),
-            list: None,
-            bytes: 0,
-        }
-    }
-
-    pub fn format(&self) -> Option<&ArchiveFormat> {
-        self.format.as_ref()
-    }
-
-    /// Handles the manifest members. Returns `true` when `member` was one of them (and has been
-    /// consumed); data members return `false` and must be passed to [`Self::record`] after
-    /// their content was read.
-    pub fn take_manifest_member(&mut self, member: &mut Member<'_>) -> Result<bool> {
-        if self.list.is_some() {
-            return Err(Error::corrupt(
-                &self.id,
-                format!(
-                    "member {:?} comes after the file list, which must be last",
-                    member.path
-                ),
-            ));
-        }
-        let first = self.format.is_none();
-        if first {
-            if member.path == HEADER_MEMBER && member.kind == MemberKind::File {
-                let bytes = read_small(member, &self.id)?;
-                let header = Header::from_json(&self.id, &bytes)?;
-                self.format = Some(ArchiveFormat::Manifest(Box::new(header)));
-                return Ok(true);
-            }
-            self.format = Some(ArchiveFormat::Charm);
-            return Ok(false);
-        }
-        if member.path == HEADER_MEMBER && self.is_manifest() {
-            return Err(Error::corrupt(
-                &self.id,
-                "a second manifest header in the archive",
-            ));
-        }
-        if member.path == FILES_MEMBER && self.is_manifest() {
-            self.list = Some(self.read_list(member)?);
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    /// Reads the file list, the last member, comparing each entry with what the archive held as
-    /// it goes: only the entry being read is in memory. A disagreement is kept for `finish`,
-    /// which reports problems in a fixed order (another backup's list before a changed file).
-    fn read_list(&mut self, member: &mut Member<'_>) -> Result<ListRead> {
-        if member.size > MAX_MANIFEST_BYTES {
-            return Err(Error::corrupt(
-                &self.id,
-                format!("{} is implausibly large", member.path),
-            ));
-        }
-        let seen = &mut self.seen;
-        let mut problem = None;
-        let (backup_id, entries) = read_file_list(
-            &self.id,
-            // serde_json reads a byte at a time; each would go down to the decryptor.
-            std::io::BufReader::with_capacity(1 << 16, (&mut member.data).take(MAX_MANIFEST_BYTES)),
-            |entry| {
-                if problem.is_none() {
-                    problem = disagreement(seen, &entry);
-                }
-            },
-        )?;
-        Ok(ListRead {
-            backup_id,
-            entries,
-            problem,
-        })
-    }
-
-    fn is_manifest(&self) -> bool {
-        matches!(self.format, Some(ArchiveFormat::Manifest(_)))
-    }
-
-    /// Claims a data member's path before its content is read: a path stored twice, or used
-    /// both as a file and as a folder, is refused here, by its member name.
-    pub fn claim(&mut self, path: &str) -> Result<()> {
-        if self.seen.contains_key(path) || self.claimed.contains(path) {
-            return Err(Error::corrupt(
-                &self.id,
-                format!("member {path:?} appears twice"),
-            ));
-        }
-        if self.folders.contains(path) {
-            return Err(Error::corrupt(
-                &self.id,
-                format!("member {path:?} is a file where other members need a folder"),
-            ));
-        }
-        let mut ancestor = path;
-        while let Some((parent, _)) = ancestor.rsplit_once('/') {
-            if self.seen.contains_key(parent) || self.claimed.contains(parent) {
-                return Err(Error::corrupt(
-                    &self.id,
-                    format!("member {path:?} lies under {parent:?}, which is a file"),
-                ));
-            }
-            if !self.folders.insert(parent.to_string()) {
-                break;
-            }
-            ancestor = parent;
-        }
-        self.claimed.insert(path.to_string());
-        Ok(())
-    }
-
-    /// Records a claimed data member's size and hash once its content was read.
-    pub fn record(&mut self, path: &str, size: u64, sha256: String) -> Result<()> {
-        self.bytes += size;
-        self.claimed.remove(path);
-        self.seen.insert(path.to_string(), (size, sha256));
-        Ok(())
-    }
-
-    /// Checks completeness once the whole archive has been read.
-    pub fn finish(self) -> Result<(ArchiveFormat, usize, u64)> {
-        let id = self.id;
-        let format = self
-            .format
-            .ok_or_else(|| Error::corrupt(&id, "the archive holds no members"))?;
-        if let ArchiveFormat::Manifest(header) = &format {
-            let list = self.list.ok_or_else(|| {
-                Error::corrupt(
-                    &id,
-                    format!("{FILES_MEMBER} is missing: the backup was cut short"),
-                )
-            })?;
-            if list.backup_id != header.backup_id {
-                return Err(Error::corrupt(
-                    &id,
-                    "the file list belongs to another backup",
-                ));
-            }
-            if let Some(problem) = list.problem {
-                return Err(Error::corrupt(&id, problem));
-            }
-            if let Some(extra) = self.seen.keys().next() {
-                return Err(Error::corrupt(
-                    &id,
-                    format!("{extra:?} is in the archive but not in the manifest"),
-                ));
-            }
-            return Ok((format, list.entries, self.bytes));
-        }
-        Ok((format, self.seen.len(), self.bytes))
-    }
-}
-
-/// Checks one file-list entry against the members read (and removes it from them), describing
-/// how they disagree.
-fn disagreement(seen: &mut HashMap<String, (u64, String)>, entry: &FileEntry) -> Option<String> {
-    match seen.remove(&entry.path) {
-        None => Some(format!(
-            "{:?} is in the manifest but not in the archive",
-            entry.path
-        )),
-        Some((size, _)) if size != entry.size => Some(format!(
-            "{:?} has {size} bytes, the manifest says {}",
-            entry.path, entry.size
-        )),
-        Some((_, hash)) if hash != entry.sha256 => Some(format!(
-            "{:?} does not match its SHA-256 in the manifest",
-            entry.path
-        )),
-        Some(_) => None,
-    }
-}
-
-fn read_small(member: &mut Member<'_>, id: &str) -> Result<Vec<u8>> {
-    if member.size > MAX_MANIFEST_BYTES {
-        return Err(Error::corrupt(
-            id,
-            format!("{} is implausibly large", member.path),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(member.size as usize);
-    member
-        .data
-        .take(MAX_MANIFEST_BYTES)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::corrupt(id, format!("cannot read {}: {e}", member.path)))?;
-    Ok(bytes)
-}
-
-/// Reads a member to its end, returning its SHA-256 and length, copying it to `out` if given.
-pub(crate) fn hash_member(
-    member: &mut Member<'_>,
-    mut out: Option<&mut dyn std::io::Write>,
-    progress: &dyn Progress,
-) -> std::io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = member.data.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        if let Some(out) = out.as_mut() {
-            out.write_all(&buffer[..n]).map_err(|e| {
-                // Tagged so the caller can tell a local write failure from a stream failure.
-                std::io::Error::new(e.kind(), WriteFailed(e.to_string()))
-            })?;
-        }
-        total += n as u64;
-        progress.advance(n as u64);
-    }
-    Ok((hex::encode(hasher.finalize()), total))
-}
-
-/// Marks an error that came from writing locally, not from the backup stream.
-#[derive(Debug)]
-pub(crate) struct WriteFailed(pub String);
-
-impl std::fmt::Display for WriteFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for WriteFailed {}
 
 /// Checks a plaintext archive stream against its manifest, writing nothing.
 pub fn check_archive<R: Read>(
@@ -311,7 +36,7 @@ pub fn check_archive<R: Read>(
         let path = member.path.clone();
         check.claim(&path)?;
         let (hash, size) = hash_member(&mut member, None, progress)
-            .map_err(|e| Error::corrupt(id, format!("reading {path:?}: {e}")))?;
+            .map_err(|e| unreadable_member(id, &path, &e))?;
         check.record(&path, size, hash)
     })?;
     let (format, files, bytes) = check.finish()?;
@@ -323,25 +48,26 @@ pub fn check_archive<R: Read>(
     })
 }
 
-pub async fn verify_backup(
-    store: &dyn Store,
-    id: &str,
-    passphrase: SecretString,
-    progress: Arc<dyn Progress>,
-    cancel: Cancel,
-) -> Result<VerifyReport> {
-    let info = store.head(id).await?;
-    let stream = store.get(id).await?;
+pub async fn verify_backup(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
+    let info = ctx.store.head(id).await?;
+    let stream = ctx.store.get(id).await?;
     let handle = tokio::runtime::Handle::current();
     let backup_id = id.to_string();
+    let passphrase = ctx.passphrase.clone();
+    let progress = Arc::clone(&ctx.progress);
+    let cancel = ctx.cancel.clone();
     progress.start("verifying", Some(info.size));
-    let result = tokio::task::spawn_blocking(move || -> Result<VerifyReport> {
+    let verified = tokio::task::spawn_blocking(move || -> Result<VerifyReport> {
         let reader = open_backup(stream, handle, &passphrase, &backup_id, cancel)?;
         let report = check_archive(reader, &backup_id, progress.as_ref())?;
         progress.finish();
         Ok(report)
     })
     .await
-    .map_err(|e| Error::Other(format!("verification task failed: {e}")))?;
-    result
+    .map_err(|e| Error::task_failed("verification", e))?;
+    // Whatever a read cut by Ctrl-C looked like, it was the user's doing.
+    match verified {
+        Err(_) if ctx.cancel.is_cancelled() => Err(Error::Interrupted),
+        other => other,
+    }
 }

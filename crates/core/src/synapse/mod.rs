@@ -1,7 +1,9 @@
 //! What the tool learns from Synapse's own `homeserver.yaml`: where the signing key, database,
-//! media store and referenced config files live, and how to tell whether Synapse is running.
+//! media store and referenced config files live, how the media store is laid out, and how to
+//! tell whether Synapse is running.
 
 mod homeserver;
+pub mod media;
 mod running;
 
 pub use homeserver::{Database, HomeserverConfig, Listener, PostgresArgs};

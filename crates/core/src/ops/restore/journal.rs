@@ -5,20 +5,19 @@
 //! the live data is the old data) or finishes the swap (every staged file had been verified), so
 //! that the live data ends entirely old or entirely new.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::ops::state_dir::StateDir;
 
-use super::plan::{remove_path, Destination};
+use super::files::{remove_path, sync_dir};
 
+/// In the state dir (see `ops::state_dir`), beside the lock.
 const JOURNAL_NAME: &str = ".synapse-backup-restore.json";
-const LOCK_NAME: &str = ".synapse-backup.lock";
-const ID_LOCK_NAME: &str = ".synapse-backup-id.lock";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -66,125 +65,45 @@ impl std::fmt::Display for Recovery {
     }
 }
 
-/// The folder holding the journal and the lock: the parent of the media store (the data dir),
-/// or of the --target-dir.
-pub struct StateDir {
-    dir: PathBuf,
+/// Writes `journal` durably (temp file, fsync, rename, fsync of the folder).
+pub fn write_journal(state: &StateDir, journal: &Journal) -> Result<()> {
+    let path = state.dir().join(JOURNAL_NAME);
+    let temp = state.dir().join(format!("{JOURNAL_NAME}.tmp"));
+    let json = serde_json::to_vec_pretty(journal)
+        .map_err(|e| Error::Other(format!("cannot encode the journal: {e}")))?;
+    let mut file = File::create(&temp).at("create", &temp)?;
+    file.write_all(&json).at("write", &temp)?;
+    file.sync_all().at("fsync", &temp)?;
+    fs::rename(&temp, &path).at("rename", &path)?;
+    sync_dir(state.dir())
 }
 
-impl StateDir {
-    pub(crate) fn for_destination(destination: &Destination) -> Result<StateDir> {
-        let anchor = match destination {
-            Destination::Live(hs) => hs.media_store.clone(),
-            Destination::Directory(dir) => dir.clone(),
-        };
-        let dir = anchor.parent().unwrap_or(Path::new("/")).to_path_buf();
-        fs::create_dir_all(&dir).at("create", &dir)?;
-        Ok(StateDir { dir })
-    }
-
-    pub fn at(dir: &Path) -> StateDir {
-        StateDir {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn journal_path(&self) -> PathBuf {
-        self.dir.join(JOURNAL_NAME)
-    }
-
-    /// Takes the host-wide restore lock; the kernel drops it when the process dies, so a
-    /// crashed run never leaves it stuck.
-    pub fn lock_exclusive(&self) -> Result<Flock<File>> {
-        let path = self.dir.join(LOCK_NAME);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .at("open lock file", &path)?;
-        Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-            Error::Refused(format!(
-                "another synapse-backup restore or backup is running (lock {} is held); wait for it to finish",
+fn read_journal(state: &StateDir) -> Result<Option<Journal>> {
+    let path = state.dir().join(JOURNAL_NAME);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::Leftover(format!(
+                "the restore journal {} is unreadable ({e}); inspect it and the .staging-/.pre-restore- paths it names, then delete it",
                 path.display()
             ))
-        })
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path, e)),
     }
+}
 
-    /// Serializes the choice of backup ids on this host (see `ops::backup`). Blocks; the lock is
-    /// held for microseconds. `None` when the lock file cannot be created (a read-only data dir).
-    pub fn lock_id_choice(&self) -> Option<Flock<File>> {
-        let path = self.dir.join(ID_LOCK_NAME);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .ok()?;
-        Flock::lock(file, FlockArg::LockExclusive).ok()
-    }
-
-    /// Takes the lock shared, as a backup does: backups may run together, not with a restore.
-    /// Returns `None` when the lock file cannot be created (a read-only data dir).
-    pub fn lock_shared(&self) -> Result<Option<Flock<File>>> {
-        let path = self.dir.join(LOCK_NAME);
-        let Ok(file) = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-        else {
-            return Ok(None);
-        };
-        Flock::lock(file, FlockArg::LockSharedNonblock)
-            .map(Some)
-            .map_err(|_| {
-                Error::Refused(format!(
-                    "a restore is running (lock {} is held); back up after it finished",
-                    path.display()
-                ))
-            })
-    }
-
-    pub fn write_journal(&self, journal: &Journal) -> Result<()> {
-        let path = self.journal_path();
-        let temp = self.dir.join(format!("{JOURNAL_NAME}.tmp"));
-        let json = serde_json::to_vec_pretty(journal)
-            .map_err(|e| Error::Other(format!("cannot encode the journal: {e}")))?;
-        let mut file = File::create(&temp).at("create", &temp)?;
-        file.write_all(&json).at("write", &temp)?;
-        file.sync_all().at("fsync", &temp)?;
-        fs::rename(&temp, &path).at("rename", &path)?;
-        sync_dir(&self.dir)
-    }
-
-    fn read_journal(&self) -> Result<Option<Journal>> {
-        let path = self.journal_path();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                Error::Other(format!(
-                    "the restore journal {} is unreadable ({e}); inspect it and the .staging-/.pre-restore- paths it names, then delete it",
-                    path.display()
-                ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("read", path, e)),
-        }
-    }
-
-    pub fn remove_journal(&self) -> Result<()> {
-        let path = self.journal_path();
-        match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", path, e)),
-        }
+pub fn remove_journal(state: &StateDir) -> Result<()> {
+    let path = state.dir().join(JOURNAL_NAME);
+    match fs::remove_file(&path) {
+        Ok(()) => sync_dir(state.dir()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
     }
 }
 
 /// Finishes or undoes what a crashed restore left. Call with the exclusive lock held.
 pub fn recover(state: &StateDir) -> Result<Option<Recovery>> {
-    let Some(journal) = state.read_journal()? else {
+    let Some(journal) = read_journal(state)? else {
         return Ok(None);
     };
     let recovery = match journal.phase {
@@ -205,7 +124,7 @@ pub fn recover(state: &StateDir) -> Result<Option<Recovery>> {
             }
         }
     };
-    state.remove_journal()?;
+    remove_journal(state)?;
     Ok(Some(recovery))
 }
 
@@ -231,7 +150,7 @@ pub fn apply_swap(journal: &Journal) -> Result<()> {
                     } else if !entry.previous.exists() {
                         fs::rename(&entry.live, &entry.previous).at("move aside", &entry.live)?;
                     } else {
-                        return Err(Error::Other(format!(
+                        return Err(Error::Leftover(format!(
                             "cannot swap {}: both it and {} exist; inspect them and remove the wrong one",
                             entry.live.display(),
                             entry.previous.display()
@@ -246,12 +165,6 @@ pub fn apply_swap(journal: &Journal) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .at("fsync directory", dir)
 }
 
 /// Fault injection for the crash tests: with `SYNAPSE_BACKUP_CRASH_AFTER_SWAPS=N` in the

@@ -1,26 +1,23 @@
-//! Where each member of a backup goes, staging next to its target, and the final swap.
+//! The restore's targets: the live paths it replaces, their staging paths next to them (same
+//! filesystem, so the swap is a rename), where the previous data is kept, and the swap itself.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::BufWriter;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use crate::archive::MemberKind;
 use crate::database::postgres::Postgres;
-use crate::error::{Error, IoContext, Result};
-use crate::manifest::{DatabaseKind, Header, POSTGRES_DUMP_PREFIX};
-use crate::ops::backup::{CACHE_MEDIA_DIRS, LOCAL_MEDIA_DIRS};
-use crate::ops::verify::ArchiveFormat;
+use crate::error::{CorruptKind, Error, IoContext, Result};
+use crate::manifest::{DatabaseKind, Header};
+use crate::synapse::media::{CACHE_MEDIA_DIRS, LOCAL_MEDIA_DIRS};
 use crate::synapse::{Database, HomeserverConfig};
 
-use super::journal::{Journal, JournalEntry, Phase};
-
-/// Free space kept in reserve beyond the backup's size.
-const SPACE_MARGIN: u64 = 64 * 1024 * 1024;
-/// Nothing restored is writable by others.
-const MODE_MASK: u32 = 0o775;
+use super::files::{self, Owner};
+use super::journal::{self, Journal, JournalEntry, Phase};
+use super::route::{Route, Router, Slot};
+use crate::ops::content_check::ArchiveFormat;
 
 /// What to do with a member.
 pub(crate) enum Placement {
@@ -36,17 +33,14 @@ pub(crate) enum Destination {
     Directory(PathBuf),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    Root,
-    Key,
-    Database,
-    DatabaseWal,
-    /// A sidecar of the live database (`-wal`, `-shm`, `-journal`) that must not meet the
-    /// restored database: moved aside, never replaced.
-    DatabaseSidecar,
-    Media(&'static str),
-    Config,
+impl Destination {
+    /// The path whose parent holds the lock and the journal (see `ops::state_dir`).
+    pub fn state_anchor(&self) -> &Path {
+        match self {
+            Destination::Live(hs) => &hs.media_store,
+            Destination::Directory(dir) => dir,
+        }
+    }
 }
 
 struct Target {
@@ -58,15 +52,14 @@ struct Target {
     /// Replaced even when the backup holds nothing for it (an empty folder then).
     always: bool,
     staged: bool,
-    owner: Option<(u32, u32)>,
+    owner: Owner,
 }
 
 pub(crate) struct Plan {
     id: String,
-    live_mode: bool,
-    sqlite_target: bool,
-    charm_root: String,
+    router: Router,
     targets: Vec<Target>,
+    /// Charm backup members the layout has no place for.
     skipped: BTreeSet<String>,
     pub notes: Vec<String>,
     /// The target's server_name (live restores only).
@@ -76,19 +69,24 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// Lays out the targets. Refuses a backup whose database kind the target does not use, a
+    /// `--target-dir` that is not empty, and previous data of an earlier restore of this backup
+    /// still in the way. Touches nothing and runs no program.
     pub fn new(
         destination: &Destination,
         id: &str,
         header: Option<&Header>,
-        options: &super::RestoreOptions,
+        charm_source_root: &str,
     ) -> Result<Plan> {
-        let charm_root = options.charm_source_root.as_str();
-        let replace_database = options.replace_database;
         let mut plan = Plan {
             id: id.to_string(),
-            live_mode: matches!(destination, Destination::Live(_)),
-            sqlite_target: false,
-            charm_root: charm_root.trim_matches('/').to_string(),
+            router: Router {
+                backup_id: id.to_string(),
+                live: matches!(destination, Destination::Live(_)),
+                sqlite_target: false,
+                postgres_target: false,
+                charm_root: charm_source_root.trim_matches('/').to_string(),
+            },
             targets: Vec::new(),
             skipped: BTreeSet::new(),
             notes: Vec::new(),
@@ -108,7 +106,7 @@ impl Plan {
                 }
                 plan.add(Slot::Root, dir, true, true)?;
             }
-            Destination::Live(hs) => plan.add_live_targets(hs, header, replace_database)?,
+            Destination::Live(hs) => plan.add_live_targets(hs, header)?,
         }
         for target in &plan.targets {
             if target.previous.exists() {
@@ -121,12 +119,7 @@ impl Plan {
         Ok(plan)
     }
 
-    fn add_live_targets(
-        &mut self,
-        hs: &HomeserverConfig,
-        header: Option<&Header>,
-        replace_database: bool,
-    ) -> Result<()> {
+    fn add_live_targets(&mut self, hs: &HomeserverConfig, header: Option<&Header>) -> Result<()> {
         self.add(Slot::Key, &hs.signing_key, false, false)?;
         match (&hs.database, header.map(|h| &h.database)) {
             (Database::Sqlite { path }, Some(info))
@@ -150,7 +143,7 @@ impl Plan {
                 )));
             }
             (Database::Sqlite { path }, _) => {
-                self.sqlite_target = true;
+                self.router.sqlite_target = true;
                 for suffix in ["-wal", "-shm", "-journal"] {
                     let sidecar = PathBuf::from(format!("{}{suffix}", path.display()));
                     self.add(Slot::DatabaseSidecar, &sidecar, false, false)?;
@@ -162,10 +155,8 @@ impl Plan {
             (Database::Postgres(args), Some(info))
                 if info.included && info.kind == DatabaseKind::Postgresql =>
             {
-                let postgres = Postgres::new(args);
-                // Before anything is downloaded or stopped: the target must be empty.
-                postgres.check_restore_target(replace_database)?;
-                self.postgres = Some(postgres);
+                self.router.postgres_target = true;
+                self.postgres = Some(Postgres::new(args));
             }
             (Database::Postgres(_), _) => {}
         }
@@ -190,7 +181,8 @@ impl Plan {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .ok_or_else(|| Error::config(format!("{} has no file name", live.display())))?;
-        let owner = if self.live_mode && nix::unistd::geteuid().is_root() {
+        // Only root can give files away; a live restore then keeps the owners the data had.
+        let owner = if self.router.live && nix::unistd::geteuid().is_root() {
             fs::metadata(live)
                 .or_else(|_| fs::metadata(parent))
                 .ok()
@@ -211,6 +203,11 @@ impl Plan {
         Ok(())
     }
 
+    /// The live paths, for the free-space check.
+    pub fn live_paths(&self) -> impl Iterator<Item = &Path> {
+        self.targets.iter().map(|t| t.live.as_path())
+    }
+
     /// Creates the staging of targets that are replaced even when the backup has nothing for
     /// them, so that, say, thumbnails made after the backup do not survive its restore.
     pub fn prepare(&mut self) -> Result<()> {
@@ -222,82 +219,26 @@ impl Plan {
         Ok(())
     }
 
-    /// Refuses when a target's filesystem has less room than `needed` bytes plus a margin.
-    pub fn check_free_space(&self, needed: u64) -> Result<()> {
-        let mut checked = BTreeSet::new();
-        for target in &self.targets {
-            let parent = existing_ancestor(&target.live);
-            let Ok(meta) = fs::metadata(&parent) else {
-                continue;
-            };
-            if !checked.insert(meta.dev()) {
-                continue;
-            }
-            let stat = nix::sys::statvfs::statvfs(&parent).map_err(|e| {
-                Error::Other(format!(
-                    "cannot check free space on {}: {e}",
-                    parent.display()
-                ))
-            })?;
-            let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-            if available < needed + SPACE_MARGIN {
-                return Err(Error::Refused(format!(
-                    "not enough free space on the filesystem of {}: the restore stages {} MiB next to the live data and {} MiB are free; free some space (or pass --skip-space-check if the data is split across filesystems)",
-                    parent.display(),
-                    (needed + SPACE_MARGIN) >> 20,
-                    available >> 20
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Maps a member to the staging path it is written to, or `None` to skip it.
+    /// Maps a member to the staging path it is written to.
     pub fn place(&mut self, member: &str, kind: MemberKind, charm: bool) -> Result<Placement> {
-        if member.starts_with(POSTGRES_DUMP_PREFIX) && !charm && self.live_mode {
-            return match &self.postgres {
-                Some(_) => Ok(Placement::HashOnly),
-                None => Err(Error::Refused(format!(
-                    "backup {} holds a PostgreSQL dump but the target does not use PostgreSQL",
-                    self.id
-                ))),
-            };
-        }
-        Ok(self
-            .place_in_layout(member, kind, charm)?
-            .map_or(Placement::Skip, Placement::Stage))
-    }
-
-    fn place_in_layout(
-        &mut self,
-        member: &str,
-        kind: MemberKind,
-        charm: bool,
-    ) -> Result<Option<PathBuf>> {
-        let layout = if charm {
-            match self.charm_to_layout(member, kind) {
-                Some(path) => path,
-                None => return Ok(None),
+        let (slot, rel) = match self.router.route(member, kind, charm)? {
+            Route::Skip => return Ok(Placement::Skip),
+            Route::Unknown => {
+                self.skipped.insert(member.to_string());
+                return Ok(Placement::Skip);
             }
-        } else {
-            member.to_string()
-        };
-        let (slot, rel) = if self.live_mode {
-            match self.route(&layout)? {
-                Some(found) => found,
-                None => return Ok(None),
-            }
-        } else {
-            (Slot::Root, layout)
+            Route::DatabaseDump => return Ok(Placement::HashOnly),
+            Route::Slot { slot, rel } => (slot, rel),
         };
         let index = self
             .targets
             .iter()
             .position(|t| t.slot == slot)
-            .ok_or_else(|| Error::Other(format!("no target for member {member:?}")))?;
+            .ok_or_else(|| Error::Other(format!("no restore target for member {member:?}")))?;
         if slot == Slot::Key && self.targets[index].staged {
             return Err(Error::corrupt(
                 &self.id,
+                CorruptKind::HostileMember,
                 "the backup holds more than one signing key",
             ));
         }
@@ -307,90 +248,16 @@ impl Plan {
             if kind == MemberKind::Directory {
                 return Err(Error::corrupt(
                     &self.id,
+                    CorruptKind::HostileMember,
                     format!("member {member:?} should be a file"),
                 ));
             }
-            return Ok(Some(target.staging.clone()));
+            return Ok(Placement::Stage(target.staging.clone()));
         }
         if rel.is_empty() {
-            return Ok(None);
+            return Ok(Placement::Skip);
         }
-        Ok(Some(target.staging.join(rel)))
-    }
-
-    /// Translates a member of the charm's `tar -c /data/...` into this tool's layout.
-    fn charm_to_layout(&mut self, member: &str, kind: MemberKind) -> Option<String> {
-        let rel = if self.charm_root.is_empty() {
-            Some(member)
-        } else {
-            member
-                .strip_prefix(&self.charm_root)
-                .and_then(|r| r.strip_prefix('/'))
-        };
-        let mapped = rel.and_then(|rel| {
-            if let Some(media) = rel.strip_prefix("media_store/") {
-                return Some(format!("media/{media}"));
-            }
-            match rel {
-                "homeserver.db" => Some("database/homeserver.db".to_string()),
-                "homeserver.db-wal" => Some("database/homeserver.db-wal".to_string()),
-                r if r.ends_with(".signing.key") && !r.contains('/') => Some(format!("keys/{r}")),
-                _ => None,
-            }
-        });
-        if mapped.is_none() && kind == MemberKind::File {
-            self.skipped.insert(member.to_string());
-        }
-        mapped
-    }
-
-    fn route(&self, layout: &str) -> Result<Option<(Slot, String)>> {
-        let (top, rest) = layout.split_once('/').unwrap_or((layout, ""));
-        let slot_rel = match top {
-            "keys" if !rest.is_empty() && !rest.contains('/') => (Slot::Key, String::new()),
-            "database" => match rest {
-                "homeserver.db" | "homeserver.db-wal" if !self.sqlite_target => {
-                    return Err(Error::Refused(format!(
-                        "backup {} holds a SQLite database but the target uses PostgreSQL",
-                        self.id
-                    )))
-                }
-                "homeserver.db" => (Slot::Database, String::new()),
-                "homeserver.db-wal" => (Slot::DatabaseWal, String::new()),
-                "" => return Ok(None),
-                other => {
-                    return Err(Error::corrupt(
-                        &self.id,
-                        format!("unexpected database member {other:?}"),
-                    ))
-                }
-            },
-            "media" => {
-                let (dir, rel) = rest.split_once('/').unwrap_or((rest, ""));
-                match LOCAL_MEDIA_DIRS
-                    .iter()
-                    .chain(CACHE_MEDIA_DIRS.iter())
-                    .find(|d| **d == dir)
-                {
-                    Some(known) => (Slot::Media(known), rel.to_string()),
-                    None if dir.is_empty() => return Ok(None),
-                    None => {
-                        return Err(Error::corrupt(
-                            &self.id,
-                            format!("unexpected media folder {dir:?}"),
-                        ))
-                    }
-                }
-            }
-            "config" => (Slot::Config, rest.to_string()),
-            _ => {
-                return Err(Error::corrupt(
-                    &self.id,
-                    format!("unexpected member {layout:?}"),
-                ))
-            }
-        };
-        Ok(Some(slot_rel))
+        Ok(Placement::Stage(target.staging.join(rel)))
     }
 
     fn ensure_staging(&mut self, index: usize) -> Result<()> {
@@ -399,7 +266,7 @@ impl Plan {
             return Ok(());
         }
         if target.staging.exists() {
-            return Err(Error::Other(format!(
+            return Err(Error::Leftover(format!(
                 "{} exists; it is left from another restore: remove it and retry",
                 target.staging.display()
             )));
@@ -409,65 +276,30 @@ impl Plan {
         }
         if target.is_dir {
             fs::create_dir(&target.staging).at("create staging", &target.staging)?;
-            chown(&target.staging, target.owner)?;
+            files::chown(&target.staging, target.owner)?;
         }
         target.staged = true;
         Ok(())
     }
 
-    pub fn make_dir(&self, path: &Path) -> Result<()> {
-        self.create_dirs(path)
-    }
-
-    fn create_dirs(&self, path: &Path) -> Result<()> {
-        if path.is_dir() {
-            return Ok(());
-        }
-        if let Some(parent) = path.parent() {
-            self.create_dirs(parent)?;
-        }
-        match fs::create_dir(path) {
-            Ok(()) => chown(path, self.owner_of(path)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
-            Err(e) => Err(Error::io("create", path, e)),
-        }
-    }
-
-    fn owner_of(&self, path: &Path) -> Option<(u32, u32)> {
+    /// The owner of what is created under a staging path.
+    fn owner_of(&self, path: &Path) -> Owner {
         self.targets
             .iter()
             .find(|t| path.starts_with(&t.staging))
             .and_then(|t| t.owner)
     }
 
+    pub fn make_dir(&self, path: &Path) -> Result<()> {
+        files::create_dirs(path, self.owner_of(path))
+    }
+
     pub fn create_file(&self, path: &Path, mode: u32) -> Result<BufWriter<File>> {
-        if let Some(parent) = path.parent() {
-            self.create_dirs(parent)?;
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode((mode & MODE_MASK) | 0o600)
-            .open(path)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::corrupt(&self.id, format!("{} is written twice", path.display()))
-                } else {
-                    Error::io("create", path, e)
-                }
-            })?;
-        Ok(BufWriter::with_capacity(256 * 1024, file))
+        files::create_file(path, mode, self.owner_of(path), &self.id)
     }
 
     pub fn finish_file(&self, file: BufWriter<File>, path: &Path, mtime: i64) -> Result<()> {
-        let file = file
-            .into_inner()
-            .map_err(|e| Error::io("write", path, e.into_error()))?;
-        if mtime > 0 {
-            let when = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime as u64);
-            file.set_modified(when).at("set mtime of", path)?;
-        }
-        chown(path, self.owner_of(path))
+        files::finish_file(file, path, mtime, self.owner_of(path))
     }
 
     /// Refuses a live restore whose backup lacks the signing key: Synapse would silently make
@@ -480,18 +312,19 @@ impl Plan {
                 self.skipped.len()
             );
         }
-        if self.live_mode {
+        if self.router.live {
             let key = self.targets.iter().find(|t| t.slot == Slot::Key);
             if !key.is_some_and(|t| t.staged) {
                 let hint = match format {
                     ArchiveFormat::Charm => format!(
                         " (looked for {}/<server>.signing.key; pass --charm-source-root if the charm kept its data elsewhere)",
-                        self.charm_root
+                        self.router.charm_root
                     ),
                     ArchiveFormat::Manifest(_) => String::new(),
                 };
                 return Err(Error::corrupt(
                     &self.id,
+                    CorruptKind::ManifestMismatch,
                     format!(
                         "the backup holds no signing key{hint}; refusing to restore without it"
                     ),
@@ -503,21 +336,12 @@ impl Plan {
 
     /// Makes the staged data durable before the swap.
     pub fn sync(&self) -> Result<()> {
-        let mut synced = BTreeSet::new();
-        for target in self
-            .targets
-            .iter()
-            .filter(|t| t.staged && t.staging.exists())
-        {
-            let parent = target.live.parent().unwrap_or(Path::new("/"));
-            let dir = File::open(parent).at("open", parent)?;
-            let dev = dir.metadata().at("stat", parent)?.dev();
-            if synced.insert(dev) {
-                nix::unistd::syncfs(&dir)
-                    .map_err(|e| Error::Other(format!("syncfs {}: {e}", parent.display())))?;
-            }
-        }
-        Ok(())
+        files::sync_filesystems(
+            self.targets
+                .iter()
+                .filter(|t| t.staged && t.staging.exists())
+                .map(|t| t.live.parent().unwrap_or(Path::new("/"))),
+        )
     }
 
     fn database_staged(&self) -> bool {
@@ -559,8 +383,7 @@ impl Plan {
 
     /// Renames staging into place, keeping what was there as `.pre-restore-<id>`.
     pub fn swap(&self) -> Result<Vec<PathBuf>> {
-        let journal = self.journal(Phase::Swapping);
-        super::journal::apply_swap(&journal)?;
+        journal::apply_swap(&self.journal(Phase::Swapping))?;
         Ok(self
             .swapping()
             .filter(|t| t.slot != Slot::DatabaseSidecar)
@@ -571,7 +394,7 @@ impl Plan {
     pub fn remove_staging(&self) {
         for target in &self.targets {
             if target.staged {
-                let _ = remove_path(&target.staging);
+                let _ = files::remove_path(&target.staging);
             }
         }
     }
@@ -586,35 +409,8 @@ impl Plan {
 
     pub fn remove_previous(&self) -> Result<()> {
         for previous in self.existing_previous() {
-            remove_path(&previous).at("remove", &previous)?;
+            files::remove_path(&previous).at("remove", &previous)?;
         }
         Ok(())
     }
-}
-
-pub(crate) fn remove_path(path: &Path) -> std::io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn existing_ancestor(path: &Path) -> PathBuf {
-    let mut current = path.to_path_buf();
-    while !current.exists() {
-        match current.parent() {
-            Some(parent) => current = parent.to_path_buf(),
-            None => return PathBuf::from("/"),
-        }
-    }
-    current
-}
-
-fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).at("chown", path)?;
-    }
-    Ok(())
 }

@@ -1,0 +1,213 @@
+//! The backup stream: tar → OpenPGP → store in one pass, with bounded memory.
+//!
+//! Three stages run at once: a blocking thread writes the tar (reading and hashing files), a
+//! second blocking thread encrypts, and the async store uploads. The first two are joined by an
+//! in-process pipe of 1 MiB chunks (`pipe::chunk_pipe`), the last two by a bounded channel of
+//! 1 MiB chunks (`pipe::QUEUE_DEPTH` deep). If any stage fails the upload is aborted, so a
+//! half backup never becomes visible.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use tokio::sync::mpsc;
+
+use crate::archive::ArchiveWriter;
+use crate::crypto;
+use crate::database::postgres::DumpProcess;
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{
+    FileEntry, FileListWriter, Header, ListTotals, Role, FILES_MEMBER, HEADER_MEMBER,
+    POSTGRES_DUMP_PREFIX,
+};
+use crate::ops::pipe::{chunk_pipe, ChannelWriter, ChunkWriter, CHUNK, QUEUE_DEPTH};
+use crate::progress::{Cancel, Progress};
+
+use super::sources::Source;
+
+/// A running pg_dump, read through a buffer.
+pub(super) type Dump = std::io::BufReader<DumpProcess>;
+
+/// Everything the archive holds, in the order it is written.
+pub(super) struct ArchiveContents {
+    pub header: Header,
+    /// Keys and config first, then media.
+    pub sources: Vec<Source>,
+    /// Written after the keys and config, before the media, as it was taken.
+    pub dump: Option<Dump>,
+    /// Where the file list is built before it goes in as the last member.
+    pub list_path: PathBuf,
+}
+
+pub(super) struct Archived {
+    pub totals: ListTotals,
+    /// Media deleted between listing and reading (a purge running meanwhile).
+    pub vanished: Vec<String>,
+}
+
+/// How the pipeline ended when it did not complete.
+pub(super) enum PipelineError {
+    /// The uploader stopped taking data: its own error is the cause.
+    UploadStopped,
+    /// The pipeline failed by itself (a file, pg_dump, encryption, Ctrl-C).
+    Failed(Error),
+}
+
+/// Writes the archive on one thread and encrypts it into `sender` on this one.
+pub(super) fn run_pipeline(
+    contents: ArchiveContents,
+    passphrase: SecretString,
+    sender: mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    progress: Arc<dyn Progress>,
+    cancel: Cancel,
+) -> Result<Archived, PipelineError> {
+    let (pipe_writer, pipe_reader) = chunk_pipe(QUEUE_DEPTH);
+    let tar_thread = {
+        let cancel = cancel.clone();
+        std::thread::Builder::new()
+            .name("archive".into())
+            .spawn(move || write_archive(contents, pipe_writer, progress.as_ref(), &cancel))
+            .map_err(|e| {
+                PipelineError::Failed(Error::Other(format!(
+                    "cannot start the archive thread: {e}"
+                )))
+            })?
+    };
+    let mut out = ChannelWriter::new(sender, cancel);
+    let encrypted = crypto::encrypt(pipe_reader, &mut out, &passphrase);
+    let archived = tar_thread
+        .join()
+        .map_err(|_| PipelineError::Failed(Error::task_failed("archive", "it panicked")))?;
+    let failed = match (archived, encrypted) {
+        (Ok(archived), Ok(())) => match out.flush() {
+            Ok(()) => return Ok(archived),
+            Err(_) if out.consumer_gone() => return Err(PipelineError::UploadStopped),
+            Err(e) => Error::Other(format!("the upload stopped: {e}")),
+        },
+        (Err(e), _) | (Ok(_), Err(e)) => e,
+    };
+    if out.consumer_gone() {
+        return Err(PipelineError::UploadStopped);
+    }
+    // Makes the upload abort instead of completing a half backup.
+    out.fail(std::io::Error::other(failed.to_string()));
+    Err(PipelineError::Failed(failed))
+}
+
+/// Writes the whole archive; the file list is built in a temp file as members are written,
+/// and goes in last.
+fn write_archive(
+    contents: ArchiveContents,
+    out: ChunkWriter,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<Archived> {
+    let ArchiveContents {
+        header,
+        sources,
+        mut dump,
+        list_path,
+    } = contents;
+    let mtime = header.created.timestamp();
+    let mut archive = ArchiveWriter::new(BufWriter::with_capacity(CHUNK, out));
+    let header_json = serde_json::to_vec_pretty(&header)
+        .map_err(|e| Error::Other(format!("cannot encode the manifest: {e}")))?;
+    archive.append_bytes(HEADER_MEMBER, &header_json, mtime)?;
+    let mut files = FileList::create(&list_path, &header.backup_id)?;
+    let mut vanished = Vec::new();
+    // By value: each source's paths are freed once archived, while the file list grows.
+    for source in sources {
+        if cancel.is_cancelled() {
+            return Err(Error::Interrupted);
+        }
+        if source.role == Role::Media {
+            if let Some(dump) = dump.take() {
+                files.push_all(write_dump(&mut archive, dump, mtime, progress, cancel)?)?;
+            }
+        }
+        match archive.append_file(&source.member, &source.path, source.role, progress, cancel)? {
+            Some(entry) => files.push(&entry)?,
+            None if source.role == Role::Media => {
+                tracing::info!(
+                    "{} was deleted during the backup; skipped",
+                    source.path.display()
+                );
+                vanished.push(source.member);
+            }
+            None => {
+                return Err(Error::io(
+                    "read (it disappeared during the backup)",
+                    &source.path,
+                    std::io::ErrorKind::NotFound.into(),
+                ))
+            }
+        }
+    }
+    if let Some(dump) = dump.take() {
+        files.push_all(write_dump(&mut archive, dump, mtime, progress, cancel)?)?;
+    }
+    let totals = files.finish()?;
+    archive.append_generated_file(FILES_MEMBER, &list_path, mtime)?;
+    let out = archive.finish()?;
+    out.into_inner()
+        .map_err(|e| Error::Other(format!("cannot write the archive: {}", e.error())))?
+        .finish()
+        .map_err(|e| Error::Other(format!("cannot write the archive: {e}")))?;
+    Ok(Archived { totals, vanished })
+}
+
+/// The file list, written to a temp file entry by entry.
+struct FileList<'a> {
+    writer: FileListWriter<BufWriter<std::fs::File>>,
+    path: &'a Path,
+}
+
+impl<'a> FileList<'a> {
+    fn create(path: &'a Path, backup_id: &str) -> Result<FileList<'a>> {
+        let file = std::fs::File::create(path).at("create", path)?;
+        let writer = FileListWriter::new(BufWriter::new(file), backup_id)
+            .at("write the file list to", path)?;
+        Ok(FileList { writer, path })
+    }
+
+    fn push(&mut self, entry: &FileEntry) -> Result<()> {
+        self.writer
+            .push(entry)
+            .at("write the file list to", self.path)
+    }
+
+    fn push_all(&mut self, entries: Vec<FileEntry>) -> Result<()> {
+        entries.iter().try_for_each(|entry| self.push(entry))
+    }
+
+    fn finish(self) -> Result<ListTotals> {
+        let (_, totals) = self
+            .writer
+            .finish()
+            .at("write the file list to", self.path)?;
+        Ok(totals)
+    }
+}
+
+fn write_dump<W: Write>(
+    archive: &mut ArchiveWriter<W>,
+    mut dump: Dump,
+    mtime: i64,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<Vec<FileEntry>> {
+    let written = archive.append_stream_in_parts(
+        POSTGRES_DUMP_PREFIX,
+        &mut dump,
+        Role::Database,
+        mtime,
+        progress,
+        cancel,
+    );
+    // pg_dump's exit status says whether the stream was complete.
+    let finished = dump.into_inner().finish();
+    let entries = written?;
+    finished?;
+    Ok(entries)
+}

@@ -1,0 +1,129 @@
+//! Writing restored files into staging: folders and files created by the restore only
+//! (`O_EXCL`), permission bits masked, owners carried over from the live data when run as
+//! root, mtimes kept; and the durability steps (fsync of folders, syncfs) the swap relies on.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::BufWriter;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::error::{CorruptKind, Error, IoContext, Result};
+
+/// Nothing restored is writable by others.
+const MODE_MASK: u32 = 0o775;
+
+/// A uid and gid to give what the restore creates.
+pub(crate) type Owner = Option<(u32, u32)>;
+
+/// Creates `path` and the folders above it that are missing, each owned by `owner`.
+pub(crate) fn create_dirs(path: &Path, owner: Owner) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        create_dirs(parent, owner)?;
+    }
+    match fs::create_dir(path) {
+        Ok(()) => chown(path, owner),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(Error::io("create", path, e)),
+    }
+}
+
+/// Creates a new file (never opens an existing one: a member written twice is damage).
+pub(crate) fn create_file(
+    path: &Path,
+    mode: u32,
+    owner: Owner,
+    backup_id: &str,
+) -> Result<BufWriter<File>> {
+    if let Some(parent) = path.parent() {
+        create_dirs(parent, owner)?;
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode((mode & MODE_MASK) | 0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::corrupt(
+                    backup_id,
+                    CorruptKind::HostileMember,
+                    format!("{} is written twice", path.display()),
+                )
+            } else {
+                Error::io("create", path, e)
+            }
+        })?;
+    Ok(BufWriter::with_capacity(256 * 1024, file))
+}
+
+/// Flushes a file written by [`create_file`] and gives it its mtime and owner.
+pub(crate) fn finish_file(
+    file: BufWriter<File>,
+    path: &Path,
+    mtime: i64,
+    owner: Owner,
+) -> Result<()> {
+    let file = file
+        .into_inner()
+        .map_err(|e| Error::io("write", path, e.into_error()))?;
+    if mtime > 0 {
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime as u64);
+        file.set_modified(when).at("set mtime of", path)?;
+    }
+    chown(path, owner)
+}
+
+pub(crate) fn chown(path: &Path, owner: Owner) -> Result<()> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).at("chown", path)?;
+    }
+    Ok(())
+}
+
+/// Removes a file or a whole folder; a missing one is not an error.
+pub(crate) fn remove_path(path: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The nearest ancestor of `path` (or itself) that exists.
+pub(crate) fn existing_ancestor(path: &Path) -> PathBuf {
+    let mut current = path.to_path_buf();
+    while !current.exists() {
+        match current.parent() {
+            Some(parent) => current = parent.to_path_buf(),
+            None => return PathBuf::from("/"),
+        }
+    }
+    current
+}
+
+/// Makes a rename or removal inside `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .at("fsync directory", dir)
+}
+
+/// `syncfs` on the filesystem of each of `folders`, once per filesystem.
+pub(crate) fn sync_filesystems<'a>(folders: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+    let mut synced = BTreeSet::new();
+    for folder in folders {
+        let dir = File::open(folder).at("open", folder)?;
+        let dev = dir.metadata().at("stat", folder)?.dev();
+        if synced.insert(dev) {
+            nix::unistd::syncfs(&dir)
+                .map_err(|e| Error::io("syncfs", folder, std::io::Error::from(e)))?;
+        }
+    }
+    Ok(())
+}
