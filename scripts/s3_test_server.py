@@ -465,10 +465,12 @@ metrics_token = "{secrets.token_hex(32)}"
         server on the port would otherwise answer our probes."""
         deadline = time.monotonic() + TIMEOUT
         while True:
+            listeners_by_port = {port: listening_sockets(port) for port in self.ports}
+            # Read after the listeners: a socket garage binds in between is then
+            # only "missing" this round, never mistaken for a foreign one.
             ours = sockets_of(self.pid)
             missing = []
-            for port in self.ports:
-                listeners = listening_sockets(port)
+            for port, listeners in listeners_by_port.items():
                 if listeners & ours:
                     continue
                 if listeners:
