@@ -35,6 +35,8 @@ env_file=$(scripts/s3-test-server.sh start "$work/garage" | tail -n1)
 . "$env_file"
 export SYNAPSE_BACKUP_REQUIRE_S3=1
 
+# The library's modules never import each other in a cycle (docs/design.md, "Where things live").
+python3 scripts/check-module-cycles.py
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --workspace --locked
