@@ -1,7 +1,7 @@
 //! Where backups are kept, behind one small trait.
 //!
 //! The backup and restore logic only see [`Store`]; [`s3::S3Store`] and [`local::LocalStore`]
-//! implement it. Guarantees every implementation gives:
+//! implement it, and [`throttle::Throttled`] caps the bandwidth of either. Guarantees every implementation gives:
 //! - `put` makes an object visible only when its body stream ended without an error item; an
 //!   error item (or a dropped future) leaves nothing visible (multipart uploads are aborted,
 //!   local temp files removed).
@@ -13,6 +13,7 @@
 pub mod local;
 pub mod owner;
 pub mod s3;
+pub mod throttle;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -104,10 +105,21 @@ pub trait Store: Send + Sync {
     async fn remove_interrupted_uploads(&self) -> Result<Vec<String>>;
 }
 
-/// Opens the store a configuration names.
+/// Opens the store a configuration names, with the bandwidth caps it sets.
 pub fn open(config: &StoreConfig) -> Result<Box<dyn Store>> {
     match config {
-        StoreConfig::S3(s3) => Ok(Box::new(s3::S3Store::new(s3)?)),
+        StoreConfig::S3(s3) => {
+            let store = s3::S3Store::new(s3)?;
+            if s3.max_upload_rate.is_none() && s3.max_download_rate.is_none() {
+                Ok(Box::new(store))
+            } else {
+                Ok(Box::new(throttle::Throttled::new(
+                    store,
+                    s3.max_upload_rate,
+                    s3.max_download_rate,
+                )))
+            }
+        }
         StoreConfig::Local(local) => Ok(Box::new(local::LocalStore::new(&local.path))),
     }
 }

@@ -6,7 +6,7 @@
 mod upload;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -29,8 +29,6 @@ pub struct S3Store {
     prefix: String,
     endpoint: String,
     concurrency: usize,
-    max_upload_rate: Option<u64>,
-    max_download_rate: Option<u64>,
     storage_class: Option<String>,
 }
 
@@ -46,6 +44,8 @@ impl std::fmt::Debug for S3Store {
 }
 
 impl S3Store {
+    /// The bandwidth caps of `config` are not applied here: [`crate::store::open`] wraps the
+    /// store in [`crate::store::throttle::Throttled`] for them.
     pub fn new(config: &S3Config) -> Result<S3Store> {
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
@@ -115,8 +115,6 @@ impl S3Store {
                 format!("AWS region {}", config.region.as_deref().unwrap_or("?"))
             }),
             concurrency: config.upload_concurrency,
-            max_upload_rate: config.max_upload_rate,
-            max_download_rate: config.max_download_rate,
             storage_class: config.storage_class.clone(),
         })
     }
@@ -134,31 +132,24 @@ impl S3Store {
         }
     }
 
+    /// A failure of a request that is not about one object (a listing, starting an upload):
+    /// "not found" there means the bucket.
     fn storage_error(&self, err: object_store::Error) -> Error {
         let text = error_text(&err);
-        let server_says = server_message(&text);
-        let denied = matches!(
-            err,
-            object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. }
-        ) || text.contains("403")
-            || text.contains("AccessDenied")
-            || text.contains("SignatureDoesNotMatch")
-            || text.contains("InvalidAccessKeyId");
-        let missing_bucket =
-            matches!(err, object_store::Error::NotFound { .. }) || text.contains("NoSuchBucket");
-        let detail = if missing_bucket {
-            format!(
-                "bucket {} does not exist or cannot be accessed at {}{server_says}",
-                self.bucket, self.endpoint
-            )
-        } else if denied {
-            format!(
-                "access to bucket {} at {} was refused{server_says}; check access-key, the secret key and the key's permissions on the bucket",
-                self.bucket, self.endpoint
-            )
-        } else {
-            text
+        let detail = match Failure::of(&err) {
+            Failure::MissingBucket => format!(
+                "bucket {} does not exist or cannot be accessed at {}{}",
+                self.bucket,
+                self.endpoint,
+                server_message(&text)
+            ),
+            Failure::Denied => format!(
+                "access to bucket {} at {} was refused{}; check access-key, the secret key and the key's permissions on the bucket",
+                self.bucket,
+                self.endpoint,
+                server_message(&text)
+            ),
+            Failure::Other => text,
         };
         Error::Storage {
             store: self.describe(),
@@ -175,6 +166,59 @@ impl S3Store {
             other => self.storage_error(other),
         }
     }
+}
+
+/// What a failed request tells about the bucket, judged by the error's variant or the HTTP
+/// status of the answer, never by words in a message (a port, a request id or a key name can
+/// contain "403").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    MissingBucket,
+    Denied,
+    Other,
+}
+
+impl Failure {
+    fn of(err: &object_store::Error) -> Failure {
+        match err {
+            object_store::Error::NotFound { .. } => Failure::MissingBucket,
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => Failure::Denied,
+            // object_store maps the status of most requests to the variants above, but not of
+            // listings (how check_access reaches the bucket): those are Generic.
+            _ => match response_status(err) {
+                Some(404) => Failure::MissingBucket,
+                Some(401 | 403) => Failure::Denied,
+                _ => Failure::Other,
+            },
+        }
+    }
+}
+
+/// The innermost cause object_store gives a request the server answered with a failure status.
+const STATUS_CAUSE: &str = "Server returned non-2xx status code: ";
+
+/// The HTTP status the server answered a failed request with; `None` when no answer came (a
+/// connection, TLS or timeout failure) or the failure is not a request's.
+///
+/// object_store 0.14 holds the status in its `RetryError`, whose module is private, so it cannot
+/// be downcast to from here. Its innermost cause, `RequestError::Status`, is always rendered as
+/// `STATUS_CAUSE` followed by the status, and only that exact form is read; a transport failure
+/// is told apart by its type, `HttpError`, which object_store does export.
+fn response_status(err: &object_store::Error) -> Option<u16> {
+    let mut innermost: &(dyn std::error::Error + 'static) = err;
+    while let Some(cause) = innermost.source() {
+        if cause.is::<object_store::client::HttpError>() {
+            return None;
+        }
+        innermost = cause;
+    }
+    let rest = innermost.to_string();
+    let code = rest.strip_prefix(STATUS_CAUSE)?.get(..3)?;
+    code.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| code.parse().ok())
+        .flatten()
 }
 
 /// The error with its innermost cause (a TLS, DNS or connection failure), which is what tells
@@ -208,15 +252,6 @@ fn server_message(text: &str) -> String {
         (Some(code), Some(message)) => format!(" ({code}: {message})"),
         (Some(code), None) => format!(" ({code})"),
         _ => String::new(),
-    }
-}
-
-/// Sleeps until sending `sent` bytes since `started` no longer exceeds `rate` bytes per second.
-async fn throttle(started: Instant, sent: u64, rate: u64) {
-    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-    let elapsed = started.elapsed();
-    if due > elapsed {
-        tokio::time::sleep(due - elapsed).await;
     }
 }
 
@@ -265,30 +300,16 @@ impl Store for S3Store {
             .await
             .map_err(|e| self.object_error(name, e))?;
         let store = self.describe();
-        let stream = result.into_stream().map(move |item| {
-            item.map_err(|e| {
-                ReadFailed {
-                    store: store.clone(),
-                    detail: error_text(&e),
-                }
-                .into_io()
-            })
-        });
-        let Some(rate) = self.max_download_rate else {
-            return Ok(stream.boxed());
-        };
-        let started = Instant::now();
-        let mut received = 0u64;
-        Ok(stream
-            .then(move |item| {
-                if let Ok(bytes) = &item {
-                    received += bytes.len() as u64;
-                }
-                let due = received;
-                async move {
-                    throttle(started, due, rate).await;
-                    item
-                }
+        Ok(result
+            .into_stream()
+            .map(move |item| {
+                item.map_err(|e| {
+                    ReadFailed {
+                        store: store.clone(),
+                        detail: error_text(&e),
+                    }
+                    .into_io()
+                })
             })
             .boxed())
     }
@@ -346,6 +367,156 @@ impl Store for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::client::{HttpError, HttpErrorKind};
+
+    /// Stands in for the layers object_store wraps a failed request in: a named operation whose
+    /// source is the request's cause.
+    #[derive(Debug, thiserror::Error)]
+    #[error("Error performing list request: {0}")]
+    struct Layer(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Leaf(String);
+
+    fn answered(status: &str, body: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(Layer(Box::new(Leaf(format!(
+                "{STATUS_CAUSE}{status}: {body}"
+            ))))),
+        }
+    }
+
+    fn boxed(text: &str) -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(Leaf(text.to_string()))
+    }
+
+    const DENIED_BODY: &str =
+        "<Error><Code>AccessDenied</Code><Message>Forbidden: no such key</Message></Error>";
+
+    #[test]
+    fn typed_variants_decide() {
+        let path = || "p".to_string();
+        assert_eq!(
+            Failure::of(&object_store::Error::NotFound {
+                path: path(),
+                source: boxed("whatever")
+            }),
+            Failure::MissingBucket
+        );
+        for err in [
+            object_store::Error::PermissionDenied {
+                path: path(),
+                source: boxed("x"),
+            },
+            object_store::Error::Unauthenticated {
+                path: path(),
+                source: boxed("x"),
+            },
+        ] {
+            assert_eq!(Failure::of(&err), Failure::Denied);
+        }
+    }
+
+    #[test]
+    fn a_generic_error_is_judged_by_the_status_of_the_answer() {
+        assert_eq!(
+            Failure::of(&answered("403 Forbidden", DENIED_BODY)),
+            Failure::Denied
+        );
+        assert_eq!(
+            Failure::of(&answered("401 Unauthorized", "")),
+            Failure::Denied
+        );
+        assert_eq!(
+            Failure::of(&answered(
+                "404 Not Found",
+                "<Error><Code>NoSuchBucket</Code></Error>"
+            )),
+            Failure::MissingBucket
+        );
+        // The words of a denial under another status decide nothing.
+        assert_eq!(
+            Failure::of(&answered("500 Internal Server Error", DENIED_BODY)),
+            Failure::Other
+        );
+    }
+
+    #[test]
+    fn words_in_a_message_decide_nothing() {
+        let transport = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(Layer(Box::new(HttpError::new(
+                HttpErrorKind::Connect,
+                Leaf(format!(
+                    "{STATUS_CAUSE}403 AccessDenied NoSuchBucket at 10.0.0.1:9403"
+                )),
+            )))),
+        };
+        assert_eq!(Failure::of(&transport), Failure::Other);
+        let text_only = object_store::Error::Generic {
+            store: "S3",
+            source: boxed("request 403 failed: AccessDenied, SignatureDoesNotMatch, NoSuchBucket"),
+        };
+        assert_eq!(Failure::of(&text_only), Failure::Other);
+        assert_eq!(Failure::of(&answered("40", "")), Failure::Other);
+    }
+
+    fn store() -> S3Store {
+        S3Store::new(&S3Config {
+            endpoint: Some("http://127.0.0.1:3900".into()),
+            bucket: "b".into(),
+            path: "p".into(),
+            region: Some("garage".into()),
+            uri_style: UriStyle::Path,
+            access_key: "GK1".into(),
+            secret_key: "s".to_string().into(),
+            storage_class: None,
+            tls_ca_chain: None,
+            upload_concurrency: 2,
+            max_upload_rate: None,
+            max_download_rate: None,
+            max_retries: 0,
+            request_timeout: Duration::from_secs(1),
+        })
+        .unwrap()
+    }
+
+    fn detail(err: Error) -> String {
+        match err {
+            Error::Storage { detail, .. } => detail,
+            other => panic!("expected a storage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_messages_keep_their_words() {
+        let store = store();
+        assert_eq!(
+            detail(store.storage_error(answered("403 Forbidden", DENIED_BODY))),
+            "access to bucket b at http://127.0.0.1:3900 was refused (AccessDenied: Forbidden: no such key); check access-key, the secret key and the key's permissions on the bucket"
+        );
+        assert_eq!(
+            detail(store.storage_error(answered(
+                "404 Not Found",
+                "<Error><Code>NoSuchBucket</Code><Message>Bucket not found: b</Message></Error>"
+            ))),
+            "bucket b does not exist or cannot be accessed at http://127.0.0.1:3900 (NoSuchBucket: Bucket not found: b)"
+        );
+        let other = detail(store.storage_error(answered("500 Internal Server Error", "boom")));
+        assert!(other.contains("500 Internal Server Error: boom"), "{other}");
+        assert!(!other.contains("Generic S3 error"), "{other}");
+        // An object that is missing is NotFound, not a missing bucket.
+        let missing = store.object_error(
+            "backup-1",
+            object_store::Error::NotFound {
+                path: "p/backup-1".into(),
+                source: boxed("404"),
+            },
+        );
+        assert!(matches!(missing, Error::NotFound { ref id, .. } if id == "backup-1"));
+    }
 
     #[test]
     fn host_style_puts_the_bucket_in_the_host() {

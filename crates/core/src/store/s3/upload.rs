@@ -19,7 +19,7 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{throttle, S3Store};
+use super::S3Store;
 use crate::error::{Error, Result};
 use crate::store::owner::{UploadOwner, FOREIGN_STALE_AFTER};
 use crate::store::{check_name, ByteStream, Store};
@@ -232,7 +232,6 @@ impl<'a> Upload<'a> {
         let mut gathered: Vec<Bytes> = Vec::new();
         let mut gathered_len = 0usize;
         let mut total = 0u64;
-        let started = Instant::now();
         let mut marker_written = Instant::now();
         let mut finished = false;
         while !finished {
@@ -258,9 +257,6 @@ impl<'a> Upload<'a> {
                 if let Some((index, result)) = in_flight.next().await {
                     parts[index] = Some(self.part_result(result)?);
                 }
-            }
-            if let Some(rate) = self.store.max_upload_rate {
-                throttle(started, total, rate).await;
             }
             if marker_written.elapsed() >= MARKER_REFRESH {
                 self.write_marker().await?;
