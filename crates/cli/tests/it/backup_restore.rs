@@ -1,13 +1,11 @@
 //! End-to-end behaviour of the real binary against the local-folder store, the real `gpg` and
 //! the real `tar`: round trips, the restore rules, and the charm's own backups.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn assert_no_staging_left(world: &World) {
     let left = staging_left(&world.data);

@@ -340,6 +340,25 @@ impl S3Env {
     }
 }
 
+/// The loopback S3 server is shared by every S3 test of this binary. The fault tests stop and
+/// restart it and read the bucket's count of unfinished multipart uploads, so each of them has it
+/// to itself ([`s3_exclusive`]); every other test that may use it holds [`s3_shared`] meanwhile.
+static S3_SERVER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Uses the S3 server alongside the other tests that share it; held until dropped.
+pub fn s3_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    S3_SERVER
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Has the S3 server to itself (no other S3 test runs); held until dropped.
+pub fn s3_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    S3_SERVER
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A unique prefix so tests sharing one bucket never see each other's backups.
 pub fn unique_prefix(name: &str) -> String {
     format!(

@@ -6,15 +6,13 @@
 //! Every refusal must exit with the documented code, name the offending member, leave the live
 //! data dir as it was, remove its staging, and write nothing anywhere else.
 
-mod common;
-
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};

@@ -1,11 +1,9 @@
 //! The same commands against a real S3 server (Garage on loopback, started by scripts/test.sh),
 //! which checks request signatures.
 
-mod common;
-
 use std::fs;
 
-use common::*;
+use crate::common::*;
 
 fn s3_world() -> Option<World> {
     let s3 = S3Env::from_env()?;
@@ -18,6 +16,7 @@ fn s3_world() -> Option<World> {
 #[test]
 fn round_trip_through_s3() {
     let Some(world) = s3_world() else { return };
+    let _server = s3_shared();
     let id = world.create_backup();
     let listed = world.run(&["--json", "list-backups"]);
     assert_success(&listed, "list-backups");
@@ -46,6 +45,7 @@ fn stored_keys_and_metadata_reveal_only_the_backup_id() {
     use object_store::{aws::AmazonS3Builder, path::Path, GetOptions, ObjectStore, ObjectStoreExt};
 
     let Some(s3) = S3Env::from_env() else { return };
+    let _server = s3_shared();
     let world = s3_world().unwrap();
     let id = world.create_backup();
     let config = fs::read_to_string(&world.config).unwrap();
@@ -124,6 +124,7 @@ fn stored_keys_and_metadata_reveal_only_the_backup_id() {
 #[test]
 fn a_large_backup_uses_several_parts() {
     let Some(s3) = S3Env::from_env() else { return };
+    let _server = s3_shared();
     // 30 MiB of media: more than three 8 MiB parts, uploaded several at a time.
     let world = World::with(WorldOptions {
         s3: Some(s3),
@@ -140,6 +141,7 @@ fn a_large_backup_uses_several_parts() {
 #[test]
 fn wrong_secret_key_is_a_storage_error() {
     let Some(world) = s3_world() else { return };
+    let _server = s3_shared();
     fs::write(world.path("s3-secret"), "0".repeat(64)).unwrap();
     let stderr = assert_fails(&world.run(&["create-backup"]), 7, "refused");
     assert!(
@@ -152,6 +154,7 @@ fn wrong_secret_key_is_a_storage_error() {
 #[test]
 fn unknown_bucket_and_unreachable_endpoint_are_named() {
     let Some(s3) = S3Env::from_env() else { return };
+    let _server = s3_shared();
     let world = World::with(WorldOptions {
         s3: Some(s3.clone()),
         ..Default::default()
@@ -180,6 +183,7 @@ fn unknown_bucket_and_unreachable_endpoint_are_named() {
 #[test]
 fn private_tls_endpoints_need_their_ca() {
     let Some(s3) = S3Env::from_env() else { return };
+    let _server = s3_shared();
     let world = World::with(WorldOptions {
         s3: Some(s3.clone()),
         ..Default::default()
@@ -255,7 +259,7 @@ fn private_tls_endpoints_need_their_ca() {
     let target = s3.endpoint.trim_start_matches("http://").to_string();
     let (host, port) = target.rsplit_once(':').unwrap();
     let mut proxy = std::process::Command::new("python3")
-        .arg(repo_root().join("crates/cli/tests/fixtures/tls_proxy.py"))
+        .arg(repo_root().join("crates/cli/tests/it/fixtures/tls_proxy.py"))
         .args([cert.to_str().unwrap(), key.to_str().unwrap(), host, port])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -289,6 +293,7 @@ fn private_tls_endpoints_need_their_ca() {
 #[test]
 fn secrets_stay_out_of_s3_output_at_any_verbosity() {
     let Some(s3) = S3Env::from_env() else { return };
+    let _server = s3_shared();
     let world = s3_world().unwrap();
     let run = |args: &[&str]| {
         std::process::Command::new(binary())

@@ -1,12 +1,10 @@
 //! PostgreSQL in the backup, against the machine's real server (`PG*` variables, or
 //! 127.0.0.1:5432 as user postgres) and the real pg_dump / pg_restore.
 
-mod common;
-
 use std::fs;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 struct Pg {
     host: String,
@@ -206,6 +204,7 @@ fn no_process_gets_a_secret_on_its_command_line() {
     )
     .unwrap();
     let s3 = S3Env::from_env();
+    let _server = s3_shared();
     let world = World::with(WorldOptions {
         s3: s3.clone(),
         ..Default::default()

@@ -2,14 +2,12 @@
 //! a held lock, a full disk. Each time the live data is entirely old or entirely new, and the
 //! next run cleans up or finishes.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn journal(world: &World) -> std::path::PathBuf {
     world.data.join(".synapse-backup-restore.json")
@@ -136,7 +134,7 @@ fn ctrl_c_while_staging_removes_the_staging() {
             "the restore never started staging"
         );
         std::thread::sleep(Duration::from_millis(30));
-        common::signal(&child, signal);
+        crate::common::signal(&child, signal);
         let out = child.wait_with_output().unwrap();
         if out.status.success() {
             eprintln!("the restore finished before SIG{signal} arrived; nothing to check");

@@ -1,0 +1,17 @@
+//! The integration tests of `synapse-backup`, in one test binary (one build of the shared
+//! helpers, one link): run one module with e.g.
+//! `cargo test -p synapse-backup --test it hostile_archives::`.
+//!
+//! Everything runs in one process, several tests at a time: a test never changes the process's
+//! environment or working directory (it passes environment to the child it starts), and the
+//! tests that share the loopback S3 server coordinate through [`common::s3_shared`] and
+//! [`common::s3_exclusive`].
+
+mod common;
+
+mod backup_restore;
+mod hostile_archives;
+mod postgres;
+mod reliability;
+mod s3_faults;
+mod s3_store;
