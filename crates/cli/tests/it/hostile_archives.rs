@@ -14,7 +14,6 @@ use std::process::{Command, Output};
 
 use crate::common::*;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 /// The id hand-made archives are stored under (one world per test).
@@ -120,10 +119,6 @@ fn pax_record(key: &str, value: &str) -> Vec<u8> {
     format!("{len}{body}").into_bytes()
 }
 
-fn sha256(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
 fn signing_key() -> Member {
     Member::file(
         &format!("keys/{SERVER_NAME}.signing.key"),
@@ -160,7 +155,7 @@ fn backup_tar(id: &str, members: &[Member]) -> Vec<u8> {
                 "size": m.data.len(),
                 "mode": m.mode,
                 "mtime": MTIME,
-                "sha256": sha256(&m.data),
+                "sha256": sha256_hex(&m.data),
             })
         })
         .collect();
@@ -211,32 +206,25 @@ fn store_encrypted(world: &World, id: &str, tar_bytes: &[u8]) {
 // What must hold after a refusal
 // ---------------------------------------------------------------------------------------------
 
-fn assert_no_staging_left(world: &World) {
-    for root in [world.data.clone(), world.data.join("media_store")] {
-        for entry in fs::read_dir(&root).unwrap() {
-            let name = entry.unwrap().file_name().to_string_lossy().to_string();
-            assert!(
-                !name.contains(".staging-"),
-                "staging left behind: {}",
-                root.join(&name).display()
-            );
-            assert!(
-                !name.contains(".pre-restore-"),
-                "a failed restore moved {name} aside"
-            );
-            assert!(
-                !name.starts_with("restored-config-"),
-                "a failed restore left {name}"
-            );
-        }
+/// After a refused live restore: no staging and no journal, nothing moved aside, no restored
+/// configuration written.
+#[track_caller]
+fn assert_refused_restore_left_nothing(world: &World) {
+    assert_no_staging_left(world);
+    for name in names_beside_live_data(&world.data) {
+        assert!(
+            !name.contains(".pre-restore-"),
+            "a failed restore moved {name} aside"
+        );
+        assert!(
+            !name.starts_with("restored-config-"),
+            "a failed restore left {name}"
+        );
     }
-    assert!(
-        !world.data.join(".synapse-backup-restore.json").exists(),
-        "journal left behind"
-    );
 }
 
 /// The --target-dir of a failed restore: absent or empty, and no staging or journal next to it.
+#[track_caller]
 fn assert_no_drill_left(world: &World, drill: &Path) {
     if drill.exists() {
         assert!(
@@ -245,14 +233,10 @@ fn assert_no_drill_left(world: &World, drill: &Path) {
             drill.display()
         );
     }
-    for entry in fs::read_dir(world.dir.path()).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+    for name in names_in(world.dir.path()) {
         assert!(!name.contains(".staging-"), "staging left behind: {name}");
     }
-    assert!(
-        !world.path(".synapse-backup-restore.json").exists(),
-        "journal left behind"
-    );
+    assert!(!world.path(RESTORE_JOURNAL).exists(), "journal left behind");
 }
 
 /// Nothing named `name` exists anywhere in the world, nor next to it or above it.
@@ -293,54 +277,22 @@ fn assert_no_links(world: &World) {
     }
 }
 
-/// Checks that `out` (of `what`) failed with `code` and that stderr mentions every needle.
-fn assert_refusal(what: &str, out: &Output, code: i32, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{what}: expected exit {code}\nstdout:\n{}\nstderr:\n{stderr}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    for needle in needles {
-        assert!(
-            stderr.to_lowercase().contains(&needle.to_lowercase()),
-            "{what}: stderr does not mention {needle:?}:\n{stderr}"
-        );
-    }
-}
-
 /// Runs verify-backup, a live restore and a restore into a new --target-dir of backup `id`;
 /// each must fail with `code` naming every needle, and change nothing.
 fn assert_refused(world: &World, id: &str, code: i32, needles: &[&str]) {
     let before = live_state(&world.data);
     let drill = world.path("drill");
     let drill_arg = drill.to_str().unwrap();
-    assert_refusal(
-        &format!("verify-backup {id}"),
-        &world.run(&["verify-backup", id]),
-        code,
-        needles,
-    );
-    assert_refusal(
-        &format!("restore-backup {id}"),
-        &world.run(&["restore-backup", id]),
-        code,
-        needles,
-    );
+    assert_fails(&world.run(&["verify-backup", id]), code, needles);
+    assert_fails(&world.run(&["restore-backup", id]), code, needles);
     assert_same_tree(
         &live_state(&world.data),
         &before,
         "live data after a refused restore",
     );
-    assert_no_staging_left(world);
+    assert_refused_restore_left_nothing(world);
     let out = world.run(&["restore-backup", id, "--target-dir", drill_arg]);
-    assert_refusal(
-        &format!("restore-backup {id} --target-dir"),
-        &out,
-        code,
-        needles,
-    );
+    assert_fails(&out, code, needles);
     assert_no_drill_left(world, &drill);
     assert_same_tree(
         &live_state(&world.data),
@@ -801,14 +753,9 @@ fn another_server_name_in_the_manifest_is_refused() {
     });
     let before = live_state(&world.data);
     let out = world.run(&["restore-backup", TAMPERED]);
-    assert_refusal(
-        "restore-backup",
-        &out,
-        6,
-        &["server_name", "other.test", SERVER_NAME],
-    );
+    assert_fails(&out, 6, &["server_name", "other.test", SERVER_NAME]);
     assert_same_tree(&live_state(&world.data), &before, "live data");
-    assert_no_staging_left(&world);
+    assert_refused_restore_left_nothing(&world);
     // The archive itself is consistent: verifying it (which knows no target) passes.
     let verified = world.run(&["verify-backup", TAMPERED]);
     assert_success(&verified, "verify-backup");
@@ -833,9 +780,9 @@ fn dot_slash_manifest_name_keeps_the_server_name_check() {
 
     let before = live_state(&world.data);
     let out = world.run(&["restore-backup", TAMPERED]);
-    assert_refusal("restore-backup", &out, 6, &["server_name", "other.test"]);
+    assert_fails(&out, 6, &["server_name", "other.test"]);
     assert_same_tree(&live_state(&world.data), &before, "live data");
-    assert_no_staging_left(&world);
+    assert_refused_restore_left_nothing(&world);
 }
 
 #[test]
@@ -893,8 +840,7 @@ fn duplicated_member_is_refused() {
 fn duplicated_member_is_named_by_a_live_restore() {
     let world = World::new();
     let twice = tampered(&world, duplicate_a_media_member);
-    assert_refusal(
-        "restore-backup",
+    assert_fails(
         &world.run(&["restore-backup", TAMPERED]),
         5,
         &[&twice, "twice"],
@@ -1064,9 +1010,9 @@ fn huge_declared_lengths_are_truncation_not_allocation() {
         let before = live_state(&world.data);
         for args in [vec!["verify-backup", id], vec!["restore-backup", id]] {
             let out = run_limited(&world, &args);
-            assert_refusal(&format!("{args:?}"), &out, 5, &[needle]);
+            assert_fails(&out, 5, &[needle]);
         }
         assert_same_tree(&live_state(&world.data), &before, "live data");
-        assert_no_staging_left(&world);
+        assert_refused_restore_left_nothing(&world);
     }
 }

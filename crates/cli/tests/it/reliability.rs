@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-fn journal(world: &World) -> std::path::PathBuf {
-    world.data.join(".synapse-backup-restore.json")
-}
-
 /// Waits until `path` exists; false if `child` ended first or 20 s passed.
 fn wait_for(path: &Path, child: &mut Child) -> bool {
     let started = Instant::now();
@@ -48,7 +44,7 @@ fn sigkill_while_staging_leaves_live_data_and_the_next_run_cleans_up() {
 
     let mut child = spawn(&world, &["restore-backup", &id], &[]);
     assert!(
-        wait_for(&journal(&world), &mut child),
+        wait_for(&world.journal(), &mut child),
         "the restore never started staging"
     );
     std::thread::sleep(Duration::from_millis(30));
@@ -92,7 +88,7 @@ fn a_crash_in_the_middle_of_the_swap_is_completed_by_the_next_run() {
         .unwrap();
     assert!(!out.status.success(), "the fault was not injected");
     assert!(
-        journal(&world).exists(),
+        world.journal().exists(),
         "no journal after a crash mid-swap"
     );
 
@@ -106,7 +102,7 @@ fn a_crash_in_the_middle_of_the_swap_is_completed_by_the_next_run() {
             .contains("completed"),
         "{report}"
     );
-    assert!(!journal(&world).exists());
+    assert!(!world.journal().exists());
     let now = live_state(&world.data);
     for (name, hash) in &backed_up {
         // homeserver.db is restored from a snapshot (other bytes, same rows): checked by
@@ -130,7 +126,7 @@ fn ctrl_c_while_staging_removes_the_staging() {
     for signal in ["INT", "TERM"] {
         let mut child = spawn(&world, &["restore-backup", &id], &[]);
         assert!(
-            wait_for(&journal(&world), &mut child),
+            wait_for(&world.journal(), &mut child),
             "the restore never started staging"
         );
         std::thread::sleep(Duration::from_millis(30));
@@ -140,14 +136,14 @@ fn ctrl_c_while_staging_removes_the_staging() {
             eprintln!("the restore finished before SIG{signal} arrived; nothing to check");
             return;
         }
-        assert_fails(&out, 130, "interrupted");
+        assert_fails(&out, 130, &["interrupted"]);
         assert_eq!(live_state(&world.data), before, "after SIG{signal}");
         assert!(
             staging_left(&world.data).is_empty(),
             "staging left after SIG{signal}: {:?}",
             staging_left(&world.data)
         );
-        assert!(!journal(&world).exists());
+        assert!(!world.journal().exists());
     }
 }
 
@@ -171,8 +167,8 @@ fn a_restore_is_refused_while_another_holds_the_lock() {
     .unwrap();
     assert_eq!(line.trim(), "locked");
     let before = live_state(&world.data);
-    assert_fails(&world.run(&["restore-backup", &id]), 6, "another");
-    assert_fails(&world.run(&["create-backup"]), 6, "restore is running");
+    assert_fails(&world.run(&["restore-backup", &id]), 6, &["another"]);
+    assert_fails(&world.run(&["create-backup"]), 6, &["restore is running"]);
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert_eq!(live_state(&world.data), before);
@@ -240,7 +236,7 @@ fn a_full_disk_while_staging_changes_nothing() {
     assert_fails(
         &run_with_config(&config, &["restore-backup", &id]),
         6,
-        "free space",
+        &["free space"],
     );
     // …and without it, the disk fills up while staging: an error, and nothing changed.
     let out = run_with_config(&config, &["restore-backup", &id, "--skip-space-check"]);

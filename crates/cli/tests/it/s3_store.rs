@@ -33,7 +33,7 @@ fn round_trip_through_s3() {
     );
 
     assert_success(&world.run(&["delete-backup", &id]), "delete-backup");
-    assert_fails(&world.run(&["delete-backup", &id]), 3, "not found");
+    assert_fails(&world.run(&["delete-backup", &id]), 3, &["not found"]);
     assert_no_backups(&world);
 }
 
@@ -143,12 +143,12 @@ fn wrong_secret_key_is_a_storage_error() {
     let Some(world) = s3_world() else { return };
     let _server = s3_shared();
     fs::write(world.path("s3-secret"), "0".repeat(64)).unwrap();
-    let stderr = assert_fails(&world.run(&["create-backup"]), 7, "refused");
+    let stderr = assert_fails(&world.run(&["create-backup"]), 7, &["refused"]);
     assert!(
         !stderr.contains(&"0".repeat(64)),
         "the secret leaked into the error"
     );
-    assert_fails(&world.run(&["list-backups"]), 7, "secret key");
+    assert_fails(&world.run(&["list-backups"]), 7, &["secret key"]);
 }
 
 #[test]
@@ -168,14 +168,14 @@ fn unknown_bucket_and_unreachable_endpoint_are_named() {
         ),
     )
     .unwrap();
-    assert_fails(&world.run(&["list-backups"]), 7, "no-such-bucket");
+    assert_fails(&world.run(&["list-backups"]), 7, &["no-such-bucket"]);
 
     fs::write(
         &world.config,
         config.replace(&s3.endpoint, "http://127.0.0.1:1"),
     )
     .unwrap();
-    assert_fails(&world.run(&["create-backup"]), 7, "127.0.0.1:1");
+    assert_fails(&world.run(&["create-backup"]), 7, &["127.0.0.1:1"]);
 }
 
 /// A self-signed HTTPS endpoint (a TLS proxy in front of the test server) fails without
@@ -275,7 +275,7 @@ fn private_tls_endpoints_need_their_ca() {
         .replace(&s3.endpoint, &https);
     fs::write(&world.config, &config).unwrap();
     let out = world.run(&["list-backups"]);
-    let stderr = assert_fails(&out, 7, "127.0.0.1");
+    let stderr = assert_fails(&out, 7, &["127.0.0.1"]);
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 
     let with_ca = config.replace(
