@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::common::*;
+use crate::exit;
 use serde_json::{json, Value};
 use tar::{EntryType, Header};
 
@@ -279,7 +280,7 @@ fn assert_no_links(world: &World) {
 
 /// Runs verify-backup, a live restore and a restore into a new --target-dir of backup `id`;
 /// each must fail with `code` naming every needle, and change nothing.
-fn assert_refused(world: &World, id: &str, code: i32, needles: &[&str]) {
+fn assert_refused(world: &World, id: &str, code: u8, needles: &[&str]) {
     let before = live_state(&world.data);
     let drill = world.path("drill");
     let drill_arg = drill.to_str().unwrap();
@@ -324,7 +325,12 @@ fn parent_dir_members_are_refused() {
         store_encrypted(&world, &id, &tar);
         // The error names the member as read, after a leading "./" is dropped.
         let named = name.trim_start_matches("./");
-        assert_refused(&world, &id, 5, &["unsafe member", named, "'..'"]);
+        assert_refused(
+            &world,
+            &id,
+            exit::CORRUPT,
+            &["unsafe member", named, "'..'"],
+        );
     }
     // The same escape in a backup without manifest, as the charm's pipeline makes them.
     let charm = format!("data/media_store/../../../{u}-5");
@@ -336,7 +342,7 @@ fn parent_dir_members_are_refused() {
     assert_refused(
         &world,
         "backup-20260101120000000009",
-        5,
+        exit::CORRUPT,
         &["unsafe member", &charm],
     );
     for n in 1..=5 {
@@ -370,7 +376,7 @@ fn long_and_pax_names_are_checked_too() {
         ],
     );
     store_encrypted(&world, ID, &gnu);
-    assert_refused(&world, ID, 5, &["unsafe member", &long]);
+    assert_refused(&world, ID, exit::CORRUPT, &["unsafe member", &long]);
 
     // A PAX `path` record overrides a harmless header name.
     let pax_id = "backup-20260101120000000001";
@@ -387,7 +393,7 @@ fn long_and_pax_names_are_checked_too() {
         ],
     );
     store_encrypted(&world, pax_id, &pax);
-    assert_refused(&world, pax_id, 5, &["unsafe member", &pax_name]);
+    assert_refused(&world, pax_id, exit::CORRUPT, &["unsafe member", &pax_name]);
 
     assert_not_written(&world, &format!("{u}-long"));
     assert_not_written(&world, &format!("{u}-pax"));
@@ -403,7 +409,12 @@ fn absolute_members_are_refused() {
     let name = format!("/tmp/{u}/abs.txt");
     let tar = backup_tar(ID, &[Member::file(&name, b"planted at an absolute path\n")]);
     store_encrypted(&world, ID, &tar);
-    assert_refused(&world, ID, 5, &["unsafe member", &name, "absolute"]);
+    assert_refused(
+        &world,
+        ID,
+        exit::CORRUPT,
+        &["unsafe member", &name, "absolute"],
+    );
     assert!(!Path::new("/tmp").join(&u).exists(), "/tmp/{u} was created");
     assert_not_written(&world, &u);
 }
@@ -472,7 +483,12 @@ fn symlink_and_hard_link_members_are_refused() {
     for (n, (members, offender, what)) in cases.iter().enumerate() {
         let id = format!("backup-2026010112000000000{n}");
         store_encrypted(&world, &id, &backup_tar(&id, members));
-        assert_refused(&world, &id, 5, &["unsafe member", offender, what]);
+        assert_refused(
+            &world,
+            &id,
+            exit::CORRUPT,
+            &["unsafe member", offender, what],
+        );
     }
     assert_eq!(fs::read(&secret).unwrap(), b"must stay as it is\n");
     assert!(
@@ -503,7 +519,12 @@ fn device_and_fifo_members_are_refused() {
     for (n, (member, what)) in cases.iter().enumerate() {
         let id = format!("backup-2026010112000000000{n}");
         store_encrypted(&world, &id, &backup_tar(&id, std::slice::from_ref(member)));
-        assert_refused(&world, &id, 5, &["unsafe member", &member.name, what]);
+        assert_refused(
+            &world,
+            &id,
+            exit::CORRUPT,
+            &["unsafe member", &member.name, what],
+        );
     }
     for entry in walkdir::WalkDir::new(world.dir.path()) {
         let entry = entry.unwrap();
@@ -525,7 +546,7 @@ fn file_and_folder_at_one_path_is_refused() {
         Member::file("media/local_content/ab/cd/ef", b"a file below a file\n"),
     ];
     store_encrypted(&world, ID, &backup_tar(ID, &members));
-    assert_refused(&world, ID, 5, &["media/local_content/ab/cd"]);
+    assert_refused(&world, ID, exit::CORRUPT, &["media/local_content/ab/cd"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -695,7 +716,12 @@ fn repacked_real_backup_is_still_sound() {
 fn missing_member_is_refused() {
     let world = World::new();
     let dropped = tampered(&world, |members| members.remove(media_index(members)).path);
-    assert_refused(&world, TAMPERED, 5, &[&dropped, "not in the archive"]);
+    assert_refused(
+        &world,
+        TAMPERED,
+        exit::CORRUPT,
+        &[&dropped, "not in the archive"],
+    );
 }
 
 #[test]
@@ -715,7 +741,12 @@ fn member_missing_from_the_list_is_refused() {
             },
         );
     });
-    assert_refused(&world, TAMPERED, 5, &[extra, "not in the manifest"]);
+    assert_refused(
+        &world,
+        TAMPERED,
+        exit::CORRUPT,
+        &[extra, "not in the manifest"],
+    );
     assert!(!world.data.join("media_store/local_content/zz").exists());
 }
 
@@ -729,7 +760,7 @@ fn changed_content_is_refused() {
         member.data[middle] ^= 0x01;
         member.path.clone()
     });
-    assert_refused(&world, TAMPERED, 5, &[&changed, "SHA-256"]);
+    assert_refused(&world, TAMPERED, exit::CORRUPT, &[&changed, "SHA-256"]);
 }
 
 #[test]
@@ -742,7 +773,12 @@ fn changed_size_is_refused() {
         (member.path.clone(), member.data.len())
     });
     let says = format!("{size} bytes");
-    assert_refused(&world, TAMPERED, 5, &[&changed, &says, "the manifest says"]);
+    assert_refused(
+        &world,
+        TAMPERED,
+        exit::CORRUPT,
+        &[&changed, &says, "the manifest says"],
+    );
 }
 
 #[test]
@@ -753,7 +789,11 @@ fn another_server_name_in_the_manifest_is_refused() {
     });
     let before = live_state(&world.data);
     let out = world.run(&["restore-backup", TAMPERED]);
-    assert_fails(&out, 6, &["server_name", "other.test", SERVER_NAME]);
+    assert_fails(
+        &out,
+        exit::REFUSED,
+        &["server_name", "other.test", SERVER_NAME],
+    );
     assert_same_tree(&live_state(&world.data), &before, "live data");
     assert_refused_restore_left_nothing(&world);
     // The archive itself is consistent: verifying it (which knows no target) passes.
@@ -780,7 +820,7 @@ fn dot_slash_manifest_name_keeps_the_server_name_check() {
 
     let before = live_state(&world.data);
     let out = world.run(&["restore-backup", TAMPERED]);
-    assert_fails(&out, 6, &["server_name", "other.test"]);
+    assert_fails(&out, exit::REFUSED, &["server_name", "other.test"]);
     assert_same_tree(&live_state(&world.data), &before, "live data");
     assert_refused_restore_left_nothing(&world);
 }
@@ -791,7 +831,7 @@ fn newer_format_version_is_refused() {
     tampered(&world, |members| {
         edit_json(&mut members[0], |h| h["format_version"] = json!(99))
     });
-    assert_refused(&world, TAMPERED, 6, &["newer", "99"]);
+    assert_refused(&world, TAMPERED, exit::REFUSED, &["newer", "99"]);
 }
 
 #[test]
@@ -801,14 +841,19 @@ fn newer_format_version_in_the_file_list_is_refused() {
         let last = members.len() - 1;
         edit_json(&mut members[last], |l| l["format_version"] = json!(99));
     });
-    assert_refused(&world, TAMPERED, 6, &["newer", "99"]);
+    assert_refused(&world, TAMPERED, exit::REFUSED, &["newer", "99"]);
 }
 
 #[test]
 fn backup_without_its_file_list_is_refused() {
     let world = World::new();
     tampered(&world, |members| members.pop());
-    assert_refused(&world, TAMPERED, 5, &["manifest-files.json", "cut short"]);
+    assert_refused(
+        &world,
+        TAMPERED,
+        exit::CORRUPT,
+        &["manifest-files.json", "cut short"],
+    );
 }
 
 #[test]
@@ -824,7 +869,12 @@ fn member_after_the_file_list_is_refused() {
             data: b"late".to_vec(),
         });
     });
-    assert_refused(&world, TAMPERED, 5, &[late, "after the file list"]);
+    assert_refused(
+        &world,
+        TAMPERED,
+        exit::CORRUPT,
+        &[late, "after the file list"],
+    );
 }
 
 #[test]
@@ -833,7 +883,7 @@ fn duplicated_member_is_refused() {
     let twice = tampered(&world, duplicate_a_media_member);
     // verify says the member "appears twice"; a restore says the file "is written twice".
     let within_media = twice.strip_prefix("media/local_content/").unwrap();
-    assert_refused(&world, TAMPERED, 5, &[within_media, "twice"]);
+    assert_refused(&world, TAMPERED, exit::CORRUPT, &[within_media, "twice"]);
 }
 
 #[test]
@@ -842,7 +892,7 @@ fn duplicated_member_is_named_by_a_live_restore() {
     let twice = tampered(&world, duplicate_a_media_member);
     assert_fails(
         &world.run(&["restore-backup", TAMPERED]),
-        5,
+        exit::CORRUPT,
         &[&twice, "twice"],
     );
 }
@@ -868,7 +918,7 @@ fn file_list_of_another_backup_is_refused() {
             l["backup_id"] = json!("backup-19990101000000000000")
         });
     });
-    assert_refused(&world, TAMPERED, 5, &["another backup"]);
+    assert_refused(&world, TAMPERED, exit::CORRUPT, &["another backup"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -886,7 +936,7 @@ fn unencrypted_tar_object_is_refused() {
             &[Member::file("media/local_content/pl/ai/n", b"plain\n")],
         ),
     );
-    assert_refused(&world, ID, 5, &["OpenPGP"]);
+    assert_refused(&world, ID, exit::CORRUPT, &["OpenPGP"]);
 }
 
 #[test]
@@ -909,7 +959,7 @@ fn literal_only_openpgp_messages_are_refused() {
     ];
     for (id, object) in &objects {
         store_object(&world, id, object);
-        assert_refused(&world, id, 5, &["not encrypted"]);
+        assert_refused(&world, id, exit::CORRUPT, &["not encrypted"]);
     }
 }
 
@@ -941,7 +991,7 @@ fn signed_only_openpgp_message_is_refused() {
         .env("GNUPGHOME", home.path())
         .status();
     store_object(&world, ID, &signed);
-    assert_refused(&world, ID, 5, &["not encrypted"]);
+    assert_refused(&world, ID, exit::CORRUPT, &["not encrypted"]);
 }
 
 #[test]
@@ -949,7 +999,7 @@ fn encrypted_garbage_is_not_a_tar() {
     let world = World::new();
     store_encrypted(&world, ID, b"this is not a tar archive at all\n");
     // verify says "broken tar member header", restore "broken first member".
-    assert_refused(&world, ID, 5, &["damaged", "broken"]);
+    assert_refused(&world, ID, exit::CORRUPT, &["damaged", "broken"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1010,7 +1060,7 @@ fn huge_declared_lengths_are_truncation_not_allocation() {
         let before = live_state(&world.data);
         for args in [vec!["verify-backup", id], vec!["restore-backup", id]] {
             let out = run_limited(&world, &args);
-            assert_fails(&out, 5, &[needle]);
+            assert_fails(&out, exit::CORRUPT, &[needle]);
         }
         assert_same_tree(&live_state(&world.data), &before, "live data");
         assert_refused_restore_left_nothing(&world);

@@ -8,8 +8,13 @@
 //! [`common::s3_exclusive`].
 
 mod common;
+/// The CLI's exit codes, the very file the binary is built from: tests name codes, never numbers.
+#[allow(dead_code)]
+#[path = "../../src/exit.rs"]
+mod exit;
 
 mod backup_restore;
+mod exit_codes;
 mod hostile_archives;
 mod postgres;
 mod reliability;

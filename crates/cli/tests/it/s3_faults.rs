@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::exit;
 
 fn server_script(action: &str) {
     let dir = std::env::var("S3_TEST_SERVER_DIR").expect("S3_TEST_SERVER_DIR");
@@ -116,7 +117,7 @@ fn the_server_dying_mid_backup_leaves_nothing_and_the_next_run_cleans_up() {
     server_script("kill");
     let out = child.wait_with_output().unwrap();
     server_script("restart");
-    assert_fails(&out, 7, &["object store"]);
+    assert_fails(&out, exit::STORAGE, &["object store"]);
     assert_no_backups(&world);
     // The abort could not reach the server; the upload is still there until the next run.
     assert!(unfinished_uploads() > before);
@@ -147,7 +148,7 @@ fn ctrl_c_mid_backup_aborts_the_upload() {
         let child = backup_in_the_middle_of_its_upload(&world, before);
         signal(&child, name);
         let out = child.wait_with_output().unwrap();
-        assert_fails(&out, 130, &["interrupted"]);
+        assert_fails(&out, exit::INTERRUPTED, &["interrupted"]);
         eventually("the upload is aborted", || unfinished_uploads() == before);
         assert_no_backups(&world);
         fs::write(&world.config, &config).unwrap();
@@ -198,7 +199,7 @@ fn the_server_dying_mid_restore_changes_nothing() {
     let before = live_state(&world.data);
 
     let out = server_dies_during(&world, &["restore-backup", &id]);
-    assert_fails(&out, 7, &["object store"]);
+    assert_fails(&out, exit::STORAGE, &["object store"]);
     assert_same_tree(
         &live_state(&world.data),
         &before,
@@ -216,7 +217,7 @@ fn the_server_dying_mid_verify_fails_the_verification() {
     let _server = s3_exclusive();
     let id = world.create_backup();
     let out = server_dies_during(&world, &["verify-backup", &id]);
-    let stderr = assert_fails(&out, 7, &["object store"]);
+    let stderr = assert_fails(&out, exit::STORAGE, &["object store"]);
     assert!(
         stderr.contains(&id),
         "the error does not name the backup: {stderr}"

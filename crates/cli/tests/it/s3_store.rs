@@ -4,6 +4,7 @@
 use std::fs;
 
 use crate::common::*;
+use crate::exit;
 
 fn s3_world() -> Option<World> {
     let s3 = S3Env::from_env()?;
@@ -33,7 +34,11 @@ fn round_trip_through_s3() {
     );
 
     assert_success(&world.run(&["delete-backup", &id]), "delete-backup");
-    assert_fails(&world.run(&["delete-backup", &id]), 3, &["not found"]);
+    assert_fails(
+        &world.run(&["delete-backup", &id]),
+        exit::NOT_FOUND,
+        &["not found"],
+    );
     assert_no_backups(&world);
 }
 
@@ -105,19 +110,16 @@ fn stored_keys_and_metadata_reveal_only_the_backup_id() {
         );
 
         let object = client.get(&key).await.unwrap().bytes().await.unwrap();
-        for needle in [
-            SERVER_NAME.as_bytes(),
-            file_name.as_bytes(),
-            b"homeserver",
-            b"signing.key",
-            &some_bytes[..64],
-        ] {
-            assert!(
-                !object.windows(needle.len()).any(|w| w == needle),
-                "plaintext {:?} found in the stored object",
-                String::from_utf8_lossy(needle)
-            );
-        }
+        assert_no_plaintext(
+            &object,
+            &[
+                SERVER_NAME.as_bytes(),
+                file_name.as_bytes(),
+                b"homeserver",
+                b"signing.key",
+                &some_bytes[..64],
+            ],
+        );
     });
 }
 
@@ -143,12 +145,16 @@ fn wrong_secret_key_is_a_storage_error() {
     let Some(world) = s3_world() else { return };
     let _server = s3_shared();
     fs::write(world.path("s3-secret"), "0".repeat(64)).unwrap();
-    let stderr = assert_fails(&world.run(&["create-backup"]), 7, &["refused"]);
+    let stderr = assert_fails(&world.run(&["create-backup"]), exit::STORAGE, &["refused"]);
     assert!(
         !stderr.contains(&"0".repeat(64)),
         "the secret leaked into the error"
     );
-    assert_fails(&world.run(&["list-backups"]), 7, &["secret key"]);
+    assert_fails(
+        &world.run(&["list-backups"]),
+        exit::STORAGE,
+        &["secret key"],
+    );
 }
 
 #[test]
@@ -168,14 +174,22 @@ fn unknown_bucket_and_unreachable_endpoint_are_named() {
         ),
     )
     .unwrap();
-    assert_fails(&world.run(&["list-backups"]), 7, &["no-such-bucket"]);
+    assert_fails(
+        &world.run(&["list-backups"]),
+        exit::STORAGE,
+        &["no-such-bucket"],
+    );
 
     fs::write(
         &world.config,
         config.replace(&s3.endpoint, "http://127.0.0.1:1"),
     )
     .unwrap();
-    assert_fails(&world.run(&["create-backup"]), 7, &["127.0.0.1:1"]);
+    assert_fails(
+        &world.run(&["create-backup"]),
+        exit::STORAGE,
+        &["127.0.0.1:1"],
+    );
 }
 
 /// A self-signed HTTPS endpoint (a TLS proxy in front of the test server) fails without
@@ -275,7 +289,7 @@ fn private_tls_endpoints_need_their_ca() {
         .replace(&s3.endpoint, &https);
     fs::write(&world.config, &config).unwrap();
     let out = world.run(&["list-backups"]);
-    let stderr = assert_fails(&out, 7, &["127.0.0.1"]);
+    let stderr = assert_fails(&out, exit::STORAGE, &["127.0.0.1"]);
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 
     let with_ca = config.replace(
@@ -344,10 +358,10 @@ fn secrets_stay_out_of_s3_output_at_any_verbosity() {
         }
     }
     // The failures did fail, so their messages were among what was searched.
-    for (index, code) in [(4, 4), (5, 7)] {
+    for (index, code) in [(4, exit::WRONG_PASSPHRASE), (5, exit::STORAGE)] {
         assert_eq!(
             outputs[index].status.code(),
-            Some(code),
+            Some(code.into()),
             "{}",
             String::from_utf8_lossy(&outputs[index].stderr)
         );

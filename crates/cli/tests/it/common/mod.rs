@@ -163,11 +163,12 @@ pub fn assert_success(out: &Output, what: &str) {
 /// Asserts that `out` failed with exit code `code` and that its stderr mentions every one of
 /// `needles` (ignoring case); returns stderr. The one check of a failure or refusal.
 #[track_caller]
-pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) -> String {
+/// `code` is one of the CLI's own constants, `crate::exit::*`.
+pub fn assert_fails(out: &Output, code: u8, needles: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(
         out.status.code(),
-        Some(code),
+        Some(i32::from(code)),
         "expected exit {code}\nstdout:\n{}\nstderr:\n{stderr}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -224,6 +225,18 @@ pub fn file_hash(path: &Path) -> String {
 
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+/// Asserts that no one of `needles` appears, byte for byte, in a stored `object`.
+#[track_caller]
+pub fn assert_no_plaintext(object: &[u8], needles: &[&[u8]]) {
+    for needle in needles {
+        assert!(
+            !object.windows(needle.len()).any(|w| w == *needle),
+            "plaintext {:?} found in the object",
+            String::from_utf8_lossy(needle)
+        );
+    }
 }
 
 /// Encrypts `plain` with the real gpg, as the charm's pipeline does.
