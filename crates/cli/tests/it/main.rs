@@ -15,6 +15,7 @@ mod exit;
 
 mod backup_restore;
 mod exit_codes;
+mod golden;
 mod hostile_archives;
 mod postgres;
 mod reliability;
