@@ -11,6 +11,8 @@
 //! and review `git diff crates/cli/tests/it/golden/`. What varies from run to run is replaced by
 //! placeholders before comparing: the scratch folder (`[TMP]`), backup ids (`backup-[ID]`),
 //! dates (`[TIMESTAMP]`), sizes in the table (`[SIZE]`) and the tool's version (`[VERSION]`).
+//! A placeholder replaces the text only, not the padding after it: in the table the columns of
+//! the rows no longer line up with the header, but what the padding is stays checked.
 
 use std::fs;
 use std::path::{Path, PathBuf};
