@@ -128,6 +128,11 @@ impl World {
         self.store.join(id)
     }
 
+    /// The restore journal of the world's data dir.
+    pub fn journal(&self) -> PathBuf {
+        self.data.join(RESTORE_JOURNAL)
+    }
+
     pub fn set_passphrase(&self, passphrase: &str) {
         fs::write(&self.passphrase_file, format!("{passphrase}\n")).unwrap();
     }
@@ -155,19 +160,24 @@ pub fn assert_success(out: &Output, what: &str) {
     );
 }
 
-/// Asserts the exit code and that stderr mentions `needle`; returns stderr.
-pub fn assert_fails(out: &Output, code: i32, needle: &str) -> String {
+/// Asserts that `out` failed with exit code `code` and that its stderr mentions every one of
+/// `needles` (ignoring case); returns stderr. The one check of a failure or refusal.
+#[track_caller]
+/// `code` is one of the CLI's own constants, `crate::exit::*`.
+pub fn assert_fails(out: &Output, code: u8, needles: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(
         out.status.code(),
-        Some(code),
+        Some(i32::from(code)),
         "expected exit {code}\nstdout:\n{}\nstderr:\n{stderr}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(
-        stderr.to_lowercase().contains(&needle.to_lowercase()),
-        "stderr does not mention {needle:?}:\n{stderr}"
-    );
+    for needle in needles {
+        assert!(
+            stderr.to_lowercase().contains(&needle.to_lowercase()),
+            "stderr does not mention {needle:?}:\n{stderr}"
+        );
+    }
     stderr
 }
 
@@ -192,30 +202,41 @@ pub fn tree_hashes(root: &Path) -> BTreeMap<String, String> {
     }
     for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
         let entry = entry.expect("walk");
+        let rel = || {
+            entry
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string()
+        };
         if entry.file_type().is_file() {
-            let rel = entry
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .to_string();
-            let bytes = fs::read(entry.path()).unwrap();
-            out.insert(rel, hex::encode(Sha256::digest(&bytes)));
+            out.insert(rel(), sha256_hex(&fs::read(entry.path()).unwrap()));
         } else if entry.file_type().is_symlink() {
-            let rel = entry
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .to_string();
-            out.insert(rel, "symlink".into());
+            out.insert(rel(), "symlink".into());
         }
     }
     out
 }
 
 pub fn file_hash(path: &Path) -> String {
-    hex::encode(Sha256::digest(fs::read(path).unwrap()))
+    sha256_hex(&fs::read(path).unwrap())
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Asserts that no one of `needles` appears, byte for byte, in a stored `object`.
+#[track_caller]
+pub fn assert_no_plaintext(object: &[u8], needles: &[&[u8]]) {
+    for needle in needles {
+        assert!(
+            !object.windows(needle.len()).any(|w| w == *needle),
+            "plaintext {:?} found in the object",
+            String::from_utf8_lossy(needle)
+        );
+    }
 }
 
 /// Encrypts `plain` with the real gpg, as the charm's pipeline does.
@@ -340,6 +361,25 @@ impl S3Env {
     }
 }
 
+/// The loopback S3 server is shared by every S3 test of this binary. The fault tests stop and
+/// restart it and read the bucket's count of unfinished multipart uploads, so each of them has it
+/// to itself ([`s3_exclusive`]); every other test that may use it holds [`s3_shared`] meanwhile.
+static S3_SERVER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Uses the S3 server alongside the other tests that share it; held until dropped.
+pub fn s3_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    S3_SERVER
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Has the S3 server to itself (no other S3 test runs); held until dropped.
+pub fn s3_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    S3_SERVER
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A unique prefix so tests sharing one bucket never see each other's backups.
 pub fn unique_prefix(name: &str) -> String {
     format!(
@@ -448,18 +488,38 @@ impl Drop for Kill {
     }
 }
 
+/// The restore journal's name: in the data dir, or next to a --target-dir.
+pub const RESTORE_JOURNAL: &str = ".synapse-backup-restore.json";
+
+/// The names in folder `dir`.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().to_string())
+        .collect()
+}
+
+/// The names in a data dir and in its media_store: where a restore stages, and moves aside.
+pub fn names_beside_live_data(data: &Path) -> Vec<String> {
+    let mut names = names_in(data);
+    names.extend(names_in(&data.join("media_store")));
+    names
+}
+
 /// Staging folders a restore left next to the live data.
 pub fn staging_left(data: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    for dir in [data.to_path_buf(), data.join("media_store")] {
-        for entry in fs::read_dir(dir).unwrap() {
-            let name = entry.unwrap().file_name().to_string_lossy().to_string();
-            if name.contains(".staging-") {
-                found.push(name);
-            }
-        }
-    }
-    found
+    names_beside_live_data(data)
+        .into_iter()
+        .filter(|name| name.contains(".staging-"))
+        .collect()
+}
+
+/// Asserts that no restore left its staging or its journal in the world's data dir.
+#[track_caller]
+pub fn assert_no_staging_left(world: &World) {
+    let left = staging_left(&world.data);
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+    assert!(!world.journal().exists(), "journal left behind");
 }
 
 /// Asserts that `list-backups` shows nothing.

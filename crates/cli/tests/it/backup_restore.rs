@@ -1,22 +1,12 @@
 //! End-to-end behaviour of the real binary against the local-folder store, the real `gpg` and
 //! the real `tar`: round trips, the restore rules, and the charm's own backups.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::*;
-
-fn assert_no_staging_left(world: &World) {
-    let left = staging_left(&world.data);
-    assert!(left.is_empty(), "staging left behind: {left:?}");
-    assert!(
-        !world.data.join(".synapse-backup-restore.json").exists(),
-        "journal left behind"
-    );
-}
+use crate::common::*;
+use crate::exit;
 
 #[test]
 fn round_trip_into_target_dir_is_byte_identical() {
@@ -200,17 +190,21 @@ fn wrong_passphrase_changes_nothing() {
     let before = live_state(&world.data);
     world.set_passphrase("not the passphrase");
     let out = world.run(&["restore-backup", &id]);
-    assert_fails(&out, 4, "passphrase");
+    assert_fails(&out, exit::WRONG_PASSPHRASE, &["passphrase"]);
     assert_same_tree(&live_state(&world.data), &before, "live data");
     assert_no_staging_left(&world);
-    assert_fails(&world.run(&["verify-backup", &id]), 4, "passphrase");
+    assert_fails(
+        &world.run(&["verify-backup", &id]),
+        exit::WRONG_PASSPHRASE,
+        &["passphrase"],
+    );
 }
 
 fn corrupt_and_expect(
     world: &World,
     id: &str,
     damage: impl Fn(&mut Vec<u8>),
-    code: i32,
+    code: u8,
     needle: &str,
 ) {
     let object = world.object(id);
@@ -219,8 +213,8 @@ fn corrupt_and_expect(
     damage(&mut bytes);
     fs::write(&object, &bytes).unwrap();
     let before = live_state(&world.data);
-    assert_fails(&world.run(&["verify-backup", id]), code, needle);
-    assert_fails(&world.run(&["restore-backup", id]), code, needle);
+    assert_fails(&world.run(&["verify-backup", id]), code, &[needle]);
+    assert_fails(&world.run(&["restore-backup", id]), code, &[needle]);
     assert_same_tree(
         &live_state(&world.data),
         &before,
@@ -241,7 +235,7 @@ fn damaged_objects_are_refused_and_change_nothing() {
             let m = b.len() / 2;
             b[m] ^= 0x40
         },
-        5,
+        exit::CORRUPT,
         "damaged",
     );
     corrupt_and_expect(
@@ -251,23 +245,53 @@ fn damaged_objects_are_refused_and_change_nothing() {
             let n = b.len() - 30;
             b[n] ^= 0x01
         },
-        5,
+        exit::CORRUPT,
         "damaged",
     );
     // Inside the S2K salt: OpenPGP cannot tell that from a wrong passphrase.
-    corrupt_and_expect(&world, &id, |b| b[8] ^= 0x01, 4, "passphrase");
+    corrupt_and_expect(
+        &world,
+        &id,
+        |b| b[8] ^= 0x01,
+        exit::WRONG_PASSPHRASE,
+        "passphrase",
+    );
     for keep in [100, 5000] {
-        corrupt_and_expect(&world, &id, |b| b.truncate(keep), 5, "truncated");
+        corrupt_and_expect(
+            &world,
+            &id,
+            |b| b.truncate(keep),
+            exit::CORRUPT,
+            "truncated",
+        );
     }
-    corrupt_and_expect(&world, &id, |b| b.truncate(b.len() / 3), 5, "truncated");
-    corrupt_and_expect(&world, &id, |b| b.truncate(b.len() * 2 / 3), 5, "truncated");
-    corrupt_and_expect(&world, &id, |b| b.truncate(b.len() - 1), 5, "damaged");
-    corrupt_and_expect(&world, &id, |b| b.clear(), 5, "empty");
+    corrupt_and_expect(
+        &world,
+        &id,
+        |b| b.truncate(b.len() / 3),
+        exit::CORRUPT,
+        "truncated",
+    );
+    corrupt_and_expect(
+        &world,
+        &id,
+        |b| b.truncate(b.len() * 2 / 3),
+        exit::CORRUPT,
+        "truncated",
+    );
+    corrupt_and_expect(
+        &world,
+        &id,
+        |b| b.truncate(b.len() - 1),
+        exit::CORRUPT,
+        "damaged",
+    );
+    corrupt_and_expect(&world, &id, |b| b.clear(), exit::CORRUPT, "empty");
     corrupt_and_expect(
         &world,
         &id,
         |b| *b = b"just some text, not OpenPGP".to_vec(),
-        5,
+        exit::CORRUPT,
         "OpenPGP",
     );
     // The object is fine again: restore works.
@@ -285,7 +309,11 @@ fn another_server_name_is_refused() {
     fs::create_dir_all(&other.store).unwrap();
     fs::copy(source.object(&id), other.object(&id)).unwrap();
     let before = live_state(&other.data);
-    let stderr = assert_fails(&other.run(&["restore-backup", &id]), 6, "server_name");
+    let stderr = assert_fails(
+        &other.run(&["restore-backup", &id]),
+        exit::REFUSED,
+        &["server_name"],
+    );
     assert!(
         stderr.contains("example.test") && stderr.contains("other.test"),
         "{stderr}"
@@ -304,7 +332,11 @@ fn a_running_synapse_is_not_restored_over() {
     )
     .unwrap();
     let before = live_state(&world.data);
-    assert_fails(&world.run(&["restore-backup", &id]), 6, "running");
+    assert_fails(
+        &world.run(&["restore-backup", &id]),
+        exit::REFUSED,
+        &["running"],
+    );
     assert_same_tree(&live_state(&world.data), &before, "live data");
     assert_no_staging_left(&world);
 }
@@ -342,18 +374,18 @@ fn unknown_ids_are_errors() {
     world.create_backup();
     assert_fails(
         &world.run(&["delete-backup", "backup-19990101000000000000"]),
-        3,
-        "not found",
+        exit::NOT_FOUND,
+        &["not found"],
     );
     assert_fails(
         &world.run(&["restore-backup", "backup-19990101000000000000"]),
-        3,
-        "not found",
+        exit::NOT_FOUND,
+        &["not found"],
     );
     assert_fails(
         &world.run(&["verify-backup", "../etc/passwd"]),
-        2,
-        "not a valid backup id",
+        exit::CONFIG,
+        &["not a valid backup id"],
     );
 }
 
@@ -372,15 +404,15 @@ fn delete_removes_a_backup() {
 fn configuration_mistakes_are_named() {
     let world = World::new();
     let missing = run_with_config(&world.path("nope.toml"), &["list-backups"]);
-    assert_fails(&missing, 2, "nope.toml");
+    assert_fails(&missing, exit::CONFIG, &["nope.toml"]);
 
     let config = fs::read_to_string(&world.config).unwrap();
     fs::write(&world.config, format!("{config}typo-key = 1\n")).unwrap();
-    assert_fails(&world.run(&["list-backups"]), 2, "typo-key");
+    assert_fails(&world.run(&["list-backups"]), exit::CONFIG, &["typo-key"]);
 
     fs::write(&world.config, &config).unwrap();
     world.set_passphrase("");
-    assert_fails(&world.run(&["create-backup"]), 2, "empty");
+    assert_fails(&world.run(&["create-backup"]), exit::CONFIG, &["empty"]);
     assert!(!world.store.exists() || fs::read_dir(&world.store).unwrap().next().is_none());
 
     // Readable by everyone: works, with a warning that says how to fix it.
@@ -402,8 +434,8 @@ fn configuration_mistakes_are_named() {
     fs::write(&world.config, no_pass).unwrap();
     assert_fails(
         &world.run(&["create-backup"]),
-        2,
-        "never written unencrypted",
+        exit::CONFIG,
+        &["never written unencrypted"],
     );
 }
 
@@ -440,18 +472,15 @@ fn backups_hold_no_plaintext() {
     let (some_file, _) = media.iter().next().unwrap();
     let some_bytes =
         fs::read(world.data.join("media_store/local_content").join(some_file)).unwrap();
-    for needle in [
-        SERVER_NAME.as_bytes(),
-        b"manifest.json",
-        b"local_content",
-        &some_bytes[..64],
-    ] {
-        assert!(
-            !object.windows(needle.len()).any(|w| w == needle),
-            "plaintext {:?} found in the object",
-            String::from_utf8_lossy(needle)
-        );
-    }
+    assert_no_plaintext(
+        &object,
+        &[
+            SERVER_NAME.as_bytes(),
+            b"manifest.json",
+            b"local_content",
+            &some_bytes[..64],
+        ],
+    );
 }
 
 /// Builds the object the charm's pipeline makes: `tar -c /data/... | gpg --symmetric`.
@@ -544,8 +573,8 @@ fn gnupg_backups_with_a_wrong_charm_root_are_refused() {
     let before = live_state(&target.data);
     assert_fails(
         &target.run(&["restore-backup", id, "--charm-source-root", "/srv"]),
-        5,
-        "signing key",
+        exit::CORRUPT,
+        &["signing key"],
     );
     assert_same_tree(&live_state(&target.data), &before, "live data");
 }
@@ -566,7 +595,7 @@ fn prune_keeps_what_the_policy_says_and_touches_nothing_else() {
     }
     fs::write(world.store.join("notes.txt"), b"not a backup").unwrap();
 
-    assert_fails(&world.run(&["prune-backups"]), 2, "keep");
+    assert_fails(&world.run(&["prune-backups"]), exit::CONFIG, &["keep"]);
 
     let dry = world.run(&["--json", "prune-backups", "--keep-daily", "2", "--dry-run"]);
     assert_success(&dry, "prune-backups --dry-run");

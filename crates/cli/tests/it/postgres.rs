@@ -1,12 +1,11 @@
 //! PostgreSQL in the backup, against the machine's real server (`PG*` variables, or
 //! 127.0.0.1:5432 as user postgres) and the real pg_dump / pg_restore.
 
-mod common;
-
 use std::fs;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
+use crate::exit;
 
 struct Pg {
     host: String,
@@ -149,7 +148,11 @@ fn postgres_database_round_trips_without_one_time_keys() {
 
     // A second restore into the now filled database is refused, and says how to fix it.
     let id2 = target.create_backup();
-    let stderr = assert_fails(&target.run(&["restore-backup", &id2]), 6, "not empty");
+    let stderr = assert_fails(
+        &target.run(&["restore-backup", &id2]),
+        exit::REFUSED,
+        &["not empty"],
+    );
     assert!(stderr.contains("CREATE DATABASE"), "{stderr}");
 
     for db in [&source_db, &target_db] {
@@ -175,7 +178,11 @@ fn a_database_synapse_would_refuse_is_refused_before_anything_changes() {
     pg.fresh_db(&target_db, "C.UTF-8");
     pg.use_in(&world, &target_db);
     let before = tree_hashes(&world.data.join("media_store"));
-    assert_fails(&world.run(&["restore-backup", &id]), 6, "collation");
+    assert_fails(
+        &world.run(&["restore-backup", &id]),
+        exit::REFUSED,
+        &["collation"],
+    );
     assert_eq!(tree_hashes(&world.data.join("media_store")), before);
 
     // --skip-database leaves the database out and says so.
@@ -206,6 +213,7 @@ fn no_process_gets_a_secret_on_its_command_line() {
     )
     .unwrap();
     let s3 = S3Env::from_env();
+    let _server = s3_shared();
     let world = World::with(WorldOptions {
         s3: s3.clone(),
         ..Default::default()

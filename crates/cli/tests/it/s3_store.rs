@@ -1,11 +1,10 @@
 //! The same commands against a real S3 server (Garage on loopback, started by scripts/test.sh),
 //! which checks request signatures.
 
-mod common;
-
 use std::fs;
 
-use common::*;
+use crate::common::*;
+use crate::exit;
 
 fn s3_world() -> Option<World> {
     let s3 = S3Env::from_env()?;
@@ -18,6 +17,7 @@ fn s3_world() -> Option<World> {
 #[test]
 fn round_trip_through_s3() {
     let Some(world) = s3_world() else { return };
+    let _server = s3_shared();
     let id = world.create_backup();
     let listed = world.run(&["--json", "list-backups"]);
     assert_success(&listed, "list-backups");
@@ -34,7 +34,11 @@ fn round_trip_through_s3() {
     );
 
     assert_success(&world.run(&["delete-backup", &id]), "delete-backup");
-    assert_fails(&world.run(&["delete-backup", &id]), 3, "not found");
+    assert_fails(
+        &world.run(&["delete-backup", &id]),
+        exit::NOT_FOUND,
+        &["not found"],
+    );
     assert_no_backups(&world);
 }
 
@@ -46,6 +50,7 @@ fn stored_keys_and_metadata_reveal_only_the_backup_id() {
     use object_store::{aws::AmazonS3Builder, path::Path, GetOptions, ObjectStore, ObjectStoreExt};
 
     let Some(s3) = S3Env::from_env() else { return };
+    let _server = s3_shared();
     let world = s3_world().unwrap();
     let id = world.create_backup();
     let config = fs::read_to_string(&world.config).unwrap();
@@ -105,25 +110,23 @@ fn stored_keys_and_metadata_reveal_only_the_backup_id() {
         );
 
         let object = client.get(&key).await.unwrap().bytes().await.unwrap();
-        for needle in [
-            SERVER_NAME.as_bytes(),
-            file_name.as_bytes(),
-            b"homeserver",
-            b"signing.key",
-            &some_bytes[..64],
-        ] {
-            assert!(
-                !object.windows(needle.len()).any(|w| w == needle),
-                "plaintext {:?} found in the stored object",
-                String::from_utf8_lossy(needle)
-            );
-        }
+        assert_no_plaintext(
+            &object,
+            &[
+                SERVER_NAME.as_bytes(),
+                file_name.as_bytes(),
+                b"homeserver",
+                b"signing.key",
+                &some_bytes[..64],
+            ],
+        );
     });
 }
 
 #[test]
 fn a_large_backup_uses_several_parts() {
     let Some(s3) = S3Env::from_env() else { return };
+    let _server = s3_shared();
     // 30 MiB of media: more than three 8 MiB parts, uploaded several at a time.
     let world = World::with(WorldOptions {
         s3: Some(s3),
@@ -140,18 +143,24 @@ fn a_large_backup_uses_several_parts() {
 #[test]
 fn wrong_secret_key_is_a_storage_error() {
     let Some(world) = s3_world() else { return };
+    let _server = s3_shared();
     fs::write(world.path("s3-secret"), "0".repeat(64)).unwrap();
-    let stderr = assert_fails(&world.run(&["create-backup"]), 7, "refused");
+    let stderr = assert_fails(&world.run(&["create-backup"]), exit::STORAGE, &["refused"]);
     assert!(
         !stderr.contains(&"0".repeat(64)),
         "the secret leaked into the error"
     );
-    assert_fails(&world.run(&["list-backups"]), 7, "secret key");
+    assert_fails(
+        &world.run(&["list-backups"]),
+        exit::STORAGE,
+        &["secret key"],
+    );
 }
 
 #[test]
 fn unknown_bucket_and_unreachable_endpoint_are_named() {
     let Some(s3) = S3Env::from_env() else { return };
+    let _server = s3_shared();
     let world = World::with(WorldOptions {
         s3: Some(s3.clone()),
         ..Default::default()
@@ -165,14 +174,22 @@ fn unknown_bucket_and_unreachable_endpoint_are_named() {
         ),
     )
     .unwrap();
-    assert_fails(&world.run(&["list-backups"]), 7, "no-such-bucket");
+    assert_fails(
+        &world.run(&["list-backups"]),
+        exit::STORAGE,
+        &["no-such-bucket"],
+    );
 
     fs::write(
         &world.config,
         config.replace(&s3.endpoint, "http://127.0.0.1:1"),
     )
     .unwrap();
-    assert_fails(&world.run(&["create-backup"]), 7, "127.0.0.1:1");
+    assert_fails(
+        &world.run(&["create-backup"]),
+        exit::STORAGE,
+        &["127.0.0.1:1"],
+    );
 }
 
 /// A self-signed HTTPS endpoint (a TLS proxy in front of the test server) fails without
@@ -180,6 +197,7 @@ fn unknown_bucket_and_unreachable_endpoint_are_named() {
 #[test]
 fn private_tls_endpoints_need_their_ca() {
     let Some(s3) = S3Env::from_env() else { return };
+    let _server = s3_shared();
     let world = World::with(WorldOptions {
         s3: Some(s3.clone()),
         ..Default::default()
@@ -255,7 +273,7 @@ fn private_tls_endpoints_need_their_ca() {
     let target = s3.endpoint.trim_start_matches("http://").to_string();
     let (host, port) = target.rsplit_once(':').unwrap();
     let mut proxy = std::process::Command::new("python3")
-        .arg(repo_root().join("crates/cli/tests/fixtures/tls_proxy.py"))
+        .arg(repo_root().join("crates/cli/tests/it/fixtures/tls_proxy.py"))
         .args([cert.to_str().unwrap(), key.to_str().unwrap(), host, port])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -271,7 +289,7 @@ fn private_tls_endpoints_need_their_ca() {
         .replace(&s3.endpoint, &https);
     fs::write(&world.config, &config).unwrap();
     let out = world.run(&["list-backups"]);
-    let stderr = assert_fails(&out, 7, "127.0.0.1");
+    let stderr = assert_fails(&out, exit::STORAGE, &["127.0.0.1"]);
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 
     let with_ca = config.replace(
@@ -289,6 +307,7 @@ fn private_tls_endpoints_need_their_ca() {
 #[test]
 fn secrets_stay_out_of_s3_output_at_any_verbosity() {
     let Some(s3) = S3Env::from_env() else { return };
+    let _server = s3_shared();
     let world = s3_world().unwrap();
     let run = |args: &[&str]| {
         std::process::Command::new(binary())
@@ -339,10 +358,10 @@ fn secrets_stay_out_of_s3_output_at_any_verbosity() {
         }
     }
     // The failures did fail, so their messages were among what was searched.
-    for (index, code) in [(4, 4), (5, 7)] {
+    for (index, code) in [(4, exit::WRONG_PASSPHRASE), (5, exit::STORAGE)] {
         assert_eq!(
             outputs[index].status.code(),
-            Some(code),
+            Some(code.into()),
             "{}",
             String::from_utf8_lossy(&outputs[index].stderr)
         );

@@ -2,18 +2,13 @@
 //! a held lock, a full disk. Each time the live data is entirely old or entirely new, and the
 //! next run cleans up or finishes.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
-
-fn journal(world: &World) -> std::path::PathBuf {
-    world.data.join(".synapse-backup-restore.json")
-}
+use crate::common::*;
+use crate::exit;
 
 /// Waits until `path` exists; false if `child` ended first or 20 s passed.
 fn wait_for(path: &Path, child: &mut Child) -> bool {
@@ -28,6 +23,18 @@ fn wait_for(path: &Path, child: &mut Child) -> bool {
         std::thread::sleep(Duration::from_millis(2));
     }
     false
+}
+
+/// Restores `id` again after a crash: it succeeds and its report says it recovered (`what`:
+/// "staging" removed, or a swap "completed").
+fn rerun_reports_recovery(world: &World, id: &str, what: &str) {
+    let out = world.run(&["--json", "restore-backup", id]);
+    assert_success(&out, "restore after the crash");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["recovered"].as_str().unwrap_or("").contains(what),
+        "the rerun did not report the recovery ({what}): {report}"
+    );
 }
 
 fn big_world() -> World {
@@ -50,7 +57,7 @@ fn sigkill_while_staging_leaves_live_data_and_the_next_run_cleans_up() {
 
     let mut child = spawn(&world, &["restore-backup", &id], &[]);
     assert!(
-        wait_for(&journal(&world), &mut child),
+        wait_for(&world.journal(), &mut child),
         "the restore never started staging"
     );
     std::thread::sleep(Duration::from_millis(30));
@@ -62,16 +69,7 @@ fn sigkill_while_staging_leaves_live_data_and_the_next_run_cleans_up() {
         "a killed restore changed live data"
     );
 
-    let out = world.run(&["--json", "restore-backup", &id]);
-    assert_success(&out, "restore after the crash");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        report["recovered"]
-            .as_str()
-            .unwrap_or("")
-            .contains("staging"),
-        "the rerun did not report the cleanup: {report}"
-    );
+    rerun_reports_recovery(&world, &id, "staging");
     assert!(staging_left(&world.data).is_empty());
     assert!(!world.data.join("media_store/local_content/after").exists());
 }
@@ -85,30 +83,21 @@ fn a_crash_in_the_middle_of_the_swap_is_completed_by_the_next_run() {
     fs::write(&key, "ed25519 a_new changed-after-backup\n").unwrap();
     fs::write(world.data.join("media_store/local_content/after"), b"x").unwrap();
 
-    let out = Command::new(binary())
-        .arg("--config")
-        .arg(&world.config)
-        .args(["restore-backup", &id])
-        .env("SYNAPSE_BACKUP_CRASH_AFTER_SWAPS", "1")
-        .output()
-        .unwrap();
+    let out = spawn(
+        &world,
+        &["restore-backup", &id],
+        &[("SYNAPSE_BACKUP_CRASH_AFTER_SWAPS", "1")],
+    )
+    .wait_with_output()
+    .unwrap();
     assert!(!out.status.success(), "the fault was not injected");
     assert!(
-        journal(&world).exists(),
+        world.journal().exists(),
         "no journal after a crash mid-swap"
     );
 
-    let out = world.run(&["--json", "restore-backup", &id]);
-    assert_success(&out, "restore after the crash");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        report["recovered"]
-            .as_str()
-            .unwrap_or("")
-            .contains("completed"),
-        "{report}"
-    );
-    assert!(!journal(&world).exists());
+    rerun_reports_recovery(&world, &id, "completed");
+    assert!(!world.journal().exists());
     let now = live_state(&world.data);
     for (name, hash) in &backed_up {
         // homeserver.db is restored from a snapshot (other bytes, same rows): checked by
@@ -132,24 +121,24 @@ fn ctrl_c_while_staging_removes_the_staging() {
     for signal in ["INT", "TERM"] {
         let mut child = spawn(&world, &["restore-backup", &id], &[]);
         assert!(
-            wait_for(&journal(&world), &mut child),
+            wait_for(&world.journal(), &mut child),
             "the restore never started staging"
         );
         std::thread::sleep(Duration::from_millis(30));
-        common::signal(&child, signal);
+        crate::common::signal(&child, signal);
         let out = child.wait_with_output().unwrap();
         if out.status.success() {
             eprintln!("the restore finished before SIG{signal} arrived; nothing to check");
             return;
         }
-        assert_fails(&out, 130, "interrupted");
+        assert_fails(&out, exit::INTERRUPTED, &["interrupted"]);
         assert_eq!(live_state(&world.data), before, "after SIG{signal}");
         assert!(
             staging_left(&world.data).is_empty(),
             "staging left after SIG{signal}: {:?}",
             staging_left(&world.data)
         );
-        assert!(!journal(&world).exists());
+        assert!(!world.journal().exists());
     }
 }
 
@@ -173,8 +162,16 @@ fn a_restore_is_refused_while_another_holds_the_lock() {
     .unwrap();
     assert_eq!(line.trim(), "locked");
     let before = live_state(&world.data);
-    assert_fails(&world.run(&["restore-backup", &id]), 6, "another");
-    assert_fails(&world.run(&["create-backup"]), 6, "restore is running");
+    assert_fails(
+        &world.run(&["restore-backup", &id]),
+        exit::REFUSED,
+        &["another"],
+    );
+    assert_fails(
+        &world.run(&["create-backup"]),
+        exit::REFUSED,
+        &["restore is running"],
+    );
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert_eq!(live_state(&world.data), before);
@@ -241,8 +238,8 @@ fn a_full_disk_while_staging_changes_nothing() {
     // The free-space check refuses first…
     assert_fails(
         &run_with_config(&config, &["restore-backup", &id]),
-        6,
-        "free space",
+        exit::REFUSED,
+        &["free space"],
     );
     // …and without it, the disk fills up while staging: an error, and nothing changed.
     let out = run_with_config(&config, &["restore-backup", &id, "--skip-space-check"]);

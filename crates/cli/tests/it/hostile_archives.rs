@@ -6,17 +6,15 @@
 //! Every refusal must exit with the documented code, name the offending member, leave the live
 //! data dir as it was, remove its staging, and write nothing anywhere else.
 
-mod common;
-
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
+use crate::exit;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 /// The id hand-made archives are stored under (one world per test).
@@ -122,10 +120,6 @@ fn pax_record(key: &str, value: &str) -> Vec<u8> {
     format!("{len}{body}").into_bytes()
 }
 
-fn sha256(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
 fn signing_key() -> Member {
     Member::file(
         &format!("keys/{SERVER_NAME}.signing.key"),
@@ -162,7 +156,7 @@ fn backup_tar(id: &str, members: &[Member]) -> Vec<u8> {
                 "size": m.data.len(),
                 "mode": m.mode,
                 "mtime": MTIME,
-                "sha256": sha256(&m.data),
+                "sha256": sha256_hex(&m.data),
             })
         })
         .collect();
@@ -213,32 +207,25 @@ fn store_encrypted(world: &World, id: &str, tar_bytes: &[u8]) {
 // What must hold after a refusal
 // ---------------------------------------------------------------------------------------------
 
-fn assert_no_staging_left(world: &World) {
-    for root in [world.data.clone(), world.data.join("media_store")] {
-        for entry in fs::read_dir(&root).unwrap() {
-            let name = entry.unwrap().file_name().to_string_lossy().to_string();
-            assert!(
-                !name.contains(".staging-"),
-                "staging left behind: {}",
-                root.join(&name).display()
-            );
-            assert!(
-                !name.contains(".pre-restore-"),
-                "a failed restore moved {name} aside"
-            );
-            assert!(
-                !name.starts_with("restored-config-"),
-                "a failed restore left {name}"
-            );
-        }
+/// After a refused live restore: no staging and no journal, nothing moved aside, no restored
+/// configuration written.
+#[track_caller]
+fn assert_refused_restore_left_nothing(world: &World) {
+    assert_no_staging_left(world);
+    for name in names_beside_live_data(&world.data) {
+        assert!(
+            !name.contains(".pre-restore-"),
+            "a failed restore moved {name} aside"
+        );
+        assert!(
+            !name.starts_with("restored-config-"),
+            "a failed restore left {name}"
+        );
     }
-    assert!(
-        !world.data.join(".synapse-backup-restore.json").exists(),
-        "journal left behind"
-    );
 }
 
 /// The --target-dir of a failed restore: absent or empty, and no staging or journal next to it.
+#[track_caller]
 fn assert_no_drill_left(world: &World, drill: &Path) {
     if drill.exists() {
         assert!(
@@ -247,14 +234,10 @@ fn assert_no_drill_left(world: &World, drill: &Path) {
             drill.display()
         );
     }
-    for entry in fs::read_dir(world.dir.path()).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+    for name in names_in(world.dir.path()) {
         assert!(!name.contains(".staging-"), "staging left behind: {name}");
     }
-    assert!(
-        !world.path(".synapse-backup-restore.json").exists(),
-        "journal left behind"
-    );
+    assert!(!world.path(RESTORE_JOURNAL).exists(), "journal left behind");
 }
 
 /// Nothing named `name` exists anywhere in the world, nor next to it or above it.
@@ -295,54 +278,22 @@ fn assert_no_links(world: &World) {
     }
 }
 
-/// Checks that `out` (of `what`) failed with `code` and that stderr mentions every needle.
-fn assert_refusal(what: &str, out: &Output, code: i32, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{what}: expected exit {code}\nstdout:\n{}\nstderr:\n{stderr}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    for needle in needles {
-        assert!(
-            stderr.to_lowercase().contains(&needle.to_lowercase()),
-            "{what}: stderr does not mention {needle:?}:\n{stderr}"
-        );
-    }
-}
-
 /// Runs verify-backup, a live restore and a restore into a new --target-dir of backup `id`;
 /// each must fail with `code` naming every needle, and change nothing.
-fn assert_refused(world: &World, id: &str, code: i32, needles: &[&str]) {
+fn assert_refused(world: &World, id: &str, code: u8, needles: &[&str]) {
     let before = live_state(&world.data);
     let drill = world.path("drill");
     let drill_arg = drill.to_str().unwrap();
-    assert_refusal(
-        &format!("verify-backup {id}"),
-        &world.run(&["verify-backup", id]),
-        code,
-        needles,
-    );
-    assert_refusal(
-        &format!("restore-backup {id}"),
-        &world.run(&["restore-backup", id]),
-        code,
-        needles,
-    );
+    assert_fails(&world.run(&["verify-backup", id]), code, needles);
+    assert_fails(&world.run(&["restore-backup", id]), code, needles);
     assert_same_tree(
         &live_state(&world.data),
         &before,
         "live data after a refused restore",
     );
-    assert_no_staging_left(world);
+    assert_refused_restore_left_nothing(world);
     let out = world.run(&["restore-backup", id, "--target-dir", drill_arg]);
-    assert_refusal(
-        &format!("restore-backup {id} --target-dir"),
-        &out,
-        code,
-        needles,
-    );
+    assert_fails(&out, code, needles);
     assert_no_drill_left(world, &drill);
     assert_same_tree(
         &live_state(&world.data),
@@ -374,7 +325,12 @@ fn parent_dir_members_are_refused() {
         store_encrypted(&world, &id, &tar);
         // The error names the member as read, after a leading "./" is dropped.
         let named = name.trim_start_matches("./");
-        assert_refused(&world, &id, 5, &["unsafe member", named, "'..'"]);
+        assert_refused(
+            &world,
+            &id,
+            exit::CORRUPT,
+            &["unsafe member", named, "'..'"],
+        );
     }
     // The same escape in a backup without manifest, as the charm's pipeline makes them.
     let charm = format!("data/media_store/../../../{u}-5");
@@ -386,7 +342,7 @@ fn parent_dir_members_are_refused() {
     assert_refused(
         &world,
         "backup-20260101120000000009",
-        5,
+        exit::CORRUPT,
         &["unsafe member", &charm],
     );
     for n in 1..=5 {
@@ -420,7 +376,7 @@ fn long_and_pax_names_are_checked_too() {
         ],
     );
     store_encrypted(&world, ID, &gnu);
-    assert_refused(&world, ID, 5, &["unsafe member", &long]);
+    assert_refused(&world, ID, exit::CORRUPT, &["unsafe member", &long]);
 
     // A PAX `path` record overrides a harmless header name.
     let pax_id = "backup-20260101120000000001";
@@ -437,7 +393,7 @@ fn long_and_pax_names_are_checked_too() {
         ],
     );
     store_encrypted(&world, pax_id, &pax);
-    assert_refused(&world, pax_id, 5, &["unsafe member", &pax_name]);
+    assert_refused(&world, pax_id, exit::CORRUPT, &["unsafe member", &pax_name]);
 
     assert_not_written(&world, &format!("{u}-long"));
     assert_not_written(&world, &format!("{u}-pax"));
@@ -453,7 +409,12 @@ fn absolute_members_are_refused() {
     let name = format!("/tmp/{u}/abs.txt");
     let tar = backup_tar(ID, &[Member::file(&name, b"planted at an absolute path\n")]);
     store_encrypted(&world, ID, &tar);
-    assert_refused(&world, ID, 5, &["unsafe member", &name, "absolute"]);
+    assert_refused(
+        &world,
+        ID,
+        exit::CORRUPT,
+        &["unsafe member", &name, "absolute"],
+    );
     assert!(!Path::new("/tmp").join(&u).exists(), "/tmp/{u} was created");
     assert_not_written(&world, &u);
 }
@@ -522,7 +483,12 @@ fn symlink_and_hard_link_members_are_refused() {
     for (n, (members, offender, what)) in cases.iter().enumerate() {
         let id = format!("backup-2026010112000000000{n}");
         store_encrypted(&world, &id, &backup_tar(&id, members));
-        assert_refused(&world, &id, 5, &["unsafe member", offender, what]);
+        assert_refused(
+            &world,
+            &id,
+            exit::CORRUPT,
+            &["unsafe member", offender, what],
+        );
     }
     assert_eq!(fs::read(&secret).unwrap(), b"must stay as it is\n");
     assert!(
@@ -553,7 +519,12 @@ fn device_and_fifo_members_are_refused() {
     for (n, (member, what)) in cases.iter().enumerate() {
         let id = format!("backup-2026010112000000000{n}");
         store_encrypted(&world, &id, &backup_tar(&id, std::slice::from_ref(member)));
-        assert_refused(&world, &id, 5, &["unsafe member", &member.name, what]);
+        assert_refused(
+            &world,
+            &id,
+            exit::CORRUPT,
+            &["unsafe member", &member.name, what],
+        );
     }
     for entry in walkdir::WalkDir::new(world.dir.path()) {
         let entry = entry.unwrap();
@@ -575,7 +546,7 @@ fn file_and_folder_at_one_path_is_refused() {
         Member::file("media/local_content/ab/cd/ef", b"a file below a file\n"),
     ];
     store_encrypted(&world, ID, &backup_tar(ID, &members));
-    assert_refused(&world, ID, 5, &["media/local_content/ab/cd"]);
+    assert_refused(&world, ID, exit::CORRUPT, &["media/local_content/ab/cd"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -745,7 +716,12 @@ fn repacked_real_backup_is_still_sound() {
 fn missing_member_is_refused() {
     let world = World::new();
     let dropped = tampered(&world, |members| members.remove(media_index(members)).path);
-    assert_refused(&world, TAMPERED, 5, &[&dropped, "not in the archive"]);
+    assert_refused(
+        &world,
+        TAMPERED,
+        exit::CORRUPT,
+        &[&dropped, "not in the archive"],
+    );
 }
 
 #[test]
@@ -765,7 +741,12 @@ fn member_missing_from_the_list_is_refused() {
             },
         );
     });
-    assert_refused(&world, TAMPERED, 5, &[extra, "not in the manifest"]);
+    assert_refused(
+        &world,
+        TAMPERED,
+        exit::CORRUPT,
+        &[extra, "not in the manifest"],
+    );
     assert!(!world.data.join("media_store/local_content/zz").exists());
 }
 
@@ -779,7 +760,7 @@ fn changed_content_is_refused() {
         member.data[middle] ^= 0x01;
         member.path.clone()
     });
-    assert_refused(&world, TAMPERED, 5, &[&changed, "SHA-256"]);
+    assert_refused(&world, TAMPERED, exit::CORRUPT, &[&changed, "SHA-256"]);
 }
 
 #[test]
@@ -792,7 +773,12 @@ fn changed_size_is_refused() {
         (member.path.clone(), member.data.len())
     });
     let says = format!("{size} bytes");
-    assert_refused(&world, TAMPERED, 5, &[&changed, &says, "the manifest says"]);
+    assert_refused(
+        &world,
+        TAMPERED,
+        exit::CORRUPT,
+        &[&changed, &says, "the manifest says"],
+    );
 }
 
 #[test]
@@ -803,14 +789,13 @@ fn another_server_name_in_the_manifest_is_refused() {
     });
     let before = live_state(&world.data);
     let out = world.run(&["restore-backup", TAMPERED]);
-    assert_refusal(
-        "restore-backup",
+    assert_fails(
         &out,
-        6,
+        exit::REFUSED,
         &["server_name", "other.test", SERVER_NAME],
     );
     assert_same_tree(&live_state(&world.data), &before, "live data");
-    assert_no_staging_left(&world);
+    assert_refused_restore_left_nothing(&world);
     // The archive itself is consistent: verifying it (which knows no target) passes.
     let verified = world.run(&["verify-backup", TAMPERED]);
     assert_success(&verified, "verify-backup");
@@ -835,9 +820,9 @@ fn dot_slash_manifest_name_keeps_the_server_name_check() {
 
     let before = live_state(&world.data);
     let out = world.run(&["restore-backup", TAMPERED]);
-    assert_refusal("restore-backup", &out, 6, &["server_name", "other.test"]);
+    assert_fails(&out, exit::REFUSED, &["server_name", "other.test"]);
     assert_same_tree(&live_state(&world.data), &before, "live data");
-    assert_no_staging_left(&world);
+    assert_refused_restore_left_nothing(&world);
 }
 
 #[test]
@@ -846,7 +831,7 @@ fn newer_format_version_is_refused() {
     tampered(&world, |members| {
         edit_json(&mut members[0], |h| h["format_version"] = json!(99))
     });
-    assert_refused(&world, TAMPERED, 6, &["newer", "99"]);
+    assert_refused(&world, TAMPERED, exit::REFUSED, &["newer", "99"]);
 }
 
 #[test]
@@ -856,14 +841,19 @@ fn newer_format_version_in_the_file_list_is_refused() {
         let last = members.len() - 1;
         edit_json(&mut members[last], |l| l["format_version"] = json!(99));
     });
-    assert_refused(&world, TAMPERED, 6, &["newer", "99"]);
+    assert_refused(&world, TAMPERED, exit::REFUSED, &["newer", "99"]);
 }
 
 #[test]
 fn backup_without_its_file_list_is_refused() {
     let world = World::new();
     tampered(&world, |members| members.pop());
-    assert_refused(&world, TAMPERED, 5, &["manifest-files.json", "cut short"]);
+    assert_refused(
+        &world,
+        TAMPERED,
+        exit::CORRUPT,
+        &["manifest-files.json", "cut short"],
+    );
 }
 
 #[test]
@@ -879,7 +869,12 @@ fn member_after_the_file_list_is_refused() {
             data: b"late".to_vec(),
         });
     });
-    assert_refused(&world, TAMPERED, 5, &[late, "after the file list"]);
+    assert_refused(
+        &world,
+        TAMPERED,
+        exit::CORRUPT,
+        &[late, "after the file list"],
+    );
 }
 
 #[test]
@@ -888,17 +883,16 @@ fn duplicated_member_is_refused() {
     let twice = tampered(&world, duplicate_a_media_member);
     // verify says the member "appears twice"; a restore says the file "is written twice".
     let within_media = twice.strip_prefix("media/local_content/").unwrap();
-    assert_refused(&world, TAMPERED, 5, &[within_media, "twice"]);
+    assert_refused(&world, TAMPERED, exit::CORRUPT, &[within_media, "twice"]);
 }
 
 #[test]
 fn duplicated_member_is_named_by_a_live_restore() {
     let world = World::new();
     let twice = tampered(&world, duplicate_a_media_member);
-    assert_refusal(
-        "restore-backup",
+    assert_fails(
         &world.run(&["restore-backup", TAMPERED]),
-        5,
+        exit::CORRUPT,
         &[&twice, "twice"],
     );
 }
@@ -924,7 +918,7 @@ fn file_list_of_another_backup_is_refused() {
             l["backup_id"] = json!("backup-19990101000000000000")
         });
     });
-    assert_refused(&world, TAMPERED, 5, &["another backup"]);
+    assert_refused(&world, TAMPERED, exit::CORRUPT, &["another backup"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -942,7 +936,7 @@ fn unencrypted_tar_object_is_refused() {
             &[Member::file("media/local_content/pl/ai/n", b"plain\n")],
         ),
     );
-    assert_refused(&world, ID, 5, &["OpenPGP"]);
+    assert_refused(&world, ID, exit::CORRUPT, &["OpenPGP"]);
 }
 
 #[test]
@@ -965,7 +959,7 @@ fn literal_only_openpgp_messages_are_refused() {
     ];
     for (id, object) in &objects {
         store_object(&world, id, object);
-        assert_refused(&world, id, 5, &["not encrypted"]);
+        assert_refused(&world, id, exit::CORRUPT, &["not encrypted"]);
     }
 }
 
@@ -997,7 +991,7 @@ fn signed_only_openpgp_message_is_refused() {
         .env("GNUPGHOME", home.path())
         .status();
     store_object(&world, ID, &signed);
-    assert_refused(&world, ID, 5, &["not encrypted"]);
+    assert_refused(&world, ID, exit::CORRUPT, &["not encrypted"]);
 }
 
 #[test]
@@ -1005,7 +999,7 @@ fn encrypted_garbage_is_not_a_tar() {
     let world = World::new();
     store_encrypted(&world, ID, b"this is not a tar archive at all\n");
     // verify says "broken tar member header", restore "broken first member".
-    assert_refused(&world, ID, 5, &["damaged", "broken"]);
+    assert_refused(&world, ID, exit::CORRUPT, &["damaged", "broken"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1066,9 +1060,9 @@ fn huge_declared_lengths_are_truncation_not_allocation() {
         let before = live_state(&world.data);
         for args in [vec!["verify-backup", id], vec!["restore-backup", id]] {
             let out = run_limited(&world, &args);
-            assert_refusal(&format!("{args:?}"), &out, 5, &[needle]);
+            assert_fails(&out, exit::CORRUPT, &[needle]);
         }
         assert_same_tree(&live_state(&world.data), &before, "live data");
-        assert_no_staging_left(&world);
+        assert_refused_restore_left_nothing(&world);
     }
 }

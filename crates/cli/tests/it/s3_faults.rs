@@ -1,28 +1,18 @@
 //! Faults between synapse-backup and a real S3 server: the server dies in the middle of
 //! create-backup, restore-backup and verify-backup; the tool is killed or interrupted in the
-//! middle of an upload; the server answers with transient errors. Kept in its own test binary:
-//! these tests stop and restart the shared loopback server and read the bucket's count of
-//! unfinished multipart uploads, so they take turns (cargo runs test binaries one at a time).
-
-mod common;
+//! middle of an upload; the server answers with transient errors. These tests stop and restart
+//! the shared loopback server and read the bucket's count of unfinished multipart uploads, so
+//! each has the server to itself ([`s3_exclusive`]): no other S3 test of this binary runs
+//! meanwhile.
 
 use std::fs;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::*;
-
-static SERVER: Mutex<()> = Mutex::new(());
-
-/// Holds the shared server for one test.
-fn exclusive() -> MutexGuard<'static, ()> {
-    SERVER
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use crate::common::*;
+use crate::exit;
 
 fn server_script(action: &str) {
     let dir = std::env::var("S3_TEST_SERVER_DIR").expect("S3_TEST_SERVER_DIR");
@@ -120,14 +110,14 @@ fn rerun_cleans_up(world: &World, config: &str, before: u64) {
 #[test]
 fn the_server_dying_mid_backup_leaves_nothing_and_the_next_run_cleans_up() {
     let Some(world) = s3_world(24.0) else { return };
-    let _server = exclusive();
+    let _server = s3_exclusive();
     let before = unfinished_uploads();
     let config = fs::read_to_string(&world.config).unwrap();
     let child = backup_in_the_middle_of_its_upload(&world, before);
     server_script("kill");
     let out = child.wait_with_output().unwrap();
     server_script("restart");
-    assert_fails(&out, 7, "object store");
+    assert_fails(&out, exit::STORAGE, &["object store"]);
     assert_no_backups(&world);
     // The abort could not reach the server; the upload is still there until the next run.
     assert!(unfinished_uploads() > before);
@@ -137,7 +127,7 @@ fn the_server_dying_mid_backup_leaves_nothing_and_the_next_run_cleans_up() {
 #[test]
 fn sigkill_mid_backup_leaves_nothing_and_the_next_run_cleans_up() {
     let Some(world) = s3_world(24.0) else { return };
-    let _server = exclusive();
+    let _server = s3_exclusive();
     let before = unfinished_uploads();
     let config = fs::read_to_string(&world.config).unwrap();
     let mut child = backup_in_the_middle_of_its_upload(&world, before);
@@ -151,14 +141,14 @@ fn sigkill_mid_backup_leaves_nothing_and_the_next_run_cleans_up() {
 #[test]
 fn ctrl_c_mid_backup_aborts_the_upload() {
     let Some(world) = s3_world(24.0) else { return };
-    let _server = exclusive();
+    let _server = s3_exclusive();
     let before = unfinished_uploads();
     let config = fs::read_to_string(&world.config).unwrap();
     for name in ["INT", "TERM"] {
         let child = backup_in_the_middle_of_its_upload(&world, before);
         signal(&child, name);
         let out = child.wait_with_output().unwrap();
-        assert_fails(&out, 130, "interrupted");
+        assert_fails(&out, exit::INTERRUPTED, &["interrupted"]);
         eventually("the upload is aborted", || unfinished_uploads() == before);
         assert_no_backups(&world);
         fs::write(&world.config, &config).unwrap();
@@ -172,7 +162,7 @@ fn ctrl_c_mid_backup_aborts_the_upload() {
 #[test]
 fn another_runs_live_upload_is_left_alone() {
     let Some(world) = s3_world(24.0) else { return };
-    let _server = exclusive();
+    let _server = s3_exclusive();
     let before = unfinished_uploads();
     let config = fs::read_to_string(&world.config).unwrap();
     let slow = backup_in_the_middle_of_its_upload(&world, before);
@@ -203,13 +193,13 @@ fn server_dies_during(world: &World, args: &[&str]) -> Output {
 #[test]
 fn the_server_dying_mid_restore_changes_nothing() {
     let Some(world) = s3_world(24.0) else { return };
-    let _server = exclusive();
+    let _server = s3_exclusive();
     let id = world.create_backup();
     fs::write(world.data.join("media_store/local_content/after"), b"x").unwrap();
     let before = live_state(&world.data);
 
     let out = server_dies_during(&world, &["restore-backup", &id]);
-    assert_fails(&out, 7, "object store");
+    assert_fails(&out, exit::STORAGE, &["object store"]);
     assert_same_tree(
         &live_state(&world.data),
         &before,
@@ -224,10 +214,10 @@ fn the_server_dying_mid_restore_changes_nothing() {
 #[test]
 fn the_server_dying_mid_verify_fails_the_verification() {
     let Some(world) = s3_world(24.0) else { return };
-    let _server = exclusive();
+    let _server = s3_exclusive();
     let id = world.create_backup();
     let out = server_dies_during(&world, &["verify-backup", &id]);
-    let stderr = assert_fails(&out, 7, "object store");
+    let stderr = assert_fails(&out, exit::STORAGE, &["object store"]);
     assert!(
         stderr.contains(&id),
         "the error does not name the backup: {stderr}"
@@ -247,7 +237,7 @@ fn behind_fault_proxy(world: &World, s3: &S3Env, args: &[&str], settings: &str) 
     let address = s3.endpoint.trim_start_matches("http://");
     let (host, port) = address.split_once(':').unwrap();
     let mut proxy = Command::new("python3")
-        .arg(repo_root().join("crates/cli/tests/fixtures/fault_proxy.py"))
+        .arg(repo_root().join("crates/cli/tests/it/fixtures/fault_proxy.py"))
         .args([host, port, fault_log.to_str().unwrap()])
         .args(args)
         .stdout(Stdio::piped())
@@ -291,7 +281,7 @@ fn every_command_succeeds(world: &World, fault_log: &Path) -> String {
 fn transient_errors_are_retried_part_by_part() {
     let Some(s3) = S3Env::from_env() else { return };
     let world = s3_world(24.0).unwrap();
-    let _server = exclusive();
+    let _server = s3_exclusive();
     // Three of every six requests fail; a retry may land on another failing slot.
     let (_proxy, fault_log) = behind_fault_proxy(&world, &s3, &[], "");
     let log = every_command_succeeds(&world, &fault_log);
@@ -305,7 +295,7 @@ fn transient_errors_are_retried_part_by_part() {
 fn a_hanging_server_is_timed_out_and_retried() {
     let Some(s3) = S3Env::from_env() else { return };
     let world = s3_world(24.0).unwrap();
-    let _server = exclusive();
+    let _server = s3_exclusive();
     // Every fourth request hangs for five minutes; the tool gives up on it after 2 s.
     let (_proxy, fault_log) =
         behind_fault_proxy(&world, &s3, &["300"], "request-timeout-secs = 2\n");
