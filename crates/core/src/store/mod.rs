@@ -43,20 +43,7 @@ impl ReadFailed {
 
     /// The `ReadFailed` inside `err` or anything it wraps.
     pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ReadFailed> {
-        let mut current: Option<&'a (dyn std::error::Error + 'static)> = Some(err);
-        while let Some(error) = current {
-            if let Some(found) = error.downcast_ref::<ReadFailed>() {
-                return Some(found);
-            }
-            // An io::Error's source() skips the error it wraps; get_ref() is that error.
-            current = match error.downcast_ref::<std::io::Error>() {
-                Some(io) => io
-                    .get_ref()
-                    .map(|inner| inner as &(dyn std::error::Error + 'static)),
-                None => error.source(),
-            };
-        }
-        None
+        crate::error::find_cause(err)
     }
 
     /// The library error for backup `id`.

@@ -72,6 +72,27 @@ impl S3Store {
         body: ByteStream,
         size_hint: Option<u64>,
     ) -> Result<u64> {
+        // S3 servers refuse an empty part (Garage: "Empty body"), so an empty object is one plain
+        // PUT; anything else goes as a multipart upload, its first bytes put back in front.
+        let mut body = body;
+        let first = loop {
+            match body.next().await {
+                Some(Ok(bytes)) if bytes.is_empty() => continue,
+                Some(Ok(bytes)) => break bytes,
+                Some(Err(e)) => return Err(Error::Other(format!("backup stream failed: {e}"))),
+                None => {
+                    let key = self.key(name)?;
+                    self.inner
+                        .put(&key, PutPayload::default())
+                        .await
+                        .map_err(|e| self.storage_error(e))?;
+                    return Ok(0);
+                }
+            }
+        };
+        let body: ByteStream = futures::stream::once(async move { Ok(first) })
+            .chain(body)
+            .boxed();
         let upload = Upload::begin(self, name).await?;
         let result = match upload.send_parts(body, Self::part_size(size_hint)).await {
             Ok((parts, total)) => upload.complete(parts).await.map(|()| total),
@@ -245,7 +266,7 @@ impl<'a> Upload<'a> {
                 Some(Err(e)) => return Err(Error::Other(format!("backup stream failed: {e}"))),
                 None => {
                     finished = true;
-                    !gathered.is_empty() || total == 0
+                    !gathered.is_empty()
                 }
             };
             if !ready {
