@@ -1,5 +1,6 @@
 //! The restore's targets: the live paths it replaces, their staging paths next to them (same
 //! filesystem, so the swap is a rename), where the previous data is kept, and the swap itself.
+//! (About 400 lines: every target's life, from its staging to its swap, reads in one place.)
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};

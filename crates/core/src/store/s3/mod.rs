@@ -2,6 +2,7 @@
 //! backoff, multipart uploads).
 //!
 //! Uploads (multipart, with markers for cleaning up after a killed run) are in [`upload`].
+//! (Over 400 lines with its tests: the failure classification is tested next to the code.)
 
 mod upload;
 
