@@ -34,6 +34,9 @@ fn logs_off_a_terminal_have_no_colour_codes() {
     let out = world.run(&["-v", "create-backup"]);
     assert_success(&out, "create-backup -v");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("INFO"), "expected info logs at -v: {stderr}");
+    assert!(
+        stderr.contains("INFO"),
+        "expected info logs at -v: {stderr}"
+    );
     assert!(!stderr.contains('\u{1b}'), "colour codes in: {stderr:?}");
 }
