@@ -635,3 +635,22 @@ fn prune_keeps_what_the_policy_says_and_touches_nothing_else() {
         "verify after prune",
     );
 }
+
+/// Issue 10: a media store that is not where homeserver.yaml says (a relative path resolved
+/// elsewhere) is an error naming it, never a backup with 0 media files; an empty one is fine.
+#[test]
+fn a_missing_media_store_is_an_error_not_an_empty_backup() {
+    let world = World::new();
+    let media = world.data.join("media_store");
+    fs::rename(&media, world.data.join("media_store.elsewhere")).unwrap();
+    let out = world.run(&["create-backup"]);
+    assert_fails(&out, exit::CONFIG, &["media store", "does not exist"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&media.display().to_string()),
+        "the error names the path"
+    );
+    assert_no_backups(&world);
+    fs::create_dir(&media).unwrap();
+    let out = world.run(&["create-backup"]);
+    assert_success(&out, "create-backup of an empty media store");
+}

@@ -62,6 +62,7 @@ pub async fn create_backup(
 ) -> Result<BackupSummary> {
     let started = Instant::now();
     let hs = HomeserverConfig::load(&config.homeserver_yaml)?;
+    sources::check_media_store(&hs)?;
     let state = StateDir::at(hs.media_store.parent().unwrap_or(Path::new("/")));
     let lock = state.lock_shared()?;
     ctx.store.check_access().await?;

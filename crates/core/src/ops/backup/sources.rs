@@ -78,6 +78,27 @@ pub(super) fn key_and_config_sources(hs: &HomeserverConfig) -> Result<Vec<Source
     Ok(sources)
 }
 
+/// Refuses a media store that does not exist: that is a wrong path (a relative
+/// `media_store_path` resolved elsewhere than Synapse resolves it), not a server without media,
+/// and a backup of it would silently hold no media at all. An existing, empty one is fine.
+pub(super) fn check_media_store(hs: &HomeserverConfig) -> Result<()> {
+    match std::fs::metadata(&hs.media_store) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(Error::config(format!(
+            "the media store {} named by {} is not a directory",
+            hs.media_store.display(),
+            hs.path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::config(format!(
+            "the media store {} named by {} does not exist, so a backup would hold no media; check media_store_path (a relative path is resolved against {})",
+            hs.media_store.display(),
+            hs.path.display(),
+            hs.path.parent().unwrap_or(Path::new("/")).display()
+        ))),
+        Err(e) => Err(Error::io("stat the media store", &hs.media_store, e)),
+    }
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().to_string())
