@@ -47,32 +47,21 @@ pub(super) fn key_and_config_sources(hs: &HomeserverConfig) -> Result<Vec<Source
         "config/homeserver.yaml".into(),
         Role::Config,
     )?);
-    if let Some(log_config) = &hs.log_config {
-        if log_config.is_file() {
-            sources.push(Source::new(
-                log_config,
-                format!("config/log/{}", file_name(log_config)),
-                Role::Config,
-            )?);
+    let optional = hs
+        .log_config
+        .iter()
+        .map(|path| (path, "config/log", "log_config"))
+        .chain(
+            hs.app_service_files
+                .iter()
+                .map(|path| (path, "config/appservices", "app service registration")),
+        );
+    for (path, folder, what) in optional {
+        if path.is_file() {
+            let member = format!("{folder}/{}", file_name(path));
+            sources.push(Source::new(path, member, Role::Config)?);
         } else {
-            tracing::warn!(
-                "log_config {} does not exist; not backed up",
-                log_config.display()
-            );
-        }
-    }
-    for app_service in &hs.app_service_files {
-        if app_service.is_file() {
-            sources.push(Source::new(
-                app_service,
-                format!("config/appservices/{}", file_name(app_service)),
-                Role::Config,
-            )?);
-        } else {
-            tracing::warn!(
-                "app service registration {} does not exist; not backed up",
-                app_service.display()
-            );
+            tracing::warn!("{what} {} does not exist; not backed up", path.display());
         }
     }
     Ok(sources)
