@@ -312,10 +312,13 @@ class Synapse:
 
     # -- process
 
+    def config_args(self):
+        return ["-c", self.config_path]
+
     def start(self):
         out = open(os.path.join(self.dir, "synapse-stdout.log"), "ab")
         self.proc = subprocess.Popen(
-            [self.python, "-m", "synapse.app.homeserver", "-c", self.config_path],
+            [self.python, "-m", "synapse.app.homeserver", *self.config_args()],
             cwd=self.dir,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -398,6 +401,57 @@ class Synapse:
         r = requests.get(self.base + "/_matrix/key/v2/server", timeout=HTTP_TIMEOUT)
         r.raise_for_status()
         return {k: v["key"] for k, v in r.json()["verify_keys"].items()}
+
+
+class DebianSynapse(Synapse):
+    """The Debian package's layout: /etc/matrix-synapse/homeserver.yaml plus conf.d/*.yaml
+    (server_name, and here the database, with a YAML merge key), started with two
+    --config-paths from its working directory /var/lib/matrix-synapse, which relative paths
+    (here media_store_path and the SQLite file) are resolved against."""
+
+    def __init__(self, python, directory, port, pids_file):
+        super().__init__(python, os.path.join(directory, "var/lib/matrix-synapse"), port, pids_file)
+        self.etc = os.path.join(directory, "etc/matrix-synapse")
+        self.conf_d = os.path.join(self.etc, "conf.d")
+        self.config_path = os.path.join(self.etc, "homeserver.yaml")
+
+    def generate(self):
+        os.makedirs(self.conf_d, exist_ok=True)
+        config = super().generate()
+        with open(os.path.join(self.conf_d, "server_name.yaml"), "w") as f:
+            yaml.safe_dump({"server_name": config.pop("server_name")}, f)
+        config.pop("database", None)
+        with open(os.path.join(self.conf_d, "database.yaml"), "w") as f:
+            f.write("x-sqlite: &sqlite\n  name: sqlite3\n  args:\n    database: homeserver.db\n"
+                    "database:\n  <<: *sqlite\n")
+        config["media_store_path"] = "media_store"
+        with open(self.config_path, "w") as f:
+            yaml.safe_dump(config, f, sort_keys=False)
+        return config
+
+    def config_args(self):
+        return ["-c", self.config_path, "-c", self.conf_d + "/"]
+
+    def load_config(self):
+        merged = {}
+        files = [self.config_path] + sorted(
+            os.path.join(self.conf_d, n) for n in os.listdir(self.conf_d) if n.endswith(".yaml"))
+        for path in files:
+            with open(path) as f:
+                merged.update(yaml.safe_load(f) or {})
+        return merged
+
+    @property
+    def signing_key_path(self):
+        return os.path.join(self.dir, self.load_config()["signing_key_path"])
+
+    @property
+    def media_store(self):
+        return os.path.join(self.dir, self.load_config()["media_store_path"])
+
+    @property
+    def sqlite_path(self):
+        return os.path.join(self.dir, self.load_config()["database"]["args"]["database"])
 
 
 class Client:
@@ -502,10 +556,11 @@ class Tool:
         finally:
             os.umask(old)
 
-    def config_for(self, homeserver_yaml, path):
+    def config_for(self, homeserver_yaml, path, synapse_extra=""):
+        config = json.dumps(homeserver_yaml)  # a TOML string or array, as JSON writes them
         with open(path, "w") as f:
             f.write(
-                f'[synapse]\nconfig = "{homeserver_yaml}"\n\n'
+                f'[synapse]\nconfig = {config}\n{synapse_extra}\n'
                 f'[local]\npath = "{self.store}"\n\n'
                 f'[backup]\npassphrase-file = "{self.passphrase_file}"\n'
             )
@@ -1011,6 +1066,52 @@ def charm_scenario(args, tool, python, port):
     RESULTS.timings.append(f"E2E-TIMING charm restore={restored['seconds']:.2f}s")
 
 
+def debian_scenario(args, tool, python, port):
+    scenario = "debian"
+    work = os.path.join(args.work, scenario)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    rec = Recorded()
+    hs = DebianSynapse(python, os.path.join(work, "old"), port, args.pids_file)
+    hs.generate()
+    only_main = tool.config_for(hs.config_path, os.path.join(work, "sb-only-main.toml"))
+    sb_old = tool.config_for(
+        [hs.config_path, hs.conf_d], os.path.join(work, "sb-old.toml"),
+        f'working-dir = "{hs.dir}"')
+    hs.start()
+    try:
+        populate(scenario, hs, rec)
+        code, _out, err, _ = tool.run(only_main, "create-backup")
+        RESULTS.check(scenario, "with only homeserver.yaml listed, create-backup refuses: server_name is in conf.d",
+                      code == 2 and "server_name" in err and "conf.d" in err, f"exit {code}: {err.strip()[:400]}")
+        result, _ = tool.run_json(scenario, "create-backup with [synapse] config = [homeserver.yaml, conf.d]", sb_old, "create-backup")
+        backup_id = result["backup-id"]
+    finally:
+        clean = hs.stop()
+    RESULTS.check(scenario, "original Synapse stops cleanly", clean, hs.log_tail())
+    remember_files(hs, rec)
+    rec.media_tree = media_tree(hs)
+    RESULTS.check(scenario, "the relative media store holds media", len(rec.media_tree) > 0, hs.media_store)
+    code, _out, err, _ = tool.run(sb_old, "verify-backup", backup_id)
+    RESULTS.check(scenario, "verify-backup passes", code == 0, f"exit {code}: {err.strip()[:500]}")
+    shutil.rmtree(os.path.join(work, "old"))
+
+    new = DebianSynapse(python, os.path.join(work, "new"), port, args.pids_file)
+    new.generate()
+    sb_new = tool.config_for(
+        [new.config_path, new.conf_d], os.path.join(work, "sb-new.toml"),
+        f'working-dir = "{new.dir}"')
+    restored, _ = tool.run_json(scenario, "restore-backup onto a fresh Debian layout", sb_new, "restore-backup", backup_id)
+    check_restored_files(scenario, new, rec, backup_id)
+    restored_conf_d = os.path.join(new.etc, f"restored-config-{backup_id}", "conf.d")
+    RESULTS.check(scenario, "the conf.d files are backed up and restored beside homeserver.yaml",
+                  sorted(os.listdir(restored_conf_d)) == ["database.yaml", "server_name.yaml"] if os.path.isdir(restored_conf_d) else False,
+                  restored_conf_d)
+    check_restored_server(scenario, new, rec)
+    sqlite_integrity(scenario, new.sqlite_path)
+    RESULTS.timings.append(f"E2E-TIMING debian create={result['seconds']:.2f}s restore={restored['seconds']:.2f}s")
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -1020,7 +1121,7 @@ def main():
     parser.add_argument("--work", required=True, help="work directory")
     parser.add_argument("--pids-file", required=True, help="every started Synapse pid is appended here")
     parser.add_argument("--summary-file", help="write the closing `N passed, M failed` line here instead of stdout")
-    parser.add_argument("--only", choices=["sqlite", "postgresql", "charm"], action="append", help="run only these scenarios")
+    parser.add_argument("--only", choices=["sqlite", "postgresql", "charm", "debian"], action="append", help="run only these scenarios")
     args = parser.parse_args()
 
     # SIGTERM (the shell's timeout or trap) unwinds through the finally blocks that stop Synapse.
@@ -1029,7 +1130,7 @@ def main():
     python = sys.executable
     tool = Tool(args.bin, args.work)
     port = free_port()
-    wanted = args.only or ["sqlite", "postgresql", "charm"]
+    wanted = args.only or ["sqlite", "postgresql", "charm", "debian"]
     total_started = time.monotonic()
 
     for scenario in wanted:
@@ -1051,6 +1152,8 @@ def main():
                         RESULTS.check("postgresql", f"{program} is installed", False, "apt-get install postgresql-client")
                 drop_stale_databases()
                 live_scenario("postgresql", args, tool, python, port, database=True)
+            elif scenario == "debian":
+                debian_scenario(args, tool, python, port)
             else:
                 charm_scenario(args, tool, python, port)
         except ScenarioAbort as e:

@@ -32,22 +32,60 @@ struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawSynapse {
     #[serde(default = "default_homeserver_yaml")]
-    config: PathBuf,
+    config: OneOrMany,
+    working_dir: Option<PathBuf>,
+}
+
+/// `config = "/data/homeserver.yaml"` or `config = ["…/homeserver.yaml", "…/conf.d"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
 }
 
 impl Default for RawSynapse {
     fn default() -> Self {
         RawSynapse {
             config: default_homeserver_yaml(),
+            working_dir: None,
         }
     }
 }
 
-fn default_homeserver_yaml() -> PathBuf {
-    PathBuf::from("/data/homeserver.yaml")
+fn default_homeserver_yaml() -> OneOrMany {
+    OneOrMany::One(PathBuf::from("/data/homeserver.yaml"))
+}
+
+/// Where Synapse's own config is, and the directory it runs in.
+#[derive(Debug, Clone)]
+pub struct SynapseSettings {
+    /// What Synapse is started with as `--config-path`, in order: files, and folders whose
+    /// `*.yaml` files it reads sorted by name.
+    pub config_paths: Vec<PathBuf>,
+    /// The directory Synapse runs in, against which it resolves relative paths (see
+    /// `synapse::WorkingDir` for the default).
+    pub working_dir: Option<PathBuf>,
+}
+
+fn synapse_settings(raw: RawSynapse, base: &Path, source: &Path) -> Result<SynapseSettings> {
+    let config_paths: Vec<PathBuf> = match raw.config {
+        OneOrMany::One(path) => vec![path],
+        OneOrMany::Many(paths) => paths,
+    };
+    if config_paths.is_empty() {
+        return Err(Error::config(format!(
+            "{}: [synapse] config is an empty list; name homeserver.yaml (and any conf.d folder Synapse reads)",
+            source.display()
+        )));
+    }
+    Ok(SynapseSettings {
+        config_paths: config_paths.into_iter().map(|p| base.join(p)).collect(),
+        working_dir: raw.working_dir.map(|p| base.join(p)),
+    })
 }
 
 #[derive(Deserialize)]
@@ -179,7 +217,7 @@ pub struct RestoreSettings {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source: PathBuf,
-    pub homeserver_yaml: PathBuf,
+    pub synapse: SynapseSettings,
     pub store: StoreConfig,
     pub backup: BackupSettings,
     pub restore: RestoreSettings,
@@ -226,7 +264,7 @@ impl Config {
         };
         Ok(Config {
             source: source.to_path_buf(),
-            homeserver_yaml: base.join(raw.synapse.config),
+            synapse: synapse_settings(raw.synapse, base, source)?,
             store,
             backup: BackupSettings {
                 passphrase_file: raw.backup.passphrase_file.map(|p| base.join(p)),

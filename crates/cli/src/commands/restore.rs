@@ -28,6 +28,7 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
                 "bytes": report.bytes,
                 "placed": report.placed,
                 "kept-previous": report.kept_previous,
+                "skipped-members": report.skipped_members,
                 "notes": report.notes,
                 "recovered": report.recovered.as_ref().map(|r| r.to_string()),
                 "seconds": report.elapsed.as_secs_f64(),
@@ -38,8 +39,12 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
     if let Some(recovered) = &report.recovered {
         eprintln!("note: {recovered}");
     }
+    let skipped = match report.skipped_members {
+        0 => String::new(),
+        n => format!(", {n} skipped"),
+    };
     outln!(
-        "restored {} ({} files, {}) in {:.1}s",
+        "restored {} ({} files, {}{skipped}) in {:.1}s",
         report.backup_id,
         report.files,
         human_bytes(report.bytes),

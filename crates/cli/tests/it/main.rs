@@ -18,6 +18,7 @@ mod cli_output;
 mod exit_codes;
 mod golden;
 mod hostile_archives;
+mod layouts;
 mod postgres;
 mod reliability;
 mod s3_faults;

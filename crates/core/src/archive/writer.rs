@@ -39,6 +39,18 @@ impl<W: Write> ArchiveWriter<W> {
             .at("write archive member", member)
     }
 
+    /// Adds a folder member, so that a restore gives the folder its mode and mtime back.
+    pub fn append_dir(&mut self, member: &str, mode: u32, mtime: i64) -> Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        header.set_mode(mode & MODE_MASK);
+        header.set_mtime(mtime.max(0) as u64);
+        self.builder
+            .append_data(&mut header, format!("{member}/"), io::empty())
+            .at("write archive member", member)
+    }
+
     /// Adds a generated member the tool wrote to a temp file (the file list), readable by its
     /// owner only.
     pub fn append_generated_file(&mut self, member: &str, path: &Path, mtime: i64) -> Result<()> {

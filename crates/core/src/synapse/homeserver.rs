@@ -1,9 +1,14 @@
-//! Parsing of the subset of `homeserver.yaml` this tool needs.
+//! The facts this tool needs from Synapse's config (paths, database, listeners), resolved the
+//! way Synapse resolves them: relative paths against its working directory, defaults where it
+//! has them, and for each path where it came from, so that an error can say.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde_norway::{Mapping, Value};
 
+use super::config_files::{scalar_text, yaml11_bool, MergedConfig};
+use crate::config::SynapseSettings;
 use crate::error::{Error, Result};
 
 /// The database Synapse is configured with.
@@ -49,10 +54,13 @@ pub struct Listener {
     pub tls: bool,
 }
 
-/// The facts this tool takes from a homeserver.yaml, with every path made absolute.
+/// The facts this tool takes from Synapse's config files, with every path made absolute the
+/// way Synapse makes it.
 #[derive(Debug, Clone)]
 pub struct HomeserverConfig {
-    pub path: PathBuf,
+    /// Every file Synapse reads, in its order; the first is the main homeserver.yaml.
+    pub files: Vec<PathBuf>,
+    pub working_dir: WorkingDir,
     pub server_name: String,
     pub media_store: PathBuf,
     pub signing_key: PathBuf,
@@ -61,142 +69,320 @@ pub struct HomeserverConfig {
     pub app_service_files: Vec<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub listeners: Vec<Listener>,
+    /// For each path setting, where its value came from, for messages.
+    origins: BTreeMap<&'static str, String>,
 }
 
-#[derive(Deserialize)]
-struct RawHomeserver {
-    server_name: Option<String>,
-    media_store_path: Option<PathBuf>,
-    signing_key_path: Option<PathBuf>,
-    database: Option<RawDatabase>,
-    log_config: Option<PathBuf>,
-    #[serde(default)]
-    app_service_config_files: Vec<PathBuf>,
-    pid_file: Option<PathBuf>,
-    #[serde(default)]
-    listeners: Vec<RawListener>,
+/// The directory Synapse runs in, against which it resolves relative paths, and why it is
+/// taken to be that one.
+#[derive(Debug, Clone)]
+pub struct WorkingDir {
+    pub path: PathBuf,
+    pub reason: String,
 }
 
-#[derive(Deserialize)]
-struct RawDatabase {
-    name: Option<String>,
-    #[serde(default)]
-    args: serde_norway::Mapping,
-}
+/// Where the Debian and matrix.org packages keep the config; their systemd unit runs Synapse
+/// in [`DEBIAN_WORKING_DIR`].
+const DEBIAN_CONFIG_DIR: &str = "/etc/matrix-synapse";
+const DEBIAN_WORKING_DIR: &str = "/var/lib/matrix-synapse";
 
-#[derive(Deserialize)]
-struct RawListener {
-    port: Option<u16>,
-    #[serde(default)]
-    bind_addresses: Vec<String>,
-    #[serde(default)]
-    tls: bool,
-    #[serde(rename = "type")]
-    kind: Option<String>,
+impl WorkingDir {
+    /// `[synapse] working-dir` when set; else the Debian package's when the config is the
+    /// package's; else the folder of the main config file, where Synapse's docker image, the
+    /// charm and `--generate-config` keep it next to the data.
+    pub fn choose(configured: Option<&Path>, main_file: &Path) -> WorkingDir {
+        if let Some(path) = configured {
+            return WorkingDir {
+                path: path.to_path_buf(),
+                reason: "[synapse] working-dir".into(),
+            };
+        }
+        if main_file.starts_with(DEBIAN_CONFIG_DIR) {
+            return WorkingDir {
+                path: DEBIAN_WORKING_DIR.into(),
+                reason: format!(
+                    "where the Debian package's service runs Synapse, as the config is under {DEBIAN_CONFIG_DIR}; set [synapse] working-dir if yours runs elsewhere"
+                ),
+            };
+        }
+        let folder = main_file.parent().unwrap_or(Path::new("/"));
+        WorkingDir {
+            path: folder.to_path_buf(),
+            reason: format!(
+                "the folder of {}; set [synapse] working-dir to the directory Synapse is started in if it differs",
+                main_file.display()
+            ),
+        }
+    }
 }
 
 impl HomeserverConfig {
-    /// Reads `homeserver.yaml` at `path`.
-    pub fn load(path: &Path) -> Result<HomeserverConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(format!(
-                "cannot read Synapse config {}: {e}; set [synapse] config to your homeserver.yaml",
-                path.display()
-            ))
-        })?;
-        Self::parse(&text, path)
+    /// Reads the config files `settings` names, as Synapse does.
+    pub fn load(settings: &SynapseSettings) -> Result<HomeserverConfig> {
+        let merged = MergedConfig::load(&settings.config_paths)?;
+        Self::from_merged(&merged, settings.working_dir.as_deref())
     }
 
+    /// Reads one homeserver.yaml given as text (tests, and the fuzzer).
     pub fn parse(text: &str, path: &Path) -> Result<HomeserverConfig> {
-        let raw: RawHomeserver = serde_norway::from_str(text)
-            .map_err(|e| Error::config(format!("{}: not valid YAML: {e}", path.display())))?;
-        // Synapse resolves relative paths against its working directory, which for the usual
-        // deployments (docker, debian package, charm) is the directory of homeserver.yaml.
-        let base = path.parent().unwrap_or(Path::new("/"));
-        let absolute = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let server_name = raw
-            .server_name
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| Error::config(format!("{}: server_name is not set", path.display())))?;
-        let media_store = absolute(raw.media_store_path.unwrap_or_else(|| "media_store".into()));
-        let signing_key = absolute(
-            raw.signing_key_path
-                .unwrap_or_else(|| format!("{server_name}.signing.key").into()),
-        );
-        let database = match raw.database {
-            None => Database::Sqlite {
-                path: absolute("homeserver.db".into()),
-            },
-            Some(db) => database_from(db, path, &absolute)?,
+        let mut merged = MergedConfig::empty();
+        merged.add(path, text)?;
+        Self::from_merged(&merged, None)
+    }
+
+    /// The main config file (the first Synapse reads); restored config goes beside it.
+    pub fn main_file(&self) -> &Path {
+        &self.files[0]
+    }
+
+    /// Where the value of a path setting (`media_store_path`, `signing_key_path`, `database`,
+    /// …) came from, for messages.
+    pub fn origin(&self, setting: &str) -> String {
+        self.origins
+            .get(setting)
+            .cloned()
+            .unwrap_or_else(|| format!("the Synapse config ({})", self.describe_files()))
+    }
+
+    pub fn describe_files(&self) -> String {
+        describe(&self.files)
+    }
+
+    pub fn from_merged(
+        merged: &MergedConfig,
+        working_dir: Option<&Path>,
+    ) -> Result<HomeserverConfig> {
+        let main_file = merged.files[0].clone();
+        let working_dir = WorkingDir::choose(working_dir, &main_file);
+        let mut resolver = Resolver {
+            merged,
+            working_dir: &working_dir,
+            origins: BTreeMap::new(),
         };
-        let listeners = raw
-            .listeners
-            .into_iter()
-            .filter(|l| l.kind.as_deref().unwrap_or("http") == "http")
-            .filter_map(|l| {
-                Some(Listener {
-                    port: l.port?,
-                    bind_addresses: l.bind_addresses,
-                    tls: l.tls,
-                })
-            })
-            .collect();
+        let server_name = merged
+            .get("server_name")
+            .and_then(scalar_text)
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| missing_server_name(merged))?;
+        let media_store = resolver
+            .path("media_store_path", Some("media_store"))?
+            .unwrap_or_default();
+        let signing_key = match resolver.path("signing_key_path", None)? {
+            Some(path) => path,
+            None => resolver.default_signing_key(&server_name),
+        };
+        let database = resolver.database()?;
+        let log_config = resolver.path("log_config", None)?;
+        let pid_file = resolver.path("pid_file", None)?;
+        let app_service_files = match merged.get("app_service_config_files") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .filter_map(scalar_text)
+                .map(|p| working_dir.path.join(p))
+                .collect(),
+            Some(_) => return Err(resolver.not_a("app_service_config_files", "list of paths")),
+        };
+        let listeners = listeners_from(merged.get("listeners"));
+        let origins = resolver.origins;
         Ok(HomeserverConfig {
-            path: path.to_path_buf(),
+            files: merged.files.clone(),
+            working_dir,
             server_name,
             media_store,
             signing_key,
             database,
-            log_config: raw.log_config.map(&absolute),
-            app_service_files: raw
-                .app_service_config_files
-                .into_iter()
-                .map(&absolute)
-                .collect(),
-            pid_file: raw.pid_file.map(&absolute),
+            log_config,
+            app_service_files,
+            pid_file,
             listeners,
+            origins,
         })
     }
 }
 
-fn database_from(
-    db: RawDatabase,
-    path: &Path,
-    absolute: &dyn Fn(PathBuf) -> PathBuf,
-) -> Result<Database> {
-    let arg = |key: &str| -> Option<String> {
-        db.args.get(key).and_then(|v| match v {
-            serde_norway::Value::String(s) => Some(s.clone()),
-            serde_norway::Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
-    };
-    match db.name.as_deref().unwrap_or("sqlite3") {
-        "sqlite3" => {
-            let file = arg("database").unwrap_or_else(|| "homeserver.db".into());
-            if file == ":memory:" {
-                return Err(Error::config(format!(
-                    "{}: the database is in memory; there is nothing to back up",
-                    path.display()
-                )));
-            }
-            Ok(Database::Sqlite {
-                path: absolute(file.into()),
-            })
-        }
-        "psycopg2" | "psycopg" => Ok(Database::Postgres(PostgresArgs {
-            dbname: arg("dbname").or_else(|| arg("database")),
-            user: arg("user"),
-            host: arg("host"),
-            port: arg("port").and_then(|p| p.parse().ok()),
-            sslmode: arg("sslmode"),
-            password: arg("password"),
-        })),
-        other => Err(Error::config(format!(
-            "{}: database.name {other:?} is not supported (expected sqlite3 or psycopg2)",
-            path.display()
-        ))),
+fn describe(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn missing_server_name(merged: &MergedConfig) -> Error {
+    Error::config(format!(
+        "server_name is not set in any Synapse config file read ({}); Debian's package keeps it in {DEBIAN_CONFIG_DIR}/conf.d/server_name.yaml, so list that folder too: [synapse] config = [\"{DEBIAN_CONFIG_DIR}/homeserver.yaml\", \"{DEBIAN_CONFIG_DIR}/conf.d\"]",
+        describe(&merged.files)
+    ))
+}
+
+/// Resolves path settings against the working directory, noting where each came from.
+struct Resolver<'a> {
+    merged: &'a MergedConfig,
+    working_dir: &'a WorkingDir,
+    origins: BTreeMap<&'static str, String>,
+}
+
+impl Resolver<'_> {
+    /// The setting `key` as an absolute path (`default` when unset), its origin noted.
+    fn path(&mut self, key: &'static str, default: Option<&str>) -> Result<Option<PathBuf>> {
+        let (text, origin) = match self.merged.get(key) {
+            None | Some(Value::Null) => match default {
+                Some(default) => (
+                    default.to_string(),
+                    format!(
+                        "Synapse's default {key} {default:?} (not set in {})",
+                        describe(&self.merged.files)
+                    ),
+                ),
+                None => return Ok(None),
+            },
+            Some(value) => match scalar_text(value) {
+                Some(text) => (text, self.set_in(key)),
+                None => return Err(self.not_a(key, "path")),
+            },
+        };
+        Ok(Some(self.resolve(key, &text, origin)))
     }
+
+    /// Synapse's default key: `<server_name>.signing.key` in the folder of the last config
+    /// file it read (an absolute folder, so the working directory plays no part).
+    fn default_signing_key(&mut self, server_name: &str) -> PathBuf {
+        let last = self.merged.files.last().map(PathBuf::as_path);
+        let folder = last.and_then(Path::parent).unwrap_or(Path::new("/"));
+        let folder = self.working_dir.path.join(folder);
+        self.origins.insert(
+            "signing_key_path",
+            format!(
+                "Synapse's default signing_key_path (not set in {}): <server_name>.signing.key in {}, the folder of the last config file",
+                describe(&self.merged.files),
+                folder.display()
+            ),
+        );
+        folder.join(format!("{server_name}.signing.key"))
+    }
+
+    fn set_in(&self, key: &str) -> String {
+        match self.merged.origin(key) {
+            Some(file) => format!("{key} in {}", file.display()),
+            None => key.to_string(),
+        }
+    }
+
+    fn resolve(&mut self, key: &'static str, text: &str, origin: String) -> PathBuf {
+        let path = PathBuf::from(text);
+        let (path, origin) = if path.is_absolute() {
+            (path, origin)
+        } else {
+            (
+                self.working_dir.path.join(&path),
+                format!(
+                    "{origin}, relative to Synapse's working directory {} ({})",
+                    self.working_dir.path.display(),
+                    self.working_dir.reason
+                ),
+            )
+        };
+        self.origins.insert(key, origin);
+        path
+    }
+
+    fn not_a(&self, key: &str, what: &str) -> Error {
+        Error::config(format!("{} is not a {what}", self.set_in(key)))
+    }
+
+    fn database(&mut self) -> Result<Database> {
+        if self.merged.get("databases").is_some() {
+            return Err(Error::config(format!(
+                "{} configures several databases (experimental in Synapse); this tool backs up a single database",
+                self.set_in("databases")
+            )));
+        }
+        let section = match self.merged.get("database") {
+            None | Some(Value::Null) => Mapping::new(),
+            Some(Value::Mapping(section)) => section.clone(),
+            Some(_) => return Err(self.not_a("database", "section")),
+        };
+        let args = match section.get("args") {
+            Some(Value::Mapping(args)) => args.clone(),
+            _ => Mapping::new(),
+        };
+        let arg = |key: &str| args.get(key).and_then(scalar_text);
+        let name = section
+            .get("name")
+            .and_then(scalar_text)
+            .unwrap_or_else(|| "sqlite3".into());
+        match name.as_str() {
+            "sqlite3" => {
+                let (file, origin) = match arg("database") {
+                    Some(file) => (file, self.set_in("database")),
+                    None => (
+                        "homeserver.db".to_string(),
+                        format!(
+                            "Synapse's default SQLite database \"homeserver.db\" (no database.args.database in {})",
+                            describe(&self.merged.files)
+                        ),
+                    ),
+                };
+                if file == ":memory:" {
+                    return Err(Error::config(format!(
+                        "{}: the database is in memory; there is nothing to back up",
+                        self.set_in("database")
+                    )));
+                }
+                Ok(Database::Sqlite {
+                    path: self.resolve("database", &file, origin),
+                })
+            }
+            "psycopg2" | "psycopg" => {
+                self.origins.insert("database", self.set_in("database"));
+                Ok(Database::Postgres(PostgresArgs {
+                    dbname: arg("dbname").or_else(|| arg("database")),
+                    user: arg("user"),
+                    host: arg("host"),
+                    port: arg("port").and_then(|p| p.parse().ok()),
+                    sslmode: arg("sslmode"),
+                    password: arg("password"),
+                }))
+            }
+            other => Err(Error::config(format!(
+                "{}: database.name {other:?} is not supported (expected sqlite3 or psycopg2)",
+                self.set_in("database")
+            ))),
+        }
+    }
+}
+
+/// The plain HTTP listeners (the ones whose `/health` a restore can ask).
+fn listeners_from(value: Option<&Value>) -> Vec<Listener> {
+    let Some(Value::Sequence(items)) = value else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter(|l| {
+            l.get("type")
+                .and_then(scalar_text)
+                .as_deref()
+                .unwrap_or("http")
+                == "http"
+        })
+        .filter_map(|l| {
+            let port = l.get("port").and_then(scalar_text)?.parse().ok()?;
+            let bind_addresses = match l.get("bind_addresses") {
+                Some(Value::Sequence(addresses)) => {
+                    addresses.iter().filter_map(scalar_text).collect()
+                }
+                _ => Vec::new(),
+            };
+            let tls = l.get("tls").and_then(yaml11_bool).unwrap_or(false);
+            Some(Listener {
+                port,
+                bind_addresses,
+                tls,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -258,5 +444,85 @@ signing_key_path: "/data/example.org.signing.key"
             .unwrap_err()
             .to_string();
         assert!(err.contains("server_name"), "{err}");
+    }
+
+    #[test]
+    fn debian_layout_resolves_against_var_lib_and_names_origins() {
+        let mut merged = MergedConfig::empty();
+        merged
+            .add(
+                Path::new("/etc/matrix-synapse/homeserver.yaml"),
+                "media_store_path: media\nsigning_key_path: /etc/matrix-synapse/homeserver.signing.key\n",
+            )
+            .unwrap();
+        merged
+            .add(
+                Path::new("/etc/matrix-synapse/conf.d/server_name.yaml"),
+                "server_name: deb.example\n",
+            )
+            .unwrap();
+        let hs = HomeserverConfig::from_merged(&merged, None).unwrap();
+        assert_eq!(hs.server_name, "deb.example");
+        assert_eq!(
+            hs.media_store,
+            PathBuf::from("/var/lib/matrix-synapse/media")
+        );
+        assert_eq!(
+            hs.database,
+            Database::Sqlite {
+                path: "/var/lib/matrix-synapse/homeserver.db".into()
+            }
+        );
+        let origin = hs.origin("media_store_path");
+        assert!(
+            origin.contains("/etc/matrix-synapse/homeserver.yaml")
+                && origin.contains("/var/lib/matrix-synapse"),
+            "{origin}"
+        );
+        let explicit =
+            HomeserverConfig::from_merged(&merged, Some(Path::new("/srv/synapse"))).unwrap();
+        assert_eq!(explicit.media_store, PathBuf::from("/srv/synapse/media"));
+        assert!(explicit
+            .origin("media_store_path")
+            .contains("[synapse] working-dir"));
+    }
+
+    #[test]
+    fn a_missing_server_name_names_every_file_and_conf_d() {
+        let mut merged = MergedConfig::empty();
+        merged
+            .add(
+                Path::new("/etc/matrix-synapse/homeserver.yaml"),
+                "pid_file: /x\n",
+            )
+            .unwrap();
+        merged
+            .add(
+                Path::new("/etc/matrix-synapse/conf.d/a.yaml"),
+                "report_stats: false\n",
+            )
+            .unwrap();
+        let err = HomeserverConfig::from_merged(&merged, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("homeserver.yaml")
+                && err.contains("conf.d/a.yaml")
+                && err.contains("conf.d\"]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn merge_keys_inside_database_are_applied() {
+        let yaml = "server_name: a.b\nsqlite: &sqlite\n  name: sqlite3\n  args:\n    database: /var/db/real.db\ndatabase:\n  <<: *sqlite\n  cp_min: 1\nlisteners:\n  - port: 8008\n    tls: no\n";
+        let hs = HomeserverConfig::parse(yaml, Path::new("/srv/hs.yaml")).unwrap();
+        assert_eq!(
+            hs.database,
+            Database::Sqlite {
+                path: "/var/db/real.db".into()
+            }
+        );
+        assert!(!hs.listeners[0].tls);
     }
 }

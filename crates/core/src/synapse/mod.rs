@@ -2,9 +2,11 @@
 //! media store and referenced config files live, how the media store is laid out, and how to
 //! tell whether Synapse is running.
 
+mod config_files;
 mod homeserver;
 pub mod media;
 mod running;
 
-pub use homeserver::{Database, HomeserverConfig, Listener, PostgresArgs};
+pub use config_files::{find_config_files, MergedConfig};
+pub use homeserver::{Database, HomeserverConfig, Listener, PostgresArgs, WorkingDir};
 pub use running::{is_running, wait_for_health, RunningState};

@@ -81,7 +81,7 @@ pub async fn wait_for_health(hs: &HomeserverConfig, timeout: Duration) -> Result
         .ok_or_else(|| {
             format!(
                 "{} has no plain HTTP listener to ask for /health",
-                hs.path.display()
+                hs.describe_files()
             )
         })?;
     let url = format!("http://{address}/health");

@@ -34,7 +34,7 @@ use super::OpContext;
 
 pub use id::new_backup_id;
 use pipeline::{run_pipeline, ArchiveContents, Archived, PipelineError};
-use sources::Source;
+use sources::{MediaListing, Source};
 
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
@@ -61,8 +61,8 @@ pub async fn create_backup(
     options: &BackupOptions,
 ) -> Result<BackupSummary> {
     let started = Instant::now();
-    let hs = HomeserverConfig::load(&config.homeserver_yaml)?;
-    sources::check_media_store(&hs)?;
+    let hs = HomeserverConfig::load(&config.synapse)?;
+    sources::check_paths(&hs)?;
     let state = StateDir::at(hs.media_store.parent().unwrap_or(Path::new("/")));
     let lock = state.lock_shared()?;
     ctx.store.check_access().await?;
@@ -73,7 +73,8 @@ pub async fn create_backup(
     let mut sources = sources::key_and_config_sources(&hs)?;
     let snapshot = snapshot::take(&hs, options, temp.path(), ctx.progress.as_ref()).await?;
     sources.extend(snapshot.file);
-    sources.extend(list_media(&hs, options).await?);
+    let media = list_media(&hs, options).await?;
+    sources.extend(media.files);
 
     let header = new_header(&hs, &backup_id, snapshot.info.clone(), options, &sources);
     tracing::info!(
@@ -85,6 +86,7 @@ pub async fn create_backup(
     );
     let contents = ArchiveContents {
         header,
+        folders: media.folders,
         sources,
         dump: snapshot.dump,
         list_path: temp.path().join(FILES_MEMBER),
@@ -117,7 +119,7 @@ fn temp_dir(config: &Config) -> Result<tempfile::TempDir> {
         .map_err(|e| Error::io("create temp dir in", &parent, e))
 }
 
-async fn list_media(hs: &HomeserverConfig, options: &BackupOptions) -> Result<Vec<Source>> {
+async fn list_media(hs: &HomeserverConfig, options: &BackupOptions) -> Result<MediaListing> {
     let dirs = backed_up_media_dirs(options.include_remote_media);
     let media_store = hs.media_store.clone();
     tokio::task::spawn_blocking(move || sources::list_media(&media_store, &dirs))

@@ -24,7 +24,7 @@ use crate::manifest::{
 use crate::ops::pipe::{chunk_pipe, ChannelWriter, ChunkWriter, CHUNK, QUEUE_DEPTH};
 use crate::progress::{Cancel, Progress};
 
-use super::sources::Source;
+use super::sources::{Folder, Source};
 
 /// A running pg_dump, read through a buffer.
 pub(super) type Dump = std::io::BufReader<DumpProcess>;
@@ -32,6 +32,8 @@ pub(super) type Dump = std::io::BufReader<DumpProcess>;
 /// Everything the archive holds, in the order it is written.
 pub(super) struct ArchiveContents {
     pub header: Header,
+    /// The media folders, right after the header: members carrying their modes.
+    pub folders: Vec<Folder>,
     /// Keys and config first, then media.
     pub sources: Vec<Source>,
     /// Written after the keys and config, before the media, as it was taken.
@@ -105,6 +107,7 @@ fn write_archive(
 ) -> Result<Archived> {
     let ArchiveContents {
         header,
+        folders,
         sources,
         mut dump,
         list_path,
@@ -114,6 +117,9 @@ fn write_archive(
     let header_json = serde_json::to_vec_pretty(&header)
         .map_err(|e| Error::Other(format!("cannot encode the manifest: {e}")))?;
     archive.append_bytes(HEADER_MEMBER, &header_json, mtime)?;
+    for folder in &folders {
+        archive.append_dir(&folder.member, folder.mode, folder.mtime)?;
+    }
     let mut files = FileList::create(&list_path, &header.backup_id)?;
     let mut vanished = Vec::new();
     // By value: each source's paths are freed once archived, while the file list grows.

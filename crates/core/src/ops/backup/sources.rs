@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::manifest::Role;
-use crate::synapse::HomeserverConfig;
+use crate::synapse::{Database, HomeserverConfig};
 
 /// One file to archive.
 #[derive(Debug, Clone)]
@@ -27,14 +27,29 @@ impl Source {
     }
 }
 
-/// The signing key (required) and the config files homeserver.yaml names.
+/// A media folder, archived as a folder member so that its mode comes back on restore.
+#[derive(Debug, Clone)]
+pub(super) struct Folder {
+    pub member: String,
+    pub mode: u32,
+    pub mtime: i64,
+}
+
+/// The files of the media folders, and the folders themselves.
+#[derive(Debug, Default)]
+pub(super) struct MediaListing {
+    pub files: Vec<Source>,
+    pub folders: Vec<Folder>,
+}
+
+/// The signing key (required), every Synapse config file read, and the files they name.
 pub(super) fn key_and_config_sources(hs: &HomeserverConfig) -> Result<Vec<Source>> {
     let mut sources = Vec::new();
     if !hs.signing_key.is_file() {
         return Err(Error::config(format!(
-            "the signing key {} named by {} does not exist; without it the server cannot federate under its name",
+            "the signing key {} does not exist (from {}); without it the server cannot federate under its name",
             hs.signing_key.display(),
-            hs.path.display()
+            hs.origin("signing_key_path")
         )));
     }
     sources.push(Source::new(
@@ -42,11 +57,9 @@ pub(super) fn key_and_config_sources(hs: &HomeserverConfig) -> Result<Vec<Source
         format!("keys/{}", file_name(&hs.signing_key)),
         Role::SigningKey,
     )?);
-    sources.push(Source::new(
-        &hs.path,
-        "config/homeserver.yaml".into(),
-        Role::Config,
-    )?);
+    for (path, member) in config_members(&hs.files) {
+        sources.push(Source::new(&path, member, Role::Config)?);
+    }
     let optional = hs
         .log_config
         .iter()
@@ -67,25 +80,76 @@ pub(super) fn key_and_config_sources(hs: &HomeserverConfig) -> Result<Vec<Source
     Ok(sources)
 }
 
-/// Refuses a media store that does not exist: that is a wrong path (a relative
-/// `media_store_path` resolved elsewhere than Synapse resolves it), not a server without media,
-/// and a backup of it would silently hold no media at all. An existing, empty one is fine.
-pub(super) fn check_media_store(hs: &HomeserverConfig) -> Result<()> {
-    match std::fs::metadata(&hs.media_store) {
-        Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(Error::config(format!(
-            "the media store {} named by {} is not a directory",
-            hs.media_store.display(),
-            hs.path.display()
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::config(format!(
-            "the media store {} named by {} does not exist, so a backup would hold no media; check media_store_path (a relative path is resolved against {})",
-            hs.media_store.display(),
-            hs.path.display(),
-            hs.path.parent().unwrap_or(Path::new("/")).display()
-        ))),
-        Err(e) => Err(Error::io("stat the media store", &hs.media_store, e)),
+/// The member each Synapse config file is archived as. The main file is
+/// `config/homeserver.yaml`, as it always was; the others keep their place relative to it
+/// (`config/conf.d/server_name.yaml`), so that `restored-config-<id>/` is a tree to compare
+/// with `/etc/matrix-synapse`. A file elsewhere, or one whose name would clash, goes under
+/// `config/other/<n>-<name>`, `n` being its place in Synapse's reading order.
+pub(super) fn config_members(files: &[PathBuf]) -> Vec<(PathBuf, String)> {
+    let Some(main) = files.first() else {
+        return Vec::new();
+    };
+    let main_dir = main.parent().unwrap_or(Path::new("/"));
+    let mut used = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (index, path) in files.iter().enumerate() {
+        let beside_main = path
+            .strip_prefix(main_dir)
+            .ok()
+            .and_then(|rel| rel.to_str())
+            .filter(|rel| {
+                !rel.split('/').any(|part| part == ".." || part == ".")
+                    && !rel.starts_with("log/")
+                    && !rel.starts_with("appservices/")
+                    && !rel.starts_with("other/")
+            })
+            .map(|rel| format!("config/{rel}"));
+        let member = match (index, beside_main) {
+            (0, _) => "config/homeserver.yaml".to_string(),
+            (_, Some(member)) if member != "config/homeserver.yaml" && !used.contains(&member) => {
+                member
+            }
+            _ => format!("config/other/{index}-{}", file_name(path)),
+        };
+        used.insert(member.clone());
+        out.push((path.clone(), member));
     }
+    out
+}
+
+/// Refuses paths that do not exist before anything is read: a media store that does not exist
+/// is a wrong path (a relative `media_store_path` resolved elsewhere than Synapse resolves
+/// it), not a server without media, and a backup of it would silently hold no media at all. An
+/// existing, empty one is fine. The same for a SQLite database file.
+pub(super) fn check_paths(hs: &HomeserverConfig) -> Result<()> {
+    match std::fs::metadata(&hs.media_store) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::config(format!(
+                "the media store {} is not a directory (from {})",
+                hs.media_store.display(),
+                hs.origin("media_store_path")
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::config(format!(
+                "the media store {} does not exist, so a backup would hold no media (from {}); check media_store_path and [synapse] config",
+                hs.media_store.display(),
+                hs.origin("media_store_path")
+            )))
+        }
+        Err(e) => return Err(Error::io("stat the media store", &hs.media_store, e)),
+    }
+    if let Database::Sqlite { path } = &hs.database {
+        if !path.is_file() {
+            return Err(Error::config(format!(
+                "the SQLite database {} does not exist (from {}); check database.args.database and [synapse] config",
+                path.display(),
+                hs.origin("database")
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn file_name(path: &Path) -> String {
@@ -100,9 +164,11 @@ pub(super) fn file_size(path: &Path) -> Result<u64> {
         .map_err(|e| Error::io("stat", path, e))
 }
 
-/// Lists regular files under each media folder, sorted so archives are reproducible.
-pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<Vec<Source>> {
-    let mut out = Vec::new();
+/// Lists regular files and folders under each media folder, sorted so archives are
+/// reproducible.
+pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListing> {
+    let mut out = MediaListing::default();
+    let mut skipped = Vec::new();
     for dir in dirs {
         let root = media_store.join(dir);
         if !root.exists() {
@@ -123,11 +189,10 @@ pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<Vec<Source
                 }
             };
             let kind = entry.file_type();
-            if kind.is_dir() {
-                continue;
-            }
-            if !kind.is_file() {
-                tracing::warn!("{} is not a regular file; skipped", entry.path().display());
+            // The root is followed when it is a symlink (local_content on another disk).
+            let is_dir = kind.is_dir() || (entry.depth() == 0 && entry.path().is_dir());
+            if !is_dir && !kind.is_file() {
+                skipped.push(format!("{} (not a regular file)", entry.path().display()));
                 continue;
             }
             let relative = entry.path().strip_prefix(media_store).map_err(|_| {
@@ -137,23 +202,72 @@ pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<Vec<Source
                 ))
             })?;
             let Some(relative) = relative.to_str() else {
-                tracing::warn!(
-                    "{} has a name that is not UTF-8; skipped",
-                    entry.path().display()
-                );
+                skipped.push(format!("{} (name not UTF-8)", entry.path().display()));
                 continue;
             };
-            let size = match entry.metadata() {
-                Ok(meta) => meta.len(),
-                Err(_) => continue,
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e)
+                    if e.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(Error::io("stat", entry.path(), e.into())),
             };
-            out.push(Source {
-                member: format!("media/{relative}"),
+            let member = format!("media/{relative}");
+            if is_dir {
+                out.folders.push(Folder {
+                    member,
+                    mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()),
+                    mtime: std::os::unix::fs::MetadataExt::mtime(&meta),
+                });
+                continue;
+            }
+            out.files.push(Source {
+                member,
                 path: entry.path().to_path_buf(),
                 role: Role::Media,
-                size,
+                size: meta.len(),
             });
         }
     }
+    if !skipped.is_empty() {
+        tracing::warn!(
+            "{} entries in the media store are not backed up: {}",
+            skipped.len(),
+            skipped.join(", ")
+        );
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_members;
+    use std::path::PathBuf;
+
+    #[test]
+    fn config_files_keep_their_place_beside_the_main_one() {
+        let files: Vec<PathBuf> = [
+            "/etc/matrix-synapse/homeserver.yaml",
+            "/etc/matrix-synapse/conf.d/server_name.yaml",
+            "/etc/matrix-synapse/log/x.yaml",
+            "/srv/extra.yaml",
+            "/srv/other/extra.yaml",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let members: Vec<String> = config_members(&files).into_iter().map(|(_, m)| m).collect();
+        assert_eq!(
+            members,
+            [
+                "config/homeserver.yaml",
+                "config/conf.d/server_name.yaml",
+                "config/other/2-x.yaml",
+                "config/other/3-extra.yaml",
+                "config/other/4-extra.yaml",
+            ]
+        );
+    }
 }

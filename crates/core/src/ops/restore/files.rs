@@ -78,6 +78,13 @@ pub(crate) fn finish_file(
     chown(path, owner)
 }
 
+pub(crate) fn set_folder_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // Still usable by the restore's own user, and never writable by others.
+    let mode = (mode & MODE_MASK) | 0o700;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).at("set the mode of", path)
+}
+
 pub(crate) fn chown(path: &Path, owner: Owner) -> Result<()> {
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::lchown(path, Some(uid), Some(gid)).at("chown", path)?;
@@ -94,6 +101,29 @@ pub(crate) fn remove_path(path: &Path) -> std::io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+/// `path` with symlinks at its end followed, link after link, to the path they lead to (which
+/// need not exist yet). Folders above it are left to the kernel, which follows them anyway.
+pub(crate) fn follow_symlinks(path: &Path) -> Result<PathBuf> {
+    let mut current = path.to_path_buf();
+    for _ in 0..MAX_SYMLINKS {
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(&current).at("read the symlink", &current)?;
+                let parent = current.parent().unwrap_or(Path::new("/"));
+                current = parent.join(target);
+            }
+            _ => return Ok(current),
+        }
+    }
+    Err(Error::config(format!(
+        "{} is a chain of more than {MAX_SYMLINKS} symlinks (a loop?)",
+        path.display()
+    )))
+}
+
+/// As Linux's limit on symlinks followed in one lookup.
+const MAX_SYMLINKS: usize = 40;
 
 /// The nearest ancestor of `path` (or itself) that exists.
 pub(crate) fn existing_ancestor(path: &Path) -> PathBuf {

@@ -81,6 +81,9 @@ pub struct RestoreReport {
     pub placed: Vec<PathBuf>,
     /// Previous data kept aside (empty when removed).
     pub kept_previous: Vec<PathBuf>,
+    /// Members of a charm backup that have no place in Synapse's layout, left out (a note
+    /// names them).
+    pub skipped_members: usize,
     pub notes: Vec<String>,
     pub recovered: Option<Recovery>,
     pub elapsed: Duration,
@@ -95,6 +98,7 @@ impl RestoreReport {
             bytes: 0,
             placed: Vec::new(),
             kept_previous: Vec::new(),
+            skipped_members: 0,
             notes: Vec::new(),
             recovered: None,
             elapsed: Duration::ZERO,
@@ -112,7 +116,7 @@ pub async fn restore_backup(
     let object = ctx.store.head(id).await?;
     let destination = match &options.target_dir {
         Some(dir) => Destination::Directory(absolute(dir)?),
-        None => Destination::Live(Box::new(HomeserverConfig::load(&config.homeserver_yaml)?)),
+        None => Destination::Live(Box::new(HomeserverConfig::load(&config.synapse)?)),
     };
     let state = StateDir::beside(destination.state_anchor())?;
     let _lock = state.lock_exclusive()?;
@@ -251,6 +255,7 @@ async fn stage_and_swap(
         bytes,
         placed,
         kept_previous,
+        skipped_members: plan.skipped_members(),
         notes: plan.notes.iter().cloned().chain(database_notes).collect(),
         ..RestoreReport::empty(id)
     })
@@ -341,7 +346,7 @@ fn stage(
             Placement::Stage(path) => path,
         };
         match member.kind {
-            MemberKind::Directory => plan.make_dir(&staged_path),
+            MemberKind::Directory => plan.make_dir(&staged_path, member.mode),
             MemberKind::File => {
                 let path = member.path.clone();
                 check.claim(&path)?;
@@ -361,5 +366,6 @@ fn stage(
     })?;
     let (format, files, bytes) = check.finish()?;
     plan.check_complete(&format)?;
+    plan.apply_folder_modes()?;
     Ok((format, files, bytes))
 }

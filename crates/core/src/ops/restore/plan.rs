@@ -2,7 +2,7 @@
 //! filesystem, so the swap is a rename), where the previous data is kept, and the swap itself.
 //! (About 400 lines: every target's life, from its staging to its swap, reads in one place.)
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::os::unix::fs::MetadataExt;
@@ -54,6 +54,8 @@ struct Target {
     always: bool,
     staged: bool,
     owner: Owner,
+    /// The live folder's permission bits, given to its replacement unless the backup has them.
+    mode: Option<u32>,
 }
 
 pub(crate) struct Plan {
@@ -62,6 +64,8 @@ pub(crate) struct Plan {
     targets: Vec<Target>,
     /// Charm backup members the layout has no place for.
     skipped: BTreeSet<String>,
+    /// Staged folders and the permission bits they get once everything is written.
+    folder_modes: BTreeMap<PathBuf, u32>,
     pub notes: Vec<String>,
     /// The target's server_name (live restores only).
     pub server_name: Option<String>,
@@ -90,6 +94,7 @@ impl Plan {
             },
             targets: Vec::new(),
             skipped: BTreeSet::new(),
+            folder_modes: BTreeMap::new(),
             notes: Vec::new(),
             postgres: None,
             server_name: match destination {
@@ -127,20 +132,20 @@ impl Plan {
                 if info.included && info.kind != DatabaseKind::Sqlite =>
             {
                 return Err(Error::Refused(format!(
-                    "backup {} holds a {:?} database but {} uses SQLite at {}",
+                    "backup {} holds a {:?} database but the target uses SQLite at {} (from {})",
                     self.id,
                     info.kind,
-                    hs.path.display(),
-                    path.display()
+                    path.display(),
+                    hs.origin("database")
                 )));
             }
             (Database::Postgres(_), Some(info))
                 if info.included && info.kind == DatabaseKind::Sqlite =>
             {
                 return Err(Error::Refused(format!(
-                    "backup {} holds a SQLite database but {} uses PostgreSQL; restore onto a SQLite config, or port the database with synapse_port_db after restoring into --target-dir",
+                    "backup {} holds a SQLite database but the target uses PostgreSQL ({}); restore onto a SQLite config, or port the database with synapse_port_db after restoring into --target-dir",
                     self.id,
-                    hs.path.display()
+                    hs.origin("database")
                 )));
             }
             (Database::Sqlite { path }, _) => {
@@ -168,7 +173,7 @@ impl Plan {
             self.add(Slot::Media(dir), &hs.media_store.join(dir), true, false)?;
         }
         let config_dir = hs
-            .path
+            .main_file()
             .parent()
             .unwrap_or(Path::new("/"))
             .join(format!("restored-config-{}", self.id));
@@ -177,6 +182,15 @@ impl Plan {
     }
 
     fn add(&mut self, slot: Slot, live: &Path, is_dir: bool, always: bool) -> Result<()> {
+        // A live path that is a symlink (a media folder on another disk, a key mounted by
+        // Kubernetes through `..data`) is restored into what it points at, staged beside that
+        // on its filesystem, and the link stays.
+        let resolved = if self.router.live {
+            files::follow_symlinks(live)?
+        } else {
+            live.to_path_buf()
+        };
+        let live = resolved.as_path();
         let parent = live.parent().unwrap_or(Path::new("/"));
         let name = live
             .file_name()
@@ -191,6 +205,10 @@ impl Plan {
         } else {
             None
         };
+        let mode = fs::metadata(live)
+            .ok()
+            .filter(|m| is_dir && m.is_dir())
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
         self.targets.push(Target {
             slot,
             live: live.to_path_buf(),
@@ -200,6 +218,7 @@ impl Plan {
             always,
             staged: false,
             owner,
+            mode,
         });
         Ok(())
     }
@@ -256,7 +275,11 @@ impl Plan {
             return Ok(Placement::Stage(target.staging.clone()));
         }
         if rel.is_empty() {
-            return Ok(Placement::Skip);
+            // The slot's own folder: its mode is worth having.
+            return Ok(match kind {
+                MemberKind::Directory => Placement::Stage(target.staging.clone()),
+                MemberKind::File => Placement::Skip,
+            });
         }
         Ok(Placement::Stage(target.staging.join(rel)))
     }
@@ -278,6 +301,9 @@ impl Plan {
         if target.is_dir {
             fs::create_dir(&target.staging).at("create staging", &target.staging)?;
             files::chown(&target.staging, target.owner)?;
+            if let Some(mode) = target.mode {
+                self.folder_modes.insert(target.staging.clone(), mode);
+            }
         }
         target.staged = true;
         Ok(())
@@ -291,8 +317,21 @@ impl Plan {
             .and_then(|t| t.owner)
     }
 
-    pub fn make_dir(&self, path: &Path) -> Result<()> {
-        files::create_dirs(path, self.owner_of(path))
+    /// Creates a folder of the backup; it gets `mode` once all files are written (a
+    /// read-only folder would refuse them before).
+    pub fn make_dir(&mut self, path: &Path, mode: u32) -> Result<()> {
+        files::create_dirs(path, self.owner_of(path))?;
+        self.folder_modes.insert(path.to_path_buf(), mode);
+        Ok(())
+    }
+
+    /// Gives the staged folders their modes, from the backup or else from the live folder
+    /// they replace.
+    pub fn apply_folder_modes(&self) -> Result<()> {
+        for (path, mode) in &self.folder_modes {
+            files::set_folder_mode(path, *mode)?;
+        }
+        Ok(())
     }
 
     pub fn create_file(&self, path: &Path, mode: u32) -> Result<BufWriter<File>> {
@@ -306,12 +345,8 @@ impl Plan {
     /// Refuses a live restore whose backup lacks the signing key: Synapse would silently make
     /// a new one and the server could no longer federate under its name.
     pub fn check_complete(&self, format: &ArchiveFormat) -> Result<()> {
-        if !self.skipped.is_empty() {
-            let sample: Vec<&String> = self.skipped.iter().take(5).collect();
-            tracing::warn!(
-                "{} members of the charm backup are outside the known layout and were not restored, e.g. {sample:?}",
-                self.skipped.len()
-            );
+        if let Some(summary) = self.skipped_summary() {
+            tracing::warn!("{summary}");
         }
         if self.router.live {
             let key = self.targets.iter().find(|t| t.slot == Slot::Key);
@@ -333,6 +368,31 @@ impl Plan {
             }
         }
         Ok(())
+    }
+
+    /// How many members of a charm backup had no place in the restore.
+    pub fn skipped_members(&self) -> usize {
+        self.skipped.len()
+    }
+
+    /// One line naming the folders (or files) of the skipped members, with a count for each.
+    fn skipped_summary(&self) -> Option<String> {
+        if self.skipped.is_empty() {
+            return None;
+        }
+        let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+        for member in &self.skipped {
+            *groups.entry(skipped_group(member)).or_default() += 1;
+        }
+        let listed: Vec<String> = groups
+            .iter()
+            .map(|(group, n)| format!("{group} ({n} {})", if *n == 1 { "file" } else { "files" }))
+            .collect();
+        Some(format!(
+            "{} members of the charm backup were not restored, as Synapse does not use them: {}",
+            self.skipped.len(),
+            listed.join(", ")
+        ))
     }
 
     /// Makes the staged data durable before the swap.
@@ -413,5 +473,40 @@ impl Plan {
             files::remove_path(&previous).at("remove", &previous)?;
         }
         Ok(())
+    }
+}
+
+/// The folder a skipped member is reported under: its folder under `media_store/`, or its
+/// first folder, or the file itself.
+fn skipped_group(member: &str) -> String {
+    let parts: Vec<&str> = member.split('/').collect();
+    let depth = match parts.iter().position(|p| *p == "media_store") {
+        Some(at) if parts.len() > at + 2 => at + 2,
+        _ if parts.len() > 2 => 2,
+        _ => parts.len(),
+    };
+    let mut group = parts[..depth].join("/");
+    if depth < parts.len() {
+        group.push('/');
+    }
+    group
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skipped_group;
+
+    #[test]
+    fn skipped_members_are_grouped_by_folder() {
+        assert_eq!(
+            skipped_group("data/media_store/local_thumbnails.pre-restore-b/ab/cd/x"),
+            "data/media_store/local_thumbnails.pre-restore-b/"
+        );
+        assert_eq!(
+            skipped_group("data/homeserver.yaml"),
+            "data/homeserver.yaml"
+        );
+        assert_eq!(skipped_group("data/logs/a/b.log"), "data/logs/");
+        assert_eq!(skipped_group("elsewhere"), "elsewhere");
     }
 }

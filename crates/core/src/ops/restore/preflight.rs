@@ -33,7 +33,7 @@ pub(crate) fn check_backup_fits(
                     "backup {} is of server {:?} but {} says server_name {:?}; Synapse cannot change its server_name, so restore it onto a config with server_name {:?}",
                     header.backup_id,
                     header.server_name,
-                    hs.path.display(),
+                    hs.describe_files(),
                     hs.server_name,
                     header.server_name
                 )));

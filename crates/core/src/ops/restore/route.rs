@@ -126,9 +126,11 @@ impl Router {
 /// `data/...`), which holds:
 /// - `homeserver.db` and `homeserver.db-wal` → `database/`
 /// - `<server>.signing.key` → `keys/`
-/// - `media_store/...` → `media/...`
+/// - `media_store/<folder>/...` → `media/<folder>/...` for the folders Synapse keeps media in
 ///
-/// and its homeserver.yaml, log config and logs, which the charm writes anew on each start.
+/// and its homeserver.yaml, log config and logs, which the charm writes anew on each start. Any
+/// other folder under `media_store/` (its pipeline archived whatever matched `local_*`, such as a
+/// `local_thumbnails.pre-restore-…` folder an earlier restore left) has no place either.
 pub(crate) fn charm_to_layout(charm_root: &str, member: &str) -> Option<String> {
     let rel = if charm_root.is_empty() {
         member
@@ -136,7 +138,8 @@ pub(crate) fn charm_to_layout(charm_root: &str, member: &str) -> Option<String> 
         member.strip_prefix(charm_root)?.strip_prefix('/')?
     };
     if let Some(media) = rel.strip_prefix("media_store/") {
-        return Some(format!("media/{media}"));
+        let folder = media.split('/').next().unwrap_or("");
+        return known_media_dir(folder).map(|_| format!("media/{media}"));
     }
     match rel {
         "homeserver.db" => Some("database/homeserver.db".to_string()),
@@ -255,6 +258,10 @@ mod tests {
                 slot(Slot::Media("local_content"), "aa/bb/c"),
             ),
             ("data/homeserver.yaml", Route::Unknown),
+            (
+                "data/media_store/local_thumbnails.pre-restore-backup-1/a/b",
+                Route::Unknown,
+            ),
             ("data/logs/x.signing.key", Route::Unknown),
             ("elsewhere/homeserver.db", Route::Unknown),
         ];
