@@ -270,6 +270,18 @@ fn live_restores_write_through_symlinks_and_keep_them() {
         .is_symlink());
     assert_eq!(file_hash(&version.join(&key_name)), expected_key);
     assert_no_staging_left(&world);
+
+    // And a backup reads through the same links.
+    let again = world.create_backup();
+    let drill = world.restore_drill(&again, "restore the backup taken through symlinks");
+    assert_eq!(
+        tree_hashes(&drill.join("media/local_content")),
+        expected_media
+    );
+    assert_eq!(
+        file_hash(&drill.join(format!("keys/{key_name}"))),
+        expected_key
+    );
 }
 
 /// Folder modes come back as they were: a 0700 media folder is 0700 after a restore, in a

@@ -299,9 +299,34 @@ impl Resolver<'_> {
             )));
         }
         let section = match self.merged.get("database") {
-            None | Some(Value::Null) => Mapping::new(),
-            Some(Value::Mapping(section)) => section.clone(),
+            None | Some(Value::Null) => None,
+            Some(Value::Mapping(section)) => Some(section.clone()),
             Some(_) => return Err(self.not_a("database", "section")),
+        };
+        // The old top-level `database_path` makes (or overrides) a SQLite database, as in
+        // Synapse; it is ignored beside a PostgreSQL section.
+        let database_path = self.merged.get("database_path").and_then(scalar_text);
+        let is_sqlite = |section: &Mapping| {
+            section
+                .get("name")
+                .and_then(scalar_text)
+                .as_deref()
+                .unwrap_or("sqlite3")
+                == "sqlite3"
+        };
+        if let Some(file) = database_path {
+            if section.as_ref().is_none_or(is_sqlite) {
+                let origin = self.set_in("database_path");
+                return Ok(Database::Sqlite {
+                    path: self.resolve("database", &file, origin),
+                });
+            }
+        }
+        let Some(section) = section else {
+            return Err(Error::config(format!(
+                "no database is configured in {} (Synapse refuses to start without one: \"No database config provided\")",
+                describe(&self.merged.files)
+            )));
         };
         let args = match section.get("args") {
             Some(Value::Mapping(args)) => args.clone(),
@@ -452,7 +477,8 @@ signing_key_path: "/data/example.org.signing.key"
         merged
             .add(
                 Path::new("/etc/matrix-synapse/homeserver.yaml"),
-                "media_store_path: media\nsigning_key_path: /etc/matrix-synapse/homeserver.signing.key\n",
+                "media_store_path: media\nsigning_key_path: /etc/matrix-synapse/homeserver.signing.key\n\
+                 database:\n  name: sqlite3\n  args:\n    database: homeserver.db\n",
             )
             .unwrap();
         merged
@@ -524,5 +550,27 @@ signing_key_path: "/data/example.org.signing.key"
             }
         );
         assert!(!hs.listeners[0].tls);
+    }
+
+    #[test]
+    fn database_path_and_no_database_as_synapse_reads_them() {
+        let hs = HomeserverConfig::parse(
+            "server_name: a.b\ndatabase_path: old.db\n",
+            Path::new("/srv/hs.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            hs.database,
+            Database::Sqlite {
+                path: "/srv/old.db".into()
+            }
+        );
+        let err = HomeserverConfig::parse("server_name: a.b\n", Path::new("/srv/hs.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no database is configured in /srv/hs.yaml"),
+            "{err}"
+        );
     }
 }
