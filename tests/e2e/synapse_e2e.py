@@ -1084,6 +1084,12 @@ def debian_scenario(args, tool, python, port):
         code, _out, err, _ = tool.run(only_main, "create-backup")
         RESULTS.check(scenario, "with only homeserver.yaml listed, create-backup refuses: server_name is in conf.d",
                       code == 2 and "server_name" in err and "conf.d" in err, f"exit {code}: {err.strip()[:400]}")
+        # media_store_path is relative: resolved beside the config (this test's /etc is not
+        # /etc/matrix-synapse) it names no folder, which must be an error, never 0 media.
+        no_working_dir = tool.config_for([hs.config_path, hs.conf_d], os.path.join(work, "sb-no-working-dir.toml"))
+        code, _out, err, _ = tool.run(no_working_dir, "create-backup")
+        RESULTS.check(scenario, "without working-dir the relative media store is not found: exit 2 naming it, no backup",
+                      code == 2 and os.path.join(hs.etc, "media_store") in err and "working-dir" in err, f"exit {code}: {err.strip()[:400]}")
         result, _ = tool.run_json(scenario, "create-backup with [synapse] config = [homeserver.yaml, conf.d]", sb_old, "create-backup")
         backup_id = result["backup-id"]
     finally:
