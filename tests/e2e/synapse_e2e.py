@@ -1084,12 +1084,12 @@ def debian_scenario(args, tool, python, port):
         code, _out, err, _ = tool.run(only_main, "create-backup")
         RESULTS.check(scenario, "with only homeserver.yaml listed, create-backup refuses: server_name is in conf.d",
                       code == 2 and "server_name" in err and "conf.d" in err, f"exit {code}: {err.strip()[:400]}")
-        # media_store_path is relative: resolved beside the config (this test's /etc is not
-        # /etc/matrix-synapse) it names no folder, which must be an error, never 0 media.
+        # media_store_path is relative. Resolved beside the config (this test's /etc is not
+        # /etc/matrix-synapse) it is wrong: the running Synapse's working directory says so.
         no_working_dir = tool.config_for([hs.config_path, hs.conf_d], os.path.join(work, "sb-no-working-dir.toml"))
         code, _out, err, _ = tool.run(no_working_dir, "create-backup")
-        RESULTS.check(scenario, "without working-dir the relative media store is not found: exit 2 naming it, no backup",
-                      code == 2 and os.path.join(hs.etc, "media_store") in err and "working-dir" in err, f"exit {code}: {err.strip()[:400]}")
+        RESULTS.check(scenario, "without working-dir, the running Synapse's own directory is named: exit 2, no backup",
+                      code == 2 and f"runs in {hs.dir}" in err and "working-dir" in err, f"exit {code}: {err.strip()[:400]}")
         result, _ = tool.run_json(scenario, "create-backup with [synapse] config = [homeserver.yaml, conf.d]", sb_old, "create-backup")
         backup_id = result["backup-id"]
     finally:
@@ -1100,6 +1100,10 @@ def debian_scenario(args, tool, python, port):
     RESULTS.check(scenario, "the relative media store holds media", len(rec.media_tree) > 0, hs.media_store)
     code, _out, err, _ = tool.run(sb_old, "verify-backup", backup_id)
     RESULTS.check(scenario, "verify-backup passes", code == 0, f"exit {code}: {err.strip()[:500]}")
+    # Stopped, there is no process to ask: the wrong guess finds no media store and says so.
+    code, _out, err, _ = tool.run(no_working_dir, "create-backup")
+    RESULTS.check(scenario, "without working-dir and Synapse stopped: exit 2 naming the missing media store",
+                  code == 2 and os.path.join(hs.etc, "media_store") in err and "working-dir" in err, f"exit {code}: {err.strip()[:400]}")
     shutil.rmtree(os.path.join(work, "old"))
 
     new = DebianSynapse(python, os.path.join(work, "new"), port, args.pids_file)

@@ -171,6 +171,46 @@ fn relative_paths_resolve_against_the_working_directory() {
     }
 }
 
+/// A guess of the working directory that the running Synapse contradicts is an error, even
+/// when the guessed folder has a (stale) media store: backing that up would miss the real one.
+#[test]
+fn a_running_synapse_elsewhere_than_the_guess_is_named() {
+    let world = World::new();
+    let etc = world.path("etc");
+    fs::create_dir_all(etc.join("media_store/local_content")).unwrap();
+    let main =
+        homeserver_without(&world, &["media_store_path"]) + "media_store_path: media_store\n";
+    fs::write(etc.join("homeserver.yaml"), main).unwrap();
+    let config = etc.join("homeserver.yaml").display().to_string();
+    set_synapse_section(&world, &format!("[synapse]\nconfig = \"{config}\""));
+    // A process started as Synapse is, with this config, running in the data dir.
+    let fake = Kill(
+        std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import time; time.sleep(60)",
+                "synapse.app.homeserver",
+                "--config-path",
+                &config,
+            ])
+            .current_dir(&world.data)
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let err = assert_fails(
+        &world.run(&["create-backup"]),
+        exit::CONFIG,
+        &["working-dir"],
+    );
+    assert!(
+        err.contains(&format!("runs in {}", world.data.display())),
+        "{err}"
+    );
+    assert_no_backups(&world);
+    drop(fake);
+}
+
 /// A missing signing key or SQLite database is a configuration error naming the path and the
 /// file that named it.
 #[test]

@@ -71,6 +71,8 @@ pub struct HomeserverConfig {
     pub listeners: Vec<Listener>,
     /// For each path setting, where its value came from, for messages.
     origins: BTreeMap<&'static str, String>,
+    /// Whether any path was resolved against the working directory (which then matters).
+    pub uses_working_dir: bool,
 }
 
 /// The directory Synapse runs in, against which it resolves relative paths, and why it is
@@ -79,6 +81,8 @@ pub struct HomeserverConfig {
 pub struct WorkingDir {
     pub path: PathBuf,
     pub reason: String,
+    /// Set by `[synapse] working-dir` rather than guessed.
+    pub configured: bool,
 }
 
 /// Where the Debian and matrix.org packages keep the config; their systemd unit runs Synapse
@@ -95,6 +99,7 @@ impl WorkingDir {
             return WorkingDir {
                 path: path.to_path_buf(),
                 reason: "[synapse] working-dir".into(),
+                configured: true,
             };
         }
         if main_file.starts_with(DEBIAN_CONFIG_DIR) {
@@ -103,6 +108,7 @@ impl WorkingDir {
                 reason: format!(
                     "where the Debian package's service runs Synapse, as the config is under {DEBIAN_CONFIG_DIR}; set [synapse] working-dir if yours runs elsewhere"
                 ),
+                configured: false,
             };
         }
         let folder = main_file.parent().unwrap_or(Path::new("/"));
@@ -112,6 +118,7 @@ impl WorkingDir {
                 "the folder of {}; set [synapse] working-dir to the directory Synapse is started in if it differs",
                 main_file.display()
             ),
+            configured: false,
         }
     }
 }
@@ -158,6 +165,7 @@ impl HomeserverConfig {
             merged,
             working_dir: &working_dir,
             origins: BTreeMap::new(),
+            uses_working_dir: false,
         };
         let server_name = merged
             .get("server_name")
@@ -179,12 +187,15 @@ impl HomeserverConfig {
             Some(Value::Sequence(items)) => items
                 .iter()
                 .filter_map(scalar_text)
-                .map(|p| working_dir.path.join(p))
+                .map(|p| {
+                    resolver.uses_working_dir |= Path::new(&p).is_relative();
+                    working_dir.path.join(p)
+                })
                 .collect(),
             Some(_) => return Err(resolver.not_a("app_service_config_files", "list of paths")),
         };
         let listeners = listeners_from(merged.get("listeners"));
-        let origins = resolver.origins;
+        let (origins, uses_working_dir) = (resolver.origins, resolver.uses_working_dir);
         Ok(HomeserverConfig {
             files: merged.files.clone(),
             working_dir,
@@ -197,6 +208,7 @@ impl HomeserverConfig {
             pid_file,
             listeners,
             origins,
+            uses_working_dir,
         })
     }
 }
@@ -221,6 +233,7 @@ struct Resolver<'a> {
     merged: &'a MergedConfig,
     working_dir: &'a WorkingDir,
     origins: BTreeMap<&'static str, String>,
+    uses_working_dir: bool,
 }
 
 impl Resolver<'_> {
@@ -274,6 +287,7 @@ impl Resolver<'_> {
         let (path, origin) = if path.is_absolute() {
             (path, origin)
         } else {
+            self.uses_working_dir = true;
             (
                 self.working_dir.path.join(&path),
                 format!(

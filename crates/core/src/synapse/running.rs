@@ -1,7 +1,7 @@
 //! Is Synapse running? A restore must never swap files under a live homeserver.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -9,6 +9,7 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use super::HomeserverConfig;
+use crate::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunningState {
@@ -46,6 +47,74 @@ pub fn is_running(hs: &HomeserverConfig) -> RunningState {
         }
     }
     RunningState::Stopped
+}
+
+/// Refuses a guessed working directory that a running Synapse contradicts. When a path of its
+/// config is relative and no `[synapse] working-dir` is set, a Synapse process started with
+/// this main config file runs in the directory those paths are relative to
+/// (`/proc/PID/cwd`); saying so beats backing up what lies beside a wrong guess.
+pub fn check_working_dir(hs: &HomeserverConfig) -> Result<(), Error> {
+    if !hs.uses_working_dir || hs.working_dir.configured {
+        return Ok(());
+    }
+    let ours = canonical(&hs.working_dir.path);
+    for (pid, cwd) in synapse_processes(hs.main_file()) {
+        if canonical(&cwd) != ours {
+            return Err(Error::config(format!(
+                "Synapse (pid {pid}) runs in {}, but relative paths of its config were resolved against {} ({}); set [synapse] working-dir = \"{}\"",
+                cwd.display(),
+                hs.working_dir.path.display(),
+                hs.working_dir.reason,
+                cwd.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The processes whose command line names `synapse` and `main_file` (as `-c FILE`,
+/// `--config-path FILE` or `--config-path=FILE`, relative to their own directory or not),
+/// with their working directories. Processes of other users are invisible unless we are root.
+fn synapse_processes(main_file: &Path) -> Vec<(i32, PathBuf)> {
+    let main_file = canonical(main_file);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.iter().any(|a| a.contains("synapse")) {
+            continue;
+        }
+        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
+            continue;
+        };
+        let names_main_file = args.iter().any(|arg| {
+            let value = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
+            !value.is_empty() && canonical(&cwd.join(value)) == main_file
+        });
+        if names_main_file {
+            found.push((pid, cwd));
+        }
+    }
+    found
 }
 
 fn listener_addresses(hs: &HomeserverConfig) -> Vec<SocketAddr> {

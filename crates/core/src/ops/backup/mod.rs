@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{DatabaseInfo, Header, FILES_MEMBER, FORMAT_VERSION, TOOL_NAME};
 use crate::store::{ByteStream, Store};
 use crate::synapse::media::backed_up_media_dirs;
-use crate::synapse::HomeserverConfig;
+use crate::synapse::{check_working_dir, HomeserverConfig};
 
 use super::pipe::QUEUE_DEPTH;
 use super::state_dir::StateDir;
@@ -62,6 +62,7 @@ pub async fn create_backup(
 ) -> Result<BackupSummary> {
     let started = Instant::now();
     let hs = HomeserverConfig::load(&config.synapse)?;
+    check_working_dir(&hs)?;
     sources::check_paths(&hs)?;
     let state = StateDir::at(hs.media_store.parent().unwrap_or(Path::new("/")));
     let lock = state.lock_shared()?;

@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::error::{find_cause, Error, Result};
 use crate::progress::{Cancel, Progress};
 use crate::store::ByteStream;
-use crate::synapse::HomeserverConfig;
+use crate::synapse::{check_working_dir, HomeserverConfig};
 
 use super::catalog::read_header;
 use super::content_check::{
@@ -116,7 +116,11 @@ pub async fn restore_backup(
     let object = ctx.store.head(id).await?;
     let destination = match &options.target_dir {
         Some(dir) => Destination::Directory(absolute(dir)?),
-        None => Destination::Live(Box::new(HomeserverConfig::load(&config.synapse)?)),
+        None => {
+            let hs = HomeserverConfig::load(&config.synapse)?;
+            check_working_dir(&hs)?;
+            Destination::Live(Box::new(hs))
+        }
     };
     let state = StateDir::beside(destination.state_anchor())?;
     let _lock = state.lock_exclusive()?;
