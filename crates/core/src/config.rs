@@ -243,7 +243,12 @@ impl Config {
     pub fn parse(text: &str, source: &Path) -> Result<Config> {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e| Error::config(format!("{}: {}", source.display(), e.message())))?;
-        let base = source.parent().unwrap_or(Path::new("."));
+        // Absolute, so that paths in the file (and Synapse's working directory) are too.
+        let parent = source
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = &std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
         let store = match (raw.s3, raw.local) {
             (Some(s3), None) => StoreConfig::S3(Box::new(s3_config(s3, base)?)),
             (None, Some(local)) => StoreConfig::Local(LocalConfig {

@@ -556,15 +556,25 @@ fn file_and_folder_at_one_path_is_refused() {
 #[test]
 fn setid_and_world_writable_modes_are_dropped() {
     let world = World::new();
+    // Folder members too: all bits asked for one, none for the other.
+    let folders = [
+        Member::raw("media/local_content/su", EntryType::Directory, b"").with_mode(0o7777),
+        Member::raw("media/local_content/su/id", EntryType::Directory, b"").with_mode(0o000),
+    ];
     let members = [
         Member::file("media/local_content/su/id/setuid", b"set-id payload\n").with_mode(0o6755),
         Member::file("media/local_content/su/id/everything", b"all bits\n").with_mode(0o7777),
         Member::file("config/homeserver.yaml", b"server_name: example.test\n").with_mode(0o4666),
     ];
-    store_encrypted(&world, ID, &backup_tar(ID, &members));
+    let all: Vec<Member> = folders.iter().chain(members.iter()).cloned().collect();
+    store_encrypted(&world, ID, &backup_tar(ID, &all));
     assert_success(&world.run(&["verify-backup", ID]), "verify-backup");
 
     let drill = world.restore_drill(ID, "restore-backup --target-dir");
+    let folder_mode =
+        |rel: &str| fs::metadata(drill.join(rel)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(folder_mode("media/local_content/su"), 0o775);
+    assert_eq!(folder_mode("media/local_content/su/id"), 0o700);
     for member in &members {
         let restored = drill.join(&member.name);
         assert_eq!(fs::read(&restored).unwrap(), member.data, "{}", member.name);

@@ -333,6 +333,54 @@ fn live_restores_write_through_symlinks_and_keep_them() {
     );
 }
 
+/// The SQLite file a symlink to another disk: the live restore writes the database there and
+/// moves the old `-wal` that lies beside it there aside (SQLite would replay it onto the
+/// restored file), and the link stays.
+#[test]
+fn a_symlinked_sqlite_database_is_restored_with_its_sidecars_beside_the_target() {
+    let world = World::new();
+    let id = world.create_backup();
+    let db = world.data.join("homeserver.db");
+    let db_disk = world.path("db-disk");
+    fs::create_dir_all(&db_disk).unwrap();
+    fs::rename(&db, db_disk.join("homeserver.db")).unwrap();
+    let _ = fs::remove_file(world.data.join("homeserver.db-wal"));
+    let _ = fs::remove_file(world.data.join("homeserver.db-shm"));
+    std::os::unix::fs::symlink(db_disk.join("homeserver.db"), &db).unwrap();
+    fs::write(db_disk.join("homeserver.db-wal"), b"an old write-ahead log").unwrap();
+
+    let out = world.run(&["restore-backup", &id, "--remove-previous"]);
+    assert_success(&out, "live restore of a symlinked database");
+    assert!(
+        fs::symlink_metadata(&db).unwrap().file_type().is_symlink(),
+        "link kept"
+    );
+    assert!(db_disk.join("homeserver.db").is_file());
+    assert!(
+        !db_disk.join("homeserver.db-wal").exists(),
+        "the old -wal beside the real file was moved aside: {:?}",
+        names_in(&db_disk)
+    );
+    assert_no_staging_left(&world);
+}
+
+/// A media folder that is a symlink to a disk that is not mounted: the backup refuses, naming
+/// the link, rather than backing up no media.
+#[test]
+fn a_dangling_media_link_is_an_error() {
+    let world = World::new();
+    let local_content = world.data.join("media_store/local_content");
+    fs::remove_dir_all(&local_content).unwrap();
+    std::os::unix::fs::symlink(world.path("unmounted/local_content"), &local_content).unwrap();
+    let err = assert_fails(
+        &world.run(&["create-backup"]),
+        exit::CONFIG,
+        &["symlink", "not mounted"],
+    );
+    assert!(err.contains(&local_content.display().to_string()), "{err}");
+    assert_no_backups(&world);
+}
+
 /// Folder modes come back as they were: a 0700 media folder is 0700 after a restore, in a
 /// live restore and into a fresh `--target-dir`.
 #[test]

@@ -14,10 +14,20 @@ use serde_norway::{Mapping, Value};
 use crate::error::{Error, Result};
 
 /// Every config file Synapse would read, their merged top-level keys, and which file set each.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MergedConfig {
     pub files: Vec<PathBuf>,
     keys: BTreeMap<String, (Value, usize)>,
+}
+
+// Keys only: the values hold secrets (macaroon_secret_key, database passwords).
+impl std::fmt::Debug for MergedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MergedConfig")
+            .field("files", &self.files)
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl MergedConfig {
@@ -138,9 +148,102 @@ fn parse_like_pyyaml(text: &str) -> std::result::Result<Value, String> {
     if text.trim().is_empty() {
         return Ok(Value::Null);
     }
-    let mut value: Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
-    value.apply_merge().map_err(|e| e.to_string())?;
-    resolve_tags(value)
+    let LastWins(mut value) = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+    // One pass merges one level: a merged map may bring its own `<<` (an anchor that merges
+    // another), which PyYAML flattens too.
+    for _ in 0..MAX_MERGE_DEPTH {
+        value.apply_merge().map_err(|e| e.to_string())?;
+        if !has_merge_key(&value) {
+            return resolve_tags(value);
+        }
+    }
+    Err(format!(
+        "merge keys (<<) nested more than {MAX_MERGE_DEPTH} deep"
+    ))
+}
+
+const MAX_MERGE_DEPTH: usize = 16;
+
+fn has_merge_key(value: &Value) -> bool {
+    match value {
+        Value::Mapping(mapping) => {
+            mapping.contains_key("<<") || mapping.values().any(has_merge_key)
+        }
+        Value::Sequence(items) => items.iter().any(has_merge_key),
+        Value::Tagged(tagged) => has_merge_key(&tagged.value),
+        _ => false,
+    }
+}
+
+/// A YAML value read as PyYAML reads it where serde_norway's own `Value` differs: a key given
+/// twice in a mapping keeps its last value (admins append overrides to homeserver.yaml)
+/// instead of failing the whole file.
+struct LastWins(Value);
+
+impl<'de> serde::Deserialize<'de> for LastWins {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(LastWinsVisitor).map(LastWins)
+    }
+}
+
+struct LastWinsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for LastWinsVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+        Ok(Value::Number(i.into()))
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<Value, E> {
+        Ok(Value::Number(u.into()))
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        Ok(Value::Number(f.into()))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(LastWinsVisitor)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(LastWins(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Sequence(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut mapping = Mapping::new();
+        while let Some((LastWins(key), LastWins(value))) = map.next_entry()? {
+            mapping.insert(key, value);
+        }
+        Ok(Value::Mapping(mapping))
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        use serde::de::VariantAccess;
+        let (tag, contents) = data.variant::<String>()?;
+        let LastWins(value) = contents.newtype_variant()?;
+        Ok(Value::Tagged(Box::new(serde_norway::value::TaggedValue {
+            tag: serde_norway::value::Tag::new(tag),
+            value,
+        })))
+    }
 }
 
 /// Applies the standard tags PyYAML's safe loader knows; refuses any other, as it does.
@@ -155,7 +258,8 @@ fn resolve_tags(value: Value) -> std::result::Result<Value, String> {
                 .to_string();
             let inner = resolve_tags(tagged.value)?;
             let text = scalar_text(&inner);
-            let bad = || format!("{tag} {inner:?} cannot be read as {name}");
+            // Names the tag, never the value: it may be a secret.
+            let bad = || format!("a value tagged {tag} cannot be read as {name}");
             match name.as_str() {
                 "str" => Value::String(text.ok_or_else(bad)?),
                 "int" | "float" => {
@@ -301,5 +405,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope.yaml"), "{err}");
+    }
+
+    #[test]
+    fn a_key_given_twice_keeps_its_last_value_and_merges_chain() {
+        let m = merged(&[(
+            "/hs.yaml",
+            "media_store_path: /first\nbase: &a {name: sqlite3, args: {database: /a.db}}\n\
+             mid: &b {<<: *a, cp_min: 1}\ndatabase: {<<: *b}\nmedia_store_path: /last\n",
+        )]);
+        assert_eq!(m.get("media_store_path").unwrap(), "/last");
+        let db = m.get("database").unwrap();
+        assert_eq!(db["args"]["database"], "/a.db");
+        assert_eq!(db["cp_min"].as_u64(), Some(1));
+        assert!(db.get("<<").is_none());
+        assert!(!format!("{m:?}").contains("/a.db"), "Debug shows keys only");
     }
 }

@@ -314,27 +314,24 @@ impl Resolver<'_> {
         }
         let section = match self.merged.get("database") {
             None | Some(Value::Null) => None,
+            Some(Value::Mapping(section)) if section.is_empty() => None,
             Some(Value::Mapping(section)) => Some(section.clone()),
             Some(_) => return Err(self.not_a("database", "section")),
         };
-        // The old top-level `database_path` makes (or overrides) a SQLite database, as in
-        // Synapse; it is ignored beside a PostgreSQL section.
-        let database_path = self.merged.get("database_path").and_then(scalar_text);
-        let is_sqlite = |section: &Mapping| {
-            section
-                .get("name")
-                .and_then(scalar_text)
-                .as_deref()
-                .unwrap_or("sqlite3")
-                == "sqlite3"
-        };
-        if let Some(file) = database_path {
-            if section.as_ref().is_none_or(is_sqlite) {
+        // The old top-level `database_path` makes a SQLite database when no `database` section
+        // is set; beside one, Synapse ignores it (with a warning), and so do we.
+        if let Some(file) = self.merged.get("database_path").and_then(scalar_text) {
+            if section.is_none() {
                 let origin = self.set_in("database_path");
                 return Ok(Database::Sqlite {
                     path: self.resolve("database", &file, origin),
                 });
             }
+            tracing::warn!(
+                "{} is ignored, as Synapse ignores it beside {}",
+                self.set_in("database_path"),
+                self.set_in("database")
+            );
         }
         let Some(section) = section else {
             return Err(Error::config(format!(
@@ -353,16 +350,13 @@ impl Resolver<'_> {
             .unwrap_or_else(|| "sqlite3".into());
         match name.as_str() {
             "sqlite3" => {
-                let (file, origin) = match arg("database") {
-                    Some(file) => (file, self.set_in("database")),
-                    None => (
-                        "homeserver.db".to_string(),
-                        format!(
-                            "Synapse's default SQLite database \"homeserver.db\" (no database.args.database in {})",
-                            describe(&self.merged.files)
-                        ),
-                    ),
+                let Some(file) = arg("database") else {
+                    return Err(Error::config(format!(
+                        "{} uses SQLite but names no file (database.args.database); Synapse cannot open it either",
+                        self.set_in("database")
+                    )));
                 };
+                let origin = self.set_in("database");
                 if file == ":memory:" {
                     return Err(Error::config(format!(
                         "{}: the database is in memory; there is nothing to back up",
@@ -586,5 +580,24 @@ signing_key_path: "/data/example.org.signing.key"
             err.contains("no database is configured in /srv/hs.yaml"),
             "{err}"
         );
+        // Beside a database section, database_path is ignored, as Synapse ignores it.
+        let hs = HomeserverConfig::parse(
+            "server_name: a.b\ndatabase_path: /stale.db\ndatabase:\n  name: sqlite3\n  args:\n    database: /real.db\n",
+            Path::new("/srv/hs.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            hs.database,
+            Database::Sqlite {
+                path: "/real.db".into()
+            }
+        );
+        let err = HomeserverConfig::parse(
+            "server_name: a.b\ndatabase:\n  name: sqlite3\n",
+            Path::new("/srv/hs.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("names no file"), "{err}");
     }
 }

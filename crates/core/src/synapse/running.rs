@@ -72,6 +72,19 @@ pub fn check_working_dir(hs: &HomeserverConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// The values of `-c X`, `-cX`, `--config-path X` and `--config-path=X` in a command line.
+fn config_path_args(args: &[String]) -> impl Iterator<Item = &str> {
+    args.iter().enumerate().filter_map(|(i, arg)| {
+        let next = || args.get(i + 1).map(String::as_str);
+        match arg.as_str() {
+            "-c" | "--config-path" => next(),
+            other => other
+                .strip_prefix("--config-path=")
+                .or_else(|| other.strip_prefix("-c").filter(|v| !v.is_empty())),
+        }
+    })
+}
+
 fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
@@ -100,16 +113,17 @@ fn synapse_processes(main_file: &Path) -> Vec<(i32, PathBuf)> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if !args.iter().any(|a| a.contains("synapse")) {
+        let is_synapse = args
+            .iter()
+            .any(|a| a.contains("synapse.app.") || a.ends_with("synapse_homeserver"));
+        if !is_synapse {
             continue;
         }
         let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
             continue;
         };
-        let names_main_file = args.iter().any(|arg| {
-            let value = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
-            !value.is_empty() && canonical(&cwd.join(value)) == main_file
-        });
+        let names_main_file =
+            config_path_args(&args).any(|value| canonical(&cwd.join(value)) == main_file);
         if names_main_file {
             found.push((pid, cwd));
         }

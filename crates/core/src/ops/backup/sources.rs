@@ -172,6 +172,14 @@ pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListi
     for dir in dirs {
         let root = media_store.join(dir);
         if !root.exists() {
+            // A link to a disk that is not mounted is not a server without media.
+            if let Ok(target) = std::fs::read_link(&root) {
+                return Err(Error::config(format!(
+                    "{} is a symlink to {}, which does not exist (a disk not mounted?); its media cannot be backed up",
+                    root.display(),
+                    target.display()
+                )));
+            }
             continue;
         }
         for entry in walkdir::WalkDir::new(&root).sort_by_file_name() {

@@ -78,11 +78,18 @@ pub(crate) fn finish_file(
     chown(path, owner)
 }
 
-pub(crate) fn set_folder_mode(path: &Path, mode: u32) -> Result<()> {
+pub(crate) fn set_folder_mode(path: &Path, mode: u32, mtime: Option<i64>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // Still usable by the restore's own user, and never writable by others.
     let mode = (mode & MODE_MASK) | 0o700;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).at("set the mode of", path)
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).at("set the mode of", path)?;
+    if let Some(mtime) = mtime.filter(|t| *t > 0) {
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime as u64);
+        File::open(path)
+            .and_then(|dir| dir.set_modified(when))
+            .at("set mtime of", path)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn chown(path: &Path, owner: Owner) -> Result<()> {
@@ -113,13 +120,38 @@ pub(crate) fn follow_symlinks(path: &Path) -> Result<PathBuf> {
                 let parent = current.parent().unwrap_or(Path::new("/"));
                 current = parent.join(target);
             }
-            _ => return Ok(current),
+            Ok(_) => return Ok(current),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(current),
+            Err(e) => return Err(Error::io("look at", &current, e)),
         }
     }
     Err(Error::config(format!(
         "{} is a chain of more than {MAX_SYMLINKS} symlinks (a loop?)",
         path.display()
     )))
+}
+
+/// Where a live restore target really is: symlinks at its end followed, and the folder it
+/// lands in made canonical (so that a Kubernetes `..data` link swapped by the kubelet cannot
+/// move the staging or the journal's paths under us). A link into a folder that does not
+/// exist (a disk not mounted) is an error rather than a folder created on the wrong disk.
+pub(crate) fn resolve_live_path(live: &Path) -> Result<PathBuf> {
+    let resolved = follow_symlinks(live)?;
+    if resolved == live {
+        return Ok(resolved);
+    }
+    let parent = resolved.parent().unwrap_or(Path::new("/"));
+    let name = resolved.file_name().unwrap_or_default();
+    match fs::canonicalize(parent) {
+        Ok(parent) => Ok(parent.join(name)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::config(format!(
+            "{} is a symlink to {}, whose folder {} does not exist (a disk not mounted?); mount it or fix the link",
+            live.display(),
+            resolved.display(),
+            parent.display()
+        ))),
+        Err(e) => Err(Error::io("resolve", parent, e)),
+    }
 }
 
 /// As Linux's limit on symlinks followed in one lookup.

@@ -350,7 +350,7 @@ fn stage(
             Placement::Stage(path) => path,
         };
         match member.kind {
-            MemberKind::Directory => plan.make_dir(&staged_path, member.mode),
+            MemberKind::Directory => plan.make_dir(&staged_path, member.mode, member.mtime),
             MemberKind::File => {
                 let path = member.path.clone();
                 check.claim(&path)?;

@@ -64,8 +64,9 @@ pub(crate) struct Plan {
     targets: Vec<Target>,
     /// Charm backup members the layout has no place for.
     skipped: BTreeSet<String>,
-    /// Staged folders and the permission bits they get once everything is written.
-    folder_modes: BTreeMap<PathBuf, u32>,
+    /// Staged folders and the permission bits (and mtime, from the backup) they get once
+    /// everything is written.
+    folder_modes: BTreeMap<PathBuf, (u32, Option<i64>)>,
     pub notes: Vec<String>,
     /// The target's server_name (live restores only).
     pub server_name: Option<String>,
@@ -150,6 +151,8 @@ impl Plan {
             }
             (Database::Sqlite { path }, _) => {
                 self.router.sqlite_target = true;
+                // SQLite keeps its -wal and -shm beside the file a symlink leads to.
+                let path = &files::follow_symlinks(path)?;
                 for suffix in ["-wal", "-shm", "-journal"] {
                     let sidecar = PathBuf::from(format!("{}{suffix}", path.display()));
                     self.add(Slot::DatabaseSidecar, &sidecar, false, false)?;
@@ -186,7 +189,7 @@ impl Plan {
         // Kubernetes through `..data`) is restored into what it points at, staged beside that
         // on its filesystem, and the link stays.
         let resolved = if self.router.live {
-            files::follow_symlinks(live)?
+            files::resolve_live_path(live)?
         } else {
             live.to_path_buf()
         };
@@ -302,7 +305,8 @@ impl Plan {
             fs::create_dir(&target.staging).at("create staging", &target.staging)?;
             files::chown(&target.staging, target.owner)?;
             if let Some(mode) = target.mode {
-                self.folder_modes.insert(target.staging.clone(), mode);
+                self.folder_modes
+                    .insert(target.staging.clone(), (mode, None));
             }
         }
         target.staged = true;
@@ -319,17 +323,18 @@ impl Plan {
 
     /// Creates a folder of the backup; it gets `mode` once all files are written (a
     /// read-only folder would refuse them before).
-    pub fn make_dir(&mut self, path: &Path, mode: u32) -> Result<()> {
+    pub fn make_dir(&mut self, path: &Path, mode: u32, mtime: i64) -> Result<()> {
         files::create_dirs(path, self.owner_of(path))?;
-        self.folder_modes.insert(path.to_path_buf(), mode);
+        self.folder_modes
+            .insert(path.to_path_buf(), (mode, Some(mtime)));
         Ok(())
     }
 
     /// Gives the staged folders their modes, from the backup or else from the live folder
     /// they replace.
     pub fn apply_folder_modes(&self) -> Result<()> {
-        for (path, mode) in &self.folder_modes {
-            files::set_folder_mode(path, *mode)?;
+        for (path, (mode, mtime)) in &self.folder_modes {
+            files::set_folder_mode(path, *mode, *mtime)?;
         }
         Ok(())
     }
