@@ -908,10 +908,15 @@ def refuses_while_running(scenario, tool, sb_config, hs, restore_id=None):
 # Scenarios
 
 
-def live_scenario(scenario, args, tool, python, port, database=None):
+def fresh_work_dir(args, scenario):
     work = os.path.join(args.work, scenario)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
+    return work
+
+
+def live_scenario(scenario, args, tool, python, port, database=None):
+    work = fresh_work_dir(args, scenario)
     rec = Recorded()
     old_db = f"sb_e2e_{os.getpid()}_old" if database else None
     new_db = f"sb_e2e_{os.getpid()}_new" if database else None
@@ -1009,9 +1014,7 @@ def live_scenario(scenario, args, tool, python, port, database=None):
 
 def charm_scenario(args, tool, python, port):
     scenario = "charm"
-    work = os.path.join(args.work, scenario)
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
+    work = fresh_work_dir(args, scenario)
     rec = Recorded()
     hs = Synapse(python, os.path.join(work, "old"), port, args.pids_file)
     hs.generate()
@@ -1068,9 +1071,7 @@ def charm_scenario(args, tool, python, port):
 
 def debian_scenario(args, tool, python, port):
     scenario = "debian"
-    work = os.path.join(args.work, scenario)
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
+    work = fresh_work_dir(args, scenario)
     rec = Recorded()
     hs = DebianSynapse(python, os.path.join(work, "old"), port, args.pids_file)
     hs.generate()
