@@ -65,6 +65,16 @@ fn a_debian_conf_d_layout_is_read_backed_up_and_restored() {
     )
     .unwrap();
     fs::write(conf_d.join("README"), "not read by Synapse").unwrap();
+    // A secret kept out of the config, named by a setting in conf.d.
+    fs::write(etc.join("macaroon.key"), "not-a-real-secret\n").unwrap();
+    fs::write(
+        conf_d.join("secrets.yaml"),
+        format!(
+            "macaroon_secret_key_path: {}\n",
+            etc.join("macaroon.key").display()
+        ),
+    )
+    .unwrap();
 
     // Only the main file: server_name is missing, and the error says where to look.
     set_synapse_section(
@@ -102,6 +112,11 @@ fn a_debian_conf_d_layout_is_read_backed_up_and_restored() {
         (
             "config/conf.d/zz-database.yaml",
             conf_d.join("zz-database.yaml"),
+        ),
+        ("config/conf.d/secrets.yaml", conf_d.join("secrets.yaml")),
+        (
+            "config/referenced/macaroon_secret_key_path/macaroon.key",
+            etc.join("macaroon.key"),
         ),
     ] {
         assert_eq!(

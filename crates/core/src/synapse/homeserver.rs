@@ -66,6 +66,8 @@ pub struct HomeserverConfig {
     pub signing_key: PathBuf,
     pub database: Database,
     pub log_config: Option<PathBuf>,
+    /// Files other settings name (secrets kept out of the config, TLS files), by setting.
+    pub referenced_files: Vec<(&'static str, PathBuf)>,
     pub app_service_files: Vec<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub listeners: Vec<Listener>,
@@ -84,6 +86,17 @@ pub struct WorkingDir {
     /// Set by `[synapse] working-dir` rather than guessed.
     pub configured: bool,
 }
+
+/// Settings that name a file Synapse reads at start-up, besides the key, log config and app
+/// services: secrets kept out of homeserver.yaml and TLS files. Backed up with the config.
+const REFERENCED_FILE_SETTINGS: [&str; 6] = [
+    "macaroon_secret_key_path",
+    "form_secret_path",
+    "registration_shared_secret_path",
+    "worker_replication_secret_path",
+    "tls_certificate_path",
+    "tls_private_key_path",
+];
 
 /// Where the Debian and matrix.org packages keep the config; their systemd unit runs Synapse
 /// in [`DEBIAN_WORKING_DIR`].
@@ -181,6 +194,12 @@ impl HomeserverConfig {
         };
         let database = resolver.database()?;
         let log_config = resolver.path("log_config", None)?;
+        let mut referenced_files = Vec::new();
+        for key in REFERENCED_FILE_SETTINGS {
+            if let Some(path) = resolver.path(key, None)? {
+                referenced_files.push((key, path));
+            }
+        }
         let pid_file = resolver.path("pid_file", None)?;
         let app_service_files = match merged.get("app_service_config_files") {
             None | Some(Value::Null) => Vec::new(),
@@ -204,6 +223,7 @@ impl HomeserverConfig {
             signing_key,
             database,
             log_config,
+            referenced_files,
             app_service_files,
             pid_file,
             listeners,

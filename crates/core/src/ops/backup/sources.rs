@@ -63,11 +63,15 @@ pub(super) fn key_and_config_sources(hs: &HomeserverConfig) -> Result<Vec<Source
     let optional = hs
         .log_config
         .iter()
-        .map(|path| (path, "config/log", "log_config"))
+        .map(|path| (path, "config/log".to_string(), "log_config"))
+        .chain(hs.app_service_files.iter().map(|path| {
+            let folder = "config/appservices".to_string();
+            (path, folder, "app service registration")
+        }))
         .chain(
-            hs.app_service_files
+            hs.referenced_files
                 .iter()
-                .map(|path| (path, "config/appservices", "app service registration")),
+                .map(|(key, path)| (path, format!("config/referenced/{key}"), *key)),
         );
     for (path, folder, what) in optional {
         if path.is_file() {
@@ -102,6 +106,7 @@ pub(super) fn config_members(files: &[PathBuf]) -> Vec<(PathBuf, String)> {
                     && !rel.starts_with("log/")
                     && !rel.starts_with("appservices/")
                     && !rel.starts_with("other/")
+                    && !rel.starts_with("referenced/")
             })
             .map(|rel| format!("config/{rel}"));
         let member = match (index, beside_main) {
