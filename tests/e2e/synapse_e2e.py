@@ -18,6 +18,7 @@ Prints `E2E-TIMING ...` lines and ends with `N passed, M failed`; exits 1 if any
 import argparse
 import hashlib
 import hmac
+import importlib.metadata
 import json
 import os
 import shutil
@@ -1093,6 +1094,15 @@ def debian_scenario(args, tool, python, port):
                       code == 2 and f"runs in {hs.dir}" in err and "working-dir" in err, f"exit {code}: {err.strip()[:400]}")
         result, _ = tool.run_json(scenario, "create-backup with [synapse] config = [homeserver.yaml, conf.d]", sb_old, "create-backup")
         backup_id = result["backup-id"]
+        checked, _ = tool.run_json(scenario, "check passes on the running Debian layout", sb_old, "check")
+        items = {c["check"]: c for c in checked.get("checks", [])}
+        synapse_item = items.get("synapse", {})
+        installed = importlib.metadata.version("matrix-synapse")  # the Synapse this test runs
+        RESULTS.check(scenario, f"check reports the running Synapse's version ({installed})",
+                      synapse_item.get("status") == "ok" and installed in synapse_item.get("detail", ""),
+                      json.dumps(synapse_item))
+        RESULTS.check(scenario, "check's passphrase item opens the backup just made",
+                      backup_id in items.get("passphrase", {}).get("detail", ""), json.dumps(items.get("passphrase")))
     finally:
         clean = hs.stop()
     RESULTS.check(scenario, "original Synapse stops cleanly", clean, hs.log_tail())

@@ -33,6 +33,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check, changing nothing, that a backup would work: config, sources, database, store
+    /// access (a probe object written and removed), passphrase, Synapse
+    Check,
     /// Back up the signing key, database, local media and configuration; prints the backup id
     CreateBackup(CreateArgs),
     /// List backups, oldest first

@@ -1,5 +1,6 @@
 //! One module per command; each is a thin layer over `synapse_backup_core::ops`.
 
+mod check;
 mod create;
 mod delete;
 mod list;
@@ -43,6 +44,7 @@ impl Context {
 
 pub async fn run(context: &Context, command: &Command) -> Result<()> {
     match command {
+        Command::Check => check::run(context).await,
         Command::CreateBackup(args) => create::run(context, args).await,
         Command::ListBackups => list::run(context).await,
         Command::VerifyBackup(args) => verify::run(context, args.id()).await,

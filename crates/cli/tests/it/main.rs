@@ -14,6 +14,7 @@ mod common;
 mod exit;
 
 mod backup_restore;
+mod check;
 mod cli_output;
 mod exit_codes;
 mod golden;

@@ -284,3 +284,39 @@ fn no_process_gets_a_secret_on_its_command_line() {
             .unwrap();
     }
 }
+
+/// `check` asks the real server its version and the real pg_dump / pg_restore theirs.
+#[test]
+fn check_reports_the_server_and_its_client_tools() {
+    let Some(pg) = Pg::find() else { return };
+    let db = unique("check");
+    pg.fresh_db(&db, "C");
+    let world = World::new();
+    pg.use_in(&world, &db);
+    let out = world.run(&["--json", "check"]);
+    assert_success(&out, "check with PostgreSQL");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = doc["checks"].as_array().unwrap();
+    let database = items.iter().find(|c| c["check"] == "database").unwrap();
+    assert_eq!(database["status"], "ok");
+    let server = pg.sql("postgres", "SHOW server_version").unwrap();
+    assert!(
+        database["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("PostgreSQL {server}")),
+        "{database}"
+    );
+    let tools: Vec<&str> = items
+        .iter()
+        .filter(|c| c["check"] == "database-tools" && c["status"] == "ok")
+        .filter_map(|c| c["detail"].as_str())
+        .collect();
+    assert!(
+        tools.iter().any(|t| t.starts_with("pg_dump "))
+            && tools.iter().any(|t| t.starts_with("pg_restore ")),
+        "{tools:?}"
+    );
+    pg.sql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
+        .unwrap();
+}

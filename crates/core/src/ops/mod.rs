@@ -1,6 +1,7 @@
 //! The operations behind the commands, and the plumbing they share.
 //!
 //! - `backup`, `restore`, `verify`, `catalog` (list, delete), `prune`: one module per command.
+//! - `check`: the preflight (`synapse-backup check`).
 //! - `content_check`: the manifest check that verify and restore share.
 //! - `open`: store stream → decryption → plaintext, with the wrong-passphrase check.
 //! - `pipe`: bounded buffers between blocking stages (tar, encryption) and the async store.
@@ -8,6 +9,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod check;
 pub mod context;
 pub mod prune;
 pub mod restore;

@@ -9,4 +9,4 @@ mod running;
 
 pub use config_files::{find_config_files, MergedConfig};
 pub use homeserver::{Database, HomeserverConfig, Listener, PostgresArgs, WorkingDir};
-pub use running::{check_working_dir, is_running, wait_for_health, RunningState};
+pub use running::{check_working_dir, is_running, server_version, wait_for_health, RunningState};

@@ -156,6 +156,40 @@ fn listener_addresses(hs: &HomeserverConfig) -> Vec<SocketAddr> {
     out
 }
 
+/// Synapse's version, asked of its first plain-HTTP listener (the admin API's
+/// `server_version`, else federation's `version`, neither of which needs a login).
+pub async fn server_version(hs: &HomeserverConfig) -> Result<String, String> {
+    let address = listener_addresses(hs)
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{} has no plain HTTP listener", hs.describe_files()))?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut last = String::new();
+    for (path, pointer) in [
+        ("/_synapse/admin/v1/server_version", "/server_version"),
+        ("/_matrix/federation/v1/version", "/server/version"),
+    ] {
+        let url = format!("http://{address}{path}");
+        match client.get(&url).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                let text = resp.text().await.map_err(|e| e.to_string())?;
+                let body: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| format!("{url}: {e}"))?;
+                if let Some(version) = body.pointer(pointer).and_then(|v| v.as_str()) {
+                    return Ok(version.to_string());
+                }
+                last = format!("{url} answered without a version");
+            }
+            Ok(resp) => last = format!("{url}: HTTP {}", resp.status()),
+            Err(e) => last = format!("Synapse does not answer on {address} ({e})"),
+        }
+    }
+    Err(last)
+}
+
 /// Polls `GET /health` on the first plain-HTTP listener until it answers `OK` or `timeout` ends.
 pub async fn wait_for_health(hs: &HomeserverConfig, timeout: Duration) -> Result<String, String> {
     let address = listener_addresses(hs)

@@ -1,0 +1,437 @@
+//! `check`: a preflight that changes nothing of the homeserver and nothing in the store (its
+//! write probe is removed again). Each item says ok, warn or fail and why, so that an admin (or
+//! a charm, when credentials change) learns before the night's backup what would stop it.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use secrecy::SecretString;
+
+use crate::config::Config;
+use crate::database::postgres::Postgres;
+use crate::error::{Error, ErrorKind, Result};
+use crate::progress::Cancel;
+use crate::store::{ByteStream, Store};
+use crate::synapse::media::LOCAL_MEDIA_DIRS;
+use crate::synapse::{check_working_dir, Database, HomeserverConfig};
+
+use super::catalog::read_header;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckStatus {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Ok => "ok",
+            CheckStatus::Warn => "warn",
+            CheckStatus::Fail => "fail",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CheckItem {
+    /// What was checked, lowercase with hyphens (`store-write`).
+    pub name: &'static str,
+    pub status: CheckStatus,
+    pub detail: String,
+    /// The error behind a failure, whose kind gives the exit code.
+    pub failure: Option<Error>,
+}
+
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub items: Vec<CheckItem>,
+}
+
+impl CheckReport {
+    fn ok(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.push(name, CheckStatus::Ok, detail.into(), None);
+    }
+
+    fn warn(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.push(name, CheckStatus::Warn, detail.into(), None);
+    }
+
+    fn fail(&mut self, name: &'static str, error: Error) {
+        self.push(name, CheckStatus::Fail, error.to_string(), Some(error));
+    }
+
+    fn push(
+        &mut self,
+        name: &'static str,
+        status: CheckStatus,
+        detail: String,
+        failure: Option<Error>,
+    ) {
+        self.items.push(CheckItem {
+            name,
+            status,
+            detail,
+            failure,
+        });
+    }
+
+    pub fn passed(&self) -> bool {
+        self.items.iter().all(|i| i.status != CheckStatus::Fail)
+    }
+
+    /// The first failure, whose kind is the command's exit code.
+    pub fn into_first_failure(self) -> Option<Error> {
+        self.items.into_iter().find_map(|i| i.failure)
+    }
+}
+
+/// Runs every check; a failing one does not stop the others that do not depend on it.
+pub async fn run_checks(config: &Config, store: &dyn Store, cancel: &Cancel) -> CheckReport {
+    let mut report = CheckReport::default();
+    let hs = match HomeserverConfig::load(&config.synapse).and_then(|hs| {
+        check_working_dir(&hs)?;
+        Ok(hs)
+    }) {
+        Ok(hs) => {
+            report.ok(
+                "synapse-config",
+                format!(
+                    "server_name {:?} from {} (working directory {})",
+                    hs.server_name,
+                    hs.describe_files(),
+                    hs.working_dir.path.display()
+                ),
+            );
+            Some(hs)
+        }
+        Err(e) => {
+            report.fail("synapse-config", e);
+            None
+        }
+    };
+    if let Some(hs) = &hs {
+        check_sources(&mut report, hs);
+        check_database(&mut report, hs, config).await;
+    }
+    let store_ok = check_store(&mut report, store).await;
+    match config.passphrase() {
+        Ok(passphrase) if store_ok => {
+            check_passphrase(&mut report, store, &passphrase, hs.as_ref(), cancel).await
+        }
+        Ok(_) => report.warn("passphrase", "set, not tried: the store cannot be read"),
+        Err(e) => report.fail("passphrase", e),
+    }
+    if let Some(hs) = &hs {
+        check_synapse_version(&mut report, hs).await;
+    }
+    report
+}
+
+/// The key, the media folders and every config file can be read.
+fn check_sources(report: &mut CheckReport, hs: &HomeserverConfig) {
+    match std::fs::File::open(&hs.signing_key) {
+        Ok(_) => report.ok("signing-key", hs.signing_key.display().to_string()),
+        Err(e) => report.fail(
+            "signing-key",
+            Error::config(format!(
+                "cannot read the signing key {} (from {}): {e}",
+                hs.signing_key.display(),
+                hs.origin("signing_key_path")
+            )),
+        ),
+    }
+    match media_store_readable(hs) {
+        Ok(detail) => report.ok("media-store", detail),
+        Err(e) => report.fail("media-store", e),
+    }
+    let mut files: Vec<&Path> = hs.files.iter().map(|p| p.as_path()).collect();
+    files.extend(hs.log_config.as_deref());
+    files.extend(hs.app_service_files.iter().map(|p| p.as_path()));
+    files.extend(hs.referenced_files.iter().map(|(_, p)| p.as_path()));
+    let unreadable: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            std::fs::File::open(f)
+                .err()
+                .map(|e| format!("{} ({e})", f.display()))
+        })
+        .collect();
+    if unreadable.is_empty() {
+        report.ok("config-files", format!("{} files readable", files.len()));
+    } else {
+        report.warn(
+            "config-files",
+            format!(
+                "{} of {} not readable, so not backed up: {}",
+                unreadable.len(),
+                files.len(),
+                unreadable.join(", ")
+            ),
+        );
+    }
+}
+
+fn media_store_readable(hs: &HomeserverConfig) -> Result<String> {
+    let media = &hs.media_store;
+    let origin = || hs.origin("media_store_path");
+    if !media.is_dir() {
+        return Err(Error::config(format!(
+            "the media store {} is not a folder that exists (from {})",
+            media.display(),
+            origin()
+        )));
+    }
+    let mut present = Vec::new();
+    for dir in LOCAL_MEDIA_DIRS {
+        let folder = media.join(dir);
+        if std::fs::symlink_metadata(&folder).is_err() {
+            continue;
+        }
+        std::fs::read_dir(&folder).map_err(|e| {
+            Error::config(format!(
+                "cannot list {} (from {}): {e}; a link to a disk that is not mounted?",
+                folder.display(),
+                origin()
+            ))
+        })?;
+        present.push(dir);
+    }
+    Ok(format!(
+        "{} ({})",
+        media.display(),
+        if present.is_empty() {
+            "no local media yet".to_string()
+        } else {
+            present.join(", ")
+        }
+    ))
+}
+
+/// SQLite: readable, and the temp dir has room for its snapshot. PostgreSQL: reachable, and
+/// pg_dump/pg_restore are at least the server's major version (pg_dump refuses newer servers).
+async fn check_database(report: &mut CheckReport, hs: &HomeserverConfig, config: &Config) {
+    match &hs.database {
+        Database::Sqlite { path } => {
+            let size = match std::fs::metadata(path) {
+                Ok(meta) if meta.is_file() => meta.len(),
+                _ => {
+                    return report.fail(
+                        "database",
+                        Error::config(format!(
+                            "the SQLite database {} does not exist (from {})",
+                            path.display(),
+                            hs.origin("database")
+                        )),
+                    )
+                }
+            };
+            let wal = std::fs::metadata(format!("{}-wal", path.display()))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            report.ok(
+                "database",
+                format!("SQLite {} ({} bytes)", path.display(), size),
+            );
+            let temp = config
+                .backup
+                .temp_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
+            match nix::sys::statvfs::statvfs(&temp) {
+                Ok(stat) => {
+                    #[allow(clippy::unnecessary_cast)] // u64 on Linux, narrower elsewhere
+                    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+                    let needed = size + wal;
+                    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+                    let detail = format!(
+                        "{}: {:.1} MiB free, the snapshot needs about {:.1} MiB",
+                        temp.display(),
+                        mib(free),
+                        mib(needed)
+                    );
+                    if free > needed {
+                        report.ok("temp-space", detail);
+                    } else {
+                        report.fail(
+                            "temp-space",
+                            Error::Refused(format!(
+                                "{detail}; set [backup] temp-dir to a roomier folder"
+                            )),
+                        );
+                    }
+                }
+                Err(e) => report.fail(
+                    "temp-space",
+                    Error::io("check free space in", &temp, std::io::Error::from(e)),
+                ),
+            }
+        }
+        Database::Postgres(args) => {
+            let postgres = Postgres::new(args);
+            let described = postgres.describe();
+            let info = tokio::task::spawn_blocking(move || postgres.info())
+                .await
+                .map_err(|e| Error::task_failed("database check", e))
+                .and_then(|r| r);
+            let server_version = match info {
+                Ok(info) => {
+                    report.ok(
+                        "database",
+                        format!("PostgreSQL {} at {described}", info.server_version),
+                    );
+                    info.server_version
+                }
+                Err(e) => return report.fail("database", e),
+            };
+            let server_major = major_version(&server_version);
+            for tool in ["pg_dump", "pg_restore"] {
+                match client_version(tool) {
+                    Ok(version) => match (major_version(&version), server_major) {
+                        (Some(client), Some(server)) if client < server => report.fail(
+                            "database-tools",
+                            Error::config(format!(
+                                "{tool} {version} is older than the server ({server_version}); install the PostgreSQL {server} client tools"
+                            )),
+                        ),
+                        _ => report.ok("database-tools", format!("{tool} {version}")),
+                    },
+                    Err(e) => report.fail("database-tools", e),
+                }
+            }
+        }
+    }
+}
+
+fn client_version(tool: &str) -> Result<String> {
+    let out = std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .map_err(|e| {
+            Error::config(format!(
+                "cannot run {tool}: {e}; install the PostgreSQL client tools"
+            ))
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)"
+    Ok(text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or(text.trim())
+        .to_string())
+}
+
+/// `15` of "15.19", `9` of "9.6.24" (the part before the first dot).
+fn major_version(version: &str) -> Option<u32> {
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|part| !part.is_empty())?
+        .parse()
+        .ok()
+}
+
+/// The store can be listed, written and deleted from: a tiny probe object, removed again.
+async fn check_store(report: &mut CheckReport, store: &dyn Store) -> bool {
+    if let Err(e) = store.check_access().await {
+        report.fail("store-access", e);
+        return false;
+    }
+    match store.list().await {
+        Ok(objects) => report.ok(
+            "store-access",
+            format!("{} ({} objects)", store.describe(), objects.len()),
+        ),
+        Err(e) => {
+            report.fail("store-access", e);
+            return false;
+        }
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos();
+    // Not named like a backup, so nothing ever lists it as one.
+    let probe = format!("check-probe-{}-{nanos}", std::process::id());
+    let body: ByteStream =
+        futures::stream::once(async { Ok(Bytes::from_static(b"synapse-backup check\n")) }).boxed();
+    let written = async {
+        store.put(&probe, body, Some(21)).await?;
+        store.head(&probe).await?;
+        store.delete(&probe).await
+    }
+    .await;
+    match written {
+        Ok(()) => report.ok("store-write", format!("wrote, read and deleted {probe}")),
+        Err(e) => {
+            // Whatever the failure, try not to leave the probe behind.
+            let _ = store.delete(&probe).await;
+            report.fail("store-write", e);
+        }
+    }
+    true
+}
+
+/// The passphrase opens the newest backup's header (when there is a backup).
+async fn check_passphrase(
+    report: &mut CheckReport,
+    store: &dyn Store,
+    passphrase: &SecretString,
+    hs: Option<&HomeserverConfig>,
+    cancel: &Cancel,
+) {
+    let newest = match store.list().await {
+        Ok(objects) => objects
+            .into_iter()
+            .filter(|o| o.name.starts_with("backup-"))
+            .max_by(|a, b| a.name.cmp(&b.name)),
+        Err(e) => return report.fail("passphrase", e),
+    };
+    let Some(newest) = newest else {
+        return report.ok("passphrase", "set; no backup yet to try it on");
+    };
+    match read_header(store, &newest.name, passphrase, cancel).await {
+        Ok(Some(header)) => match hs {
+            Some(hs) if hs.server_name != header.server_name => report.warn(
+                "passphrase",
+                format!(
+                    "opens {}, but it is a backup of {:?}, not of {:?}: is this the right store or path?",
+                    newest.name, header.server_name, hs.server_name
+                ),
+            ),
+            _ => report.ok("passphrase", format!("opens the newest backup, {}", newest.name)),
+        },
+        Ok(None) => report.ok(
+            "passphrase",
+            format!("opens the newest backup, {} (made by the charm)", newest.name),
+        ),
+        Err(e) if e.kind() == ErrorKind::WrongPassphrase => report.fail("passphrase", e),
+        Err(e) => report.warn(
+            "passphrase",
+            format!("could not open the newest backup {}: {e}", newest.name),
+        ),
+    }
+}
+
+/// Synapse's version, asked of its plain HTTP listener; a stopped Synapse is only a warning.
+async fn check_synapse_version(report: &mut CheckReport, hs: &HomeserverConfig) {
+    match crate::synapse::server_version(hs).await {
+        Ok(version) => report.ok("synapse", format!("Synapse {version} is running")),
+        Err(why) => report.warn("synapse", format!("version unknown: {why}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::major_version;
+
+    #[test]
+    fn major_versions() {
+        assert_eq!(major_version("15.19"), Some(15));
+        assert_eq!(major_version("9.6.24"), Some(9));
+        assert_eq!(major_version("17beta1"), Some(17));
+        assert_eq!(major_version("PostgreSQL"), None);
+    }
+}
