@@ -33,9 +33,6 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check, changing nothing, that a backup would work: config, sources, database, store
-    /// access (a probe object written and removed), passphrase, Synapse
-    Check,
     /// Back up the signing key, database, local media and configuration; prints the backup id
     CreateBackup(CreateArgs),
     /// List backups, oldest first
@@ -48,6 +45,19 @@ pub enum Command {
     DeleteBackup(IdArg),
     /// Delete the backups a retention policy does not keep (the newest is always kept)
     PruneBackups(PruneArgs),
+    /// Check, changing nothing, that a backup would work: config, sources, database, store
+    /// access (a probe object written and removed), passphrase, Synapse
+    Check,
+    /// The configuration in effect
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the settings in effect (file, then environment), each variable's name beside what
+    /// it set; secrets redacted
+    Show,
 }
 
 #[derive(Debug, Args)]

@@ -39,12 +39,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> u8 {
-    let config_path = cli
+    let asked = cli
         .config
         .clone()
-        .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-    let config = match Config::load(&config_path) {
+        .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+    let explicit = asked.is_some();
+    let config_path = asked.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let config = match Config::load(&config_path, explicit) {
         Ok(config) => config,
         Err(e) => return report(&anyhow::Error::new(e)),
     };

@@ -1,6 +1,7 @@
 //! One module per command; each is a thin layer over `synapse_backup_core::ops`.
 
 mod check;
+mod config;
 mod create;
 mod delete;
 mod list;
@@ -17,7 +18,7 @@ use synapse_backup_core::ops::OpContext;
 use synapse_backup_core::progress::{Cancel, Progress};
 use synapse_backup_core::store::{self, Store};
 
-use crate::args::Command;
+use crate::args::{Command, ConfigCommand};
 
 pub struct Context {
     pub config: Config,
@@ -45,6 +46,7 @@ impl Context {
 pub async fn run(context: &Context, command: &Command) -> Result<()> {
     match command {
         Command::Check => check::run(context).await,
+        Command::Config(ConfigCommand::Show) => config::show(context),
         Command::CreateBackup(args) => create::run(context, args).await,
         Command::ListBackups => list::run(context).await,
         Command::VerifyBackup(args) => verify::run(context, args.id()).await,

@@ -13,6 +13,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+mod env;
+pub use env::{variable_name, Origins};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/synapse-backup/config.toml";
 pub const CONFIG_ENV: &str = "SYNAPSE_BACKUP_CONFIG";
 pub const PASSPHRASE_ENV: &str = "SYNAPSE_BACKUP_PASSPHRASE";
@@ -216,7 +219,15 @@ pub struct RestoreSettings {
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The config file, or where it was looked for when the environment alone configures the
+    /// tool (`file_read` false).
     pub source: PathBuf,
+    pub file_read: bool,
+    /// The settings as given (file, then environment), `s3.secret-key` redacted: what
+    /// `config show` prints.
+    pub settings: toml::Table,
+    /// Settings that came from the environment, and from which variable.
+    pub origins: Origins,
     pub synapse: SynapseSettings,
     pub store: StoreConfig,
     pub backup: BackupSettings,
@@ -224,31 +235,88 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads and validates the configuration file at `path`.
-    pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(format!(
-                "cannot read config file {}: {e}; pass --config FILE or set {CONFIG_ENV}",
-                path.display()
-            ))
-        })?;
-        let config = Config::parse(&text, path)?;
-        if has_inline_secret(&text) {
+    /// Reads and validates the configuration file at `path`, with the environment laid over
+    /// it. When `path` was not asked for (`explicit` false: the default path) and does not
+    /// exist, the environment alone configures the tool.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
+            Err(e) => {
+                return Err(Error::config(format!(
+                    "cannot read config file {}: {e}; pass --config FILE or set {CONFIG_ENV}",
+                    path.display()
+                )))
+            }
+        };
+        let config = Config::parse_with_env(text.as_deref(), path, &env)?;
+        if text.as_deref().is_some_and(has_inline_secret) {
             warn_if_others_can_read(path, "config file holding a secret");
         }
         Ok(config)
     }
 
-    /// Parses configuration text; `source` names the file in messages and anchors relative paths.
+    /// Parses configuration text without the environment; `source` names the file in messages
+    /// and anchors relative paths.
     pub fn parse(text: &str, source: &Path) -> Result<Config> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| Error::config(format!("{}: {}", source.display(), e.message())))?;
-        // Absolute, so that paths in the file (and Synapse's working directory) are too.
-        let parent = source
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        Config::parse_with_env(Some(text), source, &[])
+    }
+
+    /// Parses the file's text (`None`: no file) with `env` (name, value pairs) laid over it.
+    pub fn parse_with_env(
+        text: Option<&str>,
+        source: &Path,
+        env: &[(String, String)],
+    ) -> Result<Config> {
+        let mut table: toml::Table = match text {
+            Some(text) => text.parse().map_err(|e: toml::de::Error| {
+                Error::config(format!("{}: {}", source.display(), e.message()))
+            })?,
+            None => toml::Table::new(),
+        };
+        let origins = env::overlay(&mut table, env)?;
+        let raw = RawConfig::deserialize(table.clone()).map_err(|e| {
+            let with = if origins.is_empty() {
+                ""
+            } else {
+                " with the environment"
+            };
+            Error::config(format!("{}{with}: {}", source.display(), e.message()))
+        })?;
+        if let Some(toml::Value::Table(s3)) = table.get_mut("s3") {
+            if s3.contains_key("secret-key") {
+                s3.insert(
+                    "secret-key".into(),
+                    toml::Value::String("<redacted>".into()),
+                );
+            }
+        }
+        // Paths are relative to the file's folder, or to the current directory without a file;
+        // made absolute, so that paths in the file (and Synapse's working directory) are too.
+        let parent = match text {
+            Some(_) => source
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+            None => Path::new("."),
+        };
         let base = &std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+        let no_store = || {
+            if text.is_some() {
+                format!(
+                    "{}: no store configured; add an [s3] section (bucket, endpoint or region, access-key, secret-key-file) or a [local] section with path",
+                    source.display()
+                )
+            } else {
+                format!(
+                    "no config file at {} and no store in the environment: pass --config FILE, or set {} (or {} and the other [s3] settings)",
+                    source.display(),
+                    variable_name("local", "path"),
+                    variable_name("s3", "bucket")
+                )
+            }
+        };
         let store = match (raw.s3, raw.local) {
             (Some(s3), None) => StoreConfig::S3(Box::new(s3_config(s3, base)?)),
             (None, Some(local)) => StoreConfig::Local(LocalConfig {
@@ -260,15 +328,13 @@ impl Config {
                     source.display()
                 )))
             }
-            (None, None) => {
-                return Err(Error::config(format!(
-                    "{}: no store configured; add an [s3] section (bucket, endpoint or region, access-key, secret-key-file) or a [local] section with path",
-                    source.display()
-                )))
-            }
+            (None, None) => return Err(Error::config(no_store())),
         };
         Ok(Config {
             source: source.to_path_buf(),
+            file_read: text.is_some(),
+            settings: table,
+            origins,
             synapse: synapse_settings(raw.synapse, base, source)?,
             store,
             backup: BackupSettings {
@@ -336,10 +402,11 @@ fn s3_config(raw: RawS3, base: &Path) -> Result<S3Config> {
             )))
         }
     };
-    let access_key = raw
-        .access_key
-        .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok())
-        .ok_or_else(|| Error::config("[s3] access-key is missing (or set AWS_ACCESS_KEY_ID)"))?;
+    let access_key = raw.access_key.ok_or_else(|| {
+        Error::config(
+            "[s3] access-key is missing (or set SYNAPSE_BACKUP_S3_ACCESS_KEY or AWS_ACCESS_KEY_ID)",
+        )
+    })?;
     let secret_key = match (raw.secret_key, raw.secret_key_file) {
         (Some(_), Some(_)) => {
             return Err(Error::config(
