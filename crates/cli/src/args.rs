@@ -53,6 +53,18 @@ pub enum Command {
     Config(ConfigCommand),
 }
 
+impl Command {
+    /// The name monitoring reports a command under, for the commands a timer runs.
+    pub fn monitored_as(&self) -> Option<&'static str> {
+        match self {
+            Command::CreateBackup(_) => Some("create-backup"),
+            Command::VerifyBackup(_) => Some("verify-backup"),
+            Command::PruneBackups(_) => Some("prune-backups"),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the settings in effect (file, then environment), each variable's name beside what

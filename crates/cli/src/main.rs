@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use synapse_backup_core::config::{Config, CONFIG_ENV, DEFAULT_CONFIG_PATH};
+use synapse_backup_core::monitoring::{Monitor, RunFacts};
 use synapse_backup_core::progress::Cancel;
+use synapse_backup_core::synapse::HomeserverConfig;
 
 use args::Cli;
 use commands::Context;
@@ -59,10 +61,29 @@ async fn run(cli: Cli) -> u8 {
         )),
         cancel,
     };
-    match commands::run(&context, &cli.command).await {
-        Ok(()) => exit::OK,
-        Err(e) => report(&e),
+    // The commands a timer runs report to monitoring; a failure to report never fails them.
+    let monitor = match cli.command.monitored_as() {
+        Some(name) => Some(Monitor::start(&context.config.monitoring, name).await),
+        None => None,
+    };
+    let (mut facts, failure) = match commands::run(&context, &cli.command).await {
+        Ok(facts) => (facts, None),
+        Err(e) => {
+            let code = report(&e);
+            (RunFacts::default(), Some((format!("{e:#}"), code)))
+        }
+    };
+    let code = failure.as_ref().map_or(exit::OK, |(_, code)| *code);
+    if let Some(monitor) = monitor {
+        if facts.server_name.is_none() {
+            facts.server_name = HomeserverConfig::load(&context.config.synapse)
+                .ok()
+                .map(|hs| hs.server_name);
+        }
+        let failure = failure.as_ref().map(|(text, code)| (text.as_str(), *code));
+        monitor.finish(&facts, failure).await;
     }
+    code
 }
 
 /// Prints the error chain and a hint on stderr, and returns the exit code for it.

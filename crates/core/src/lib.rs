@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod database;
 pub mod error;
 pub mod manifest;
+pub mod monitoring;
 pub mod ops;
 pub mod progress;
 pub mod store;

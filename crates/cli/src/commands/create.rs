@@ -1,12 +1,13 @@
 use anyhow::Result;
 use serde_json::json;
+use synapse_backup_core::monitoring::RunFacts;
 use synapse_backup_core::ops::backup::{create_backup, BackupOptions};
 
 use super::Context;
 use crate::args::CreateArgs;
 use crate::output::{human_bytes, outln};
 
-pub async fn run(context: &Context, args: &CreateArgs) -> Result<()> {
+pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
     let passphrase = context.config.passphrase()?;
     let store = context.store()?;
     let options = BackupOptions {
@@ -44,5 +45,9 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<()> {
             eprintln!("note: {note}");
         }
     }
-    Ok(())
+    Ok(RunFacts {
+        server_name: Some(summary.server_name),
+        bytes: Some(summary.file_bytes),
+        files: Some(summary.files as u64),
+    })
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use secrecy::SecretString;
 use synapse_backup_core::config::Config;
+use synapse_backup_core::monitoring::RunFacts;
 use synapse_backup_core::ops::OpContext;
 use synapse_backup_core::progress::{Cancel, Progress};
 use synapse_backup_core::store::{self, Store};
@@ -43,15 +44,17 @@ impl Context {
     }
 }
 
-pub async fn run(context: &Context, command: &Command) -> Result<()> {
+/// Runs `command`; what it learnt goes to monitoring.
+pub async fn run(context: &Context, command: &Command) -> Result<RunFacts> {
+    let nothing = |()| RunFacts::default();
     match command {
-        Command::Check => check::run(context).await,
-        Command::Config(ConfigCommand::Show) => config::show(context),
+        Command::Check => check::run(context).await.map(nothing),
+        Command::Config(ConfigCommand::Show) => config::show(context).map(nothing),
         Command::CreateBackup(args) => create::run(context, args).await,
-        Command::ListBackups => list::run(context).await,
-        Command::VerifyBackup(args) => verify::run(context, args.id()).await,
-        Command::RestoreBackup(args) => restore::run(context, args).await,
-        Command::DeleteBackup(args) => delete::run(context, args.id()).await,
-        Command::PruneBackups(args) => prune::run(context, args).await,
+        Command::ListBackups => list::run(context).await.map(nothing),
+        Command::VerifyBackup(args) => verify::run(context, args.id()).await.map(nothing),
+        Command::RestoreBackup(args) => restore::run(context, args).await.map(nothing),
+        Command::DeleteBackup(args) => delete::run(context, args.id()).await.map(nothing),
+        Command::PruneBackups(args) => prune::run(context, args).await.map(nothing),
     }
 }

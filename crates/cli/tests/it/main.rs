@@ -21,6 +21,7 @@ mod exit_codes;
 mod golden;
 mod hostile_archives;
 mod layouts;
+mod monitoring;
 mod postgres;
 mod reliability;
 mod s3_faults;

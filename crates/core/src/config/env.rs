@@ -19,7 +19,7 @@ enum Kind {
 }
 
 /// Every setting of the config file, by section.
-const SETTINGS: [(&str, &[(&str, Kind)]); 5] = [
+const SETTINGS: [(&str, &[(&str, Kind)]); 6] = [
     (
         "synapse",
         &[("config", Kind::Paths), ("working-dir", Kind::Text)],
@@ -60,6 +60,14 @@ const SETTINGS: [(&str, &[(&str, Kind)]); 5] = [
             ("stop-command", Kind::Text),
             ("start-command", Kind::Text),
             ("health-timeout-secs", Kind::Integer),
+        ],
+    ),
+    (
+        "monitoring",
+        &[
+            ("textfile-dir", Kind::Text),
+            ("ping-url", Kind::Text),
+            ("ping-timeout-secs", Kind::Integer),
         ],
     ),
 ];

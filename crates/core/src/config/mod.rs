@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::monitoring::MonitoringSettings;
 
 mod env;
 pub use env::{variable_name, Origins};
@@ -32,6 +33,16 @@ struct RawConfig {
     backup: RawBackup,
     #[serde(default)]
     restore: RawRestore,
+    #[serde(default)]
+    monitoring: RawMonitoring,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawMonitoring {
+    textfile_dir: Option<PathBuf>,
+    ping_url: Option<String>,
+    ping_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +243,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub backup: BackupSettings,
     pub restore: RestoreSettings,
+    pub monitoring: MonitoringSettings,
 }
 
 impl Config {
@@ -347,6 +359,13 @@ impl Config {
                 stop_command: raw.restore.stop_command,
                 start_command: raw.restore.start_command,
                 health_timeout_secs: raw.restore.health_timeout_secs.unwrap_or(120),
+            },
+            monitoring: MonitoringSettings {
+                textfile_dir: raw.monitoring.textfile_dir.map(|p| base.join(p)),
+                ping_url: raw.monitoring.ping_url.filter(|u| !u.trim().is_empty()),
+                ping_timeout: std::time::Duration::from_secs(
+                    raw.monitoring.ping_timeout_secs.unwrap_or(10).clamp(1, 120),
+                ),
             },
         })
     }
