@@ -12,10 +12,12 @@ command -v tar >/dev/null || need_apt+=(tar)
 command -v pg_dump >/dev/null || need_apt+=(postgresql-client)
 # The monitoring test has the real node_exporter parse the textfile.
 command -v prometheus-node-exporter >/dev/null || need_apt+=(prometheus-node-exporter)
+# The packaging test runs systemd-analyze verify on the units.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if ((${#need_apt[@]})); then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-export SYNAPSE_BACKUP_REQUIRE_NODE_EXPORTER=1
+export SYNAPSE_BACKUP_REQUIRE_NODE_EXPORTER=1 SYNAPSE_BACKUP_REQUIRE_SYSTEMD=1
 
 # The machine's PostgreSQL (started before the session on this kind of machine; start it if it
 # stopped). The PostgreSQL tests use it through PG* or 127.0.0.1:5432 as user postgres.

@@ -38,7 +38,7 @@ pub enum Command {
     /// List backups, oldest first
     ListBackups,
     /// Download, decrypt and check every file of a backup against its manifest; changes nothing
-    VerifyBackup(IdArg),
+    VerifyBackup(VerifyArgs),
     /// Restore a backup (stages and verifies everything before replacing the live data)
     RestoreBackup(RestoreArgs),
     /// Delete a backup
@@ -111,6 +111,22 @@ pub struct IdArg {
     /// The backup id, as list-backups shows it (`backup-id=ID` is accepted too)
     #[arg(value_name = "BACKUP_ID")]
     pub backup_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The backup id, as list-backups shows it (`backup-id=ID` is accepted too), or `latest`
+    /// for the newest backup
+    #[arg(value_name = "BACKUP_ID")]
+    pub backup_id: String,
+}
+
+impl VerifyArgs {
+    pub fn id(&self) -> &str {
+        self.backup_id
+            .strip_prefix("backup-id=")
+            .unwrap_or(&self.backup_id)
+    }
 }
 
 #[derive(Debug, Args)]

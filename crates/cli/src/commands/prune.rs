@@ -6,11 +6,23 @@ use crate::args::PruneArgs;
 use crate::output::{outln, Table};
 
 pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
-    let policy = RetentionPolicy {
+    let flags = RetentionPolicy {
         keep_last: args.keep_last,
         keep_daily: args.keep_daily,
         keep_weekly: args.keep_weekly,
         keep_monthly: args.keep_monthly,
+    };
+    // Flags replace the configured policy as a whole (mixing the two would surprise).
+    let configured = context.config.retention;
+    let policy = if flags.keeps_nothing() {
+        RetentionPolicy {
+            keep_last: configured.keep_last,
+            keep_daily: configured.keep_daily,
+            keep_weekly: configured.keep_weekly,
+            keep_monthly: configured.keep_monthly,
+        }
+    } else {
+        flags
     };
     let store = context.store()?;
     let decisions = prune_backups(store.as_ref(), &policy, args.dry_run).await?;

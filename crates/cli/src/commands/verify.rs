@@ -4,10 +4,18 @@ use synapse_backup_core::ops::verify::{verify_backup, ArchiveFormat};
 
 use super::Context;
 use crate::output::{human_bytes, outln};
+use synapse_backup_core::ops::catalog::newest_backup;
 
 pub async fn run(context: &Context, id: &str) -> Result<()> {
     let passphrase = context.config.passphrase()?;
     let store = context.store()?;
+    let newest;
+    let id = if id == "latest" {
+        newest = newest_backup(store.as_ref()).await?;
+        newest.as_str()
+    } else {
+        id
+    };
     let report = verify_backup(&context.op(store.as_ref(), passphrase), id).await?;
     let (format, server) = match &report.format {
         ArchiveFormat::Manifest(header) => ("synapse-backup", Some(header.server_name.clone())),

@@ -26,3 +26,4 @@ mod postgres;
 mod reliability;
 mod s3_faults;
 mod s3_store;
+mod units;

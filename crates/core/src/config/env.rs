@@ -19,7 +19,7 @@ enum Kind {
 }
 
 /// Every setting of the config file, by section.
-const SETTINGS: [(&str, &[(&str, Kind)]); 6] = [
+const SETTINGS: [(&str, &[(&str, Kind)]); 7] = [
     (
         "synapse",
         &[("config", Kind::Paths), ("working-dir", Kind::Text)],
@@ -68,6 +68,15 @@ const SETTINGS: [(&str, &[(&str, Kind)]); 6] = [
             ("textfile-dir", Kind::Text),
             ("ping-url", Kind::Text),
             ("ping-timeout-secs", Kind::Integer),
+        ],
+    ),
+    (
+        "retention",
+        &[
+            ("keep-last", Kind::Integer),
+            ("keep-daily", Kind::Integer),
+            ("keep-weekly", Kind::Integer),
+            ("keep-monthly", Kind::Integer),
         ],
     ),
 ];

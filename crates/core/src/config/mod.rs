@@ -35,6 +35,21 @@ struct RawConfig {
     restore: RawRestore,
     #[serde(default)]
     monitoring: RawMonitoring,
+    #[serde(default)]
+    retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRetention {
+    #[serde(default)]
+    keep_last: usize,
+    #[serde(default)]
+    keep_daily: usize,
+    #[serde(default)]
+    keep_weekly: usize,
+    #[serde(default)]
+    keep_monthly: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -244,6 +259,17 @@ pub struct Config {
     pub backup: BackupSettings,
     pub restore: RestoreSettings,
     pub monitoring: MonitoringSettings,
+    /// What `prune-backups` keeps when no `--keep-*` flag is given.
+    pub retention: RetentionSettings,
+}
+
+/// `[retention]`: the `prune-backups` policy (all zero: none configured).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionSettings {
+    pub keep_last: usize,
+    pub keep_daily: usize,
+    pub keep_weekly: usize,
+    pub keep_monthly: usize,
 }
 
 impl Config {
@@ -359,6 +385,12 @@ impl Config {
                 stop_command: raw.restore.stop_command,
                 start_command: raw.restore.start_command,
                 health_timeout_secs: raw.restore.health_timeout_secs.unwrap_or(120),
+            },
+            retention: RetentionSettings {
+                keep_last: raw.retention.keep_last,
+                keep_daily: raw.retention.keep_daily,
+                keep_weekly: raw.retention.keep_weekly,
+                keep_monthly: raw.retention.keep_monthly,
             },
             monitoring: MonitoringSettings {
                 textfile_dir: raw.monitoring.textfile_dir.map(|p| base.join(p)),

@@ -142,6 +142,22 @@ pub async fn read_header(
     .map_err(|e| Error::task_failed("header read", e))?
 }
 
+/// The id of the newest backup in the store (by its name, which is its creation time).
+pub async fn newest_backup(store: &dyn Store) -> Result<String> {
+    store.check_access().await?;
+    store
+        .list()
+        .await?
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|name| name.starts_with("backup-"))
+        .max()
+        .ok_or_else(|| Error::NotFound {
+            id: "latest".into(),
+            store: store.describe(),
+        })
+}
+
 /// Deletes backup `id`; an unknown id is an error.
 pub async fn delete_backup(store: &dyn Store, id: &str) -> Result<()> {
     store.delete(id).await

@@ -17,7 +17,7 @@ use crate::store::{ByteStream, Store};
 use crate::synapse::media::LOCAL_MEDIA_DIRS;
 use crate::synapse::{check_working_dir, Database, HomeserverConfig};
 
-use super::catalog::read_header;
+use super::catalog::{newest_backup, read_header};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckStatus {
@@ -382,35 +382,32 @@ async fn check_passphrase(
     hs: Option<&HomeserverConfig>,
     cancel: &Cancel,
 ) {
-    let newest = match store.list().await {
-        Ok(objects) => objects
-            .into_iter()
-            .filter(|o| o.name.starts_with("backup-"))
-            .max_by(|a, b| a.name.cmp(&b.name)),
+    let newest = match newest_backup(store).await {
+        Ok(id) => id,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return report.ok("passphrase", "set; no backup yet to try it on")
+        }
         Err(e) => return report.fail("passphrase", e),
     };
-    let Some(newest) = newest else {
-        return report.ok("passphrase", "set; no backup yet to try it on");
-    };
-    match read_header(store, &newest.name, passphrase, cancel).await {
+    match read_header(store, &newest, passphrase, cancel).await {
         Ok(Some(header)) => match hs {
             Some(hs) if hs.server_name != header.server_name => report.warn(
                 "passphrase",
                 format!(
                     "opens {}, but it is a backup of {:?}, not of {:?}: is this the right store or path?",
-                    newest.name, header.server_name, hs.server_name
+                    newest, header.server_name, hs.server_name
                 ),
             ),
-            _ => report.ok("passphrase", format!("opens the newest backup, {}", newest.name)),
+            _ => report.ok("passphrase", format!("opens the newest backup, {}", newest)),
         },
         Ok(None) => report.ok(
             "passphrase",
-            format!("opens the newest backup, {} (made by the charm)", newest.name),
+            format!("opens the newest backup, {} (made by the charm)", newest),
         ),
         Err(e) if e.kind() == ErrorKind::WrongPassphrase => report.fail("passphrase", e),
         Err(e) => report.warn(
             "passphrase",
-            format!("could not open the newest backup {}: {e}", newest.name),
+            format!("could not open the newest backup {}: {e}", newest),
         ),
     }
 }

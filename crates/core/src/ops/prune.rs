@@ -112,7 +112,7 @@ pub async fn prune_backups(
 ) -> Result<Vec<PruneDecision>> {
     if policy.keeps_nothing() {
         return Err(Error::config(
-            "a retention policy must keep something: give --keep-last, --keep-daily, --keep-weekly or --keep-monthly",
+            "a retention policy must keep something: give --keep-last, --keep-daily, --keep-weekly or --keep-monthly, or set them in [retention]",
         ));
     }
     store.check_access().await?;

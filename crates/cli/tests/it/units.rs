@@ -1,0 +1,104 @@
+//! The systemd units in packaging/systemd: `systemd-analyze verify` finds nothing to say about
+//! them, and the commands they run do the night's work on a real data dir and store.
+
+use std::fs;
+use std::process::Command;
+
+use crate::common::*;
+
+fn units() -> Vec<(String, String)> {
+    let dir = repo_root().join("packaging/systemd");
+    let mut units: Vec<(String, String)> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    units.sort();
+    units
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_the_units() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if std::env::var("SYNAPSE_BACKUP_REQUIRE_SYSTEMD").as_deref() == Ok("1") {
+            panic!("SYNAPSE_BACKUP_REQUIRE_SYSTEMD=1 but systemd-analyze is missing");
+        }
+        eprintln!("no systemd-analyze: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let units = units();
+    assert_eq!(
+        units.len(),
+        4,
+        "{:?}",
+        units.iter().map(|u| &u.0).collect::<Vec<_>>()
+    );
+    for (name, text) in &units {
+        // The test's binary stands where the package installs it (verify checks it exists).
+        let text = text.replace("/usr/bin/synapse-backup", binary().to_str().unwrap());
+        fs::write(dir.path().join(name), text).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(units.iter().map(|(name, _)| dir.path().join(name)))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Unknown or misspelt keys are only warnings to it: none is acceptable here.
+    assert!(stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
+}
+
+/// Every `ExecStart` of the units, run in order against a world configured with
+/// `[retention]`: a backup, the prune the policy asks for, and a verify of the newest.
+#[test]
+fn the_units_commands_do_the_nights_work() {
+    let world = World::with(WorldOptions {
+        extra_config: "[retention]\nkeep-last = 2\n",
+        ..Default::default()
+    });
+    let old = world.create_backup();
+    fs::copy(
+        world.object(&old),
+        world.object("backup-20200101000000000000"),
+    )
+    .unwrap();
+    let commands: Vec<String> = units()
+        .iter()
+        .filter(|(name, _)| name.ends_with(".service"))
+        .rev() // synapse-backup.service before synapse-backup-verify.service
+        .flat_map(|(_, text)| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("ExecStart="))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    for command in &commands {
+        let mut words = command.split_whitespace();
+        assert_eq!(words.next(), Some("/usr/bin/synapse-backup"));
+        let args: Vec<&str> = words.collect();
+        // The units rely on the default config path; the world's stands in for it.
+        let out = Command::new(binary())
+            .args(&args)
+            .env("SYNAPSE_BACKUP_CONFIG", &world.config)
+            .output()
+            .unwrap();
+        assert_success(&out, command);
+    }
+    // Three backups existed before the prune (the copy, the first, the unit's): two are left.
+    let left = names_in(&world.store);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&"backup-20200101000000000000".to_string()));
+}
