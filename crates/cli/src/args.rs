@@ -123,10 +123,13 @@ pub struct VerifyArgs {
 
 impl VerifyArgs {
     pub fn id(&self) -> &str {
-        self.backup_id
-            .strip_prefix("backup-id=")
-            .unwrap_or(&self.backup_id)
+        without_charm_prefix(&self.backup_id)
     }
+}
+
+/// An id as given, without the `backup-id=` the charm's actions put before it.
+fn without_charm_prefix(id: &str) -> &str {
+    id.strip_prefix("backup-id=").unwrap_or(id)
 }
 
 #[derive(Debug, Args)]
@@ -159,8 +162,6 @@ pub struct RestoreArgs {
 
 impl IdArg {
     pub fn id(&self) -> &str {
-        self.backup_id
-            .strip_prefix("backup-id=")
-            .unwrap_or(&self.backup_id)
+        without_charm_prefix(&self.backup_id)
     }
 }

@@ -18,6 +18,7 @@ use crate::synapse::media::LOCAL_MEDIA_DIRS;
 use crate::synapse::{check_working_dir, Database, HomeserverConfig};
 
 use super::catalog::{newest_backup, read_header};
+use super::restore::files::free_bytes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckStatus {
@@ -241,10 +242,8 @@ async fn check_database(report: &mut CheckReport, hs: &HomeserverConfig, config:
                 .temp_dir
                 .clone()
                 .unwrap_or_else(std::env::temp_dir);
-            match nix::sys::statvfs::statvfs(&temp) {
-                Ok(stat) => {
-                    #[allow(clippy::unnecessary_cast)] // u64 on Linux, narrower elsewhere
-                    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+            match free_bytes(&temp) {
+                Ok(free) => {
                     let needed = size + wal;
                     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
                     let detail = format!(
@@ -264,10 +263,7 @@ async fn check_database(report: &mut CheckReport, hs: &HomeserverConfig, config:
                         );
                     }
                 }
-                Err(e) => report.fail(
-                    "temp-space",
-                    Error::io("check free space in", &temp, std::io::Error::from(e)),
-                ),
+                Err(e) => report.fail("temp-space", e),
             }
         }
         Database::Postgres(args) => {

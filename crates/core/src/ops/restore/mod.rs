@@ -13,7 +13,7 @@
 //!    before doing anything else (`journal`).
 
 mod database;
-mod files;
+pub(crate) mod files;
 mod hooks;
 mod journal;
 mod plan;
