@@ -2,7 +2,7 @@
 # Runs the whole test suite on a fresh machine: installs what is missing (gpg, a Garage S3
 # server built from crates.io and cached), starts Garage on loopback, then runs formatting and
 # lint checks, every test with the S3 and PostgreSQL tests required (a missing server fails,
-# never skips), and the end-to-end test against a real Synapse.
+# never skips), the end-to-end test against a real Synapse, and the Debian package's install test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,8 @@ command -v pg_dump >/dev/null || need_apt+=(postgresql-client)
 command -v prometheus-node-exporter >/dev/null || need_apt+=(prometheus-node-exporter)
 # The packaging test runs systemd-analyze verify on the units.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# The package test looks the man page up with man -w.
+command -v man >/dev/null || need_apt+=(man-db)
 if ((${#need_apt[@]})); then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
@@ -48,3 +50,6 @@ cargo test --workspace --locked
 
 # End to end against a real Synapse from PyPI (SQLite and PostgreSQL, and a charm backup).
 bash scripts/e2e-synapse.sh
+
+# The Debian package, built with cargo-deb and installed, run and purged with dpkg.
+bash scripts/package-test.sh

@@ -586,7 +586,8 @@ class Tool:
         detail = f"exit {code}; stdout: {out.strip()[:2000]}; stderr: {err.strip()[:4000]}"
         require(scenario, name, ok, detail)
         try:
-            value = json.loads(out.strip().splitlines()[-1])
+            # --json prints exactly one document on stdout (logs go to stderr).
+            value = json.loads(out)
         except (ValueError, IndexError) as e:
             require(scenario, f"{name} prints JSON", False, f"{e}: {out!r}")
         return value, elapsed

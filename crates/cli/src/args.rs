@@ -51,6 +51,9 @@ pub enum Command {
     /// The configuration in effect
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write the man pages and the bash, zsh and fish completions (for packaging; needs no
+    /// configuration)
+    Generate(GenerateArgs),
 }
 
 impl Command {
@@ -70,6 +73,20 @@ pub enum ConfigCommand {
     /// Print the settings in effect (file, then environment), each variable's name beside what
     /// it set; secrets redacted
     Show,
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("what").required(true).multiple(true).args(["man_dir", "completions_dir"])
+))]
+pub struct GenerateArgs {
+    /// Write synapse-backup.1 and a page per command (synapse-backup-create-backup.1, …) into DIR
+    #[arg(long, value_name = "DIR")]
+    pub man_dir: Option<PathBuf>,
+
+    /// Write synapse-backup.bash, _synapse-backup (zsh) and synapse-backup.fish into DIR
+    #[arg(long, value_name = "DIR")]
+    pub completions_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,20 @@ pub fn code_for(kind: ErrorKind) -> u8 {
     }
 }
 
+/// The kind's name in `--json` error documents (`error-kind`).
+pub fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Config => "config",
+        ErrorKind::NotFound => "not-found",
+        ErrorKind::WrongPassphrase => "wrong-passphrase",
+        ErrorKind::Corrupt => "corrupt",
+        ErrorKind::Refused => "refused",
+        ErrorKind::Storage => "storage",
+        ErrorKind::Interrupted => "interrupted",
+        _ => "other",
+    }
+}
+
 /// A line telling the user what to try, for the failures where there is something to try.
 pub fn hint_for(kind: ErrorKind) -> Option<&'static str> {
     match kind {

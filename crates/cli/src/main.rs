@@ -22,7 +22,10 @@ use args::Cli;
 use commands::Context;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return ExitCode::from(argument_error(e)),
+    };
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -41,6 +44,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> u8 {
+    // Writing man pages and completions needs no configuration (a package build has none).
+    if let args::Command::Generate(what) = &cli.command {
+        return match commands::generate(what, cli.json) {
+            Ok(()) => exit::OK,
+            Err(e) => report(&e, cli.json),
+        };
+    }
     let asked = cli
         .config
         .clone()
@@ -49,7 +59,7 @@ async fn run(cli: Cli) -> u8 {
     let config_path = asked.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let config = match Config::load(&config_path, explicit) {
         Ok(config) => config,
-        Err(e) => return report(&anyhow::Error::new(e)),
+        Err(e) => return report(&anyhow::Error::new(e), cli.json),
     };
     let cancel = Cancel::new();
     spawn_signal_handler(cancel.clone());
@@ -69,7 +79,7 @@ async fn run(cli: Cli) -> u8 {
     let (mut facts, failure) = match commands::run(&context, &cli.command).await {
         Ok(facts) => (facts, None),
         Err(e) => {
-            let code = report(&e);
+            let code = report(&e, context.json);
             (RunFacts::default(), Some((format!("{e:#}"), code)))
         }
     };
@@ -86,18 +96,54 @@ async fn run(cli: Cli) -> u8 {
     code
 }
 
-/// Prints the error chain and a hint on stderr, and returns the exit code for it.
-fn report(error: &anyhow::Error) -> u8 {
+/// Prints the error chain and a hint on stderr (and, under `--json`, as the run's document on
+/// stdout), and returns the exit code for it.
+fn report(error: &anyhow::Error, json: bool) -> u8 {
     eprintln!("error: {error:#}");
     let kind = error
         .chain()
         .find_map(|cause| cause.downcast_ref::<synapse_backup_core::Error>())
         .map(|e| e.kind())
         .unwrap_or(synapse_backup_core::ErrorKind::Other);
-    if let Some(hint) = exit::hint_for(kind) {
+    let hint = exit::hint_for(kind);
+    if let Some(hint) = hint {
         eprintln!("hint: {hint}");
     }
-    exit::code_for(kind)
+    let code = exit::code_for(kind);
+    if json {
+        output::emit_json_error(&format!("{error:#}"), exit::kind_name(kind), code, hint);
+    }
+    code
+}
+
+/// Bad arguments: clap's message on stderr, exit 2, and under `--json` an error document, so a
+/// program that asked for JSON gets JSON even when it misspelt an option. `--help` and
+/// `--version` print as usual.
+fn argument_error(error: clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        error.exit();
+    }
+    let _ = error.print();
+    let code = exit::CONFIG;
+    if std::env::args_os().any(|arg| arg == "--json") {
+        // clap's message without its usage block, on one line.
+        let rendered = error.render().to_string();
+        let message = rendered.split("\n\n").next().unwrap_or("invalid arguments");
+        let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        output::emit_json_error(
+            message.trim_start_matches("error: "),
+            exit::kind_name(synapse_backup_core::ErrorKind::Config),
+            code,
+            None,
+        );
+    }
+    code
 }
 
 /// Ctrl-C or SIGTERM asks the running operation to stop cleanly (abort the upload, remove

@@ -1,7 +1,12 @@
-//! What the commands print on stdout: tables, sizes, and lines written so that a closed pipe
-//! (`list-backups | head -1`) ends the program quietly instead of panicking as `println!` does.
+//! What the commands print on stdout: tables, sizes, the one JSON document of `--json`, and
+//! lines written so that a closed pipe (`list-backups | head -1`) ends the program quietly
+//! instead of panicking as `println!` does.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::{json, Value};
+use synapse_backup_core::manifest::{DatabaseInfo, DatabaseKind};
 
 /// `println!` for stdout that survives a reader that went away.
 macro_rules! outln {
@@ -25,6 +30,61 @@ pub fn write_stdout(text: &str) {
         eprintln!("error: cannot write to stdout: {e}");
         std::process::exit(crate::exit::OTHER.into());
     }
+}
+
+static JSON_WRITTEN: AtomicBool = AtomicBool::new(false);
+
+/// Prints the command's one JSON document (`--json`): a single object on one line. Programs
+/// (a charm's action, a monitoring script) read stdout as exactly one document, so a second
+/// one is a bug and is dropped with a message rather than printed.
+pub fn emit_json(document: Value) {
+    debug_assert!(document.is_object(), "--json prints an object: {document}");
+    if JSON_WRITTEN.swap(true, Ordering::SeqCst) {
+        eprintln!("error: internal: a second JSON document was dropped: {document}");
+        return;
+    }
+    write_stdout(&format!("{document}\n"));
+}
+
+/// Whether this run already printed its JSON document.
+pub fn json_written() -> bool {
+    JSON_WRITTEN.load(Ordering::SeqCst)
+}
+
+/// The document of a failed command under `--json`, unless the command printed its own (as
+/// `check` does, with every item, before it fails).
+pub fn emit_json_error(message: &str, kind: &str, exit_code: u8, hint: Option<&str>) {
+    if json_written() {
+        return;
+    }
+    emit_json(json!({
+        "ok": false,
+        "error": message,
+        "error-kind": kind,
+        "exit-code": exit_code,
+        "hint": hint,
+    }));
+}
+
+/// The database facts of a manifest as `--json` shows them. Built by hand rather than
+/// serialized: the manifest's own field names are a stored format and cannot change, the
+/// output's keys follow one style (lowercase with hyphens).
+pub fn database_json(database: &DatabaseInfo) -> Value {
+    let kind = match database.kind {
+        DatabaseKind::Sqlite => "sqlite",
+        DatabaseKind::Postgresql => "postgresql",
+    };
+    json!({
+        "kind": kind,
+        "included": database.included,
+        "note": database.note,
+        "postgres": database.postgres.as_ref().map(|pg| json!({
+            "server-version": pg.server_version,
+            "encoding": pg.encoding,
+            "collate": pg.collate,
+            "ctype": pg.ctype,
+        })),
+    })
 }
 
 pub fn human_bytes(bytes: u64) -> String {

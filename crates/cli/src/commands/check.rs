@@ -3,7 +3,7 @@ use serde_json::json;
 use synapse_backup_core::ops::check::{run_checks, CheckStatus};
 
 use super::Context;
-use crate::output::outln;
+use crate::output::{emit_json, outln};
 
 /// Prints every item, then fails with the first failure's error (its kind is the exit code).
 pub async fn run(context: &Context) -> Result<()> {
@@ -21,7 +21,7 @@ pub async fn run(context: &Context) -> Result<()> {
                 })
             })
             .collect();
-        outln!("{}", json!({ "ok": report.passed(), "checks": checks }));
+        emit_json(json!({ "ok": report.passed(), "checks": checks }));
     } else {
         for item in &report.items {
             let mark = match item.status {

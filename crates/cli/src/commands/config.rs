@@ -3,7 +3,7 @@ use serde_json::json;
 use synapse_backup_core::config::{PASSPHRASE_ENV, S3_SECRET_ENV};
 
 use super::Context;
-use crate::output::outln;
+use crate::output::{emit_json, outln};
 
 /// Prints the settings as given, as TOML, with the variable that set each one from the
 /// environment; secrets are redacted (the table holds no secret).
@@ -20,15 +20,23 @@ pub fn show(context: &Context) -> Result<()> {
         .file_read
         .then(|| config.source.display().to_string());
     if context.json {
-        outln!(
-            "{}",
-            json!({
-                "config-file": file,
-                "settings": config.settings,
-                "from-environment": config.origins,
-                "passphrase-from": passphrase,
-            })
-        );
+        // `[s3] region` from AWS_REGION shows as {"s3": {"region": "AWS_REGION"}}: nested like
+        // the settings, so every key keeps one style.
+        let mut from_environment = serde_json::Map::new();
+        for (setting, variable) in &config.origins {
+            let (section, key) = setting.split_once('.').unwrap_or(("", setting));
+            let entry = from_environment
+                .entry(section.to_string())
+                .or_insert_with(|| json!({}));
+            entry[key] = json!(variable);
+        }
+        emit_json(json!({
+            "ok": true,
+            "config-file": file,
+            "settings": config.settings,
+            "from-environment": from_environment,
+            "passphrase-from": passphrase,
+        }));
         return Ok(());
     }
     match &file {

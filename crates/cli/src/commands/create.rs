@@ -5,7 +5,7 @@ use synapse_backup_core::ops::backup::{create_backup, BackupOptions};
 
 use super::Context;
 use crate::args::CreateArgs;
-use crate::output::{human_bytes, outln};
+use crate::output::{database_json, emit_json, human_bytes, outln};
 
 pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
     let passphrase = context.config.passphrase()?;
@@ -19,17 +19,17 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
     let summary = create_backup(&context.config, &ctx, &options).await?;
     let seconds = summary.elapsed.as_secs_f64();
     if context.json {
-        let value = json!({
+        emit_json(json!({
+            "ok": true,
             "backup-id": summary.backup_id,
             "server-name": summary.server_name,
             "files": summary.files,
             "bytes": summary.file_bytes,
             "object-bytes": summary.object_bytes,
-            "database": summary.database,
+            "database": database_json(&summary.database),
             "seconds": seconds,
             "skipped-vanished": summary.vanished,
-        });
-        outln!("{value}");
+        }));
     } else {
         outln!("{}", summary.backup_id);
         eprintln!(

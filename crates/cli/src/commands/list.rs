@@ -3,7 +3,7 @@ use serde_json::json;
 use synapse_backup_core::ops::catalog::{list_backups, Details};
 
 use super::Context;
-use crate::output::{human_bytes, outln, Table};
+use crate::output::{database_json, emit_json, human_bytes, Table};
 
 pub async fn run(context: &Context) -> Result<()> {
     // Without a passphrase the list still works; it just cannot show what is inside.
@@ -25,7 +25,7 @@ pub async fn run(context: &Context) -> Result<()> {
                         row["server-name"] = json!(h.server_name);
                         row["tool-version"] = json!(h.tool_version);
                         row["created"] = json!(h.created.to_rfc3339());
-                        row["database"] = json!(h.database);
+                        row["database"] = database_json(&h.database);
                     }
                     Details::Charm => row["format"] = json!("charm"),
                     Details::NotRead => {}
@@ -34,7 +34,7 @@ pub async fn run(context: &Context) -> Result<()> {
                 row
             })
             .collect();
-        outln!("{}", serde_json::Value::Array(rows));
+        emit_json(json!({ "ok": true, "store": store.describe(), "backups": rows }));
         return Ok(());
     }
     let mut table = Table::new(["backup-id", "last-modified", "size", "server", "version"]);

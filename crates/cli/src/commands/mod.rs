@@ -4,6 +4,7 @@ mod check;
 mod config;
 mod create;
 mod delete;
+mod generate;
 mod list;
 mod prune;
 mod restore;
@@ -20,6 +21,8 @@ use synapse_backup_core::progress::{Cancel, Progress};
 use synapse_backup_core::store::{self, Store};
 
 use crate::args::{Command, ConfigCommand};
+
+pub use generate::run as generate;
 
 pub struct Context {
     pub config: Config,
@@ -56,5 +59,8 @@ pub async fn run(context: &Context, command: &Command) -> Result<RunFacts> {
         Command::RestoreBackup(args) => restore::run(context, args).await.map(nothing),
         Command::DeleteBackup(args) => delete::run(context, args.id()).await.map(nothing),
         Command::PruneBackups(args) => prune::run(context, args).await.map(nothing),
+        // Handled before the configuration is read (main.rs); kept here so the match stays
+        // exhaustive.
+        Command::Generate(args) => generate(args, context.json).map(nothing),
     }
 }

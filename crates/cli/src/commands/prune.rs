@@ -3,7 +3,8 @@ use synapse_backup_core::ops::prune::{prune_backups, RetentionPolicy};
 
 use super::Context;
 use crate::args::PruneArgs;
-use crate::output::{outln, Table};
+use crate::output::{emit_json, Table};
+use serde_json::json;
 
 pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
     let flags = RetentionPolicy {
@@ -26,11 +27,30 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
     };
     let store = context.store()?;
     let decisions = prune_backups(store.as_ref(), &policy, args.dry_run).await?;
+    let removed = decisions.iter().filter(|d| !d.keep).count();
     if context.json {
-        outln!("{}", serde_json::to_string(&decisions)?);
+        let rows: Vec<_> = decisions
+            .iter()
+            .map(|decision| {
+                json!({
+                    "backup-id": decision.backup_id,
+                    "created": decision.created.to_rfc3339(),
+                    "keep": decision.keep,
+                    "kept-by": decision.reasons,
+                })
+            })
+            .collect();
+        emit_json(json!({
+            "ok": true,
+            "dry-run": args.dry_run,
+            "deleted": if args.dry_run { 0 } else { removed },
+            "would-delete": if args.dry_run { removed } else { 0 },
+            "kept": decisions.len() - removed,
+            "store": store.describe(),
+            "backups": rows,
+        }));
         return Ok(());
     }
-    let removed = decisions.iter().filter(|d| !d.keep).count();
     let mut table = Table::new(["backup-id", "created", "action", "kept by"]);
     for decision in &decisions {
         let action = match (decision.keep, args.dry_run) {

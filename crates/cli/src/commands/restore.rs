@@ -4,7 +4,7 @@ use synapse_backup_core::ops::restore::{restore_backup, RestoreOptions};
 
 use super::Context;
 use crate::args::RestoreArgs;
-use crate::output::{human_bytes, outln};
+use crate::output::{emit_json, human_bytes, outln};
 
 pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
     let passphrase = context.config.passphrase()?;
@@ -19,9 +19,8 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
     let ctx = context.op(store.as_ref(), passphrase);
     let report = restore_backup(&context.config, &ctx, args.id.id(), &options).await?;
     if context.json {
-        outln!(
-            "{}",
-            json!({
+        emit_json(json!({
+                "ok": true,
                 "backup-id": report.backup_id,
                 "charm-format": report.charm_format,
                 "files": report.files,
@@ -32,8 +31,7 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
                 "notes": report.notes,
                 "recovered": report.recovered.as_ref().map(|r| r.to_string()),
                 "seconds": report.elapsed.as_secs_f64(),
-            })
-        );
+        }));
         return Ok(());
     }
     if let Some(recovered) = &report.recovered {

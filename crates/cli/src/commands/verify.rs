@@ -3,7 +3,7 @@ use serde_json::json;
 use synapse_backup_core::ops::verify::{verify_backup, ArchiveFormat};
 
 use super::Context;
-use crate::output::{human_bytes, outln};
+use crate::output::{emit_json, human_bytes, outln};
 use synapse_backup_core::ops::catalog::newest_backup;
 
 pub async fn run(context: &Context, id: &str) -> Result<()> {
@@ -22,17 +22,14 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
         ArchiveFormat::Charm => ("charm", None),
     };
     if context.json {
-        outln!(
-            "{}",
-            json!({
+        emit_json(json!({
                 "backup-id": report.backup_id,
                 "ok": true,
                 "format": format,
                 "server-name": server,
                 "files": report.files,
                 "bytes": report.bytes,
-            })
-        );
+        }));
     } else {
         match &report.format {
             ArchiveFormat::Manifest(header) => outln!(

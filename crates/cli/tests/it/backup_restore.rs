@@ -15,7 +15,8 @@ fn round_trip_into_target_dir_is_byte_identical() {
 
     let listed = world.run(&["--json", "list-backups"]);
     assert_success(&listed, "list-backups");
-    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let rows = &listed["backups"];
     assert_eq!(rows[0]["backup-id"], id.as_str());
     assert_eq!(rows[0]["server-name"], SERVER_NAME);
     assert!(rows[0]["size"].as_u64().unwrap() > 1_000_000);
@@ -649,15 +650,17 @@ fn prune_keeps_what_the_policy_says_and_touches_nothing_else() {
     let dry = world.run(&["--json", "prune-backups", "--keep-daily", "2", "--dry-run"]);
     assert_success(&dry, "prune-backups --dry-run");
     let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
-    let kept: Vec<&str> = plan
+    let kept: Vec<&str> = plan["backups"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|d| d["keep"] == true)
-        .map(|d| d["backup_id"].as_str().unwrap())
+        .map(|d| d["backup-id"].as_str().unwrap())
         .collect();
     assert_eq!(kept, [newest.as_str(), "backup-20260301230000000000"]);
-    assert_eq!(plan.as_array().unwrap().len(), 5);
+    assert_eq!(plan["backups"].as_array().unwrap().len(), 5);
+    assert_eq!(plan["would-delete"], 3, "{plan}");
+    assert_eq!(plan["deleted"], 0, "{plan}");
     for id in older {
         assert!(world.object(id).exists(), "a dry run deleted {id}");
     }

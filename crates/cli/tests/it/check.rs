@@ -116,7 +116,7 @@ fn check_probes_a_real_s3_store_and_removes_the_probe() {
     let listed = world.run(&["--json", "list-backups"]);
     assert_success(&listed, "list-backups");
     let doc: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let ids: Vec<&str> = doc
+    let ids: Vec<&str> = doc["backups"]
         .as_array()
         .map(|a| a.iter().filter_map(|b| b["backup-id"].as_str()).collect())
         .unwrap_or_default();

@@ -119,7 +119,7 @@ fn config_show_names_origins_and_redacts_secrets() {
     let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(doc["settings"]["s3"]["bucket"], "from-env");
     assert_eq!(
-        doc["from-environment"]["s3.secret-key"],
+        doc["from-environment"]["s3"]["secret-key"],
         "SYNAPSE_BACKUP_S3_SECRET_KEY"
     );
     for out in [&out, &json] {

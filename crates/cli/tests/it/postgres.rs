@@ -113,7 +113,8 @@ fn postgres_database_round_trips_without_one_time_keys() {
     pg.use_in(&source, &source_db);
     let id = source.create_backup();
     let listed = source.run(&["--json", "list-backups"]);
-    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let rows = &listed["backups"];
     assert_eq!(rows[0]["database"]["kind"], "postgresql");
     assert_eq!(rows[0]["database"]["included"], true);
     assert_eq!(rows[0]["database"]["postgres"]["encoding"], "UTF8");

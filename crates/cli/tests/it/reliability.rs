@@ -193,7 +193,7 @@ fn two_backups_at_once_get_distinct_ids() {
     assert_ne!(a.stdout, b.stdout);
     let listed = world.run(&["--json", "list-backups"]);
     let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert_eq!(rows["backups"].as_array().unwrap().len(), 2);
 }
 
 /// A full disk while staging: needs root to mount a small tmpfs; elsewhere it says so and passes.

@@ -104,7 +104,11 @@ fn rerun_cleans_up(world: &World, config: &str, before: u64) {
     assert_success(&world.run(&["verify-backup", &id]), "verify the rerun");
     let listed = world.run(&["--json", "list-backups"]);
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(
+        listed["backups"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
 }
 
 #[test]
@@ -174,7 +178,11 @@ fn another_runs_live_upload_is_left_alone() {
     assert_success(&out, "the first create-backup");
     let listed = world.run(&["--json", "list-backups"]);
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert_eq!(
+        listed["backups"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
 }
 
 /// Runs `args` with downloads throttled, kills the server after a second (a SIGTERM would let

@@ -21,7 +21,8 @@ fn round_trip_through_s3() {
     let id = world.create_backup();
     let listed = world.run(&["--json", "list-backups"]);
     assert_success(&listed, "list-backups");
-    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let rows = &listed["backups"];
     assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
     assert_eq!(rows[0]["backup-id"], id.as_str());
     assert_eq!(rows[0]["server-name"], SERVER_NAME);
@@ -135,7 +136,8 @@ fn a_large_backup_uses_several_parts() {
     });
     let id = world.create_backup();
     let listed = world.run(&["--json", "list-backups"]);
-    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let rows = &listed["backups"];
     assert!(rows[0]["size"].as_u64().unwrap() > 30 * 1024 * 1024);
     assert_success(&world.run(&["verify-backup", &id]), "verify-backup");
 }

@@ -1,5 +1,8 @@
-//! The systemd units in packaging/systemd: `systemd-analyze verify` finds nothing to say about
-//! them, and the commands they run do the night's work on a real data dir and store.
+//! What the package ships besides the binary. The systemd units in packaging/systemd:
+//! `systemd-analyze verify` finds nothing to say about them, and the commands they run do the
+//! night's work on a real data dir and store. The example config loads; the man pages and
+//! completions the package build generates say what they should. (scripts/package-test.sh
+//! builds the .deb and installs it with dpkg.)
 
 use std::fs;
 use std::process::Command;
@@ -101,4 +104,84 @@ fn the_units_commands_do_the_nights_work() {
     let left = names_in(&world.store);
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(!left.contains(&"backup-20200101000000000000".to_string()));
+}
+
+/// The package's /etc/synapse-backup/config.toml is valid as shipped, names no secret, and
+/// sets the Debian layout and a retention policy.
+#[test]
+fn the_packaged_config_loads() {
+    let config = repo_root().join("packaging/config.toml");
+    let out = run_with_config(&config, &["--json", "config", "show"]);
+    assert_success(&out, "config show on packaging/config.toml");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let settings = &doc["settings"];
+    assert_eq!(
+        settings["synapse"]["config"],
+        serde_json::json!([
+            "/etc/matrix-synapse/homeserver.yaml",
+            "/etc/matrix-synapse/conf.d"
+        ])
+    );
+    assert_eq!(
+        settings["backup"]["passphrase-file"],
+        "/etc/synapse-backup/passphrase"
+    );
+    assert!(
+        settings["retention"]["keep-daily"].as_u64().unwrap_or(0) > 0,
+        "{doc}"
+    );
+}
+
+/// `generate`: a page per command with the exit codes and environment, and completions that
+/// know the commands, for the three shells.
+#[test]
+fn generated_man_pages_and_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (man, completions) = (dir.path().join("man"), dir.path().join("completions"));
+    let out = Command::new(binary())
+        .args(["generate", "--man-dir", man.to_str().unwrap()])
+        .args(["--completions-dir", completions.to_str().unwrap()])
+        .env_remove("SYNAPSE_BACKUP_CONFIG")
+        .output()
+        .unwrap();
+    assert_success(&out, "generate");
+    let main_page = fs::read_to_string(man.join("synapse-backup.1")).unwrap();
+    for needle in [
+        "EXIT STATUS",
+        "ENVIRONMENT",
+        "SYNAPSE_BACKUP_PASSPHRASE",
+        "create\\-backup",
+    ] {
+        assert!(
+            main_page.contains(needle),
+            "{needle} missing from the man page"
+        );
+    }
+    for command in ["create-backup", "restore-backup", "prune-backups", "check"] {
+        let page = man.join(format!("synapse-backup-{command}.1"));
+        assert!(page.is_file(), "no man page {}", page.display());
+    }
+    let restore = fs::read_to_string(man.join("synapse-backup-restore-backup.1")).unwrap();
+    assert!(
+        restore.contains("target\\-dir"),
+        "restore page lacks --target-dir"
+    );
+    for (file, option) in [
+        ("synapse-backup.bash", "--target-dir"),
+        ("_synapse-backup", "--target-dir"),
+        ("synapse-backup.fish", "-l target-dir"),
+    ] {
+        let text = fs::read_to_string(completions.join(file)).unwrap();
+        assert!(
+            text.contains("restore-backup"),
+            "{file} lacks restore-backup"
+        );
+        assert!(text.contains(option), "{file} lacks {option}");
+    }
+    let bash = Command::new("bash")
+        .arg("-n")
+        .arg(completions.join("synapse-backup.bash"))
+        .output()
+        .unwrap();
+    assert_success(&bash, "bash -n on the completion script");
 }
