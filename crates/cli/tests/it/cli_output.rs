@@ -208,7 +208,10 @@ fn every_command_prints_exactly_one_json_document() {
     }
 
     // A configuration that cannot be read fails before any command runs.
-    let out = run_with_config(&world.path("no-such-config.toml"), &["--json", "list-backups"]);
+    let out = run_with_config(
+        &world.path("no-such-config.toml"),
+        &["--json", "list-backups"],
+    );
     let document = one_json_document(&out, "list-backups with a missing config");
     assert_eq!(document["exit-code"], exit::CONFIG, "{document}");
 
