@@ -12,13 +12,19 @@
 #   --workdir DIR where data, servers and restores go
 #                 (default ${TMPDIR:-/tmp}/synapse-backup-bench; needs about 5 × GIB GiB free)
 #   --keep        keep the work dir (generated data is reused by the next run with --keep)
+#   --allow-load  run even when the machine is busy at the start (1-minute load average above
+#                 0.5 per core); the report then says its ratios are not comparable. Without it
+#                 such a start waits up to BENCH_QUIET_WAIT seconds (default 300) for the load to
+#                 fall, then refuses: gpg's single-threaded ZLIB makes the charm's pipeline look
+#                 slower on a loaded machine than it is, which flatters our ratios.
 #
 # What it does: builds the tool, installs restic (apt) and awscli (apt or pip) if missing,
 # generates seeded Synapse-like data dirs with scripts/example-datadir.py, then per run and data
 # set measures
 #   limits:  reading the data (tar -c | cat > /dev/null), OpenPGP encryption on one core in memory
 #            (crates/core/examples/crypto_throughput.rs), S3 ingest of a pre-made object of the
-#            same size (aws s3 cp FILE) and, for context, S3 egress (aws s3 cp OBJECT - | cat)
+#            same size (aws s3 cp FILE) and, for context, S3 egress (aws s3 cp OBJECT - | cat) and
+#            the server's own limits: one plain PUT and one plain GET of that object (curl)
 #   ours:    synapse-backup create-backup, verify-backup, restore-backup --target-dir
 #   charm:   tar -c | gpg --batch --symmetric --passphrase-file F | aws s3 cp --expected-size=N -
 #            and aws s3 cp - | gpg -d | tar -x
@@ -59,6 +65,7 @@ runs=3
 only=""
 work=""
 keep=0
+allow_load=0
 while (($#)); do
     case "$1" in
         --size) size=${2:?--size needs a value}; shift 2 ;;
@@ -70,6 +77,7 @@ while (($#)); do
         --workdir) work=${2:?--workdir needs a value}; shift 2 ;;
         --workdir=*) work=${1#*=}; shift ;;
         --keep) keep=1; shift ;;
+        --allow-load) allow_load=1; shift ;;
         -h | --help) usage ;;
         *) log "unknown argument: $1"; usage ;;
     esac
@@ -391,6 +399,11 @@ op_ingest_put() {
         -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T "$work/ingest/$ds.bin" \
         "$S3_TEST_ENDPOINT/$S3_TEST_BUCKET/ingest-put/run$run"
 }
+# And one plain GET of that object: what the server alone gives a single reader.
+op_egress_get() {
+    stage curl curl -sS -f -o /dev/null -K "$secrets/curl-config" --aws-sigv4 "aws:amz:$S3_TEST_REGION:s3" \
+        "$S3_TEST_ENDPOINT/$S3_TEST_BUCKET/ingest-put/run$run"
+}
 op_egress() { stage aws "${aws_s3[@]}" cp --only-show-errors "s3://$S3_TEST_BUCKET/ingest/run$run" - | stage cat cat >/dev/null; }
 
 op_ours_create() { stage create "$bin" --config "$ours_config" create-backup; }
@@ -499,7 +512,9 @@ limits() {
     fi
     server_stop
     server_start
-    measure "$ds" limit s3-put "$run" "$bytes" op_ingest_put || true
+    if measure "$ds" limit s3-put "$run" "$bytes" op_ingest_put; then
+        measure "$ds" limit s3-get "$run" "$bytes" op_egress_get || true
+    fi
     server_stop
 }
 
@@ -551,8 +566,25 @@ need_kib=$((need_kib + max_kib + 1048576))
 avail_kib=$(df -Pk "$work" | awk 'NR == 2 { print $4 }')
 ((avail_kib > need_kib)) || die "$work has $((avail_kib / 1024)) MiB free; this size needs about $((need_kib / 1024)) MiB"
 
+# A busy machine skews the ratios (the tools use different numbers of cores): wait for quiet,
+# or record that the run was loaded.
+load_busy() { awk -v n="$(nproc)" '{ exit !($1 > 0.5 * n) }' /proc/loadavg; }
+loaded=0
+if load_busy; then
+    if ((allow_load)); then
+        loaded=1
+        log "warning: load average $(cut -d' ' -f1 /proc/loadavg) is above 0.5 per core; the report will say so"
+    else
+        quiet_wait=${BENCH_QUIET_WAIT:-300}
+        log "load average $(cut -d' ' -f1 /proc/loadavg) is above 0.5 per core; waiting up to ${quiet_wait}s for it to fall"
+        deadline=$((SECONDS + quiet_wait))
+        while load_busy && ((SECONDS < deadline)); do sleep 10; done
+        load_busy && die "the machine stays busy (load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores): ratios taken now are not comparable; stop what runs, or pass --allow-load to record a marked run"
+    fi
+fi
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 {
+    printf 'loaded=%q\n' "$loaded"
     printf 'size_gib=%q\nruns=%q\ncommand=%q\nmedia_mib=%q\nsmall_files=%q\n' "$size" "$runs" "$orig_cmd" "$media_mib" "$small_files"
     printf 'date=%q\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
     printf 'nproc=%q\n' "$(nproc)"
