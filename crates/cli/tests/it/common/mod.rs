@@ -527,7 +527,7 @@ pub fn assert_no_backups(world: &World) {
     let listed = world.run(&["--json", "list-backups"]);
     assert_success(&listed, "list-backups");
     assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&listed.stdout).unwrap(),
+        serde_json::from_slice::<serde_json::Value>(&listed.stdout).unwrap()["backups"],
         serde_json::json!([]),
         "a backup is listed"
     );
