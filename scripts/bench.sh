@@ -402,7 +402,7 @@ op_ingest_put() {
 # And one plain GET of that object: what the server alone gives a single reader.
 op_egress_get() {
     stage curl curl -sS -f -o /dev/null -K "$secrets/curl-config" --aws-sigv4 "aws:amz:$S3_TEST_REGION:s3" \
-        "$S3_TEST_ENDPOINT/$S3_TEST_BUCKET/ingest-put/run$run"
+        -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$S3_TEST_ENDPOINT/$S3_TEST_BUCKET/ingest-put/run$run"
 }
 op_egress() { stage aws "${aws_s3[@]}" cp --only-show-errors "s3://$S3_TEST_BUCKET/ingest/run$run" - | stage cat cat >/dev/null; }
 

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 log() { echo "[package-test] $*" >&2; }
 fail() { echo "[package-test] FAIL: $*" >&2; exit 1; }
 
+[ "$(id -u)" = 0 ] || fail "needs root: it installs the package with dpkg (CI runs as root)"
 if dpkg-query -W -f '${Status}' synapse-backup 2>/dev/null | grep -q 'installed'; then
     fail "a synapse-backup package is already installed here; this test installs and purges its own"
 fi
