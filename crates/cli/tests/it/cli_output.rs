@@ -7,25 +7,35 @@ use std::process::{Command, Stdio};
 use crate::common::*;
 use crate::exit;
 
+/// Runs `args` with stdout closed before the tool writes (`head` exiting at once) and asserts
+/// that it ends quietly: exit 0, no panic.
+fn assert_quiet_with_closed_stdout(world: &World, args: &[&str]) {
+    let mut child = Command::new(binary())
+        .args(["--config", world.config.to_str().unwrap()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(exit::OK.into()),
+        "{args:?}: {stderr}"
+    );
+}
+
 /// `list-backups | head -1`: the reader goes away; the tool ends quietly, without a panic.
 #[test]
 fn a_closed_stdout_ends_the_command_quietly() {
     let world = World::new();
     world.create_backup();
     world.create_backup();
-    let mut child = Command::new(binary())
-        .args(["--config", world.config.to_str().unwrap(), "list-backups"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Closing the only read end before the tool writes is `head` exiting at once.
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(out.status.code(), Some(exit::OK.into()), "{stderr}");
+    assert_quiet_with_closed_stdout(&world, &["list-backups"]);
 }
 
 /// Logs on stderr that is not a terminal carry no colour escape codes.
@@ -248,23 +258,6 @@ fn a_closed_stdout_is_quiet_for_json_and_tables() {
         &["--json", "check"],
         &["prune-backups", "--keep-last", "3", "--dry-run"],
     ] {
-        let mut full = vec!["--config", world.config.to_str().unwrap()];
-        full.extend(args);
-        let mut child = Command::new(binary())
-            .args(&full)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-        assert_eq!(
-            out.status.code(),
-            Some(exit::OK.into()),
-            "{args:?}: {stderr}"
-        );
+        assert_quiet_with_closed_stdout(&world, args);
     }
 }
