@@ -121,6 +121,10 @@ pub struct CreateArgs {
     /// Leave the PostgreSQL database out (backed up by other tools, e.g. pgBackRest)
     #[arg(long)]
     pub skip_database: bool,
+
+    /// Store every media file anew instead of taking unchanged ones from the newest backup
+    #[arg(long)]
+    pub full: bool,
 }
 
 #[derive(Debug, Args)]

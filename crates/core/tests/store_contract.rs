@@ -209,6 +209,71 @@ async fn cleaning_a_clean_store_changes_nothing(store: &dyn Store, behind: &Behi
     assert_eq!(behind.hidden().await, Vec::<String>::new());
 }
 
+/// Objects in the store's folders are reached by `folder/name`, listed only by `list_folder`,
+/// and never by `list`, which a tool that knows no folders uses.
+async fn folders_hold_their_own_objects(store: &dyn Store, _: &Behind) {
+    store.check_access().await.unwrap();
+    let volume = pattern(MIB + 3, 11);
+    store.put("backup-a", body(b"base"), None).await.unwrap();
+    store
+        .put("volumes/backup-a-0000", body(&volume), None)
+        .await
+        .unwrap();
+    store
+        .put("volumes/backup-a-0001", body(b"v1"), None)
+        .await
+        .unwrap();
+    store.put("index/backup-a", body(b"i"), None).await.unwrap();
+    store
+        .put(".pending/backup-b", body(b"p"), None)
+        .await
+        .unwrap();
+    assert_eq!(names(store).await, vec!["backup-a".to_string()]);
+    let mut volumes: Vec<(String, u64)> = store
+        .list_folder("volumes")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
+    volumes.sort();
+    assert_eq!(
+        volumes,
+        vec![
+            ("volumes/backup-a-0000".to_string(), volume.len() as u64),
+            ("volumes/backup-a-0001".to_string(), 2)
+        ]
+    );
+    let pending: Vec<String> = store
+        .list_folder(".pending")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    assert_eq!(pending, vec![".pending/backup-b".to_string()]);
+    assert!(store.list_folder(".condemned").await.unwrap().is_empty());
+    assert!(store.list_folder("other").await.is_err());
+    assert!(read(store.get("volumes/backup-a-0000").await.unwrap()).await == volume);
+    assert_eq!(store.head("index/backup-a").await.unwrap().size, 1);
+    store.delete("volumes/backup-a-0001").await.unwrap();
+    assert_not_found(
+        store.delete("volumes/backup-a-0001").await,
+        "volumes/backup-a-0001",
+    );
+    assert_eq!(store.list_folder("volumes").await.unwrap().len(), 1);
+    for name in [
+        "volumes/../x",
+        "volumes/.x",
+        "volumes/a/b",
+        "other/x",
+        "volumes/",
+    ] {
+        assert_config(store.head(name).await.map(|_| ()), name, "head");
+    }
+    assert!(store.remove_interrupted_uploads().await.unwrap().is_empty());
+}
+
 async fn check_access_prepares_a_new_store(store: &dyn Store, _: &Behind) {
     assert!(!store.describe().is_empty());
     store.check_access().await.unwrap();
@@ -279,6 +344,7 @@ contract!(
     invalid_names_are_refused,
     cleaning_a_clean_store_changes_nothing,
     check_access_prepares_a_new_store,
+    folders_hold_their_own_objects,
 );
 
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
         include_remote_media: args.include_remote_media
             || context.config.backup.include_remote_media,
         skip_database: args.skip_database,
+        full: args.full,
     };
     let ctx = context.op(store.as_ref(), passphrase);
     let summary = create_backup(&context.config, &ctx, &options).await?;
@@ -23,7 +24,11 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
             "ok": true,
             "backup-id": summary.backup_id,
             "server-name": summary.server_name,
+            "kind": summary.kind.as_str(),
+            "parent": summary.parent,
             "files": summary.files,
+            "reused-files": summary.reused_files,
+            "reused-bytes": summary.reused_bytes,
             "bytes": summary.file_bytes,
             "object-bytes": summary.object_bytes,
             "database": database_json(&summary.database),
@@ -32,15 +37,24 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
         }));
     } else {
         outln!("{}", summary.backup_id);
+        let read_bytes = summary.file_bytes - summary.reused_bytes;
         eprintln!(
             "backed up {} files ({}) of {} in {:.1}s ({}/s); stored {}",
             summary.files,
             human_bytes(summary.file_bytes),
             summary.server_name,
             seconds,
-            human_bytes((summary.file_bytes as f64 / seconds.max(0.001)) as u64),
+            human_bytes((read_bytes as f64 / seconds.max(0.001)) as u64),
             human_bytes(summary.object_bytes),
         );
+        match &summary.parent {
+            Some(parent) => eprintln!(
+                "incremental: {} media files ({}) unchanged since {parent} were not read again",
+                summary.reused_files,
+                human_bytes(summary.reused_bytes)
+            ),
+            None => eprintln!("full: every file was stored"),
+        }
         if let Some(note) = &summary.database.note {
             eprintln!("note: {note}");
         }

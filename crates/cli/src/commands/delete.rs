@@ -1,17 +1,32 @@
 use anyhow::Result;
 use serde_json::json;
 use synapse_backup_core::ops::catalog::delete_backup;
+use synapse_backup_core::ops::prune::Deletion;
 
-use super::Context;
+use super::{volumes_json, Context};
 use crate::output::emit_json;
 
 pub async fn run(context: &Context, id: &str) -> Result<()> {
     let store = context.store()?;
-    delete_backup(store.as_ref(), id).await?;
+    // Needed only when the store holds media volumes; the library says so then.
+    let passphrase = context.config.passphrase().ok();
+    let deletion = Deletion {
+        passphrase: passphrase.as_ref(),
+        cancel: &context.cancel,
+        grace: context.config.retention.delete_grace,
+    };
+    let outcome = delete_backup(store.as_ref(), id, &deletion).await?;
     if context.json {
-        emit_json(json!({ "ok": true, "deleted": id, "store": store.describe() }));
+        emit_json(json!({
+            "ok": true,
+            "deleted": id,
+            "store": store.describe(),
+            "volumes": volumes_json(&outcome.volumes, false),
+            "volume-warning": outcome.volume_warning,
+        }));
     } else {
         eprintln!("deleted {id} from {}", store.describe());
+        super::report_volumes(&outcome.volumes, false, outcome.volume_warning.as_deref());
     }
     Ok(())
 }

@@ -19,6 +19,13 @@ pub async fn run(context: &Context) -> Result<()> {
                     "last-modified": b.last_modified.to_rfc3339(),
                     "size": b.size,
                 });
+                if let (Some(kind), Some(added), Some(restore)) =
+                    (b.kind(), b.added_bytes(), b.restore_bytes())
+                {
+                    row["kind"] = json!(kind.as_str());
+                    row["added-bytes"] = json!(added);
+                    row["restore-bytes"] = json!(restore);
+                }
                 match &b.details {
                     Details::Manifest(h) => {
                         row["format"] = json!("synapse-backup");
@@ -26,6 +33,9 @@ pub async fn run(context: &Context) -> Result<()> {
                         row["tool-version"] = json!(h.tool_version);
                         row["created"] = json!(h.created.to_rfc3339());
                         row["database"] = database_json(&h.database);
+                        if let Some(parent) = h.media.as_ref().and_then(|m| m.parent.as_ref()) {
+                            row["parent"] = json!(parent);
+                        }
                     }
                     Details::Charm => row["format"] = json!("charm"),
                     Details::NotRead => {}
@@ -37,7 +47,15 @@ pub async fn run(context: &Context) -> Result<()> {
         emit_json(json!({ "ok": true, "store": store.describe(), "backups": rows }));
         return Ok(());
     }
-    let mut table = Table::new(["backup-id", "last-modified", "size", "server", "version"]);
+    let mut table = Table::new([
+        "backup-id",
+        "last-modified",
+        "kind",
+        "added",
+        "restore reads",
+        "server",
+        "version",
+    ]);
     for b in &backups {
         let (server, version) = match &b.details {
             Details::Manifest(h) => (h.server_name.clone(), h.tool_version.clone()),
@@ -45,10 +63,17 @@ pub async fn run(context: &Context) -> Result<()> {
             Details::NotRead => (String::new(), String::new()),
             Details::Unreadable(_) => ("(unreadable: wrong passphrase?)".into(), String::new()),
         };
+        let kind = match (&b.details, b.kind()) {
+            (Details::Charm, _) => "charm".to_string(),
+            (_, Some(kind)) => kind.as_str().to_string(),
+            _ => String::new(),
+        };
         table.row([
             b.backup_id.clone(),
             b.last_modified.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-            human_bytes(b.size),
+            kind,
+            human_bytes(b.added_bytes().unwrap_or(b.size)),
+            b.restore_bytes().map(human_bytes).unwrap_or_default(),
             server,
             version,
         ]);

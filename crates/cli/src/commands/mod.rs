@@ -12,6 +12,8 @@ mod verify;
 
 use std::sync::Arc;
 
+use synapse_backup_core::ops::sweep::SweepReport;
+
 use anyhow::Result;
 use secrecy::SecretString;
 use synapse_backup_core::config::Config;
@@ -62,5 +64,63 @@ pub async fn run(context: &Context, command: &Command) -> Result<RunFacts> {
         // Handled before the configuration is read (main.rs); kept here so the match stays
         // exhaustive.
         Command::Generate(args) => generate(args, context.json).map(nothing),
+    }
+}
+
+/// What a delete or a prune did (or, dry, would do) to the media volumes, for `--json`.
+pub fn volumes_json(report: &SweepReport, dry_run: bool) -> serde_json::Value {
+    let names = |list: &[(String, u64)]| -> Vec<String> {
+        list.iter().map(|(name, _)| name.clone()).collect()
+    };
+    let (condemned, deleted) = if dry_run {
+        ("would-condemn", "would-free")
+    } else {
+        ("condemned", "deleted")
+    };
+    let mut doc = serde_json::Map::new();
+    let mut put = |key: &str, list: &[(String, u64)]| {
+        doc.insert(key.to_string(), serde_json::json!(names(list)));
+        doc.insert(
+            format!("{key}-bytes"),
+            serde_json::json!(SweepReport::bytes(list)),
+        );
+    };
+    put(condemned, &report.condemned);
+    put(deleted, &report.deleted);
+    put("waiting", &report.waiting);
+    serde_json::Value::Object(doc)
+}
+
+/// The same for people, on stderr.
+pub fn report_volumes(report: &SweepReport, dry_run: bool, warning: Option<&str>) {
+    use crate::output::human_bytes;
+    if let Some(warning) = warning {
+        eprintln!("warning: {warning}");
+    }
+    let (condemn, delete) = if dry_run {
+        ("would condemn", "would free")
+    } else {
+        ("condemned", "freed")
+    };
+    if !report.deleted.is_empty() {
+        eprintln!(
+            "{delete} {} media volume(s), {}",
+            report.deleted.len(),
+            human_bytes(SweepReport::bytes(&report.deleted))
+        );
+    }
+    if !report.condemned.is_empty() {
+        eprintln!(
+            "{condemn} {} media volume(s) no backup needs any more, {} (deleted by a prune once the grace period, [retention] delete-grace-secs, has passed)",
+            report.condemned.len(),
+            human_bytes(SweepReport::bytes(&report.condemned))
+        );
+    }
+    if !report.waiting.is_empty() {
+        eprintln!(
+            "{} condemned media volume(s), {}, wait for the grace period to pass",
+            report.waiting.len(),
+            human_bytes(SweepReport::bytes(&report.waiting))
+        );
     }
 }

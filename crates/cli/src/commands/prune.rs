@@ -1,7 +1,7 @@
 use anyhow::Result;
-use synapse_backup_core::ops::prune::{prune_backups, RetentionPolicy};
+use synapse_backup_core::ops::prune::{prune_backups, Deletion, RetentionPolicy};
 
-use super::Context;
+use super::{volumes_json, Context};
 use crate::args::PruneArgs;
 use crate::output::{emit_json, Table};
 use serde_json::json;
@@ -26,7 +26,15 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
         flags
     };
     let store = context.store()?;
-    let decisions = prune_backups(store.as_ref(), &policy, args.dry_run).await?;
+    // Needed only when the store holds media volumes; the library says so then.
+    let passphrase = context.config.passphrase().ok();
+    let deletion = Deletion {
+        passphrase: passphrase.as_ref(),
+        cancel: &context.cancel,
+        grace: context.config.retention.delete_grace,
+    };
+    let outcome = prune_backups(store.as_ref(), &policy, args.dry_run, &deletion).await?;
+    let decisions = &outcome.decisions;
     let removed = decisions.iter().filter(|d| !d.keep).count();
     if context.json {
         let rows: Vec<_> = decisions
@@ -48,11 +56,13 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
             "kept": decisions.len() - removed,
             "store": store.describe(),
             "backups": rows,
+            "volumes": volumes_json(&outcome.volumes, args.dry_run),
+            "volume-warning": outcome.volume_warning,
         }));
         return Ok(());
     }
     let mut table = Table::new(["backup-id", "created", "action", "kept by"]);
-    for decision in &decisions {
+    for decision in decisions {
         let action = match (decision.keep, args.dry_run) {
             (true, _) => "keep",
             (false, true) => "would delete",
@@ -75,6 +85,11 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
         "{verb} {removed} of {} backups in {}",
         decisions.len(),
         store.describe()
+    );
+    super::report_volumes(
+        &outcome.volumes,
+        args.dry_run,
+        outcome.volume_warning.as_deref(),
     );
     Ok(())
 }

@@ -29,6 +29,7 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
                 "server-name": server,
                 "files": report.files,
                 "bytes": report.bytes,
+                "volumes": report.volumes,
         }));
     } else {
         match &report.format {

@@ -19,7 +19,8 @@ fn round_trip_into_target_dir_is_byte_identical() {
     let rows = &listed["backups"];
     assert_eq!(rows[0]["backup-id"], id.as_str());
     assert_eq!(rows[0]["server-name"], SERVER_NAME);
-    assert!(rows[0]["size"].as_u64().unwrap() > 1_000_000);
+    assert!(rows[0]["restore-bytes"].as_u64().unwrap() > 1_000_000);
+    assert_eq!(rows[0]["kind"], "full");
 
     assert_success(&world.run(&["verify-backup", &id]), "verify-backup");
 
@@ -107,6 +108,28 @@ fn gpg_and_tar_open_a_backup_by_hand() {
         first.last().map(String::as_str),
         Some("manifest-files.json")
     );
+    // Format 2: the media are in volumes, each with its list of members in the base.
+    let lists = names_in(&unpacked.join("volumes"));
+    assert!(!lists.is_empty());
+    for list in lists {
+        let volume = world
+            .store
+            .join("volumes")
+            .join(list.strip_suffix(".list").unwrap());
+        let out = gpg_decrypt(&volume, &world.passphrase_file);
+        assert!(out.status.success(), "gpg {}", volume.display());
+        let mut tar = std::process::Command::new("tar")
+            .arg("-x")
+            .arg("-C")
+            .arg(&unpacked)
+            .arg("-T")
+            .arg(unpacked.join("volumes").join(&list))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        tar.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+        assert!(tar.wait().unwrap().success());
+    }
     assert_eq!(
         tree_hashes(&unpacked.join("media/local_content")),
         tree_hashes(&world.data.join("media_store/local_content"))
@@ -308,7 +331,7 @@ fn another_server_name_is_refused() {
         ..Default::default()
     });
     fs::create_dir_all(&other.store).unwrap();
-    fs::copy(source.object(&id), other.object(&id)).unwrap();
+    copy_backup(&source, &other, &id);
     let before = live_state(&other.data);
     let stderr = assert_fails(
         &other.run(&["restore-backup", &id]),
@@ -667,10 +690,12 @@ fn prune_keeps_what_the_policy_says_and_touches_nothing_else() {
 
     let out = world.run(&["prune-backups", "--keep-daily", "2", "--keep-monthly", "3"]);
     assert_success(&out, "prune-backups");
-    let mut left: Vec<String> = fs::read_dir(&world.store)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
+    let mut left = backups_in_store(&world);
+    left.extend(
+        names_in(&world.store)
+            .into_iter()
+            .filter(|name| name.ends_with(".txt")),
+    );
     left.sort();
     // Daily: today and March 1 (its newest); monthly: November, March, February.
     assert_eq!(

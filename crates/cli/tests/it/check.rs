@@ -71,7 +71,7 @@ fn check_passes_on_a_sound_setup_and_leaves_nothing_behind() {
             .any(|l| l.starts_with("ok") && l.contains("passphrase") && l.contains(&id)),
         "{text}"
     );
-    assert_eq!(names_in(&world.store), vec![id]);
+    assert_eq!(backups_in_store(&world), vec![id]);
 }
 
 #[test]

@@ -20,6 +20,7 @@ mod environment;
 mod exit_codes;
 mod golden;
 mod hostile_archives;
+mod incremental;
 mod layouts;
 mod monitoring;
 mod postgres;

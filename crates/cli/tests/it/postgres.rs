@@ -128,7 +128,7 @@ fn postgres_database_round_trips_without_one_time_keys() {
     pg.fresh_db(&target_db, "C");
     pg.use_in(&target, &target_db);
     fs::create_dir_all(&target.store).unwrap();
-    fs::copy(source.object(&id), target.object(&id)).unwrap();
+    copy_backup(&source, &target, &id);
     let out = target.run(&["restore-backup", &id]);
     assert_success(&out, "restore-backup into PostgreSQL");
     assert_eq!(

@@ -318,8 +318,11 @@ fn sigkill_during_create_backup_leaves_no_backup_and_a_rerun_succeeds() {
     while started.elapsed() < Duration::from_secs(20) && child.try_wait().unwrap().is_none() {
         if fs::read_dir(&world.store)
             .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().contains(".partial-"))
+                d.flatten().any(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    // A volume's or the base's, not the small pending marker's.
+                    name.contains(".partial-") && !name.contains("pending~")
+                })
             })
             .unwrap_or(false)
         {
@@ -339,14 +342,15 @@ fn sigkill_during_create_backup_leaves_no_backup_and_a_rerun_succeeds() {
     assert_success(&out, "create-backup after SIGKILL");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("removed the unfinished upload of backup-"),
+        stderr.contains("removed the unfinished upload of volumes/backup-")
+            || stderr.contains("removed the unfinished upload of backup-"),
         "the rerun did not clean up:\n{stderr}"
     );
     let left: Vec<String> = fs::read_dir(&world.store)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|name| name.starts_with('.'))
+        .filter(|name| name.contains(".partial-"))
         .collect();
     assert!(left.is_empty(), "temp files left in the store: {left:?}");
 }

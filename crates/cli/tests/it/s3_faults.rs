@@ -94,7 +94,8 @@ fn rerun_cleans_up(world: &World, config: &str, before: u64) {
     assert_success(&out, "create-backup after the fault");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("removed the unfinished upload of backup-"),
+        stderr.contains("removed the unfinished upload of volumes/backup-")
+            || stderr.contains("removed the unfinished upload of backup-"),
         "the rerun did not report the cleanup:\n{stderr}"
     );
     eventually("no stray multipart upload is left", || {

@@ -101,7 +101,7 @@ fn the_units_commands_do_the_nights_work() {
         assert_success(&out, command);
     }
     // Three backups existed before the prune (the copy, the first, the unit's): two are left.
-    let left = names_in(&world.store);
+    let left = backups_in_store(&world);
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(!left.contains(&"backup-20200101000000000000".to_string()));
 }

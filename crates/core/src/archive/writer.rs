@@ -115,6 +115,7 @@ impl<W: Write> ArchiveWriter<W> {
             size,
             mode,
             mtime: meta.mtime(),
+            mtime_nanos: Some(meta.mtime_nsec() as u32),
             sha256: reader.finish_hex(),
             storage: Storage::Inline,
         }))
@@ -154,6 +155,7 @@ impl<W: Write> ArchiveWriter<W> {
                 mode: 0o600,
                 mtime,
                 sha256: hex::encode(Sha256::digest(&buffer)),
+                mtime_nanos: None,
                 storage: Storage::Inline,
             });
             if buffer.len() < part_size {

@@ -52,6 +52,7 @@ const SETTINGS: [(&str, &[(&str, Kind)]); 7] = [
             ("include-remote-media", Kind::Boolean),
             ("read-concurrency", Kind::Integer),
             ("temp-dir", Kind::Text),
+            ("volume-size", Kind::Text),
         ],
     ),
     (
@@ -77,6 +78,7 @@ const SETTINGS: [(&str, &[(&str, Kind)]); 7] = [
             ("keep-daily", Kind::Integer),
             ("keep-weekly", Kind::Integer),
             ("keep-monthly", Kind::Integer),
+            ("delete-grace-secs", Kind::Integer),
         ],
     ),
 ];

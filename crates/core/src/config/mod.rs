@@ -50,6 +50,7 @@ struct RawRetention {
     keep_weekly: usize,
     #[serde(default)]
     keep_monthly: usize,
+    delete_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +163,7 @@ struct RawBackup {
     include_remote_media: bool,
     read_concurrency: Option<usize>,
     temp_dir: Option<PathBuf>,
+    volume_size: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,6 +235,8 @@ pub struct BackupSettings {
     pub include_remote_media: bool,
     pub read_concurrency: usize,
     pub temp_dir: Option<PathBuf>,
+    /// The most media bytes one volume holds (format 2).
+    pub volume_size: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -270,7 +274,14 @@ pub struct RetentionSettings {
     pub keep_daily: usize,
     pub keep_weekly: usize,
     pub keep_monthly: usize,
+    /// How long a media volume no backup needs waits, condemned, before it is deleted: a
+    /// create-backup that started before it was condemned has this long to finish.
+    pub delete_grace: std::time::Duration,
 }
+
+/// The default `[backup] volume-size`: few objects at a million files, yet several to download
+/// at once in a restore.
+pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
 
 impl Config {
     /// Reads and validates the configuration file at `path`, with the environment laid over
@@ -380,6 +391,12 @@ impl Config {
                 include_remote_media: raw.backup.include_remote_media,
                 read_concurrency: raw.backup.read_concurrency.unwrap_or(4).clamp(1, 64),
                 temp_dir: raw.backup.temp_dir.map(|p| base.join(p)),
+                volume_size: match raw.backup.volume_size.as_deref() {
+                    None => DEFAULT_VOLUME_SIZE,
+                    Some(text) => parse_rate(text).map_err(|e| {
+                        Error::config(format!("{}: [backup] volume-size: {e}", source.display()))
+                    })?,
+                },
             },
             restore: RestoreSettings {
                 stop_command: raw.restore.stop_command,
@@ -391,6 +408,9 @@ impl Config {
                 keep_daily: raw.retention.keep_daily,
                 keep_weekly: raw.retention.keep_weekly,
                 keep_monthly: raw.retention.keep_monthly,
+                delete_grace: std::time::Duration::from_secs(
+                    raw.retention.delete_grace_secs.unwrap_or(24 * 3600),
+                ),
             },
             monitoring: MonitoringSettings {
                 textfile_dir: raw.monitoring.textfile_dir.map(|p| base.join(p)),

@@ -214,6 +214,7 @@ mod tests {
             mode: 0o644,
             mtime: 1_767_268_800,
             sha256: "ab".repeat(32),
+            mtime_nanos: None,
             storage: Storage::Inline,
         };
         for files in [
@@ -257,6 +258,7 @@ mod tests {
             mode: 0o600,
             mtime: 0,
             sha256: "00".repeat(32),
+            mtime_nanos: None,
             storage: Storage::Inline,
         }
     }

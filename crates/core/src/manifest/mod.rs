@@ -18,8 +18,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CorruptKind, Error, Result};
 
-/// Raised when the layout of the archive or of the manifest changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+/// Raised when the layout of the archive or of the manifest changes incompatibly. Version 2
+/// keeps media in shared volumes (`docs/format.md`); version 1 backups held them inline.
+pub const FORMAT_VERSION: u32 = 2;
+/// The folder of a format-2 base that holds one plain list of member paths per volume, for
+/// `tar -x -T` when restoring by hand.
+pub const VOLUME_LISTS_FOLDER: &str = "volumes";
 pub const HEADER_MEMBER: &str = "manifest.json";
 pub const FILES_MEMBER: &str = "manifest-files.json";
 pub const TOOL_NAME: &str = "synapse-backup";
@@ -93,14 +97,86 @@ pub struct Header {
     /// free space before it downloads anything.
     pub expected_bytes: u64,
     pub files_member: String,
+    /// Format 2: the media volumes the backup's media live in. Absent in format 1, whose
+    /// media are inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaVolumes>,
 }
 
-/// How a file's content is stored. Only `inline` exists today; the tag leaves room for an
-/// incremental mode that refers to a file kept in an earlier backup by its hash.
+/// Where a format-2 backup's media are: volumes it wrote and volumes of earlier backups it
+/// refers to. Known before the base is written, so it is in the header and a listing or a
+/// prune reads it from the first kilobytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaVolumes {
+    pub kind: BackupKind,
+    /// The backup whose index decided what was new; `None` for a full backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    pub volumes: Vec<VolumeRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupKind {
+    Full,
+    Incremental,
+}
+
+impl BackupKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Incremental => "incremental",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRef {
+    /// The object's name in the store, `volumes/<backup-id>-<nnnn>`.
+    pub name: String,
+    /// Bytes of every file the volume holds, live or not.
+    pub file_bytes: u64,
+    /// Bytes of the files this backup takes from it.
+    pub used_bytes: u64,
+    /// Size of the stored object.
+    pub object_bytes: u64,
+}
+
+impl MediaVolumes {
+    /// The volumes this backup wrote itself (named after it), as opposed to those it shares.
+    pub fn own<'a>(&'a self, backup_id: &'a str) -> impl Iterator<Item = &'a VolumeRef> + 'a {
+        self.volumes
+            .iter()
+            .filter(move |v| volume_owner(&v.name) == Some(backup_id))
+    }
+}
+
+/// The name of the `index`-th volume of backup `backup_id`.
+pub fn volume_name(backup_id: &str, index: usize) -> String {
+    format!("volumes/{backup_id}-{index:04}")
+}
+
+/// The backup that wrote volume `name`.
+pub fn volume_owner(name: &str) -> Option<&str> {
+    let base = name.strip_prefix("volumes/")?;
+    let (owner, number) = base.rsplit_once('-')?;
+    (number.len() == 4 && number.bytes().all(|b| b.is_ascii_digit())).then_some(owner)
+}
+
+/// The name of the index object of backup `backup_id`: its media entries alone, so that the
+/// next backup learns what is stored without downloading this one.
+pub fn index_name(backup_id: &str) -> String {
+    format!("index/{backup_id}")
+}
+
+/// How a file's content is stored: in the backup's own object, or (format 2, media) in a
+/// volume, which may have been written by an earlier backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Storage {
     Inline,
+    Volume { volume: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,9 +187,22 @@ pub struct FileEntry {
     pub size: u64,
     pub mode: u32,
     pub mtime: i64,
+    /// The nanoseconds of the mtime (format 2), so that a file rewritten within the same
+    /// second is not taken for unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_nanos: Option<u32>,
     pub sha256: String,
     #[serde(default = "inline")]
     pub storage: Storage,
+}
+
+impl FileEntry {
+    pub fn volume(&self) -> Option<&str> {
+        match &self.storage {
+            Storage::Volume { volume } => Some(volume),
+            Storage::Inline => None,
+        }
+    }
 }
 
 fn inline() -> Storage {
@@ -198,6 +287,7 @@ mod tests {
             include_remote_media: false,
             expected_bytes: 3,
             files_member: FILES_MEMBER.into(),
+            media: None,
         }
     }
 
@@ -221,6 +311,24 @@ mod tests {
     fn file_list_rejects_escaping_paths() {
         let json = br#"{"format_version":1,"backup_id":"b","files":[{"role":"media","path":"../etc/passwd","size":1,"mode":420,"mtime":0,"sha256":"00"}]}"#;
         assert!(FileList::from_json("b", json).is_err());
+    }
+
+    #[test]
+    fn volumes_name_their_owner() {
+        let name = volume_name("backup-20260101000000000000", 7);
+        assert_eq!(name, "volumes/backup-20260101000000000000-0007");
+        assert_eq!(volume_owner(&name), Some("backup-20260101000000000000"));
+        assert_eq!(volume_owner("volumes/backup-x"), None);
+        assert_eq!(volume_owner("index/backup-x-0001"), None);
+    }
+
+    #[test]
+    fn format_1_headers_still_parse() {
+        let mut h = header();
+        h.format_version = 1;
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(!json.contains("media"), "{json}");
+        assert_eq!(Header::from_json("x", json.as_bytes()).unwrap().media, None);
     }
 
     #[test]

@@ -1,19 +1,19 @@
 //! `list-backups` and `delete-backup`: what the store holds.
 
-use std::io::Read;
-
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use secrecy::SecretString;
 
-use crate::archive::normalize_member_path;
-use crate::error::{CorruptKind, Error, Result};
-use crate::manifest::{Header, HEADER_MEMBER};
+use crate::error::{Error, Result};
+use crate::manifest::{BackupKind, Header};
 use crate::progress::Cancel;
 use crate::store::Store;
 
-use super::content_check::MAX_MANIFEST_BYTES;
-use super::open_backup;
+use std::collections::HashSet;
+
+use super::open::read_header;
+use super::prune::{delete_base, require_passphrase_for_volumes, sweep_after, Deletion};
+use super::sweep::SweepReport;
 
 /// Each header read costs one passphrase derivation (a fraction of a second of CPU) and one GET.
 const HEADER_READS_AT_ONCE: usize = 8;
@@ -24,6 +24,45 @@ pub struct BackupListing {
     pub last_modified: DateTime<Utc>,
     pub size: u64,
     pub details: Details,
+}
+
+impl BackupListing {
+    /// Full or incremental; a format-1 backup is full. `None` when the header was not read or
+    /// the backup is the charm's.
+    pub fn kind(&self) -> Option<BackupKind> {
+        match &self.details {
+            Details::Manifest(h) => Some(h.media.as_ref().map_or(BackupKind::Full, |m| m.kind)),
+            _ => None,
+        }
+    }
+
+    /// Bytes this backup added to the store: its base and the volumes it wrote.
+    pub fn added_bytes(&self) -> Option<u64> {
+        match &self.details {
+            Details::Manifest(h) => Some(
+                self.size
+                    + h.media.as_ref().map_or(0, |m| {
+                        m.own(&h.backup_id).map(|v| v.object_bytes).sum::<u64>()
+                    }),
+            ),
+            Details::Charm => Some(self.size),
+            _ => None,
+        }
+    }
+
+    /// Bytes a restore of this backup downloads: its base and every volume it takes files from.
+    pub fn restore_bytes(&self) -> Option<u64> {
+        match &self.details {
+            Details::Manifest(h) => Some(
+                self.size
+                    + h.media
+                        .as_ref()
+                        .map_or(0, |m| m.volumes.iter().map(|v| v.object_bytes).sum::<u64>()),
+            ),
+            Details::Charm => Some(self.size),
+            _ => None,
+        }
+    }
 }
 
 /// What the first member of a backup says, when it could be read.
@@ -80,68 +119,6 @@ pub async fn list_backups(
     listings.into_iter().collect()
 }
 
-/// Reads the manifest header of backup `id`, or `None` for a backup without one.
-///
-/// The header is read before the end of the stream, so its integrity is not yet proven; it is
-/// used for display and early refusals only, never to decide that a backup is sound.
-pub async fn read_header(
-    store: &dyn Store,
-    id: &str,
-    passphrase: &SecretString,
-    cancel: &Cancel,
-) -> Result<Option<Header>> {
-    let stream = store.get(id).await?;
-    let handle = tokio::runtime::Handle::current();
-    let passphrase = passphrase.clone();
-    let id = id.to_string();
-    let cancel = cancel.clone();
-    tokio::task::spawn_blocking(move || -> Result<Option<Header>> {
-        let reader = open_backup(stream, handle, &passphrase, &id, cancel)?;
-        let mut archive = tar::Archive::new(reader);
-        let mut entries = archive.entries().map_err(|e| {
-            Error::corrupt(
-                &id,
-                CorruptKind::Malformed,
-                format!("not a tar archive: {e}"),
-            )
-        })?;
-        let Some(first) = entries.next() else {
-            return Err(Error::corrupt(
-                &id,
-                CorruptKind::Malformed,
-                "the archive is empty",
-            ));
-        };
-        let mut first = first.map_err(|e| {
-            Error::corrupt(
-                &id,
-                CorruptKind::Malformed,
-                format!("broken first member: {e}"),
-            )
-        })?;
-        // Named as the full reader names it, so `./manifest.json` counts as the manifest too.
-        let name = normalize_member_path(&String::from_utf8_lossy(&first.path_bytes()));
-        let is_header = name == HEADER_MEMBER && first.header().entry_type().is_file();
-        if !is_header {
-            return Ok(None);
-        }
-        let mut bytes = Vec::new();
-        (&mut first)
-            .take(MAX_MANIFEST_BYTES)
-            .read_to_end(&mut bytes)
-            .map_err(|e| {
-                Error::corrupt(
-                    &id,
-                    CorruptKind::Malformed,
-                    format!("cannot read {HEADER_MEMBER}: {e}"),
-                )
-            })?;
-        Header::from_json(&id, &bytes).map(Some)
-    })
-    .await
-    .map_err(|e| Error::task_failed("header read", e))?
-}
-
 /// The id of the newest backup in the store (by its name, which is its creation time).
 pub async fn newest_backup(store: &dyn Store) -> Result<String> {
     store.check_access().await?;
@@ -158,7 +135,26 @@ pub async fn newest_backup(store: &dyn Store) -> Result<String> {
         })
 }
 
-/// Deletes backup `id`; an unknown id is an error.
-pub async fn delete_backup(store: &dyn Store, id: &str) -> Result<()> {
-    store.delete(id).await
+/// What deleting one backup did to the media volumes.
+#[derive(Debug, Clone)]
+pub struct DeleteOutcome {
+    pub volumes: SweepReport,
+    pub volume_warning: Option<String>,
+}
+
+/// Deletes backup `id` (an unknown id is an error), then condemns or deletes the media volumes
+/// no remaining backup needs.
+pub async fn delete_backup(
+    store: &dyn Store,
+    id: &str,
+    deletion: &Deletion<'_>,
+) -> Result<DeleteOutcome> {
+    store.head(id).await?;
+    require_passphrase_for_volumes(store, deletion).await?;
+    delete_base(store, id).await?;
+    let (volumes, volume_warning) = sweep_after(store, deletion, false, &HashSet::new()).await;
+    Ok(DeleteOutcome {
+        volumes,
+        volume_warning,
+    })
 }

@@ -17,7 +17,8 @@ use crate::store::{ByteStream, Store};
 use crate::synapse::media::LOCAL_MEDIA_DIRS;
 use crate::synapse::{check_working_dir, Database, HomeserverConfig};
 
-use super::catalog::{newest_backup, read_header};
+use super::catalog::newest_backup;
+use super::open::read_header;
 use super::restore::files::free_bytes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::{Member, MemberKind};
 use crate::error::{CorruptKind, Error, Result};
-use crate::manifest::{read_file_list, FileEntry, Header, FILES_MEMBER, HEADER_MEMBER};
+use crate::manifest::{
+    read_file_list, FileEntry, Header, Role, FILES_MEMBER, HEADER_MEMBER, VOLUME_LISTS_FOLDER,
+};
 use crate::progress::Progress;
 
 /// The largest manifest member accepted, so a hostile archive cannot make us allocate without
@@ -36,6 +38,8 @@ pub(crate) struct ContentCheck {
     folders: HashSet<String>,
     list: Option<ListRead>,
     bytes: u64,
+    /// Format 2: the entries whose bytes are in volumes, to be read from there.
+    in_volumes: Vec<FileEntry>,
 }
 
 /// What the file list said, compared entry by entry as it was read.
@@ -56,6 +60,7 @@ impl ContentCheck {
             folders: HashSet::new(),
             list: None,
             bytes: 0,
+            in_volumes: Vec::new(),
         }
     }
 
@@ -99,7 +104,39 @@ impl ContentCheck {
             self.list = Some(self.read_list(member)?);
             return Ok(true);
         }
+        if self.volumes().is_some() && is_volume_list(&member.path) {
+            // The lists for restoring by hand; the file list says the same, and is checked.
+            std::io::copy(
+                &mut (&mut member.data).take(MAX_MANIFEST_BYTES),
+                &mut std::io::sink(),
+            )
+            .map_err(|e| {
+                Error::corrupt(
+                    &self.id,
+                    CorruptKind::Malformed,
+                    format!("cannot read {}: {e}", member.path),
+                )
+            })?;
+            return Ok(true);
+        }
         Ok(false)
+    }
+
+    /// The volumes a format-2 header names.
+    fn volumes(&self) -> Option<HashSet<String>> {
+        match &self.format {
+            Some(ArchiveFormat::Manifest(header)) => header
+                .media
+                .as_ref()
+                .map(|m| m.volumes.iter().map(|v| v.name.clone()).collect()),
+            _ => None,
+        }
+    }
+
+    /// Format 2: the file-list entries whose bytes are in volumes, sorted by path. Call once
+    /// the archive was read to its end.
+    pub fn take_volume_entries(&mut self) -> Vec<FileEntry> {
+        std::mem::take(&mut self.in_volumes)
     }
 
     /// Reads the file list, the last member, comparing each entry with what the archive held as
@@ -113,18 +150,40 @@ impl ContentCheck {
                 format!("{} is implausibly large", member.path),
             ));
         }
+        let volumes = self.volumes().unwrap_or_default();
         let seen = &mut self.seen;
+        let in_volumes = &mut self.in_volumes;
         let mut problem = None;
         let (backup_id, entries) = read_file_list(
             &self.id,
             // serde_json reads a byte at a time; each would go down to the decryptor.
             std::io::BufReader::with_capacity(1 << 16, (&mut member.data).take(MAX_MANIFEST_BYTES)),
             |entry| {
-                if problem.is_none() {
-                    problem = disagreement(seen, &entry);
+                if problem.is_some() {
+                    return;
+                }
+                match entry.volume() {
+                    None => problem = disagreement(seen, &entry),
+                    Some(volume) if !volumes.contains(volume) => {
+                        problem = Some(format!(
+                            "{:?} is said to be in {volume}, which the header does not name",
+                            entry.path
+                        ))
+                    }
+                    Some(_) if entry.role != Role::Media => {
+                        problem = Some(format!(
+                            "{:?} is said to be in a media volume but is not media",
+                            entry.path
+                        ))
+                    }
+                    Some(_) => in_volumes.push(entry),
                 }
             },
         )?;
+        self.in_volumes.sort_by(|a, b| a.path.cmp(&b.path));
+        if let Some(pair) = self.in_volumes.windows(2).find(|w| w[0].path == w[1].path) {
+            problem.get_or_insert(format!("{:?} is listed twice", pair[0].path));
+        }
         Ok(ListRead {
             backup_id,
             entries,
@@ -234,6 +293,12 @@ fn disagreement(seen: &mut HashMap<String, (u64, String)>, entry: &FileEntry) ->
         )),
         Some(_) => None,
     }
+}
+
+fn is_volume_list(path: &str) -> bool {
+    path.strip_prefix(VOLUME_LISTS_FOLDER)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|name| name.ends_with(".list") && !name.contains('/'))
 }
 
 fn read_small(member: &mut Member<'_>, id: &str) -> Result<Vec<u8>> {

@@ -16,9 +16,12 @@ pub mod restore;
 pub mod verify;
 
 mod content_check;
+mod gather;
+mod object_reader;
 mod open;
 mod pipe;
 mod state_dir;
+pub mod sweep;
 
 pub use context::OpContext;
 pub use open::{check_plaintext_start, open_backup, BackupReader};

@@ -1,12 +1,18 @@
-//! Opening a stored backup for reading: download stream → decryption → plaintext reader.
+//! Opening a stored backup for reading: download stream → decryption → plaintext reader; and
+//! reading its header alone.
 
 use std::io::{self, Read};
 
-use crate::crypto::{self, classify_read_error, DecryptReader};
-use crate::error::{find_cause, Error, Result};
-use crate::progress::{is_cancelled_error, Cancel};
-use crate::store::{ByteStream, ReadFailed};
+use secrecy::SecretString;
 
+use crate::archive::normalize_member_path;
+use crate::crypto::{self, classify_read_error, DecryptReader};
+use crate::error::{find_cause, CorruptKind, Error, Result};
+use crate::manifest::{Header, HEADER_MEMBER};
+use crate::progress::{is_cancelled_error, Cancel};
+use crate::store::{ByteStream, ReadFailed, Store};
+
+use super::content_check::MAX_MANIFEST_BYTES;
 use super::pipe::ObjectReader;
 
 const TAR_BLOCK: usize = 512;
@@ -102,6 +108,68 @@ fn is_tar_header(block: &[u8]) -> bool {
         })
         .sum();
     stored == unsigned || i64::from(stored) == signed
+}
+
+/// Reads the manifest header of backup `id`, or `None` for a backup without one.
+///
+/// The header is read before the end of the stream, so its integrity is not yet proven; it is
+/// used for display and early refusals only, never to decide that a backup is sound.
+pub async fn read_header(
+    store: &dyn Store,
+    id: &str,
+    passphrase: &SecretString,
+    cancel: &Cancel,
+) -> Result<Option<Header>> {
+    let stream = store.get(id).await?;
+    let handle = tokio::runtime::Handle::current();
+    let passphrase = passphrase.clone();
+    let id = id.to_string();
+    let cancel = cancel.clone();
+    tokio::task::spawn_blocking(move || -> Result<Option<Header>> {
+        let reader = open_backup(stream, handle, &passphrase, &id, cancel)?;
+        let mut archive = tar::Archive::new(reader);
+        let mut entries = archive.entries().map_err(|e| {
+            Error::corrupt(
+                &id,
+                CorruptKind::Malformed,
+                format!("not a tar archive: {e}"),
+            )
+        })?;
+        let Some(first) = entries.next() else {
+            return Err(Error::corrupt(
+                &id,
+                CorruptKind::Malformed,
+                "the archive is empty",
+            ));
+        };
+        let mut first = first.map_err(|e| {
+            Error::corrupt(
+                &id,
+                CorruptKind::Malformed,
+                format!("broken first member: {e}"),
+            )
+        })?;
+        // Named as the full reader names it, so `./manifest.json` counts as the manifest too.
+        let name = normalize_member_path(&String::from_utf8_lossy(&first.path_bytes()));
+        let is_header = name == HEADER_MEMBER && first.header().entry_type().is_file();
+        if !is_header {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        (&mut first)
+            .take(MAX_MANIFEST_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                Error::corrupt(
+                    &id,
+                    CorruptKind::Malformed,
+                    format!("cannot read {HEADER_MEMBER}: {e}"),
+                )
+            })?;
+        Header::from_json(&id, &bytes).map(Some)
+    })
+    .await
+    .map_err(|e| Error::task_failed("header read", e))?
 }
 
 #[cfg(test)]

@@ -8,8 +8,16 @@
 use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use std::collections::HashSet;
+
+use secrecy::SecretString;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::manifest::index_name;
+use crate::progress::Cancel;
 use crate::store::Store;
+
+use super::sweep::{sweep, SweepReport};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionPolicy {
@@ -104,12 +112,32 @@ pub fn plan(ids: &[String], policy: &RetentionPolicy) -> Vec<PruneDecision> {
         .collect()
 }
 
-/// Applies `policy` to the store (deleting nothing when `dry_run`) and returns the plan.
+/// What a prune decided and what it did to the media volumes.
+#[derive(Debug, Clone)]
+pub struct PruneOutcome {
+    pub decisions: Vec<PruneDecision>,
+    pub volumes: SweepReport,
+    /// Why volumes were left alone this time (they stay until a later prune can read the
+    /// store), when they were.
+    pub volume_warning: Option<String>,
+}
+
+/// What deleting a backup needs besides the store: the passphrase to read which volumes the
+/// other backups use, and how long a condemned volume waits.
+pub struct Deletion<'a> {
+    pub passphrase: Option<&'a SecretString>,
+    pub cancel: &'a Cancel,
+    pub grace: std::time::Duration,
+}
+
+/// Applies `policy` to the store (deleting nothing when `dry_run`) and returns the plan, then
+/// condemns or deletes the media volumes no remaining backup needs (`sweep`).
 pub async fn prune_backups(
     store: &dyn Store,
     policy: &RetentionPolicy,
     dry_run: bool,
-) -> Result<Vec<PruneDecision>> {
+    deletion: &Deletion<'_>,
+) -> Result<PruneOutcome> {
     if policy.keeps_nothing() {
         return Err(Error::config(
             "a retention policy must keep something: give --keep-last, --keep-daily, --keep-weekly or --keep-monthly, or set them in [retention]",
@@ -128,13 +156,76 @@ pub async fn prune_backups(
             future.created.format("%Y-%m-%d %H:%M UTC")
         )));
     }
+    let leaving: HashSet<String> = decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.backup_id.clone())
+        .collect();
+    require_passphrase_for_volumes(store, deletion).await?;
     if !dry_run {
-        for decision in decisions.iter().filter(|d| !d.keep) {
-            store.delete(&decision.backup_id).await?;
-            tracing::info!("deleted {}", decision.backup_id);
+        for id in &leaving {
+            delete_base(store, id).await?;
+            tracing::info!("deleted {id}");
         }
     }
-    Ok(decisions)
+    let (volumes, volume_warning) = sweep_after(store, deletion, dry_run, &leaving).await;
+    Ok(PruneOutcome {
+        decisions,
+        volumes,
+        volume_warning,
+    })
+}
+
+/// Refuses, before anything is deleted, to delete backups from a store with media volumes
+/// without the passphrase that tells which volumes the remaining backups use.
+pub async fn require_passphrase_for_volumes(
+    store: &dyn Store,
+    deletion: &Deletion<'_>,
+) -> Result<()> {
+    if deletion.passphrase.is_none() && !store.list_folder("volumes").await?.is_empty() {
+        return Err(Error::config(
+            "this store holds media volumes of incremental backups, and the passphrase is needed to read which of them the remaining backups use; set [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE",
+        ));
+    }
+    Ok(())
+}
+
+/// Deletes the base of backup `id` and its index; its volumes are the sweep's business.
+pub async fn delete_base(store: &dyn Store, id: &str) -> Result<()> {
+    store.delete(id).await?;
+    match store.delete(&index_name(id)).await {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            tracing::warn!("could not delete the index of {id} (a later prune removes it): {e}")
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Sweeps the volumes; a failure leaves them in place, which is safe, and is reported.
+pub async fn sweep_after(
+    store: &dyn Store,
+    deletion: &Deletion<'_>,
+    dry_run: bool,
+    leaving: &HashSet<String>,
+) -> (SweepReport, Option<String>) {
+    match sweep(
+        store,
+        deletion.passphrase,
+        deletion.cancel,
+        deletion.grace,
+        dry_run,
+        leaving,
+    )
+    .await
+    {
+        Ok(report) => (report, None),
+        Err(e) => {
+            let warning = format!("media volumes were left in place: {e}");
+            tracing::warn!("{warning}");
+            (SweepReport::default(), Some(warning))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,10 @@ use crate::progress::Progress;
 
 pub use super::content_check::ArchiveFormat;
 use super::content_check::{hash_member, unreadable_member, ContentCheck};
-use super::{open_backup, OpContext};
+use super::gather::{by_volume, check_volumes_exist, read_volume};
+use super::object_reader::read_object;
+use super::OpContext;
+use crate::manifest::FileEntry;
 
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
@@ -20,14 +23,26 @@ pub struct VerifyReport {
     pub format: ArchiveFormat,
     pub files: usize,
     pub bytes: u64,
+    /// Media volumes read (format 2).
+    pub volumes: usize,
 }
 
-/// Checks a plaintext archive stream against its manifest, writing nothing.
+/// Checks a plaintext archive stream against its manifest, writing nothing. (A format-2
+/// base's media are in volumes; [`verify_backup`] checks those too.)
 pub fn check_archive<R: Read>(
     reader: R,
     id: &str,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
+    check_base(reader, id, progress).map(|(report, _)| report)
+}
+
+/// [`check_archive`], and the entries whose bytes are in volumes.
+fn check_base<R: Read>(
+    reader: R,
+    id: &str,
+    progress: &dyn Progress,
+) -> Result<(VerifyReport, Vec<FileEntry>)> {
     let mut check = ContentCheck::new(id);
     read_members(reader, id, |mut member| {
         if check.take_manifest_member(&mut member)? || member.kind == MemberKind::Directory {
@@ -39,35 +54,67 @@ pub fn check_archive<R: Read>(
             .map_err(|e| unreadable_member(id, &path, &e))?;
         check.record(&path, size, hash)
     })?;
+    let in_volumes = check.take_volume_entries();
     let (format, files, bytes) = check.finish()?;
-    Ok(VerifyReport {
+    let report = VerifyReport {
         backup_id: id.to_string(),
         format,
-        files,
+        files: files - in_volumes.len(),
         bytes,
-    })
+        volumes: 0,
+    };
+    Ok((report, in_volumes))
 }
 
 pub async fn verify_backup(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
-    let info = ctx.store.head(id).await?;
-    let stream = ctx.store.get(id).await?;
-    let handle = tokio::runtime::Handle::current();
-    let backup_id = id.to_string();
-    let passphrase = ctx.passphrase.clone();
-    let progress = Arc::clone(&ctx.progress);
-    let cancel = ctx.cancel.clone();
-    progress.start("verifying", Some(info.size));
-    let verified = tokio::task::spawn_blocking(move || -> Result<VerifyReport> {
-        let reader = open_backup(stream, handle, &passphrase, &backup_id, cancel)?;
-        let report = check_archive(reader, &backup_id, progress.as_ref())?;
-        progress.finish();
-        Ok(report)
-    })
-    .await
-    .map_err(|e| Error::task_failed("verification", e))?;
+    let verified = verify_all(ctx, id).await;
     // Whatever a read cut by Ctrl-C looked like, it was the user's doing.
     match verified {
         Err(_) if ctx.cancel.is_cancelled() => Err(Error::Interrupted),
         other => other,
     }
+}
+
+/// The base, then every volume it takes files from: every byte a restore would use.
+async fn verify_all(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
+    let info = ctx.store.head(id).await?;
+    ctx.progress.start("verifying", Some(info.size));
+    let progress = Arc::clone(&ctx.progress);
+    let backup_id = id.to_string();
+    let (mut report, in_volumes) =
+        read_object(ctx.store, &ctx.passphrase, &ctx.cancel, id, move |reader| {
+            check_base(reader, &backup_id, progress.as_ref())
+        })
+        .await?;
+    if let ArchiveFormat::Manifest(header) = &report.format {
+        if let Some(media) = &header.media {
+            let names = media.volumes.iter().map(|v| v.name.clone());
+            check_volumes_exist(ctx.store, id, names).await?;
+            let bytes = media.volumes.iter().map(|v| v.used_bytes).sum();
+            ctx.progress.start("verifying media volumes", Some(bytes));
+        }
+    }
+    for want in by_volume(in_volumes) {
+        let name = want.name.clone();
+        let backup_id = id.to_string();
+        let progress = Arc::clone(&ctx.progress);
+        let (files, bytes) = read_object(
+            ctx.store,
+            &ctx.passphrase,
+            &ctx.cancel,
+            &name,
+            move |reader| {
+                read_volume(reader, &backup_id, want, |entry, member| {
+                    hash_member(member, None, progress.as_ref())
+                        .map_err(|e| unreadable_member(&backup_id, &entry.path, &e))
+                })
+            },
+        )
+        .await?;
+        report.files += files;
+        report.bytes += bytes;
+        report.volumes += 1;
+    }
+    ctx.progress.finish();
+    Ok(report)
 }

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
 use super::owner::UploadOwner;
-use super::{check_name, ByteStream, ObjectInfo, ReadFailed, Store};
+use super::{check_folder, check_name, ByteStream, ObjectInfo, ReadFailed, Store};
 use crate::error::{Error, IoContext, Result};
 
 const READ_CHUNK: usize = 1 << 20;
@@ -79,10 +79,18 @@ impl Store for LocalStore {
 
     async fn put(&self, name: &str, mut body: ByteStream, _size_hint: Option<u64>) -> Result<u64> {
         let final_path = self.object_path(name)?;
+        // In the top level whatever the folder, so that one scan finds every leftover; `/`
+        // cannot be in a file name, `~` cannot be in an object name.
         let temp_path = self.root.join(format!(
-            ".{name}{PARTIAL_MARK}{}",
+            ".{}{PARTIAL_MARK}{}",
+            name.replace('/', "~"),
             UploadOwner::current().token()
         ));
+        if let Some(folder) = final_path.parent() {
+            tokio::fs::create_dir_all(folder)
+                .await
+                .at("create the store folder", folder)?;
+        }
         let mut file = tokio::fs::File::create(&temp_path)
             .await
             .at("create", &temp_path)?;
@@ -104,7 +112,8 @@ impl Store for LocalStore {
                 tokio::fs::rename(&temp_path, &final_path)
                     .await
                     .at("rename into place", &final_path)?;
-                if let Ok(dir) = tokio::fs::File::open(&self.root).await {
+                let folder = final_path.parent().unwrap_or(&self.root);
+                if let Ok(dir) = tokio::fs::File::open(folder).await {
                     // Makes the rename itself durable.
                     let _ = dir.sync_all().await;
                 }
@@ -169,6 +178,25 @@ impl Store for LocalStore {
         Ok(out)
     }
 
+    async fn list_folder(&self, folder: &str) -> Result<Vec<ObjectInfo>> {
+        check_folder(folder)?;
+        let path = self.root.join(folder);
+        let mut out = Vec::new();
+        let mut dir = match tokio::fs::read_dir(&path).await {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io("list", &path, e)),
+        };
+        while let Some(entry) = dir.next_entry().await.at("list", &path)? {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let meta = entry.metadata().await.at("stat", entry.path())?;
+            if meta.is_file() && check_name(&name).is_ok() {
+                out.push(Self::info(&format!("{folder}/{name}"), &meta));
+            }
+        }
+        Ok(out)
+    }
+
     async fn delete(&self, name: &str) -> Result<()> {
         let path = self.object_path(name)?;
         match tokio::fs::remove_file(&path).await {
@@ -203,7 +231,7 @@ impl Store for LocalStore {
                 .unwrap_or_default();
             if meta.is_file() && UploadOwner::is_abandoned(token, age) {
                 match tokio::fs::remove_file(entry.path()).await {
-                    Ok(()) => removed.push(name.to_string()),
+                    Ok(()) => removed.push(name.replace('~', "/")),
                     // Another run cleaned it up first.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(Error::io("remove the leftover", entry.path(), e)),

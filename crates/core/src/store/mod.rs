@@ -6,7 +6,9 @@
 //!   error item (or a dropped future) leaves nothing visible (multipart uploads are aborted,
 //!   local temp files removed).
 //! - `get` streams; a body shorter than `head` announced surfaces as an error, never as EOF.
-//! - names are backup ids: no `/`, no leading `.`; the store adds its own prefix.
+//! - names are backup ids (no `/`, no leading `.`), or one of them inside one of [`FOLDERS`]
+//!   (`volumes/backup-…-0000`); the store adds its own prefix. `list` sees only the top level,
+//!   so a tool that knows nothing of the folders never sees what they hold.
 //! - what a `put` killed half-way leaves behind (an unfinished multipart upload, a temp file) is
 //!   never listed, and `remove_interrupted_uploads` cleans it up once its writer is gone.
 
@@ -83,6 +85,10 @@ pub trait Store: Send + Sync {
     /// Every object directly under the store's prefix, in no particular order.
     async fn list(&self) -> Result<Vec<ObjectInfo>>;
 
+    /// Every object in `folder` (one of [`FOLDERS`]), named as `put` took them
+    /// (`volumes/backup-…`), in no particular order.
+    async fn list_folder(&self, folder: &str) -> Result<Vec<ObjectInfo>>;
+
     /// Deletes `name`; a missing object is [`Error::NotFound`].
     async fn delete(&self, name: &str) -> Result<()>;
 
@@ -111,12 +117,20 @@ pub fn open(config: &StoreConfig) -> Result<Box<dyn Store>> {
     }
 }
 
+/// The folders a store keeps besides its top level: media volumes and file indexes of
+/// incremental backups, and the markers that make prune safe against a running create.
+pub const FOLDERS: [&str; 4] = ["volumes", "index", ".pending", ".condemned"];
+
 /// Rejects names that could escape the store's prefix or collide with its temp files.
 pub fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name.len() <= 200
-        && name
+    let base = match name.split_once('/') {
+        Some((folder, rest)) if FOLDERS.contains(&folder) => rest,
+        _ => name,
+    };
+    let ok = !base.is_empty()
+        && !base.starts_with('.')
+        && base.len() <= 200
+        && base
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
@@ -125,6 +139,15 @@ pub fn check_name(name: &str) -> Result<()> {
         Err(Error::config(format!(
             "{name:?} is not a valid backup id (expected something like backup-20260101120000000000)"
         )))
+    }
+}
+
+/// Rejects a folder that is not one of [`FOLDERS`].
+pub fn check_folder(folder: &str) -> Result<()> {
+    if FOLDERS.contains(&folder) {
+        Ok(())
+    } else {
+        Err(Error::Other(format!("{folder:?} is not a store folder")))
     }
 }
 

@@ -71,6 +71,10 @@ impl<S: Store> Store for Throttled<S> {
         self.inner.list().await
     }
 
+    async fn list_folder(&self, folder: &str) -> Result<Vec<ObjectInfo>> {
+        self.inner.list_folder(folder).await
+    }
+
     async fn delete(&self, name: &str) -> Result<()> {
         self.inner.delete(name).await
     }

@@ -532,3 +532,31 @@ pub fn assert_no_backups(world: &World) {
         "a backup is listed"
     );
 }
+
+/// The names at the top of a local store that are not its folders (media volumes, indexes,
+/// markers): the backups, and anything else a user put there.
+pub fn backups_in_store(world: &World) -> Vec<String> {
+    let mut names: Vec<String> = names_in(&world.store)
+        .into_iter()
+        .filter(|name| name.starts_with("backup-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Copies backup `id` from one world's local store to another's, with the media volumes and
+/// indexes it may need (all of them: simple, and a superset is harmless).
+pub fn copy_backup(from: &World, to: &World, id: &str) {
+    fs::create_dir_all(&to.store).unwrap();
+    fs::copy(from.object(id), to.object(id)).unwrap();
+    for folder in ["volumes", "index"] {
+        let source = from.store.join(folder);
+        if !source.exists() {
+            continue;
+        }
+        fs::create_dir_all(to.store.join(folder)).unwrap();
+        for name in names_in(&source) {
+            fs::copy(source.join(&name), to.store.join(folder).join(&name)).unwrap();
+        }
+    }
+}

@@ -6,13 +6,21 @@
 //! 2. snapshot the database (`snapshot`) before the media are listed, so every media row in
 //!    the snapshot has its file in the backup (Synapse writes the file before the row);
 //! 3. list the key, config and media (`sources`);
-//! 4. stream tar → OpenPGP → store; report the root cause when something failed.
+//! 4. decide which media the newest earlier backup already stores (`reuse`), announce the
+//!    backup (`sweep::Pending`) and leave out volumes a prune has condemned;
+//! 5. stream the other media into new volumes, then the index, then the base (key, config,
+//!    database, and the file list naming every file's volume), each tar → OpenPGP → store; the
+//!    base is written last, so its existence means the backup is complete (`volumes`,
+//!    `pipeline`; docs/format.md).
 
 mod id;
 mod pipeline;
+mod reuse;
 mod snapshot;
 mod sources;
+mod volumes;
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,17 +31,22 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::manifest::{DatabaseInfo, Header, FILES_MEMBER, FORMAT_VERSION, TOOL_NAME};
+use crate::manifest::{
+    index_name, volume_name, volume_owner, BackupKind, DatabaseInfo, Header, MediaVolumes,
+    VolumeRef, FILES_MEMBER, FORMAT_VERSION, TOOL_NAME,
+};
+use crate::progress::Cancel;
 use crate::store::{ByteStream, Store};
 use crate::synapse::media::backed_up_media_dirs;
 use crate::synapse::{check_working_dir, HomeserverConfig};
 
-use super::pipe::QUEUE_DEPTH;
+use super::pipe::{ChunkWriter, QUEUE_DEPTH};
 use super::state_dir::StateDir;
+use super::sweep::{condemned_volumes, Pending};
 use super::OpContext;
 
 pub use id::new_backup_id;
-use pipeline::{run_pipeline, ArchiveContents, Archived, PipelineError};
+use pipeline::{run_pipeline, ArchiveContents, PipelineError};
 use sources::{MediaListing, Source};
 
 #[derive(Debug, Clone, Default)]
@@ -41,14 +54,23 @@ pub struct BackupOptions {
     pub include_remote_media: bool,
     /// Leave a PostgreSQL database out (backed up with other tools, such as pgBackRest).
     pub skip_database: bool,
+    /// Store every media file anew, taking nothing from earlier backups.
+    pub full: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct BackupSummary {
     pub backup_id: String,
     pub server_name: String,
+    pub kind: BackupKind,
+    /// The backup whose stored media this one takes unchanged files from.
+    pub parent: Option<String>,
     pub files: usize,
     pub file_bytes: u64,
+    /// Media files taken from earlier volumes, and their bytes: neither read nor uploaded.
+    pub reused_files: usize,
+    pub reused_bytes: u64,
+    /// Bytes written to the store: the base, the index and the new volumes.
     pub object_bytes: u64,
     pub database: DatabaseInfo,
     pub elapsed: Duration,
@@ -75,36 +97,237 @@ pub async fn create_backup(
     let snapshot = snapshot::take(&hs, options, temp.path(), ctx.progress.as_ref()).await?;
     sources.extend(snapshot.file);
     let media = list_media(&hs, options).await?;
-    sources.extend(media.files);
 
-    let header = new_header(&hs, &backup_id, snapshot.info.clone(), options, &sources);
-    tracing::info!(
-        "backing up {} files ({} bytes) of {} as {backup_id} to {}",
-        sources.len(),
-        header.expected_bytes,
-        hs.server_name,
-        ctx.store.describe()
-    );
-    let contents = ArchiveContents {
-        header,
-        folders: media.folders,
-        sources,
-        dump: snapshot.dump,
-        list_path: temp.path().join(FILES_MEMBER),
+    let parent = if options.full {
+        None
+    } else {
+        reuse::find_parent(ctx, &hs.server_name).await?
     };
-    let streamed = stream_to_store(ctx, &backup_id, contents).await;
+    let mut plan = reuse::plan_media(media.files.clone(), parent.as_ref(), &HashSet::new());
+    let pending = Pending::announce(ctx.store, &backup_id, &plan.reused_volume_names()).await?;
+    let written = async {
+        let condemned = condemned_volumes(ctx.store).await?;
+        if plan
+            .reused_volumes
+            .iter()
+            .any(|v| condemned.contains(&v.name))
+        {
+            plan = reuse::plan_media(media.files, parent.as_ref(), &condemned);
+        }
+        let contents = BackupContents {
+            backup_id: &backup_id,
+            hs: &hs,
+            options,
+            parent: parent.as_ref().map(|p| p.backup_id.clone()),
+            sources,
+            folders: media.folders,
+            dump: snapshot.dump,
+            snapshot_info: snapshot.info.clone(),
+            plan,
+            temp: temp.path(),
+        };
+        write_backup(config, ctx, contents).await
+    }
+    .await;
+    pending.withdraw().await;
     drop(lock);
     drop(temp);
-    let (archived, object_bytes) = streamed?;
+    let written = written?;
     Ok(BackupSummary {
         backup_id,
         server_name: hs.server_name,
-        files: archived.totals.files,
-        file_bytes: archived.totals.file_bytes,
-        object_bytes,
         database: snapshot.info,
         elapsed: started.elapsed(),
-        vanished: archived.vanished,
+        ..written
+    })
+}
+
+/// Everything one backup stores, decided.
+struct BackupContents<'a> {
+    backup_id: &'a str,
+    hs: &'a HomeserverConfig,
+    options: &'a BackupOptions,
+    parent: Option<String>,
+    sources: Vec<Source>,
+    folders: Vec<sources::Folder>,
+    dump: Option<pipeline::Dump>,
+    snapshot_info: DatabaseInfo,
+    plan: reuse::MediaPlan,
+    temp: &'a Path,
+}
+
+/// Writes the new volumes, the index and the base; on failure removes what it wrote, which no
+/// other backup can name yet.
+async fn write_backup(
+    config: &Config,
+    ctx: &OpContext<'_>,
+    contents: BackupContents<'_>,
+) -> Result<BackupSummary> {
+    let mut written: Vec<String> = Vec::new();
+    let outcome = write_objects(config, ctx, contents, &mut written).await;
+    if outcome.is_err() {
+        for name in written {
+            if let Err(e) = ctx.store.delete(&name).await {
+                tracing::warn!("could not remove {name} after the failed backup: {e}");
+            }
+        }
+    }
+    outcome
+}
+
+async fn write_objects(
+    config: &Config,
+    ctx: &OpContext<'_>,
+    contents: BackupContents<'_>,
+    written: &mut Vec<String>,
+) -> Result<BackupSummary> {
+    let BackupContents {
+        backup_id,
+        hs,
+        options,
+        parent,
+        sources,
+        folders,
+        dump,
+        snapshot_info,
+        plan,
+        temp,
+    } = contents;
+    let reuse::MediaPlan {
+        to_store,
+        reused,
+        reused_volumes,
+    } = plan;
+    let new_bytes: u64 = to_store.iter().map(|s| s.size).sum();
+    let base_bytes: u64 = sources.iter().map(|s| s.size).sum();
+    let reused_files = reused.len();
+    let reused_bytes: u64 = reused.iter().map(|e| e.size).sum();
+    tracing::info!(
+        "backing up {} as {backup_id} to {}: {} media files ({new_bytes} bytes) to store, {reused_files} ({reused_bytes} bytes) already stored{}",
+        hs.server_name,
+        ctx.store.describe(),
+        to_store.len(),
+        parent
+            .as_deref()
+            .map(|p| format!(" (compared with {p})"))
+            .unwrap_or_default(),
+    );
+    ctx.progress
+        .start("backing up", Some(new_bytes + base_bytes));
+    let mut media_entries = reused;
+    let mut volume_refs = reused_volumes;
+    let mut vanished = Vec::new();
+    let mut object_bytes = 0u64;
+    for (index, files) in volumes::split_into_volumes(to_store, config.backup.volume_size)
+        .into_iter()
+        .enumerate()
+    {
+        let name = volume_name(backup_id, index);
+        let bytes: u64 = files.iter().map(|s| s.size).sum();
+        let progress = Arc::clone(&ctx.progress);
+        let volume = name.clone();
+        written.push(name.clone());
+        let (contents, size) = stream_to_store(ctx, &name, bytes, move |out, cancel| {
+            volumes::write_volume(&volume, files, out, progress.as_ref(), cancel)
+        })
+        .await?;
+        let file_bytes = contents.entries.iter().map(|e| e.size).sum();
+        volume_refs.push(VolumeRef {
+            name,
+            file_bytes,
+            used_bytes: file_bytes,
+            object_bytes: size,
+        });
+        object_bytes += size;
+        media_entries.extend(contents.entries);
+        vanished.extend(contents.vanished);
+    }
+    media_entries.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let created = Utc::now();
+    let index = index_name(backup_id);
+    let index_entries = Arc::new(media_entries);
+    {
+        let entries = Arc::clone(&index_entries);
+        let id = backup_id.to_string();
+        written.push(index.clone());
+        let ((), size) = stream_to_store(ctx, &index, 0, move |out, _| {
+            volumes::write_index(&id, &entries, created.timestamp(), out)
+        })
+        .await?;
+        object_bytes += size;
+    }
+    let media_entries = Arc::try_unwrap(index_entries).unwrap_or_else(|shared| (*shared).clone());
+
+    // Incremental when it takes anything from an earlier backup's volumes.
+    let kind = if volume_refs
+        .iter()
+        .any(|v| volume_owner(&v.name) != Some(backup_id))
+    {
+        BackupKind::Incremental
+    } else {
+        BackupKind::Full
+    };
+    let parent = parent.filter(|_| kind == BackupKind::Incremental);
+    let database = snapshot_info.clone();
+    let media_bytes: u64 = media_entries.iter().map(|e| e.size).sum();
+    let header = Header {
+        format_version: FORMAT_VERSION,
+        tool: TOOL_NAME.into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        backup_id: backup_id.to_string(),
+        server_name: hs.server_name.clone(),
+        created,
+        database: snapshot_info,
+        include_remote_media: options.include_remote_media,
+        expected_bytes: base_bytes + media_bytes,
+        files_member: FILES_MEMBER.into(),
+        media: Some(MediaVolumes {
+            kind,
+            parent: parent.clone(),
+            volumes: volume_refs.clone(),
+        }),
+    };
+    let volume_lists = volume_refs
+        .iter()
+        .map(|v| {
+            (
+                v.name.clone(),
+                volumes::volume_list(&v.name, &media_entries),
+            )
+        })
+        .collect();
+    let contents = ArchiveContents {
+        header,
+        folders,
+        sources,
+        dump,
+        list_path: temp.join(FILES_MEMBER),
+        volume_lists,
+        media_entries,
+    };
+    let progress = Arc::clone(&ctx.progress);
+    written.push(backup_id.to_string());
+    let (archived, size) = stream_to_store(ctx, backup_id, base_bytes, move |out, cancel| {
+        pipeline::write_archive(contents, out, progress.as_ref(), cancel)
+    })
+    .await?;
+    object_bytes += size;
+    ctx.progress.finish();
+    vanished.extend(archived.vanished);
+    Ok(BackupSummary {
+        backup_id: backup_id.to_string(),
+        server_name: hs.server_name.clone(),
+        kind,
+        parent,
+        files: archived.totals.files,
+        file_bytes: archived.totals.file_bytes,
+        reused_files,
+        reused_bytes,
+        object_bytes,
+        database,
+        elapsed: Duration::ZERO,
+        vanished,
     })
 }
 
@@ -128,52 +351,27 @@ async fn list_media(hs: &HomeserverConfig, options: &BackupOptions) -> Result<Me
         .map_err(|e| Error::task_failed("media listing", e))?
 }
 
-fn new_header(
-    hs: &HomeserverConfig,
-    backup_id: &str,
-    database: DatabaseInfo,
-    options: &BackupOptions,
-    sources: &[Source],
-) -> Header {
-    Header {
-        format_version: FORMAT_VERSION,
-        tool: TOOL_NAME.into(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        backup_id: backup_id.to_string(),
-        server_name: hs.server_name.clone(),
-        created: Utc::now(),
-        database,
-        include_remote_media: options.include_remote_media,
-        expected_bytes: sources.iter().map(|s| s.size).sum(),
-        files_member: FILES_MEMBER.into(),
-    }
-}
-
-/// Runs the pipeline into an upload of `backup_id`; the archive's totals and the object's size.
-async fn stream_to_store(
+/// Runs `write` through the pipeline into an upload of `name`; what `write` returned and the
+/// object's size.
+async fn stream_to_store<T: Send + 'static>(
     ctx: &OpContext<'_>,
-    backup_id: &str,
-    contents: ArchiveContents,
-) -> Result<(Archived, u64)> {
-    let expected_bytes = contents.header.expected_bytes;
-    ctx.progress.start("backing up", Some(expected_bytes));
+    name: &str,
+    expected_bytes: u64,
+    write: impl FnOnce(ChunkWriter, &Cancel) -> Result<T> + Send + 'static,
+) -> Result<(T, u64)> {
     let (sender, mut receiver) = mpsc::channel::<std::io::Result<bytes::Bytes>>(QUEUE_DEPTH);
     let body: ByteStream = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed();
     let pipeline = {
         let passphrase = ctx.passphrase.clone();
-        let progress = Arc::clone(&ctx.progress);
         let cancel = ctx.cancel.clone();
-        tokio::task::spawn_blocking(move || {
-            run_pipeline(contents, passphrase, sender, progress, cancel)
-        })
+        tokio::task::spawn_blocking(move || run_pipeline(write, passphrase, sender, cancel))
     };
     // Tar and OpenPGP add a little; the hint only sizes multipart parts.
     let size_hint = expected_bytes + expected_bytes / 50 + (1 << 20);
-    let uploaded = ctx.store.put(backup_id, body, Some(size_hint)).await;
+    let uploaded = ctx.store.put(name, body, Some(size_hint)).await;
     let archived = pipeline
         .await
         .map_err(|e| Error::task_failed("backup", e))?;
-    ctx.progress.finish();
     if ctx.cancel.is_cancelled() {
         return Err(Error::Interrupted);
     }
@@ -183,9 +381,9 @@ async fn stream_to_store(
         (Ok(archived), Ok(object_bytes)) => Ok((archived, object_bytes)),
         (Err(PipelineError::Failed(e)), _) => Err(e),
         (Err(PipelineError::UploadStopped), Err(e)) | (Ok(_), Err(e)) => Err(e),
-        (Err(PipelineError::UploadStopped), Ok(_)) => Err(Error::Other(
-            "the upload ended before the whole backup was written".into(),
-        )),
+        (Err(PipelineError::UploadStopped), Ok(_)) => Err(Error::Other(format!(
+            "the upload of {name} ended before the whole object was written"
+        ))),
     }
 }
 

@@ -8,7 +8,6 @@
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use secrecy::SecretString;
 use tokio::sync::mpsc;
@@ -19,7 +18,7 @@ use crate::database::postgres::DumpProcess;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{
     FileEntry, FileListWriter, Header, ListTotals, Role, FILES_MEMBER, HEADER_MEMBER,
-    POSTGRES_DUMP_PREFIX,
+    POSTGRES_DUMP_PREFIX, VOLUME_LISTS_FOLDER,
 };
 use crate::ops::pipe::{chunk_pipe, ChannelWriter, ChunkWriter, CHUNK, QUEUE_DEPTH};
 use crate::progress::{Cancel, Progress};
@@ -40,6 +39,15 @@ pub(super) struct ArchiveContents {
     pub dump: Option<Dump>,
     /// Where the file list is built before it goes in as the last member.
     pub list_path: PathBuf,
+    /// Format 2: per volume, the member paths the backup takes from it, one per line.
+    pub volume_lists: Vec<(String, Vec<u8>)>,
+    /// Format 2: the media, already stored in volumes; listed, not archived.
+    pub media_entries: Vec<FileEntry>,
+}
+
+/// `volumes/backup-…-0000` → `backup-…-0000`.
+pub(super) fn volume_base_name(volume: &str) -> &str {
+    volume.rsplit('/').next().unwrap_or(volume)
 }
 
 pub(super) struct Archived {
@@ -56,20 +64,20 @@ pub(super) enum PipelineError {
     Failed(Error),
 }
 
-/// Writes the archive on one thread and encrypts it into `sender` on this one.
-pub(super) fn run_pipeline(
-    contents: ArchiveContents,
+/// Runs `write` (which writes a plaintext archive) on one thread and encrypts what it writes
+/// into `sender` on this one.
+pub(super) fn run_pipeline<T: Send + 'static>(
+    write: impl FnOnce(ChunkWriter, &Cancel) -> Result<T> + Send + 'static,
     passphrase: SecretString,
     sender: mpsc::Sender<std::io::Result<bytes::Bytes>>,
-    progress: Arc<dyn Progress>,
     cancel: Cancel,
-) -> Result<Archived, PipelineError> {
+) -> Result<T, PipelineError> {
     let (pipe_writer, pipe_reader) = chunk_pipe(QUEUE_DEPTH);
     let tar_thread = {
         let cancel = cancel.clone();
         std::thread::Builder::new()
             .name("archive".into())
-            .spawn(move || write_archive(contents, pipe_writer, progress.as_ref(), &cancel))
+            .spawn(move || write(pipe_writer, &cancel))
             .map_err(|e| {
                 PipelineError::Failed(Error::Other(format!(
                     "cannot start the archive thread: {e}"
@@ -99,7 +107,7 @@ pub(super) fn run_pipeline(
 
 /// Writes the whole archive; the file list is built in a temp file as members are written,
 /// and goes in last.
-fn write_archive(
+pub(super) fn write_archive(
     contents: ArchiveContents,
     out: ChunkWriter,
     progress: &dyn Progress,
@@ -111,6 +119,8 @@ fn write_archive(
         sources,
         mut dump,
         list_path,
+        volume_lists,
+        media_entries,
     } = contents;
     let mtime = header.created.timestamp();
     let mut archive = ArchiveWriter::new(BufWriter::with_capacity(CHUNK, out));
@@ -153,6 +163,11 @@ fn write_archive(
     if let Some(dump) = dump.take() {
         files.push_all(write_dump(&mut archive, dump, mtime, progress, cancel)?)?;
     }
+    for (volume, list) in &volume_lists {
+        let member = format!("{VOLUME_LISTS_FOLDER}/{}.list", volume_base_name(volume));
+        archive.append_bytes(&member, list, mtime)?;
+    }
+    files.push_all(media_entries)?;
     let totals = files.finish()?;
     archive.append_generated_file(FILES_MEMBER, &list_path, mtime)?;
     let out = archive.finish()?;

@@ -18,7 +18,7 @@ use object_store::{
 };
 use secrecy::ExposeSecret;
 
-use super::{check_name, ByteStream, ObjectInfo, ReadFailed, Store};
+use super::{check_folder, check_name, ByteStream, ObjectInfo, ReadFailed, Store};
 use crate::config::{S3Config, UriStyle};
 use crate::error::{Error, Result};
 
@@ -341,6 +341,28 @@ impl Store for S3Store {
             .into_iter()
             .filter_map(|meta| {
                 let name = meta.location.filename()?.to_string();
+                Some(ObjectInfo {
+                    name,
+                    size: meta.size,
+                    last_modified: meta.last_modified,
+                })
+            })
+            .collect())
+    }
+
+    async fn list_folder(&self, folder: &str) -> Result<Vec<ObjectInfo>> {
+        check_folder(folder)?;
+        let listing = self
+            .inner
+            .list_with_delimiter(Some(&self.under_prefix(folder)))
+            .await
+            .map_err(|e| self.storage_error(e))?;
+        Ok(listing
+            .objects
+            .into_iter()
+            .filter_map(|meta| {
+                let name = format!("{folder}/{}", meta.location.filename()?);
+                check_name(&name).ok()?;
                 Some(ObjectInfo {
                     name,
                     size: meta.size,

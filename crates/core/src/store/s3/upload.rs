@@ -122,8 +122,15 @@ impl S3Store {
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| self.storage_error(e))?;
         let mut aborted = Vec::new();
+        let root = self.under_prefix(IN_PROGRESS_DIR);
         for meta in markers {
-            let Some(name) = meta.location.filename().map(str::to_string) else {
+            // The marker of `volumes/x` is `<IN_PROGRESS_DIR>/volumes/x`.
+            let Some(name) = meta.location.prefix_match(&root).map(|parts| {
+                parts
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            }) else {
                 continue;
             };
             if check_name(&name).is_err() {

@@ -1,0 +1,337 @@
+//! What an incremental backup stores anew and what it takes from volumes already stored.
+//!
+//! The parent is the newest format-2 backup of the same server whose index can be read. A
+//! media file is taken from the parent's volume when its path, size and mtime (to the
+//! nanosecond) are those the parent recorded: Synapse never rewrites a media file, so the bytes
+//! are those the parent read and hashed. Anything else is read and stored again.
+//!
+//! Rotation keeps storage bounded: a volume the new backup would use for less than
+//! [`MIN_LIVE_FRACTION`] of its bytes (the rest being media deleted since) is not used; its
+//! files are stored again, so it can go once the backups that still use it are pruned. Every
+//! volume the newest backup references is then at least 2/3 live, so the volumes it needs hold
+//! at most 1.5× its media.
+
+use std::collections::{HashMap, HashSet};
+use std::io::BufReader;
+use std::os::unix::fs::MetadataExt;
+
+use crate::archive::read_members;
+use crate::error::{CorruptKind, Error, Result};
+use crate::manifest::{
+    index_name, read_file_list, FileEntry, Header, Role, VolumeRef, FILES_MEMBER,
+};
+use crate::ops::object_reader::read_object;
+use crate::ops::open::read_header;
+use crate::ops::OpContext;
+
+use super::sources::Source;
+
+/// A volume is used only while at least this share of its bytes belongs to the backup.
+pub const MIN_LIVE_FRACTION: (u64, u64) = (2, 3);
+
+/// The backup an incremental backup is made against.
+pub(super) struct Parent {
+    pub backup_id: String,
+    /// The volumes the parent uses, by name.
+    pub volumes: HashMap<String, VolumeRef>,
+    /// The parent's media entries, by member path.
+    pub entries: HashMap<String, FileEntry>,
+}
+
+/// What the backup stores and what it takes from earlier volumes.
+#[derive(Default)]
+pub(super) struct MediaPlan {
+    pub to_store: Vec<Source>,
+    /// Entries taken as they are from the parent (volume and hash included).
+    pub reused: Vec<FileEntry>,
+    /// The parent volumes used, with the bytes this backup takes from each.
+    pub reused_volumes: Vec<VolumeRef>,
+}
+
+impl MediaPlan {
+    pub fn reused_volume_names(&self) -> Vec<String> {
+        self.reused_volumes.iter().map(|v| v.name.clone()).collect()
+    }
+}
+
+/// The newest format-2 backup of `server_name` whose index reads, if any. Backups that cannot
+/// be read are passed over with a warning: the backup is then full, never wrong.
+pub(super) async fn find_parent(ctx: &OpContext<'_>, server_name: &str) -> Result<Option<Parent>> {
+    let mut ids: Vec<String> = ctx
+        .store
+        .list()
+        .await?
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|name| name.starts_with("backup-"))
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    for id in ids {
+        let header = match read_header(ctx.store, &id, &ctx.passphrase, &ctx.cancel).await {
+            Ok(Some(header)) => header,
+            // A charm backup: nothing ever refers to one.
+            Ok(None) => continue,
+            Err(e) if e.kind() == crate::error::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                tracing::warn!("cannot read backup {id} to compare against it: {e}");
+                continue;
+            }
+        };
+        if header.server_name != server_name {
+            continue;
+        }
+        let Some(media) = header.media.clone() else {
+            // Format 1: its media are inline, nothing to refer to.
+            return Ok(None);
+        };
+        match read_index(ctx, &header).await {
+            Ok(entries) => {
+                return Ok(Some(Parent {
+                    backup_id: id,
+                    volumes: media
+                        .volumes
+                        .into_iter()
+                        .map(|v| (v.name.clone(), v))
+                        .collect(),
+                    entries,
+                }))
+            }
+            Err(e) if e.kind() == crate::error::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the index of backup {id}, so this backup stores every media file anew: {e}"
+                );
+                return Ok(None);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Reads the media entries of `header`'s backup from its index object.
+async fn read_index(ctx: &OpContext<'_>, header: &Header) -> Result<HashMap<String, FileEntry>> {
+    let name = index_name(&header.backup_id);
+    let backup_id = header.backup_id.clone();
+    let volumes: HashSet<String> = header
+        .media
+        .iter()
+        .flat_map(|m| m.volumes.iter().map(|v| v.name.clone()))
+        .collect();
+    let object = name.clone();
+    read_object(
+        ctx.store,
+        &ctx.passphrase,
+        &ctx.cancel,
+        &name,
+        move |reader| {
+            let mut entries = HashMap::new();
+            let mut found = false;
+            let mut listed_id = String::new();
+            read_members(reader, &object, |member| {
+                if member.path != FILES_MEMBER || found {
+                    return Err(Error::corrupt(
+                        &object,
+                        CorruptKind::Malformed,
+                        format!("unexpected member {:?} in an index", member.path),
+                    ));
+                }
+                found = true;
+                let (id, _) = read_file_list(&object, BufReader::new(member.data), |entry| {
+                    entries.insert(entry.path.clone(), entry);
+                })?;
+                listed_id = id;
+                Ok(())
+            })?;
+            if !found || listed_id != backup_id {
+                return Err(Error::corrupt(
+                    &object,
+                    CorruptKind::ManifestMismatch,
+                    format!("the index does not list the media of {backup_id}"),
+                ));
+            }
+            // Only entries that name a volume the header names can be taken over.
+            entries.retain(|_, entry: &mut FileEntry| {
+                entry.role == Role::Media && entry.volume().is_some_and(|v| volumes.contains(v))
+            });
+            Ok(entries)
+        },
+    )
+    .await
+}
+
+/// Decides, file by file, what to store and what to take from `parent`, leaving out the
+/// volumes in `excluded` (condemned by a prune).
+pub(super) fn plan_media(
+    files: Vec<Source>,
+    parent: Option<&Parent>,
+    excluded: &HashSet<String>,
+) -> MediaPlan {
+    let Some(parent) = parent else {
+        return MediaPlan {
+            to_store: files,
+            ..MediaPlan::default()
+        };
+    };
+    let mut candidates: Vec<(Source, FileEntry)> = Vec::new();
+    let mut to_store = Vec::new();
+    for file in files {
+        match unchanged_entry(&file, parent, excluded) {
+            Some(entry) => candidates.push((file, entry)),
+            None => to_store.push(file),
+        }
+    }
+    let mut used: HashMap<String, u64> = HashMap::new();
+    for (_, entry) in &candidates {
+        if let Some(volume) = entry.volume() {
+            *used.entry(volume.to_string()).or_default() += entry.size;
+        }
+    }
+    let (live, whole) = MIN_LIVE_FRACTION;
+    let kept: HashSet<String> = used
+        .iter()
+        .filter(|(name, used)| {
+            let total = parent.volumes.get(*name).map_or(0, |v| v.file_bytes);
+            **used * whole >= total * live
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut reused = Vec::new();
+    for (file, entry) in candidates {
+        if entry.volume().is_some_and(|v| kept.contains(v)) {
+            reused.push(entry);
+        } else {
+            to_store.push(file);
+        }
+    }
+    let mut reused_volumes: Vec<VolumeRef> = kept
+        .iter()
+        .filter_map(|name| {
+            let volume = parent.volumes.get(name)?;
+            Some(VolumeRef {
+                used_bytes: used.get(name).copied().unwrap_or(0),
+                ..volume.clone()
+            })
+        })
+        .collect();
+    reused_volumes.sort_by(|a, b| a.name.cmp(&b.name));
+    // Stored in listing order, as a full backup stores them.
+    to_store.sort_by(|a, b| a.member.cmp(&b.member));
+    MediaPlan {
+        to_store,
+        reused,
+        reused_volumes,
+    }
+}
+
+/// The parent's entry for `file` when the file is as the parent read it.
+fn unchanged_entry(
+    file: &Source,
+    parent: &Parent,
+    excluded: &HashSet<String>,
+) -> Option<FileEntry> {
+    let entry = parent.entries.get(&file.member)?;
+    let volume = entry.volume()?;
+    if excluded.contains(volume) || !parent.volumes.contains_key(volume) {
+        return None;
+    }
+    let meta = std::fs::metadata(&file.path).ok()?;
+    let same = meta.len() == entry.size
+        && meta.mtime() == entry.mtime
+        && entry.mtime_nanos == Some(meta.mtime_nsec() as u32);
+    same.then(|| FileEntry {
+        mode: meta.mode() & 0o777,
+        ..entry.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Storage;
+    use std::path::Path;
+
+    fn write(dir: &Path, name: &str, bytes: usize) -> (Source, FileEntry) {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![1u8; bytes]).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let source = Source {
+            member: format!("media/{name}"),
+            path,
+            role: Role::Media,
+            size: bytes as u64,
+        };
+        let entry = FileEntry {
+            role: Role::Media,
+            path: source.member.clone(),
+            size: bytes as u64,
+            mode: 0o644,
+            mtime: meta.mtime(),
+            mtime_nanos: Some(meta.mtime_nsec() as u32),
+            sha256: "00".repeat(32),
+            storage: Storage::Volume {
+                volume: "volumes/backup-1-0000".into(),
+            },
+        };
+        (source, entry)
+    }
+
+    fn parent(entries: Vec<FileEntry>, file_bytes: u64) -> Parent {
+        Parent {
+            backup_id: "backup-1".into(),
+            volumes: [(
+                "volumes/backup-1-0000".to_string(),
+                VolumeRef {
+                    name: "volumes/backup-1-0000".into(),
+                    file_bytes,
+                    used_bytes: file_bytes,
+                    object_bytes: file_bytes,
+                },
+            )]
+            .into(),
+            entries: entries.into_iter().map(|e| (e.path.clone(), e)).collect(),
+        }
+    }
+
+    #[test]
+    fn unchanged_files_are_taken_and_changed_ones_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, a_entry) = write(dir.path(), "a", 100);
+        let (b, mut b_entry) = write(dir.path(), "b", 100);
+        let (c, _) = write(dir.path(), "c", 10);
+        b_entry.mtime_nanos = b_entry.mtime_nanos.map(|n| (n + 1) % 1_000_000_000);
+        // Only "a" (100 of the volume's 150 bytes) is still as the parent read it.
+        let parent = parent(vec![a_entry, b_entry], 150);
+        let plan = plan_media(vec![a, b, c], Some(&parent), &HashSet::new());
+        let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
+        assert_eq!(stored, vec!["media/b", "media/c"]);
+        assert_eq!(plan.reused.len(), 1);
+        assert_eq!(plan.reused[0].path, "media/a");
+        assert_eq!(plan.reused_volume_names(), vec!["volumes/backup-1-0000"]);
+    }
+
+    #[test]
+    fn a_mostly_dead_volume_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, a_entry) = write(dir.path(), "a", 60);
+        // The volume held 100 bytes; 60 are still live: under 2/3.
+        let plan = plan_media(
+            vec![a.clone()],
+            Some(&parent(vec![a_entry.clone()], 100)),
+            &HashSet::new(),
+        );
+        assert!(plan.reused.is_empty());
+        assert_eq!(plan.to_store.len(), 1);
+        // 60 of 90: exactly 2/3, still used.
+        let plan = plan_media(
+            vec![a.clone()],
+            Some(&parent(vec![a_entry.clone()], 90)),
+            &HashSet::new(),
+        );
+        assert_eq!(plan.reused.len(), 1);
+        assert_eq!(plan.reused_volumes[0].used_bytes, 60);
+        // A condemned volume is never used.
+        let excluded: HashSet<String> = ["volumes/backup-1-0000".to_string()].into();
+        let plan = plan_media(vec![a], Some(&parent(vec![a_entry], 60)), &excluded);
+        assert!(plan.reused.is_empty());
+    }
+}

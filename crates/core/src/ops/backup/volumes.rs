@@ -1,0 +1,157 @@
+//! Format 2's media volumes and index, as plaintext archives for the pipeline to encrypt.
+//!
+//! A volume is a tar of `media/...` members and nothing else, so that `gpg -d | tar -x -T list`
+//! restores from it by hand. The index is a tar of one member, the backup's media entries in
+//! the file-list format: the next backup reads it to learn what is stored, without downloading
+//! this backup's base or volumes.
+
+use std::io::{BufWriter, Write};
+
+use crate::archive::ArchiveWriter;
+use crate::error::{Error, Result};
+use crate::manifest::{FileEntry, FileListWriter, Storage, FILES_MEMBER};
+use crate::ops::pipe::{ChunkWriter, CHUNK};
+use crate::progress::{Cancel, Progress};
+
+use super::sources::Source;
+
+/// What one volume ended up holding.
+pub(super) struct VolumeContents {
+    pub entries: Vec<FileEntry>,
+    /// Media deleted between listing and reading (a purge running meanwhile).
+    pub vanished: Vec<String>,
+}
+
+/// Cuts the files to store into volumes of at most `volume_size` bytes each (a larger file gets
+/// a volume of its own), keeping their order.
+pub(super) fn split_into_volumes(files: Vec<Source>, volume_size: u64) -> Vec<Vec<Source>> {
+    let mut volumes: Vec<Vec<Source>> = Vec::new();
+    let mut current: Vec<Source> = Vec::new();
+    let mut bytes = 0u64;
+    for file in files {
+        if !current.is_empty() && bytes + file.size > volume_size {
+            volumes.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += file.size;
+        current.push(file);
+    }
+    if !current.is_empty() {
+        volumes.push(current);
+    }
+    volumes
+}
+
+/// Writes the media `files` as volume `name`; each entry names the volume.
+pub(super) fn write_volume(
+    name: &str,
+    files: Vec<Source>,
+    out: ChunkWriter,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<VolumeContents> {
+    let mut archive = ArchiveWriter::new(BufWriter::with_capacity(CHUNK, out));
+    let mut entries = Vec::with_capacity(files.len());
+    let mut vanished = Vec::new();
+    for file in files {
+        if cancel.is_cancelled() {
+            return Err(Error::Interrupted);
+        }
+        match archive.append_file(&file.member, &file.path, file.role, progress, cancel)? {
+            Some(mut entry) => {
+                entry.storage = Storage::Volume {
+                    volume: name.to_string(),
+                };
+                entries.push(entry);
+            }
+            None => {
+                tracing::info!(
+                    "{} was deleted during the backup; skipped",
+                    file.path.display()
+                );
+                vanished.push(file.member);
+            }
+        }
+    }
+    finish(archive)?;
+    Ok(VolumeContents { entries, vanished })
+}
+
+/// Writes the index of backup `backup_id`: its media entries, sorted by path.
+pub(super) fn write_index(
+    backup_id: &str,
+    entries: &[FileEntry],
+    mtime: i64,
+    out: ChunkWriter,
+) -> Result<()> {
+    let list_error = |e: std::io::Error| Error::Other(format!("cannot encode the index: {e}"));
+    let mut list = FileListWriter::new(Vec::new(), backup_id).map_err(list_error)?;
+    for entry in entries {
+        list.push(entry).map_err(list_error)?;
+    }
+    let (bytes, _) = list.finish().map_err(list_error)?;
+    let mut archive = ArchiveWriter::new(BufWriter::with_capacity(CHUNK, out));
+    archive.append_bytes(FILES_MEMBER, &bytes, mtime)?;
+    finish(archive)
+}
+
+fn finish(archive: ArchiveWriter<BufWriter<ChunkWriter>>) -> Result<()> {
+    let mut out = archive.finish()?;
+    out.flush()
+        .map_err(|e| Error::Other(format!("cannot write the archive: {e}")))?;
+    out.into_inner()
+        .map_err(|e| Error::Other(format!("cannot write the archive: {}", e.error())))?
+        .finish()
+        .map_err(|e| Error::Other(format!("cannot write the archive: {e}")))
+}
+
+/// The member paths of `entries` held in `volume`, one per line, for `tar -x -T`.
+pub(super) fn volume_list(volume: &str, entries: &[FileEntry]) -> Vec<u8> {
+    let mut list = Vec::new();
+    for entry in entries.iter().filter(|e| e.volume() == Some(volume)) {
+        list.extend_from_slice(entry.path.as_bytes());
+        list.push(b'\n');
+    }
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Role;
+
+    fn source(name: &str, size: u64) -> Source {
+        Source {
+            member: format!("media/{name}"),
+            path: name.into(),
+            role: Role::Media,
+            size,
+        }
+    }
+
+    #[test]
+    fn volumes_hold_at_most_their_size_and_keep_the_order() {
+        let files = vec![
+            source("a", 40),
+            source("b", 50),
+            source("c", 20),
+            source("d", 300),
+            source("e", 1),
+        ];
+        let volumes = split_into_volumes(files, 100);
+        let names: Vec<Vec<&str>> = volumes
+            .iter()
+            .map(|v| v.iter().map(|s| s.member.as_str()).collect())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                vec!["media/a", "media/b"],
+                vec!["media/c"],
+                vec!["media/d"],
+                vec!["media/e"]
+            ]
+        );
+        assert!(split_into_volumes(Vec::new(), 100).is_empty());
+    }
+}

@@ -1,0 +1,132 @@
+//! Format 2: the media a backup keeps in volumes, some written by earlier backups. Restore and
+//! verify read the base first (its file list says which file is in which volume), check that
+//! every volume is in the store, then read each volume, taking the members the backup lists
+//! and checking each against its size and SHA-256. A volume may hold files the backup does not
+//! include (media purged since it was written); they are skipped, so a restore never brings
+//! back purged media.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+
+use futures::StreamExt;
+
+use crate::archive::{read_members, Member, MemberKind};
+use crate::error::{CorruptKind, Error, ErrorKind, Result};
+use crate::manifest::FileEntry;
+use crate::store::Store;
+
+/// HEAD requests at once when checking that a backup's volumes exist.
+const HEADS_AT_ONCE: usize = 8;
+
+/// The entries a backup takes from one volume, by member path.
+pub(crate) struct VolumeWant {
+    pub name: String,
+    pub entries: HashMap<String, FileEntry>,
+}
+
+/// Groups `entries` (each naming its volume) by volume, in volume name order.
+pub(crate) fn by_volume(entries: Vec<FileEntry>) -> Vec<VolumeWant> {
+    let mut volumes: BTreeMap<String, HashMap<String, FileEntry>> = BTreeMap::new();
+    for entry in entries {
+        if let Some(volume) = entry.volume() {
+            volumes
+                .entry(volume.to_string())
+                .or_default()
+                .insert(entry.path.clone(), entry);
+        }
+    }
+    volumes
+        .into_iter()
+        .map(|(name, entries)| VolumeWant { name, entries })
+        .collect()
+}
+
+/// Checks that every one of `volumes` is in the store, naming each one that is missing.
+pub(crate) async fn check_volumes_exist(
+    store: &dyn Store,
+    backup_id: &str,
+    volumes: impl IntoIterator<Item = String>,
+) -> Result<()> {
+    let heads = futures::stream::iter(volumes)
+        .map(|name| async move {
+            let head = store.head(&name).await;
+            (name, head)
+        })
+        .buffer_unordered(HEADS_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
+    let mut missing = Vec::new();
+    for (name, head) in heads {
+        match head {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => missing.push(name),
+            Err(e) => return Err(e),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.sort();
+    Err(Error::corrupt(
+        backup_id,
+        CorruptKind::ManifestMismatch,
+        format!(
+            "{} media volume(s) this backup needs are missing from {}: {}",
+            missing.len(),
+            store.describe(),
+            missing.join(", ")
+        ),
+    ))
+}
+
+/// Reads the plaintext of volume `want.name`, handing each member the backup lists to `take`
+/// (which reads it and returns its SHA-256 and length) and checking the result against the
+/// list. Returns the files and bytes taken.
+pub(crate) fn read_volume<R: Read>(
+    reader: R,
+    backup_id: &str,
+    want: VolumeWant,
+    mut take: impl FnMut(&FileEntry, &mut Member<'_>) -> Result<(String, u64)>,
+) -> Result<(usize, u64)> {
+    let VolumeWant { name, mut entries } = want;
+    let mut files = 0usize;
+    let mut bytes = 0u64;
+    read_members(reader, &name, |mut member| {
+        if member.kind == MemberKind::Directory {
+            return Ok(());
+        }
+        // Not in this backup: media purged after the volume was written.
+        let Some(entry) = entries.remove(&member.path) else {
+            return Ok(());
+        };
+        let (hash, size) = take(&entry, &mut member)?;
+        if size != entry.size || hash != entry.sha256 {
+            return Err(Error::corrupt(
+                backup_id,
+                CorruptKind::ManifestMismatch,
+                format!(
+                    "{:?} in {name} does not match the backup's file list ({size} bytes read, {} listed)",
+                    entry.path, entry.size
+                ),
+            ));
+        }
+        files += 1;
+        bytes += size;
+        Ok(())
+    })?;
+    if !entries.is_empty() {
+        let mut absent: Vec<&str> = entries.keys().map(String::as_str).collect();
+        absent.sort_unstable();
+        absent.truncate(5);
+        return Err(Error::corrupt(
+            backup_id,
+            CorruptKind::ManifestMismatch,
+            format!(
+                "{} file(s) the backup lists are not in {name}, e.g. {}",
+                entries.len(),
+                absent.join(", ")
+            ),
+        ));
+    }
+    Ok((files, bytes))
+}

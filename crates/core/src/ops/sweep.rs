@@ -1,0 +1,304 @@
+//! Which media volumes may be deleted, and when. Volumes are shared between backups, so
+//! deleting a backup deletes only what no other backup (kept, or being made right now on this
+//! or another host) needs. Without a lock, in two steps:
+//!
+//! - create-backup announces itself with `.pending/<backup-id>` (its owner, and the volumes of
+//!   earlier backups it means to use) **before** it reads `.condemned/`, and uses no condemned
+//!   volume. The marker goes once the base is written, or the backup failed.
+//! - [`sweep`] (after delete-backup and prune-backups) condemns each volume that no base and no
+//!   live marker names (`.condemned/<volume>`), and deletes a volume only when it has been
+//!   condemned for longer than the grace period and still nothing names it.
+//!
+//! A volume deleted at time D was condemned at C ≤ D − grace, and no marker named it at D. A
+//! create that uses it wrote its marker before it looked for condemned volumes and found none,
+//! so before C; the marker lives until the create's base exists, and the base names the volume.
+//! Either way the sweep at D sees a reference. (S3's read-after-write consistency is assumed, as
+//! AWS and Garage give it.) Markers are plain JSON with no user data in them: volume names only.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::Utc;
+use futures::StreamExt;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::manifest::{index_name, volume_owner};
+use crate::progress::Cancel;
+use crate::store::owner::UploadOwner;
+use crate::store::{ObjectInfo, Store};
+
+use super::open::read_header;
+
+const PENDING: &str = ".pending";
+const CONDEMNED: &str = ".condemned";
+const HEADER_READS_AT_ONCE: usize = 8;
+
+#[derive(Serialize, Deserialize)]
+struct PendingMarker {
+    backup_id: String,
+    owner: String,
+    /// Volumes of earlier backups the create means to use; its own are named after it.
+    volumes: Vec<String>,
+}
+
+/// A create-backup's announcement that it is under way.
+pub struct Pending<'a> {
+    store: &'a dyn Store,
+    name: String,
+}
+
+impl<'a> Pending<'a> {
+    /// Writes the marker of `backup_id`, naming the `volumes` it means to use.
+    pub async fn announce(
+        store: &'a dyn Store,
+        backup_id: &str,
+        volumes: &[String],
+    ) -> Result<Pending<'a>> {
+        let marker = PendingMarker {
+            backup_id: backup_id.to_string(),
+            owner: UploadOwner::current().token(),
+            volumes: volumes.to_vec(),
+        };
+        let body = serde_json::to_vec(&marker)
+            .map_err(|e| Error::Other(format!("cannot encode the pending marker: {e}")))?;
+        let name = format!("{PENDING}/{backup_id}");
+        let stream = futures::stream::once(async move { Ok(bytes::Bytes::from(body)) }).boxed();
+        store.put(&name, stream, None).await?;
+        Ok(Pending { store, name })
+    }
+
+    /// Removes the marker; a marker left behind stops protecting anything once its process is
+    /// gone, so a failure here is only a warning.
+    pub async fn withdraw(self) {
+        if let Err(e) = self.store.delete(&self.name).await {
+            tracing::warn!("could not remove {}: {e}", self.name);
+        }
+    }
+}
+
+/// The volumes a prune has condemned.
+pub async fn condemned_volumes(store: &dyn Store) -> Result<HashSet<String>> {
+    Ok(store
+        .list_folder(CONDEMNED)
+        .await?
+        .into_iter()
+        .filter_map(|o| condemned_volume(&o.name))
+        .collect())
+}
+
+fn condemned_volume(marker: &str) -> Option<String> {
+    Some(format!("volumes/{}", marker.strip_prefix(".condemned/")?))
+}
+
+fn condemned_marker(volume: &str) -> String {
+    format!(
+        "{CONDEMNED}/{}",
+        volume.strip_prefix("volumes/").unwrap_or(volume)
+    )
+}
+
+/// What a sweep did, or (dry run) would do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Volumes no backup needs, condemned now: deleted by a sweep once the grace period passed.
+    pub condemned: Vec<(String, u64)>,
+    /// Volumes deleted (condemned long enough and still unused).
+    pub deleted: Vec<(String, u64)>,
+    /// Volumes condemned earlier, still within the grace period.
+    pub waiting: Vec<(String, u64)>,
+}
+
+impl SweepReport {
+    pub fn bytes(list: &[(String, u64)]) -> u64 {
+        list.iter().map(|(_, size)| size).sum()
+    }
+}
+
+/// Condemns the volumes nothing needs and deletes those condemned longer than `grace`. With
+/// `dry_run`, changes nothing and reports what it would do, as if the bases in `leaving` were
+/// already gone.
+pub async fn sweep(
+    store: &dyn Store,
+    passphrase: Option<&SecretString>,
+    cancel: &Cancel,
+    grace: std::time::Duration,
+    dry_run: bool,
+    leaving: &HashSet<String>,
+) -> Result<SweepReport> {
+    let volumes = store.list_folder("volumes").await?;
+    let condemned: HashMap<String, ObjectInfo> = store
+        .list_folder(CONDEMNED)
+        .await?
+        .into_iter()
+        .filter_map(|o| Some((condemned_volume(&o.name)?, o)))
+        .collect();
+    let mut report = SweepReport::default();
+    if volumes.is_empty() && condemned.is_empty() {
+        return Ok(report);
+    }
+    let Some(passphrase) = passphrase else {
+        return Err(Error::config(
+            "the store holds media volumes of incremental backups; the passphrase is needed to read which of them the remaining backups use (set [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE)",
+        ));
+    };
+    let in_use = volumes_in_use(store, passphrase, cancel, dry_run, leaving).await?;
+    let used = |volume: &str| {
+        in_use.volumes.contains(volume)
+            || volume_owner(volume).is_some_and(|owner| in_use.owners.contains(owner))
+    };
+    let now = Utc::now();
+    for volume in &volumes {
+        let marker = condemned.get(&volume.name);
+        if used(&volume.name) {
+            if marker.is_some() && !dry_run {
+                // Used again (by a create that started before the condemnation): reprieved.
+                store.delete(&condemned_marker(&volume.name)).await?;
+            }
+            continue;
+        }
+        let entry = (volume.name.clone(), volume.size);
+        match marker {
+            None => {
+                if !dry_run {
+                    let body =
+                        futures::stream::once(
+                            async move { Ok(bytes::Bytes::from(now.to_rfc3339())) },
+                        )
+                        .boxed();
+                    store
+                        .put(&condemned_marker(&volume.name), body, None)
+                        .await?;
+                }
+                report.condemned.push(entry);
+            }
+            Some(marker) => {
+                let age = (now - marker.last_modified).to_std().unwrap_or_default();
+                if age < grace {
+                    report.waiting.push(entry);
+                    continue;
+                }
+                if !dry_run {
+                    store.delete(&volume.name).await?;
+                    store.delete(&marker.name).await?;
+                }
+                report.deleted.push(entry);
+            }
+        }
+    }
+    if !dry_run {
+        let existing: HashSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        for (volume, marker) in &condemned {
+            if !existing.contains(volume.as_str()) {
+                store.delete(&marker.name).await?;
+            }
+        }
+        remove_orphan_indexes(store, &in_use).await?;
+    }
+    Ok(report)
+}
+
+/// The volumes some remaining base or some running create names, and the backups whose own
+/// volumes are all in use (running creates, whose volumes are not named anywhere yet).
+struct InUse {
+    volumes: HashSet<String>,
+    owners: HashSet<String>,
+}
+
+async fn volumes_in_use(
+    store: &dyn Store,
+    passphrase: &SecretString,
+    cancel: &Cancel,
+    dry_run: bool,
+    leaving: &HashSet<String>,
+) -> Result<InUse> {
+    let mut in_use = InUse {
+        volumes: HashSet::new(),
+        owners: HashSet::new(),
+    };
+    // Markers before bases: a create removes its marker only once its base exists, so it is
+    // seen one way or the other.
+    for marker in store.list_folder(PENDING).await? {
+        let age = (Utc::now() - marker.last_modified)
+            .to_std()
+            .unwrap_or_default();
+        let body = read_small_object(store, &marker.name).await?;
+        let parsed: Option<PendingMarker> = serde_json::from_slice(&body).ok();
+        match parsed {
+            Some(pending) if !UploadOwner::is_abandoned(&pending.owner, age) => {
+                in_use.volumes.extend(pending.volumes);
+                in_use.owners.insert(pending.backup_id);
+            }
+            _ => {
+                if !dry_run {
+                    tracing::warn!(
+                        "removing {}: the create-backup that wrote it is gone",
+                        marker.name
+                    );
+                    store.delete(&marker.name).await?;
+                }
+            }
+        }
+    }
+    let bases: Vec<String> = store
+        .list()
+        .await?
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|name| !leaving.contains(name))
+        .collect();
+    let headers = futures::stream::iter(bases)
+        .map(|id| async move {
+            let header = read_header(store, &id, passphrase, cancel).await;
+            (id, header)
+        })
+        .buffer_unordered(HEADER_READS_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
+    for (id, header) in headers {
+        match header {
+            Ok(Some(header)) => {
+                if let Some(media) = header.media {
+                    in_use
+                        .volumes
+                        .extend(media.volumes.into_iter().map(|v| v.name));
+                }
+                in_use.owners.insert(id);
+            }
+            // A charm backup or a format-1 one: no volumes.
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Error::Other(format!(
+                    "cannot read backup {id} to learn which media volumes it uses, so no volume was deleted: {e}"
+                )))
+            }
+        }
+    }
+    Ok(in_use)
+}
+
+/// Indexes whose backup is gone (deleted, or its create failed) and is not being made.
+async fn remove_orphan_indexes(store: &dyn Store, in_use: &InUse) -> Result<()> {
+    for index in store.list_folder("index").await? {
+        let Some(id) = index.name.strip_prefix("index/") else {
+            continue;
+        };
+        if !in_use.owners.contains(id) && index.name == index_name(id) {
+            store.delete(&index.name).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn read_small_object(store: &dyn Store, name: &str) -> Result<Vec<u8>> {
+    let mut stream = store.get(name).await?;
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::Other(format!("reading {name}: {e}")))?;
+        body.extend_from_slice(&chunk);
+        if body.len() > 1 << 20 {
+            break;
+        }
+    }
+    Ok(body)
+}
