@@ -910,6 +910,34 @@ def refuses_while_running(scenario, tool, sb_config, hs, restore_id=None):
 # Scenarios
 
 
+def second_backup(scenario, tool, sb_config, hs, rec, first_id):
+    """New messages and an upload, then a second backup: it must be incremental (taking the
+    first backup's media without reading them again). Returns its id: the one restored."""
+    alice = rec.users["alice"]
+    extra = png_bytes(320, 200, seed=99)
+    mxc = alice.upload(extra, "image/png", "after-the-first-backup.png")
+    rec.media[mxc] = extra
+    for i in range(5):
+        body = f"{scenario} message {i} after the first backup"
+        rec.messages_before[alice.send(rec.room_id, body)] = body
+    rec.media_tree = media_tree(hs)
+    second, _ = tool.run_json(scenario, "a second create-backup succeeds", sb_config, "create-backup")
+    summary = {k: second.get(k) for k in ("kind", "parent", "reused-files", "reused-bytes", "object-bytes")}
+    RESULTS.check(
+        scenario,
+        "the second backup is incremental, made against the first",
+        second.get("kind") == "incremental" and second.get("parent") == first_id,
+        json.dumps(summary),
+    )
+    RESULTS.check(
+        scenario,
+        "the second backup took the first one's media without storing them again",
+        (second.get("reused-files") or 0) >= len(rec.media) - 1,
+        json.dumps(summary),
+    )
+    return second["backup-id"]
+
+
 def fresh_work_dir(args, scenario):
     work = os.path.join(args.work, scenario)
     shutil.rmtree(work, ignore_errors=True)
@@ -941,6 +969,7 @@ def live_scenario(scenario, args, tool, python, port, database=None):
                 (result.get("database") or {}).get("kind") == ("postgresql" if database else "sqlite") and (result.get("database") or {}).get("included") is True,
                 json.dumps(result.get("database")),
             )
+            backup_id = second_backup(scenario, tool, sb_old, hs, rec, backup_id)
             if database:
                 skipped, _ = tool.run_json(scenario, "create-backup --skip-database succeeds", sb_old, "create-backup", "--skip-database")
                 timing["create-skip-database"] = skipped["seconds"]
