@@ -1,7 +1,7 @@
 //! Incremental backups (format 2) against the local-folder store, the real `gpg` and `tar`:
 //! what a second backup stores, restores of a backup whose media sit in several backups'
 //! volumes, deletes that keep what a remaining backup needs, a prune racing a create in
-//! another process, and the restore by hand that docs/format.md gives.
+//! another process (local folder and S3), and the restore by hand that docs/format.md gives.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -307,59 +307,251 @@ done
     );
 }
 
-/// A prune (here delete-backup, which runs the same sweep) in one process while a create in
-/// another has announced that it uses the parent's volumes: the volumes stay, even with no
-/// grace period, and the new backup restores.
-#[test]
-fn a_delete_racing_a_create_in_another_process_keeps_its_volumes() {
-    let world = World::with(WorldOptions {
-        extra_config: "[retention]\ndelete-grace-secs = 0\n",
-        size_mib: 2.0,
-        ..WorldOptions::default()
-    });
-    let first = world.create_backup();
+/// What the race test needs to see of a store: whether a create has announced itself, and
+/// which objects exist.
+trait StoreView {
+    fn pending(&self) -> Vec<String>;
+    fn exists(&self, name: &str) -> bool;
+    fn volumes(&self) -> Vec<String>;
+}
+
+struct LocalView<'a>(&'a World);
+
+impl StoreView for LocalView<'_> {
+    fn pending(&self) -> Vec<String> {
+        let dir = self.0.store.join(".pending");
+        if dir.exists() {
+            names_in(&dir)
+        } else {
+            Vec::new()
+        }
+    }
+    fn exists(&self, name: &str) -> bool {
+        self.0.store.join(name).exists()
+    }
+    fn volumes(&self) -> Vec<String> {
+        volumes(self.0)
+    }
+}
+
+/// A prune in one process while a create in another has announced that it uses a volume that
+/// only it uses (its parent is pruned meanwhile): the volume stays, even with no grace period,
+/// and the new backup restores. The create is stopped (SIGSTOP) once its marker is there.
+fn prune_racing_a_create(world: &World, view: &dyn StoreView) {
+    let parent = create(world, &["--full"])["backup-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Enough new media that the create is still writing when it is stopped.
     for i in 0..40 {
         upload(
-            &world,
+            world,
             &format!("bulk{i:02}AAAAAAAAAAAAAAAAAAAA"),
             1_000_000,
             i,
         );
     }
-    let create = spawn(&world, &["--json", "create-backup"], &[]);
-    let pending_dir = world.store.join(".pending");
+    let racing = spawn(world, &["--json", "create-backup"], &[]);
     let started = std::time::Instant::now();
-    while !pending_dir.exists() || names_in(&pending_dir).is_empty() {
+    let marker = loop {
+        if let Some(marker) = view.pending().into_iter().next() {
+            break marker;
+        }
         assert!(
             started.elapsed() < std::time::Duration::from_secs(60),
             "the create never announced itself"
         );
         std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    signal(&create, "STOP");
-    let pending = names_in(&pending_dir);
+    };
+    signal(&racing, "STOP");
     assert!(
-        !world.store.join(&pending[0]).exists(),
+        !view.exists(&marker),
         "the create finished before it could be stopped; the test proves nothing"
     );
+    // A newer backup, so that the policy prunes the racing create's parent.
+    let newer = create(world, &["--full"]);
     for _ in 0..2 {
-        let deleted = world.run(&["--json", "delete-backup", &first]);
-        if deleted.status.success() {
-            let doc: Value = serde_json::from_slice(&deleted.stdout).unwrap();
-            assert_eq!(doc["volumes"]["condemned"], serde_json::json!([]), "{doc}");
-        }
+        let pruned = json(
+            &world.run(&["--json", "prune-backups", "--keep-last", "1"]),
+            "prune-backups",
+        );
+        assert_eq!(pruned["kept"], 1, "{pruned}");
+        assert_eq!(
+            pruned["volumes"]["condemned"],
+            serde_json::json!([]),
+            "{pruned}"
+        );
     }
+    assert!(!view.exists(&parent), "the prune kept the parent: {newer}");
     assert!(
-        volumes(&world).iter().any(|v| v.starts_with(&first)),
+        view.volumes().iter().any(|v| v.contains(&parent)),
         "the volumes the running create uses were deleted"
     );
-    signal(&create, "CONT");
-    let out = create.wait_with_output().unwrap();
+    signal(&racing, "CONT");
+    let out = racing.wait_with_output().unwrap();
     let doc = json(&out, "the create that was stopped");
     assert_eq!(doc["kind"], "incremental", "{doc}");
+    assert_eq!(doc["parent"], parent.as_str(), "{doc}");
     let id = doc["backup-id"].as_str().unwrap();
-    assert!(names_in(&pending_dir).is_empty(), "the marker stayed");
+    assert!(view.pending().is_empty(), "the marker stayed");
     let drill = world.restore_drill(id, "restore-backup");
-    assert_same_tree(&drill_media(&drill), &local_media(&world), "local_content");
+    assert_same_tree(&drill_media(&drill), &local_media(world), "local_content");
+    // Its own create done, the parent's volume is still used (by the backup just made).
+    let pruned = json(
+        &world.run(&["--json", "prune-backups", "--keep-last", "2"]),
+        "prune-backups",
+    );
+    assert_eq!(
+        pruned["volumes"]["condemned"],
+        serde_json::json!([]),
+        "{pruned}"
+    );
+}
+
+#[test]
+fn a_prune_racing_a_create_in_another_process_keeps_its_volumes() {
+    let world = World::with(WorldOptions {
+        extra_config: "[retention]\ndelete-grace-secs = 0\n",
+        ..WorldOptions::default()
+    });
+    prune_racing_a_create(&world, &LocalView(&world));
+}
+
+mod s3 {
+    use super::*;
+    use futures::TryStreamExt;
+    use object_store::{
+        aws::AmazonS3, aws::AmazonS3Builder, path::Path as Key, ObjectStore, ObjectStoreExt,
+    };
+
+    struct S3View {
+        client: AmazonS3,
+        prefix: String,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    impl S3View {
+        fn new(world: &World, s3: &S3Env) -> S3View {
+            let config = fs::read_to_string(&world.config).unwrap();
+            let prefix = config
+                .lines()
+                .find_map(|line| line.strip_prefix("path = \""))
+                .and_then(|rest| rest.strip_suffix('"'))
+                .unwrap()
+                .to_string();
+            let client = AmazonS3Builder::new()
+                .with_endpoint(&s3.endpoint)
+                .with_allow_http(true)
+                .with_region(&s3.region)
+                .with_bucket_name(&s3.bucket)
+                .with_access_key_id(&s3.access_key)
+                .with_secret_access_key(&s3.secret_key)
+                .build()
+                .unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            S3View {
+                client,
+                prefix,
+                runtime,
+            }
+        }
+
+        fn names(&self, folder: &str) -> Vec<String> {
+            let root = Key::from(format!("{}/{folder}", self.prefix));
+            self.runtime.block_on(async {
+                let mut names: Vec<String> = self
+                    .client
+                    .list(Some(&root))
+                    .map_ok(|meta| meta.location.filename().unwrap_or_default().to_string())
+                    .try_collect()
+                    .await
+                    .unwrap();
+                names.sort();
+                names
+            })
+        }
+    }
+
+    impl StoreView for S3View {
+        fn pending(&self) -> Vec<String> {
+            self.names(".pending")
+        }
+        fn exists(&self, name: &str) -> bool {
+            let key = Key::from(format!("{}/{name}", self.prefix));
+            self.runtime
+                .block_on(async { self.client.head(&key).await.is_ok() })
+        }
+        fn volumes(&self) -> Vec<String> {
+            self.names("volumes")
+        }
+    }
+
+    fn s3_world(extra_config: &'static str) -> Option<(World, S3Env)> {
+        let s3 = S3Env::from_env()?;
+        let world = World::with(WorldOptions {
+            s3: Some(s3.clone()),
+            extra_config,
+            ..WorldOptions::default()
+        });
+        Some((world, s3))
+    }
+
+    #[test]
+    fn a_prune_racing_a_create_on_s3_keeps_its_volumes() {
+        let Some((world, s3)) = s3_world("[retention]\ndelete-grace-secs = 0\n") else {
+            return;
+        };
+        let _server = s3_shared();
+        let view = S3View::new(&world, &s3);
+        prune_racing_a_create(&world, &view);
+    }
+
+    #[test]
+    fn incremental_backups_round_trip_and_delete_safely_on_s3() {
+        let Some((world, s3)) = s3_world("[retention]\ndelete-grace-secs = 0\n") else {
+            return;
+        };
+        let _server = s3_shared();
+        let view = S3View::new(&world, &s3);
+        let first = create(&world, &[])["backup-id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        upload(&world, "newmediaFFFFFFFFFFFFFFFF", 300_000, 7);
+        let second = create(&world, &[]);
+        assert_eq!(second["kind"], "incremental", "{second}");
+        let second = second["backup-id"].as_str().unwrap().to_string();
+        assert_success(&world.run(&["verify-backup", &second]), "verify-backup");
+        let drill = world.restore_drill(&second, "restore-backup");
+        assert_same_tree(&drill_media(&drill), &local_media(&world), "local_content");
+        let first_volumes: Vec<String> = view
+            .volumes()
+            .into_iter()
+            .filter(|v| v.starts_with(&first))
+            .collect();
+        assert!(!first_volumes.is_empty());
+        assert_success(&world.run(&["delete-backup", &first]), "delete-backup");
+        // A second sweep, past the (zero) grace period.
+        assert_success(
+            &world.run(&["prune-backups", "--keep-last", "5"]),
+            "prune-backups",
+        );
+        for volume in &first_volumes {
+            assert!(view.volumes().contains(volume), "{volume} was deleted");
+        }
+        assert_success(&world.run(&["verify-backup", &second]), "verify-backup");
+        json(&world.run(&["--json", "delete-backup", &second]), "delete");
+        let third = world.create_backup();
+        let deleted = json(&world.run(&["--json", "delete-backup", &third]), "delete");
+        assert!(
+            deleted["volumes"]["deleted"].as_array().unwrap().len() >= 2,
+            "{deleted}"
+        );
+        assert!(view.volumes().iter().all(|v| v.starts_with(&third)));
+        assert!(view.names("index").is_empty());
+        assert_no_backups(&world);
+    }
 }
