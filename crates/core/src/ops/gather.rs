@@ -17,6 +17,9 @@ use crate::store::Store;
 
 /// HEAD requests at once when checking that a backup's volumes exist.
 const HEADS_AT_ONCE: usize = 8;
+/// Volumes downloaded, decrypted and read at once by restore and verify: each is one stream
+/// and one decryption thread, so several keep both the network and the cores busy.
+pub(crate) const VOLUMES_AT_ONCE: usize = 4;
 
 /// The entries a backup takes from one volume, by member path.
 pub(crate) struct VolumeWant {

@@ -6,13 +6,15 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use crate::archive::{read_members, MemberKind};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
 pub use super::content_check::ArchiveFormat;
 use super::content_check::{hash_member, unreadable_member, ContentCheck};
-use super::gather::{by_volume, check_volumes_exist, read_volume};
+use super::gather::{by_volume, check_volumes_exist, read_volume, VOLUMES_AT_ONCE};
 use super::object_reader::read_object;
 use super::OpContext;
 use crate::manifest::FileEntry;
@@ -94,23 +96,32 @@ async fn verify_all(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
             ctx.progress.start("verifying media volumes", Some(bytes));
         }
     }
-    for want in by_volume(in_volumes) {
-        let name = want.name.clone();
-        let backup_id = id.to_string();
-        let progress = Arc::clone(&ctx.progress);
-        let (files, bytes) = read_object(
-            ctx.store,
-            &ctx.passphrase,
-            &ctx.cancel,
-            &name,
-            move |reader| {
-                read_volume(reader, &backup_id, want, |entry, member| {
-                    hash_member(member, None, progress.as_ref())
-                        .map_err(|e| unreadable_member(&backup_id, &entry.path, &e))
-                })
-            },
-        )
-        .await?;
+    let outcomes = futures::stream::iter(by_volume(in_volumes))
+        .map(|want| {
+            let name = want.name.clone();
+            let backup_id = id.to_string();
+            let progress = Arc::clone(&ctx.progress);
+            async move {
+                read_object(
+                    ctx.store,
+                    &ctx.passphrase,
+                    &ctx.cancel,
+                    &name,
+                    move |reader| {
+                        read_volume(reader, &backup_id, want, |entry, member| {
+                            hash_member(member, None, progress.as_ref())
+                                .map_err(|e| unreadable_member(&backup_id, &entry.path, &e))
+                        })
+                    },
+                )
+                .await
+            }
+        })
+        .buffer_unordered(VOLUMES_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
+    for outcome in outcomes {
+        let (files, bytes) = outcome?;
         report.files += files;
         report.bytes += bytes;
         report.volumes += 1;

@@ -19,6 +19,7 @@ mod journal;
 mod plan;
 mod preflight;
 mod route;
+mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 
-use crate::archive::{read_members, Member, MemberKind};
+use crate::archive::{read_members, MemberKind};
 use crate::config::Config;
 use crate::error::{find_cause, Error, Result};
 use crate::manifest::FileEntry;
@@ -37,7 +38,7 @@ use crate::synapse::{check_working_dir, HomeserverConfig};
 use super::content_check::{
     hash_member, unreadable_member, ArchiveFormat, ContentCheck, WriteFailed,
 };
-use super::gather::{by_volume, check_volumes_exist, read_volume};
+use super::gather::check_volumes_exist;
 use super::open::read_header;
 use super::open_backup;
 use super::pipe::{read_ahead, QUEUE_DEPTH};
@@ -215,7 +216,7 @@ async fn stage_and_swap(
     let (plan, staged) = stage_in_background(ctx, id, stream, plan).await?;
     let (plan, staged) = match staged {
         Ok(((format, files, bytes), in_volumes)) => {
-            let (plan, gathered) = stage_volumes(ctx, id, plan, in_volumes).await?;
+            let (plan, gathered) = volumes::stage_volumes(ctx, id, plan, in_volumes).await?;
             let done = gathered.and_then(|(more_files, more_bytes)| {
                 plan.apply_folder_modes()?;
                 Ok((format, files + more_files, bytes + more_bytes))
@@ -283,80 +284,6 @@ async fn stage_and_swap(
 }
 
 type Staged = (ArchiveFormat, usize, u64);
-
-/// Stages the media a format-2 backup keeps in volumes, one volume after the other; the plan
-/// comes back whatever happened, to clean up.
-async fn stage_volumes(
-    ctx: &OpContext<'_>,
-    id: &str,
-    mut plan: Plan,
-    in_volumes: Vec<FileEntry>,
-) -> Result<(Plan, Result<(usize, u64)>)> {
-    let mut files = 0;
-    let mut bytes = 0;
-    for want in by_volume(in_volumes) {
-        let name = want.name.clone();
-        let stream = match ctx.store.get(&name).await {
-            Ok(stream) => stream,
-            Err(e) => return Ok((plan, Err(e))),
-        };
-        let handle = tokio::runtime::Handle::current();
-        let passphrase = ctx.passphrase.clone();
-        let cancel = ctx.cancel.clone();
-        let backup_id = id.to_string();
-        let progress = Arc::clone(&ctx.progress);
-        let joined = tokio::task::spawn_blocking(move || {
-            let outcome =
-                open_backup(stream, handle, &passphrase, &name, cancel).and_then(|reader| {
-                    let reader = read_ahead(reader, QUEUE_DEPTH).map_err(|e| {
-                        Error::Other(format!("cannot start the read-ahead thread: {e}"))
-                    })?;
-                    read_volume(reader, &backup_id, want, |entry, member| {
-                        stage_volume_member(&mut plan, &backup_id, entry, member, progress.as_ref())
-                    })
-                });
-            (plan, outcome)
-        })
-        .await;
-        match joined {
-            Ok((returned, Ok((f, b)))) => {
-                plan = returned;
-                files += f;
-                bytes += b;
-            }
-            Ok((returned, Err(e))) => return Ok((returned, Err(e))),
-            Err(e) => return Err(Error::task_failed("restore", e)),
-        }
-    }
-    Ok((plan, Ok((files, bytes))))
-}
-
-/// Writes one media member of a volume into staging; its SHA-256 and length.
-fn stage_volume_member(
-    plan: &mut Plan,
-    id: &str,
-    entry: &FileEntry,
-    member: &mut Member<'_>,
-    progress: &dyn Progress,
-) -> Result<(String, u64)> {
-    let staged_path = match plan.place(&entry.path, MemberKind::File, false)? {
-        Placement::Stage(path) => path,
-        Placement::Skip | Placement::HashOnly => {
-            return hash_member(member, None, progress)
-                .map_err(|e| unreadable_member(id, &entry.path, &e))
-        }
-    };
-    let mut file = plan.create_file(&staged_path, member.mode)?;
-    let (hash, size) = hash_member(member, Some(&mut file), progress).map_err(|e| {
-        if find_cause::<WriteFailed>(&e).is_some() {
-            Error::io("write", &staged_path, e)
-        } else {
-            unreadable_member(id, &entry.path, &e)
-        }
-    })?;
-    plan.finish_file(file, &staged_path, member.mtime)?;
-    Ok((hash, size))
-}
 
 /// Runs [`stage`] on a blocking thread; the plan comes back whatever happened, to clean up.
 async fn stage_in_background(

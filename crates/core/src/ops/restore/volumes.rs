@@ -1,0 +1,117 @@
+//! Staging the media a format-2 backup keeps in volumes: several volumes downloaded, decrypted
+//! and written at once (each on its own thread), every member checked against the backup's
+//! file list by `gather::read_volume`.
+
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+
+use crate::archive::{Member, MemberKind};
+use crate::error::{find_cause, Error, Result};
+use crate::manifest::FileEntry;
+use crate::progress::Progress;
+
+use super::plan::{Placement, Plan};
+use crate::ops::content_check::{hash_member, unreadable_member, WriteFailed};
+use crate::ops::gather::{by_volume, read_volume, VolumeWant, VOLUMES_AT_ONCE};
+use crate::ops::open_backup;
+use crate::ops::pipe::{read_ahead, QUEUE_DEPTH};
+use crate::ops::OpContext;
+
+/// Stages every volume's members; the plan comes back whatever happened, to clean up. The
+/// outer error is a task that failed to finish (a bug), the inner one the restore's failure.
+pub(super) async fn stage_volumes(
+    ctx: &OpContext<'_>,
+    id: &str,
+    plan: Plan,
+    in_volumes: Vec<FileEntry>,
+) -> Result<(Plan, Result<(usize, u64)>)> {
+    let plan = Arc::new(Mutex::new(plan));
+    let outcomes = futures::stream::iter(by_volume(in_volumes))
+        .map(|want| stage_one(ctx, id, Arc::clone(&plan), want))
+        .buffer_unordered(VOLUMES_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
+    let plan = Arc::try_unwrap(plan)
+        .map_err(|_| Error::task_failed("restore", "a volume is still being staged"))?
+        .into_inner()
+        .map_err(|_| Error::task_failed("restore", "a volume's staging panicked"))?;
+    let mut files = 0;
+    let mut bytes = 0;
+    for outcome in outcomes {
+        match outcome {
+            Ok((f, b)) => {
+                files += f;
+                bytes += b;
+            }
+            Err(e) => return Ok((plan, Err(e))),
+        }
+    }
+    Ok((plan, Ok((files, bytes))))
+}
+
+async fn stage_one(
+    ctx: &OpContext<'_>,
+    id: &str,
+    plan: Arc<Mutex<Plan>>,
+    want: VolumeWant,
+) -> Result<(usize, u64)> {
+    if ctx.cancel.is_cancelled() {
+        return Err(Error::Interrupted);
+    }
+    let name = want.name.clone();
+    let stream = ctx.store.get(&name).await?;
+    let handle = tokio::runtime::Handle::current();
+    let passphrase = ctx.passphrase.clone();
+    let cancel = ctx.cancel.clone();
+    let backup_id = id.to_string();
+    let progress = Arc::clone(&ctx.progress);
+    tokio::task::spawn_blocking(move || {
+        let reader = open_backup(stream, handle, &passphrase, &name, cancel)?;
+        let reader = read_ahead(reader, QUEUE_DEPTH)
+            .map_err(|e| Error::Other(format!("cannot start the read-ahead thread: {e}")))?;
+        read_volume(reader, &backup_id, want, |entry, member| {
+            stage_member(&plan, &backup_id, entry, member, progress.as_ref())
+        })
+    })
+    .await
+    .map_err(|e| Error::task_failed("restore", e))?
+}
+
+/// Writes one media member of a volume into staging; its SHA-256 and length. The plan is
+/// locked only to place and create the file, not while it is written.
+fn stage_member(
+    plan: &Mutex<Plan>,
+    id: &str,
+    entry: &FileEntry,
+    member: &mut Member<'_>,
+    progress: &dyn Progress,
+) -> Result<(String, u64)> {
+    let locked = || {
+        plan.lock()
+            .map_err(|_| Error::task_failed("restore", "another volume's staging panicked"))
+    };
+    let (staged_path, mut file) = {
+        let mut plan = locked()?;
+        match plan.place(&entry.path, MemberKind::File, false)? {
+            Placement::Stage(path) => {
+                let file = plan.create_file(&path, member.mode)?;
+                (path, file)
+            }
+            Placement::Skip | Placement::HashOnly => {
+                drop(plan);
+                return hash_member(member, None, progress)
+                    .map_err(|e| unreadable_member(id, &entry.path, &e));
+            }
+        }
+    };
+    let (hash, size) = hash_member(member, Some(&mut file), progress).map_err(|e| {
+        if find_cause::<WriteFailed>(&e).is_some() {
+            Error::io("write", &staged_path, e)
+        } else {
+            unreadable_member(id, &entry.path, &e)
+        }
+    })?;
+    locked()?.finish_file(file, &staged_path, member.mtime)?;
+    Ok((hash, size))
+}
