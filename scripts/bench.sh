@@ -25,10 +25,14 @@
 #            (crates/core/examples/crypto_throughput.rs), S3 ingest of a pre-made object of the
 #            same size (aws s3 cp FILE) and, for context, S3 egress (aws s3 cp OBJECT - | cat) and
 #            the server's own limits: one plain PUT and one plain GET of that object (curl)
-#   ours:    synapse-backup create-backup, verify-backup, restore-backup --target-dir
+#   ours:    synapse-backup create-backup, verify-backup, restore-backup --target-dir; then the
+#            incremental steps: a second create-backup with nothing changed, then 1% new media
+#            and a changed database and a third one, and the restore of that incremental backup
+#            (the bytes each stored are recorded from --json)
 #   charm:   tar -c | gpg --batch --symmetric --passphrase-file F | aws s3 cp --expected-size=N -
 #            and aws s3 cp - | gpg -d | tar -x
-#   restic:  restic backup into a fresh repository (a "first backup"), restic restore
+#   restic:  restic backup into a fresh repository (a "first backup"), restic restore, and
+#            restic's second and third backups after the same (no) changes
 # each against a fresh Garage S3 server on loopback (scripts/s3-test-server.sh), recording wall
 # time, MB/s, CPU seconds (all processes of a pipeline) and peak RSS (largest process) with
 # /usr/bin/time. It prints a Markdown report (tables, ratios, targets) on stdout and writes it
@@ -407,6 +411,8 @@ op_egress_get() {
 op_egress() { stage aws "${aws_s3[@]}" cp --only-show-errors "s3://$S3_TEST_BUCKET/ingest/run$run" - | stage cat cat >/dev/null; }
 
 op_ours_create() { stage create "$bin" --config "$ours_config" create-backup; }
+op_ours_create_json() { stage create "$bin" --config "$ours_config" --json create-backup; }
+op_ours_restore_incr() { stage restore "$bin" --config "$ours_config" restore-backup "$ours_incr_id" --target-dir "$restore_dir"; }
 op_ours_verify() { stage verify "$bin" --config "$ours_config" verify-backup "$ours_id"; }
 op_ours_restore() { stage restore "$bin" --config "$ours_config" restore-backup "$ours_id" --target-dir "$restore_dir"; }
 
@@ -423,6 +429,37 @@ op_charm_restore() {
 
 op_restic_backup() { (cd "$data" && stage restic restic "${restic_args[@]}" backup --quiet --host bench "${paths[@]}"); }
 op_restic_restore() { stage restic restic "${restic_args[@]}" restore latest --quiet --target "$restore_dir"; }
+
+# The change between two nightly backups: new media of 1% of the media bytes (random, seeded,
+# the same for every tool and run) and a changed database (rows added and updated). Undone by
+# undo_change, so that every run and tool sees the same data.
+apply_change() {
+    cp -p "$data/homeserver.db" "$scratch/homeserver.db.before"
+    python3 - "$data" "$media_bytes" <<'PY'
+import os, random, sqlite3, sys
+data, media_bytes = sys.argv[1], int(sys.argv[2])
+rng = random.Random(42)
+target, written, n = media_bytes // 100, 0, 0
+while written < target:
+    size = min(rng.randint(20 * 1024, 2 * 1024 * 1024), target - written)
+    path = os.path.join(data, "media_store/local_content/00", f"{n % 100:02d}", f"benchnew{n:06d}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(rng.randbytes(size))
+    written, n = written + size, n + 1
+db = sqlite3.connect(os.path.join(data, "homeserver.db"))
+db.execute("CREATE TABLE IF NOT EXISTS bench_nightly (id INTEGER PRIMARY KEY, body TEXT)")
+db.executemany("INSERT INTO bench_nightly (body) VALUES (?)", [(f"message {i} " * 8,) for i in range(2000)])
+db.commit()
+db.close()
+PY
+}
+undo_change() {
+    rm -rf "$data/media_store/local_content/00"
+    cp -p "$scratch/homeserver.db.before" "$data/homeserver.db"
+}
+# The stored bytes a create-backup --json reported.
+object_bytes() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["object-bytes"])' "$last_out"; }
 
 fresh_restore_dir() {
     rm -rf "$restore_dir"
@@ -461,11 +498,34 @@ TOML
                 check_restore ours "$restore_dir" "$media_files" "$media_bytes" || true
             fi
             rm -rf "$restore_dir"
+            ours_incremental
         else
             record_failure "$ds" ours create "$run" "create-backup printed '${ours_id:0:100}', not a backup id"
         fi
     fi
     server_stop
+}
+
+# After a full backup: one with nothing changed, one after the nightly change, and the restore
+# of that one. Rows: create-same, create-incr, restore-incr; stored bytes go to incremental.tsv.
+ours_incremental() {
+    if measure "$ds" ours create-same "$run" "$bytes" op_ours_create_json; then
+        printf '%s\tsame\t%s\t%s\t0\n' "$ds" "$run" "$(object_bytes)" >>"$work/incremental.tsv"
+    fi
+    apply_change
+    local new_bytes
+    new_bytes=$(du -sb "$data/media_store/local_content/00" | cut -f1)
+    if measure "$ds" ours create-incr "$run" "$bytes" op_ours_create_json; then
+        printf '%s\tincr\t%s\t%s\t%s\t%s\n' "$ds" "$run" "$(object_bytes)" "$new_bytes" "$(stat -c %s "$data/homeserver.db")" >>"$work/incremental.tsv"
+        ours_incr_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["backup-id"])' "$last_out")
+        rm -rf "$restore_dir"
+        sync
+        if measure "$ds" ours restore-incr "$run" "$bytes" op_ours_restore_incr; then
+            check_restore ours "$restore_dir" "$((media_files + 1))" "$((media_bytes + new_bytes))" || true
+        fi
+        rm -rf "$restore_dir"
+    fi
+    undo_change
 }
 
 tool_charm() {
@@ -495,6 +555,11 @@ tool_restic() {
             check_restore restic "$restore_dir" "$media_files" "$media_bytes" || true
         fi
         rm -rf "$restore_dir"
+        # restic's second and third backups, as the reference for ours.
+        measure "$ds" restic backup-same "$run" "$bytes" op_restic_backup || true
+        apply_change
+        measure "$ds" restic backup-incr "$run" "$bytes" op_restic_backup || true
+        undo_change
     fi
     server_stop
 }
@@ -534,6 +599,7 @@ op_crypto_measured() {
 mkdir -p "$logs" "$servers" "$restores" "$scratch" "$work/data"
 rm -rf "${servers:?}"/* "${restores:?}"/* "${scratch:?}"/*
 : >"$results"
+: >"$work/incremental.tsv"
 : >"$failures"
 (umask 077 && mkdir -p "$secrets" "$secrets/gnupg")
 chmod 700 "$secrets" "$secrets/gnupg"
@@ -632,5 +698,5 @@ done
 printf 'load_end=%q\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$meta"
 printf 'elapsed_s=%q\n' "$(awk -v a="$started_epoch" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", b - a }')" >>"$meta"
 mkdir -p "$(dirname "$doc")"
-python3 "$helpers/report.py" --results "$results" --failures "$failures" --meta "$meta" --out "$doc"
+python3 "$helpers/report.py" --results "$results" --failures "$failures" --meta "$meta" --incremental "$work/incremental.tsv" --out "$doc"
 log "report written to $doc (total $(awk -v a="$started_epoch" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", b - a }') s)"

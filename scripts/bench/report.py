@@ -25,6 +25,11 @@ ROWS = [
     ("charm", "restore", "charm: aws s3 cp - | gpg -d | tar -x"),
     ("restic", "backup", "restic backup (first, new repository)"),
     ("restic", "restore", "restic restore"),
+    ("ours", "create-same", "synapse-backup create-backup, nothing changed (incremental)"),
+    ("ours", "create-incr", "synapse-backup create-backup after 1% new media + database change"),
+    ("ours", "restore-incr", "synapse-backup restore-backup of that incremental backup"),
+    ("restic", "backup-same", "restic backup, nothing changed (second)"),
+    ("restic", "backup-incr", "restic backup after 1% new media + database change"),
     ("limit", "read", "limit: read the data (tar -c | cat > /dev/null)"),
     ("limit", "encrypt", "limit: OpenPGP encryption, 1 core, in memory"),
     ("limit", "decrypt", "(context) OpenPGP decryption, 1 core, in memory"),
@@ -118,8 +123,33 @@ def spread(rows, key, digits=1):
     return f"{fmt(statistics.median(v), digits)} ({fmt(min(v), digits)}–{fmt(max(v), digits)})"
 
 
+def load_incremental(path):
+    """(dataset, kind) → list of dicts: stored bytes of a create-backup, and for "incr" the new
+    media bytes and the database's size."""
+    out = {}
+    if not path:
+        return out
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        return out
+    with f:
+        for line in f:
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 4:
+                continue
+            ds, kind, run, stored = fields[:4]
+            row = {"run": int(run), "stored": int(stored)}
+            if kind == "incr" and len(fields) >= 6:
+                row["new"] = int(fields[4])
+                row["db"] = int(fields[5])
+            out.setdefault((ds, kind), []).append(row)
+    return out
+
+
 class Report:
-    def __init__(self, data, meta, failures=()):
+    def __init__(self, data, meta, failures=(), incremental=None):
+        self.incremental = incremental or {}
         self.data = data
         self.meta = meta
         self.failures = list(failures)
@@ -444,9 +474,84 @@ class Report:
             self.out(f"- {text}")
         self.out()
 
+    def wall(self, ds, tool, op):
+        return median(self.rows(ds, tool, op), "wall")
+
+    def incremental_section(self):
+        present = [ds for ds in DATASETS if self.rows(ds, "ours", "create-incr") or self.rows(ds, "ours", "create-same")]
+        if not present:
+            return
+        self.out("## Incremental backups")
+        self.out()
+        self.out(
+            "After the full backup of each run: a second create-backup with nothing changed, then new media of 1% of the "
+            "media bytes plus 2,000 rows added to the database, and a third create-backup, whose backup is then restored. "
+            "restic's second and third backups (same changes, same repository as its first) are the reference. "
+            "Wall times are medians over the runs; stored bytes are what create-backup --json reported."
+        )
+        self.out()
+        self.out("| target | measured (medians) | ratio | met? |")
+        self.out("| --- | --- | --- | --- |")
+        for ds in present:
+            full = self.wall(ds, "ours", "create")
+            same = self.wall(ds, "ours", "create-same")
+            incr = self.wall(ds, "ours", "create-incr")
+            restore_full = self.wall(ds, "ours", "restore")
+            restore_incr = self.wall(ds, "ours", "restore-incr")
+
+            def line(label, a, b, want, lower_is_better=True, unit="s"):
+                if a is None or b is None or b == 0:
+                    self.out(f"| {label} ({ds}) | not measured | – | – |")
+                    return
+                ratio = a / b
+                ok = ratio <= want if lower_is_better else ratio >= want
+                self.out(f"| {label} ({ds}) | {fmt(a, 2)} {unit} vs {fmt(b, 2)} {unit} | {ratio:.3f}× | {'met' if ok else '**not met**'} |")
+
+            line("second backup, nothing changed: ≤ 5% of the full backup's time", same, full, 0.05)
+            line("after 1% new media + database: ≤ 10% of the full backup's time", incr, full, 0.10)
+            rows = self.incremental.get((ds, "incr"), [])
+            if rows:
+                stored = statistics.median(r["stored"] for r in rows)
+                allowed = statistics.median((r["new"] + r["db"]) * 1.01 for r in rows)
+                self.out(
+                    f"| after 1% new media + database: stores ≤ new media + database + 1% ({ds}) | "
+                    f"{stored / 1e6:,.1f} MB vs {allowed / 1e6:,.1f} MB | {stored / allowed:.3f}× | "
+                    f"{'met' if stored <= allowed else '**not met**'} |"
+                )
+            same_rows = self.incremental.get((ds, "same"), [])
+            if same_rows:
+                self.out(
+                    f"| nothing changed: bytes stored (the database and config, written in full each time) ({ds}) | "
+                    f"{statistics.median(r['stored'] for r in same_rows) / 1e6:,.1f} MB | – | – |"
+                )
+            line("restore of the incremental ≤ 1.1× the full backup's restore time", restore_incr, restore_full, 1.1)
+            restic_incr = self.wall(ds, "restic", "backup-incr")
+            restic_same = self.wall(ds, "restic", "backup-same")
+            if restic_incr is not None and incr is not None:
+                self.out(
+                    f"| (reference) restic's backup after the same change ({ds}) | ours {fmt(incr, 2)} s, restic {fmt(restic_incr, 2)} s | "
+                    f"{incr / restic_incr:.2f}× restic's time | – |"
+                )
+            if restic_same is not None and same is not None:
+                self.out(
+                    f"| (reference) restic's backup with nothing changed ({ds}) | ours {fmt(same, 2)} s, restic {fmt(restic_same, 2)} s | "
+                    f"{same / restic_same:.2f}× restic's time | – |"
+                )
+            peak = max(
+                (r["rss_mib"] for op in ("create-same", "create-incr", "restore-incr") for r in self.rows(ds, "ours", op) if r["rss_mib"] is not None),
+                default=None,
+            )
+            if peak is not None:
+                self.out(
+                    f"| peak RSS ≤ {RSS_TARGET_MIB} MiB in the incremental steps ({ds}) | {peak:.1f} MiB | {peak / RSS_TARGET_MIB:.2f}× the cap | "
+                    f"{'met' if peak <= RSS_TARGET_MIB else '**not met**'} |"
+                )
+        self.out()
+
     def render(self):
         self.header()
         self.targets()
+        self.incremental_section()
         self.tables()
         self.ratios()
         self.method()
@@ -458,9 +563,12 @@ def main():
     p.add_argument("--results", required=True)
     p.add_argument("--failures")
     p.add_argument("--meta", required=True)
+    p.add_argument("--incremental", help="incremental.tsv: bytes stored by the incremental create-backups")
     p.add_argument("--out")
     args = p.parse_args()
-    text = Report(load_results(args.results), load_meta(args.meta), load_failures(args.failures)).render()
+    text = Report(
+        load_results(args.results), load_meta(args.meta), load_failures(args.failures), load_incremental(args.incremental)
+    ).render()
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)

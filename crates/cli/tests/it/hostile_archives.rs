@@ -1077,3 +1077,83 @@ fn huge_declared_lengths_are_truncation_not_allocation() {
         assert_refused_restore_left_nothing(&world);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Format 1, as the first release wrote it
+// ---------------------------------------------------------------------------------------------
+
+/// The members of any object in the world's store, decrypted with the real gpg.
+fn members_of(world: &World, object: &Path) -> Vec<RealMember> {
+    let out = gpg_decrypt(object, &world.passphrase_file);
+    assert!(out.status.success(), "gpg {}", object.display());
+    let mut archive = tar::Archive::new(&out.stdout[..]);
+    archive
+        .entries()
+        .unwrap()
+        .map(|entry| {
+            let mut entry = entry.unwrap();
+            let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+            let header = entry.header().clone();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            RealMember { path, header, data }
+        })
+        .collect()
+}
+
+/// A format-1 backup (every file inline, no volumes), built from a real format-2 one the way
+/// the first release laid it out, restores and verifies as before, and is never the parent of
+/// an incremental backup.
+#[test]
+fn a_format_1_backup_restores_and_is_never_a_parent() {
+    let source = World::new();
+    let id = source.create_backup();
+    let base = unpack(&source, &id);
+    let mut media = Vec::new();
+    for list in base.iter().filter(|m| m.path.starts_with("volumes/")) {
+        let volume = list.path.strip_prefix("volumes/").unwrap();
+        let volume = volume.strip_suffix(".list").unwrap();
+        media.extend(members_of(
+            &source,
+            &source.store.join("volumes").join(volume),
+        ));
+    }
+    assert!(!media.is_empty());
+    let mut members: Vec<RealMember> = base
+        .into_iter()
+        .filter(|m| !m.path.starts_with("volumes/"))
+        .collect();
+    let list = members.pop().unwrap();
+    edit_json(&mut members[0], |h| {
+        h["format_version"] = json!(1);
+        h.as_object_mut().unwrap().remove("media");
+    });
+    members.extend(media);
+    let mut list = list;
+    edit_json(&mut list, |l| {
+        l["format_version"] = json!(1);
+        for file in l["files"].as_array_mut().unwrap() {
+            file["storage"] = json!({"kind": "inline"});
+            file.as_object_mut().unwrap().remove("mtime_nanos");
+        }
+    });
+    members.push(list);
+
+    let world = World::new();
+    const OLD: &str = "backup-20000102000000000000";
+    store_encrypted(&world, OLD, &repack(&members));
+    let listed = world.run(&["--json", "list-backups"]);
+    assert_success(&listed, "list-backups");
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["backups"][0]["kind"], "full", "{listed}");
+    assert_success(&world.run(&["verify-backup", OLD]), "verify-backup");
+    let drill = world.restore_drill(OLD, "restore-backup of a format-1 backup");
+    assert_eq!(
+        tree_hashes(&drill.join("media/local_content")),
+        tree_hashes(&source.data.join("media_store/local_content"))
+    );
+    let out = world.run(&["--json", "create-backup"]);
+    assert_success(&out, "create-backup beside a format-1 backup");
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["kind"], "full", "{created}");
+}

@@ -555,3 +555,43 @@ mod s3 {
         assert_no_backups(&world);
     }
 }
+
+#[test]
+fn a_dry_run_prune_shows_the_volumes_it_would_free_and_changes_nothing() {
+    let world = World::new();
+    let first = create(&world, &["--full"])["backup-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    create(&world, &["--full"]);
+    let before = volumes(&world);
+    let plan = json(
+        &world.run(&["--json", "prune-backups", "--keep-last", "1", "--dry-run"]),
+        "prune-backups --dry-run",
+    );
+    assert_eq!(plan["would-delete"], 1, "{plan}");
+    let would: Vec<&str> = plan["volumes"]["would-condemn"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        !would.is_empty() && would.iter().all(|v| v.contains(&first)),
+        "{plan}"
+    );
+    assert!(plan["volumes"]["would-condemn-bytes"].as_u64().unwrap() > 100_000);
+    assert_eq!(volumes(&world), before);
+    assert!(world.object(&first).exists());
+    assert!(
+        !world.store.join(".condemned").exists()
+            || names_in(&world.store.join(".condemned")).is_empty()
+    );
+    let table = world.run(&["prune-backups", "--keep-last", "1", "--dry-run"]);
+    assert_success(&table, "prune-backups --dry-run");
+    assert!(
+        String::from_utf8_lossy(&table.stderr).contains("would condemn"),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+}
