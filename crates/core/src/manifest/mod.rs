@@ -327,7 +327,7 @@ mod tests {
         let mut h = header();
         h.format_version = 1;
         let json = serde_json::to_string(&h).unwrap();
-        assert!(!json.contains("media"), "{json}");
+        assert!(!json.contains("\"media\""), "{json}");
         assert_eq!(Header::from_json("x", json.as_bytes()).unwrap().media, None);
     }
 
