@@ -279,9 +279,10 @@ pub struct RetentionSettings {
     pub delete_grace: std::time::Duration,
 }
 
-/// The default `[backup] volume-size`: few objects at a million files, yet several to download
-/// at once in a restore.
-pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
+/// The default `[backup] volume-size`: a restore of even a few GiB reads several volumes at once
+/// (one decryption thread each), rotation replaces media in small steps, and 300 GB of media are
+/// still only about 1,200 objects.
+pub const DEFAULT_VOLUME_SIZE: u64 = 256 << 20;
 
 impl Config {
     /// Reads and validates the configuration file at `path`, with the environment laid over
