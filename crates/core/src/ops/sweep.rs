@@ -2,9 +2,9 @@
 //! deleting a backup deletes only what no other backup (kept, or being made right now on this
 //! or another host) needs. Without a lock, in two steps:
 //!
-//! - create-backup announces itself with `.pending/<backup-id>` (its owner, and the volumes of
-//!   earlier backups it means to use) **before** it reads `.condemned/`, and uses no condemned
-//!   volume. The marker goes once the base is written, or the backup failed.
+//! - create-backup announces itself with `.pending/<backup-id>` (its owner, and every volume its
+//!   parent uses: a superset of those it will take files from) **before** it reads
+//!   `.condemned/`, and uses no condemned volume. The marker goes once the base is written, or the backup failed.
 //! - [`sweep`] (after delete-backup and prune-backups) condemns each volume that no base and no
 //!   live marker names (`.condemned/<volume>`), and deletes a volume only when it has been
 //!   condemned for longer than the grace period and still nothing names it.
@@ -38,7 +38,7 @@ const HEADER_READS_AT_ONCE: usize = 8;
 struct PendingMarker {
     backup_id: String,
     owner: String,
-    /// Volumes of earlier backups the create means to use; its own are named after it.
+    /// Volumes of earlier backups the create may use (its parent's); its own are named after it.
     volumes: Vec<String>,
 }
 

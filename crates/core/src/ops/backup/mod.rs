@@ -20,7 +20,6 @@ mod snapshot;
 mod sources;
 mod volumes;
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,22 +102,23 @@ pub async fn create_backup(
     } else {
         reuse::find_parent(ctx, &hs.server_name).await?
     };
-    let mut plan = reuse::plan_media(media.files.clone(), parent.as_ref(), &HashSet::new());
-    let pending = Pending::announce(ctx.store, &backup_id, &plan.reused_volume_names()).await?;
+    // Announced before the condemned volumes are looked at (`ops::sweep`): every volume the
+    // parent uses, a superset of those this backup will take files from.
+    let parent_volumes: Vec<String> = parent
+        .as_ref()
+        .map(|p| p.volumes.keys().cloned().collect())
+        .unwrap_or_default();
+    let pending = Pending::announce(ctx.store, &backup_id, &parent_volumes).await?;
     let written = async {
         let condemned = condemned_volumes(ctx.store).await?;
-        if plan
-            .reused_volumes
-            .iter()
-            .any(|v| condemned.contains(&v.name))
-        {
-            plan = reuse::plan_media(media.files, parent.as_ref(), &condemned);
-        }
+        let plan = reuse::plan_media(media.files, parent.as_ref(), &condemned);
+        // The parent's index is not needed any more: freed before the writing starts.
+        let parent = parent.map(|p| p.backup_id);
         let contents = BackupContents {
             backup_id: &backup_id,
             hs: &hs,
             options,
-            parent: parent.as_ref().map(|p| p.backup_id.clone()),
+            parent,
             sources,
             folders: media.folders,
             dump: snapshot.dump,

@@ -48,12 +48,6 @@ pub(super) struct MediaPlan {
     pub reused_volumes: Vec<VolumeRef>,
 }
 
-impl MediaPlan {
-    pub fn reused_volume_names(&self) -> Vec<String> {
-        self.reused_volumes.iter().map(|v| v.name.clone()).collect()
-    }
-}
-
 /// The newest format-2 backup of `server_name` whose index reads, if any. Backups that cannot
 /// be read are passed over with a warning: the backup is then full, never wrong.
 pub(super) async fn find_parent(ctx: &OpContext<'_>, server_name: &str) -> Result<Option<Parent>> {
@@ -306,7 +300,12 @@ mod tests {
         assert_eq!(stored, vec!["media/b", "media/c"]);
         assert_eq!(plan.reused.len(), 1);
         assert_eq!(plan.reused[0].path, "media/a");
-        assert_eq!(plan.reused_volume_names(), vec!["volumes/backup-1-0000"]);
+        let used: Vec<&str> = plan
+            .reused_volumes
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(used, vec!["volumes/backup-1-0000"]);
     }
 
     #[test]
