@@ -193,7 +193,7 @@ pub async fn sweep(
                 store.delete(&marker.name).await?;
             }
         }
-        remove_orphan_indexes(store, &in_use).await?;
+        remove_orphan_indexes(store, &in_use, grace).await?;
     }
     Ok(report)
 }
@@ -277,13 +277,21 @@ async fn volumes_in_use(
     Ok(in_use)
 }
 
-/// Indexes whose backup is gone (deleted, or its create failed) and is not being made.
-async fn remove_orphan_indexes(store: &dyn Store, in_use: &InUse) -> Result<()> {
+/// Indexes whose backup is gone (deleted, or its create failed) and is not being made. Only
+/// those older than the grace period: a create that started after the markers were read may
+/// have written its index since, and its base is about to follow.
+async fn remove_orphan_indexes(
+    store: &dyn Store,
+    in_use: &InUse,
+    grace: std::time::Duration,
+) -> Result<()> {
+    let now = Utc::now();
     for index in store.list_folder("index").await? {
         let Some(id) = index.name.strip_prefix("index/") else {
             continue;
         };
-        if !in_use.owners.contains(id) && index.name == index_name(id) {
+        let age = (now - index.last_modified).to_std().unwrap_or_default();
+        if !in_use.owners.contains(id) && index.name == index_name(id) && age >= grace {
             store.delete(&index.name).await?;
         }
     }
