@@ -37,4 +37,6 @@ rm -rf "$work/drill"
 "$bin" restore-backup "$id" --target-dir "$work/drill"
 echo
 echo "Backup $id is in $work/backups; a restore drill is in $work/drill."
-echo "By hand: gpg --batch --passphrase-file $work/passphrase -d $work/backups/$id | tar -x -C DIR"
+echo "By hand, in an empty folder (README, \"Disaster recovery by hand\"):"
+echo "  gpg --batch --passphrase-file $work/passphrase -d $work/backups/$id | tar -x"
+echo "  for list in volumes/*.list; do gpg --batch --passphrase-file $work/passphrase -d \"$work/backups/volumes/\$(basename \"\$list\" .list)\" | tar -x -T \"\$list\"; done"
