@@ -621,16 +621,17 @@ struct RealMember {
     data: Vec<u8>,
 }
 
-/// Decrypts backup `id` with the real gpg and reads its members in order.
-fn unpack(world: &World, id: &str) -> Vec<RealMember> {
-    let out = gpg_decrypt(&world.object(id), &world.passphrase_file);
+/// The members of any object in the world's store, decrypted with the real gpg.
+fn members_of(world: &World, object: &Path) -> Vec<RealMember> {
+    let out = gpg_decrypt(object, &world.passphrase_file);
     assert!(
         out.status.success(),
-        "gpg: {}",
+        "gpg {}: {}",
+        object.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     let mut archive = tar::Archive::new(&out.stdout[..]);
-    let members: Vec<RealMember> = archive
+    archive
         .entries()
         .unwrap()
         .map(|entry| {
@@ -641,7 +642,12 @@ fn unpack(world: &World, id: &str) -> Vec<RealMember> {
             entry.read_to_end(&mut data).unwrap();
             RealMember { path, header, data }
         })
-        .collect();
+        .collect()
+}
+
+/// Decrypts backup `id` with the real gpg and reads its members in order.
+fn unpack(world: &World, id: &str) -> Vec<RealMember> {
+    let members = members_of(world, &world.object(id));
     assert_eq!(
         members.first().map(|m| m.path.as_str()),
         Some("manifest.json")
@@ -1081,25 +1087,6 @@ fn huge_declared_lengths_are_truncation_not_allocation() {
 // ---------------------------------------------------------------------------------------------
 // Format 1, as the first release wrote it
 // ---------------------------------------------------------------------------------------------
-
-/// The members of any object in the world's store, decrypted with the real gpg.
-fn members_of(world: &World, object: &Path) -> Vec<RealMember> {
-    let out = gpg_decrypt(object, &world.passphrase_file);
-    assert!(out.status.success(), "gpg {}", object.display());
-    let mut archive = tar::Archive::new(&out.stdout[..]);
-    archive
-        .entries()
-        .unwrap()
-        .map(|entry| {
-            let mut entry = entry.unwrap();
-            let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
-            let header = entry.header().clone();
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).unwrap();
-            RealMember { path, header, data }
-        })
-        .collect()
-}
 
 /// A format-1 backup (every file inline, no volumes), built from a real format-2 one the way
 /// the first release laid it out, restores and verifies as before, and is never the parent of

@@ -420,9 +420,7 @@ fn a_prune_racing_a_create_in_another_process_keeps_its_volumes() {
 mod s3 {
     use super::*;
     use futures::TryStreamExt;
-    use object_store::{
-        aws::AmazonS3, aws::AmazonS3Builder, path::Path as Key, ObjectStore, ObjectStoreExt,
-    };
+    use object_store::{aws::AmazonS3, path::Path as Key, ObjectStore, ObjectStoreExt};
 
     struct S3View {
         client: AmazonS3,
@@ -432,22 +430,8 @@ mod s3 {
 
     impl S3View {
         fn new(world: &World, s3: &S3Env) -> S3View {
-            let config = fs::read_to_string(&world.config).unwrap();
-            let prefix = config
-                .lines()
-                .find_map(|line| line.strip_prefix("path = \""))
-                .and_then(|rest| rest.strip_suffix('"'))
-                .unwrap()
-                .to_string();
-            let client = AmazonS3Builder::new()
-                .with_endpoint(&s3.endpoint)
-                .with_allow_http(true)
-                .with_region(&s3.region)
-                .with_bucket_name(&s3.bucket)
-                .with_access_key_id(&s3.access_key)
-                .with_secret_access_key(&s3.secret_key)
-                .build()
-                .unwrap();
+            let prefix = S3Env::prefix_of(world);
+            let client = s3.client();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -48,33 +48,19 @@ fn round_trip_through_s3() {
 #[test]
 fn stored_keys_and_metadata_reveal_only_the_backup_id() {
     use futures::TryStreamExt;
-    use object_store::{aws::AmazonS3Builder, path::Path, GetOptions, ObjectStore, ObjectStoreExt};
+    use object_store::{path::Path, GetOptions, ObjectStore, ObjectStoreExt};
 
     let Some(s3) = S3Env::from_env() else { return };
     let _server = s3_shared();
     let world = s3_world().unwrap();
     let id = world.create_backup();
-    let config = fs::read_to_string(&world.config).unwrap();
-    let prefix = config
-        .lines()
-        .find_map(|line| line.strip_prefix("path = \""))
-        .and_then(|rest| rest.strip_suffix('"'))
-        .unwrap()
-        .to_string();
+    let prefix = S3Env::prefix_of(&world);
     let media = world.data.join("media_store/local_content");
     let (some_file, _) = tree_hashes(&media).into_iter().next().unwrap();
     let some_bytes = fs::read(media.join(&some_file)).unwrap();
     let file_name = some_file.rsplit('/').next().unwrap().to_string();
 
-    let client = AmazonS3Builder::new()
-        .with_endpoint(&s3.endpoint)
-        .with_allow_http(true)
-        .with_region(&s3.region)
-        .with_bucket_name(&s3.bucket)
-        .with_access_key_id(&s3.access_key)
-        .with_secret_access_key(&s3.secret_key)
-        .build()
-        .unwrap();
+    let client = s3.client();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -345,6 +345,30 @@ impl S3Env {
         env
     }
 
+    /// A client of the test bucket, to look behind the tool's back.
+    pub fn client(&self) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_region(&self.region)
+            .with_bucket_name(&self.bucket)
+            .with_access_key_id(&self.access_key)
+            .with_secret_access_key(&self.secret_key)
+            .build()
+            .unwrap()
+    }
+
+    /// The prefix (`[s3] path`) a world's config gives its backups in the bucket.
+    pub fn prefix_of(world: &World) -> String {
+        fs::read_to_string(&world.config)
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("path = \""))
+            .and_then(|rest| rest.strip_suffix('"'))
+            .unwrap()
+            .to_string()
+    }
+
     /// An [s3] section; the secret goes to `secret_file` (mode 600), with `prefix` as path.
     pub fn config_section(&self, secret_file: &Path, prefix: &str) -> String {
         fs::write(secret_file, &self.secret_key).unwrap();

@@ -125,6 +125,31 @@ impl S3Store {
         Ok(self.under_prefix(name))
     }
 
+    /// The objects directly under `dir` (the bucket's root when `None`), each named by `name`
+    /// from its file name; those `name` rejects are left out.
+    async fn list_directly_under(
+        &self,
+        dir: Option<ObjectPath>,
+        name: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<ObjectInfo>> {
+        let listing = self
+            .inner
+            .list_with_delimiter(dir.as_ref())
+            .await
+            .map_err(|e| self.storage_error(e))?;
+        Ok(listing
+            .objects
+            .into_iter()
+            .filter_map(|meta| {
+                Some(ObjectInfo {
+                    name: name(meta.location.filename()?)?,
+                    size: meta.size,
+                    last_modified: meta.last_modified,
+                })
+            })
+            .collect())
+    }
+
     fn under_prefix(&self, relative: &str) -> ObjectPath {
         if self.prefix.is_empty() {
             ObjectPath::from(relative)
@@ -331,45 +356,17 @@ impl Store for S3Store {
 
     async fn list(&self) -> Result<Vec<ObjectInfo>> {
         let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
-        let listing = self
-            .inner
-            .list_with_delimiter(prefix.as_ref())
+        self.list_directly_under(prefix, |file| Some(file.to_string()))
             .await
-            .map_err(|e| self.storage_error(e))?;
-        Ok(listing
-            .objects
-            .into_iter()
-            .filter_map(|meta| {
-                let name = meta.location.filename()?.to_string();
-                Some(ObjectInfo {
-                    name,
-                    size: meta.size,
-                    last_modified: meta.last_modified,
-                })
-            })
-            .collect())
     }
 
     async fn list_folder(&self, folder: &str) -> Result<Vec<ObjectInfo>> {
         check_folder(folder)?;
-        let listing = self
-            .inner
-            .list_with_delimiter(Some(&self.under_prefix(folder)))
-            .await
-            .map_err(|e| self.storage_error(e))?;
-        Ok(listing
-            .objects
-            .into_iter()
-            .filter_map(|meta| {
-                let name = format!("{folder}/{}", meta.location.filename()?);
-                check_name(&name).ok()?;
-                Some(ObjectInfo {
-                    name,
-                    size: meta.size,
-                    last_modified: meta.last_modified,
-                })
-            })
-            .collect())
+        self.list_directly_under(Some(self.under_prefix(folder)), |file| {
+            let name = format!("{folder}/{file}");
+            check_name(&name).ok().map(|()| name)
+        })
+        .await
     }
 
     async fn delete(&self, name: &str) -> Result<()> {
