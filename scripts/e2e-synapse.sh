@@ -5,11 +5,21 @@
 # messages, media and the signing key survived. Also restores a backup made the way the Synapse
 # charm makes them (tar | gpg --symmetric).
 #
+# Media storage providers (Synapse's media_storage_providers): the real synapse-s3-storage-provider
+# from PyPI against a loopback Garage (its own bucket and key), with its s3_media_upload script
+# offloading local copies, and Synapse's file-system provider.
+#
 # Usage: scripts/e2e-synapse.sh [WORKDIR]   (default: a new temp dir, removed on success)
 # Environment:
 #   SYNAPSE_BACKUP_TOOLS            cache dir (default ~/.cache/synapse-backup-tools); the Synapse
 #                                   virtualenv is kept in its synapse-venv/
 #   SYNAPSE_BACKUP_REQUIRE_POSTGRES=1  fail instead of skipping when no PostgreSQL answers
+#   S3_TEST_*                       a running test Garage (scripts/s3-test-server.sh's env file)
+#                                   for the S3 provider scenario; without one, this script starts
+#                                   its own when the garage binary is already built (or
+#                                   SYNAPSE_BACKUP_REQUIRE_S3=1, which builds it), else that
+#                                   scenario is skipped
+#   SYNAPSE_BACKUP_REQUIRE_S3=1     fail instead of skipping when no Garage is available
 #   SYNAPSE_E2E_KEEP=1              keep the work dir even on success
 #   SYNAPSE_E2E_TIMEOUT             bound on the scenarios in seconds (default 1800)
 #   SYNAPSE_E2E_SYNAPSE             pip requirement for Synapse when the venv is made
@@ -39,6 +49,7 @@ pids_file=$work/synapse-pids
 : > "$pids_file"
 rm -f "$work/summary"
 test_pid=
+own_garage=
 
 cleanup() {
     local rc=$?
@@ -58,6 +69,9 @@ cleanup() {
                 kill -KILL "$pid" 2>/dev/null || true
             fi
         done < "$pids_file"
+    fi
+    if [ -n "$own_garage" ]; then
+        scripts/s3-test-server.sh stop "$own_garage" >/dev/null 2>&1 || log "could not stop the Garage in $own_garage"
     fi
     # The closing line counts the scenario checks (written by the test; one failure if the
     # run ended before the test could count).
@@ -94,11 +108,39 @@ else
     "$venv/bin/python" -c 'import synapse, psycopg2, requests'
     log "venv ready in $(( $(date +%s) - t0 ))s"
 fi
+# The S3 storage provider (with boto3 and its s3_media_upload script) in the same venv; a venv
+# cached by an earlier version of this script lacks it.
+if "$venv/bin/python" -c 'import s3_storage_provider, boto3' 2>/dev/null && [ -x "$venv/bin/s3_media_upload" ]; then
+    log "reusing synapse-s3-storage-provider $("$venv/bin/pip" show synapse-s3-storage-provider 2>/dev/null | sed -n 's/^Version: //p')"
+else
+    log "installing synapse-s3-storage-provider from PyPI into $venv"
+    # Its requirements first, but not its psycopg2: that is the source distribution (a C build
+    # against libpq), and psycopg2-binary, already here, provides the same module.
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        'boto3>=1.36.0,<2.0' 'botocore>=1.36.0,<2.0' 'humanize>=4.0,<5.0' 'tqdm>=4.26.0,<5.0'
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps synapse-s3-storage-provider
+    "$venv/bin/python" -c 'import s3_storage_provider, boto3'
+    [ -x "$venv/bin/s3_media_upload" ] || { log "synapse-s3-storage-provider installed no s3_media_upload script"; exit 1; }
+fi
 
 # Tools the test needs besides the venv.
 for program in gpg tar; do
     command -v "$program" >/dev/null || { log "missing $program (apt-get install gnupg tar)"; exit 1; }
 done
+
+# A Garage for the S3 provider scenario, unless one is exported (scripts/test.sh starts one).
+if [ -z "${S3_TEST_GARAGE_CONFIG:-}" ] || [ -z "${S3_TEST_ENDPOINT:-}" ]; then
+    garage_bin=$(python3 -B -c 'import sys; sys.path.insert(0, "scripts"); import s3_test_server; print(s3_test_server.GARAGE_BIN)')
+    if [ -x "$garage_bin" ] || [ "${SYNAPSE_BACKUP_REQUIRE_S3:-0}" = 1 ]; then
+        own_garage=$work/garage
+        log "starting a loopback Garage in $own_garage"
+        env_file=$(scripts/s3-test-server.sh start "$own_garage" | tail -n1)
+        # shellcheck disable=SC1090
+        . "$env_file"
+    else
+        log "no Garage exported and none built ($garage_bin): the s3provider scenario will be skipped"
+    fi
+fi
 
 # 2. The release binary.
 log "cargo build --release --locked"

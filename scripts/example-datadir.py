@@ -93,7 +93,13 @@ report_stats: false
     db = sqlite3.connect(os.path.join(data, "homeserver.db"))
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("CREATE TABLE IF NOT EXISTS events (stream_ordering INTEGER PRIMARY KEY, event_id TEXT, room_id TEXT, json TEXT)")
-    db.execute("CREATE TABLE IF NOT EXISTS local_media_repository (media_id TEXT PRIMARY KEY, media_length INTEGER)")
+    # The columns of Synapse's own tables that a backup reads to find media kept in storage
+    # providers (crates/core/src/database/media_rows.rs).
+    db.execute("CREATE TABLE IF NOT EXISTS local_media_repository (media_id TEXT PRIMARY KEY, media_length INTEGER, url_cache TEXT)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS local_media_repository_thumbnails (media_id TEXT, thumbnail_width INTEGER,"
+        " thumbnail_height INTEGER, thumbnail_type TEXT, thumbnail_method TEXT, thumbnail_length INTEGER)"
+    )
     rows = [(f"${media_id(rng)}", f"!room{i % 17}:{name}", '{"body":"' + "x" * rng.randint(20, 400) + '"}') for i in range(args.db_rows)]
     db.executemany("INSERT INTO events (event_id, room_id, json) VALUES (?, ?, ?)", rows)
     db.commit()
@@ -112,7 +118,7 @@ report_stats: false
         if not args.files:
             size = min(size, max(lo, target - made))
         write_random(media_path(media, "local_content", mid), size, rng)
-        db.execute("INSERT INTO local_media_repository VALUES (?, ?)", (mid, size))
+        db.execute("INSERT INTO local_media_repository (media_id, media_length) VALUES (?, ?)", (mid, size))
         made += size
         count += 1
         for t in range(thumbs):
@@ -120,6 +126,10 @@ report_stats: false
             tsize = max(512, min(size // (8 >> (t % 4)), 200 * 1024))
             thumb = os.path.join(media_path(media, "local_thumbnails", mid), f"{w}-{w}-image-jpeg-scale")
             write_random(thumb, tsize, rng)
+            db.execute(
+                "INSERT INTO local_media_repository_thumbnails VALUES (?, ?, ?, 'image/jpeg', 'scale', ?)",
+                (mid, w, w, tsize),
+            )
     db.commit()
     db.close()
     # The remote cache and URL previews are skipped by default.

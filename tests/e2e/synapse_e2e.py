@@ -2,7 +2,7 @@
 """End-to-end test of synapse-backup against a real Matrix Synapse.
 
 Run by scripts/e2e-synapse.sh with the Python of a virtualenv that has matrix-synapse,
-psycopg2-binary and requests. Scenarios:
+psycopg2-binary, requests and synapse-s3-storage-provider. Scenarios:
 
   sqlite      a live SQLite homeserver is backed up while messages keep arriving, destroyed,
               restored onto a freshly generated config in another directory, and checked
@@ -11,6 +11,14 @@ psycopg2-binary and requests. Scenarios:
               when none answers, unless SYNAPSE_BACKUP_REQUIRE_POSTGRES=1)
   charm       a backup made the Synapse charm's way (tar | gpg --symmetric) of a stopped
               SQLite homeserver is restored with --charm-source-root /data and checked the same way
+  debian      the Debian package's layout (homeserver.yaml plus conf.d/, relative paths)
+  s3provider  media offloaded to synapse-s3-storage-provider (loopback Garage, the provider's own
+              bucket and key) by its s3_media_upload script are backed up from the bucket; the
+              data dir is destroyed and the bucket emptied; a restore brings every file back
+              locally, one with --media-to-provider back into the bucket; a media file in neither
+              place makes create-backup refuse unless --allow-missing-media (skipped without
+              S3_TEST_* unless SYNAPSE_BACKUP_REQUIRE_S3=1)
+  fileprovider  the same with Synapse's file-system provider (local copies deleted by the test)
 
 Prints `E2E-TIMING ...` lines and ends with `N passed, M failed`; exits 1 if any check failed.
 """
@@ -48,6 +56,8 @@ HTTP_TIMEOUT = 30
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = "postgres"
+
+SCENARIOS = ["sqlite", "postgresql", "charm", "debian", "s3provider", "fileprovider"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1164,6 +1174,430 @@ def debian_scenario(args, tool, python, port):
 
 
 # --------------------------------------------------------------------------------------------
+# Media storage providers (media_storage_providers in homeserver.yaml)
+
+PROVIDER_PREFIX = "offload/"
+S3_ENV = ("S3_TEST_ENDPOINT", "S3_TEST_REGION", "S3_TEST_GARAGE_BIN", "S3_TEST_GARAGE_CONFIG")
+
+
+def media_files(media_store):
+    """{path relative to media_store_path: sha256} of the local media and thumbnail files, in the
+    layout storage providers mirror (local_content/ab/cd/rest, local_thumbnails/ab/cd/rest/NAME)."""
+    out = {}
+    for top in ("local_content", "local_thumbnails"):
+        for rel, digest in tree_digest(os.path.join(media_store, top)).items():
+            out[f"{top}/{rel}"] = digest
+    return out
+
+
+def media_sizes(media_store, rels):
+    return {rel: os.path.getsize(os.path.join(media_store, rel)) for rel in rels}
+
+
+def content_path(mxc):
+    media_id = mxc.rsplit("/", 1)[1]
+    return f"local_content/{media_id[:2]}/{media_id[2:4]}/{media_id[4:]}"
+
+
+def labelled_field(text, label):
+    """The last word of the first line starting with LABEL (any case), as in `garage key info`."""
+    for line in text.splitlines():
+        if line.strip().lower().startswith(label):
+            return line.split()[-1]
+    return ""
+
+
+class S3Provider:
+    """synapse-s3-storage-provider against the test Garage, with a bucket and a key of its own
+    (not the backup store's), objects under PROVIDER_PREFIX."""
+
+    name = "s3provider"
+
+    def __init__(self, work):
+        import boto3
+        from botocore.config import Config
+
+        self.endpoint = os.environ["S3_TEST_ENDPOINT"]
+        self.region = os.environ["S3_TEST_REGION"]
+        self.garage = [os.environ["S3_TEST_GARAGE_BIN"], "-c", os.environ["S3_TEST_GARAGE_CONFIG"]]
+        self.work = work
+        # Garage allows several keys with one name: a name of this run only.
+        self.bucket = self.key_name = f"sb-e2e-media-{os.getpid()}-{int(time.time())}"
+        self.created_bucket = self.created_key = False
+        run([*self.garage, "bucket", "create", self.bucket])
+        self.created_bucket = True
+        run([*self.garage, "key", "create", self.key_name])
+        self.created_key = True
+        run([*self.garage, "bucket", "allow", "--read", "--write", "--owner", self.bucket, "--key", self.key_name])
+        info = run([*self.garage, "key", "info", self.key_name, "--show-secret"]).stdout.decode()
+        self.access_key = labelled_field(info, "key id:")
+        self.secret_key = labelled_field(info, "secret key:")
+        if not self.access_key.startswith("GK") or len(self.secret_key) != 64:
+            raise RuntimeError(f"could not read the key from 'garage key info' ({len(info)} bytes of output)")
+        backup_bucket = os.environ.get("S3_TEST_BUCKET")
+        if backup_bucket == self.bucket or os.environ.get("S3_TEST_ACCESS_KEY") == self.access_key:
+            raise RuntimeError("the provider's bucket or key is the backup store's")
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+        log(f"provider bucket {self.bucket}, key {self.access_key} (prefix {PROVIDER_PREFIX!r})")
+
+    def where(self):
+        return f"bucket {self.bucket} under {PROVIDER_PREFIX}"
+
+    def config(self):
+        return {
+            "module": "s3_storage_provider.S3StorageProviderBackend",
+            "store_local": True,
+            "store_remote": True,
+            "store_synchronous": True,
+            "config": {
+                "bucket": self.bucket,
+                "endpoint_url": self.endpoint,
+                "region_name": self.region,
+                "access_key_id": self.access_key,
+                "secret_access_key": self.secret_key,
+                "prefix": PROVIDER_PREFIX,
+            },
+        }
+
+    def keys(self):
+        out = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            out += [o["Key"] for o in page.get("Contents", [])]
+        return out
+
+    def objects(self):
+        """{path relative to media_store_path: sha256} of the objects under the prefix; an object
+        outside it is returned under its whole key with a leading '!'."""
+        out = {}
+        for key in self.keys():
+            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            name = key[len(PROVIDER_PREFIX):] if key.startswith(PROVIDER_PREFIX) else "!" + key
+            out[name] = hashlib.sha256(body).hexdigest()
+        return out
+
+    def delete(self, rel):
+        self.s3.delete_object(Bucket=self.bucket, Key=PROVIDER_PREFIX + rel)
+
+    def empty(self):
+        keys = self.keys()
+        for key in keys:
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+        return len(keys)
+
+    def offload(self, scenario, hs):
+        """The provider's own s3_media_upload: `update` (media not used for 0 s: all of them),
+        then `upload --delete`, which uploads what the bucket lacks and deletes local copies.
+        Returns the script's output."""
+        script = shutil.which("s3_media_upload", path=os.path.dirname(sys.executable))
+        require(scenario, "s3_media_upload is installed beside the venv's Python", script is not None,
+                "pip install synapse-s3-storage-provider")
+        cwd = os.path.join(self.work, "s3_media_upload")
+        os.makedirs(cwd, exist_ok=True)
+        # database.yaml describes Synapse's database (for SQLite: sqlite3.connect's arguments);
+        # cache.db, the script's own list of media, is made beside it.
+        with open(os.path.join(cwd, "database.yaml"), "w") as f:
+            yaml.safe_dump({"sqlite": {"database": hs.sqlite_path}}, f)
+        env = dict(
+            os.environ,
+            AWS_ACCESS_KEY_ID=self.access_key,
+            AWS_SECRET_ACCESS_KEY=self.secret_key,
+            AWS_DEFAULT_REGION=self.region,
+        )
+        time.sleep(1.1)  # "0s" means last used before now, to the millisecond
+        update = run([sys.executable, script, "--no-progress", "update", hs.media_store, "0s"], cwd=cwd, env=env)
+        upload = run(
+            [
+                sys.executable, script, "--no-progress", "upload", hs.media_store, self.bucket,
+                "--prefix", PROVIDER_PREFIX, "--storage-class", "STANDARD", "--delete",
+                "--endpoint-url", self.endpoint,
+            ],
+            cwd=cwd,
+            env=env,
+        )
+        output = (update.stdout + upload.stdout).decode(errors="replace")
+        for line in output.splitlines():
+            print(f"    s3_media_upload| {line}")
+        return output
+
+    def close(self):
+        try:
+            if self.created_bucket:
+                self.empty()
+                run([*self.garage, "bucket", "delete", "--yes", self.bucket], check=False)
+            if self.created_key:
+                run([*self.garage, "key", "delete", "--yes", self.key_name], check=False)
+        except Exception as e:  # noqa: BLE001 - the Garage is a throwaway one
+            log(f"could not remove the provider bucket or key: {e}")
+
+
+class FileProvider:
+    """Synapse's own file-system provider (module `file_system`): a copy of each file under
+    `directory`, in the media store's layout."""
+
+    name = "fileprovider"
+
+    def __init__(self, work):
+        self.directory = os.path.join(work, "provider-dir")
+
+    def where(self):
+        return self.directory
+
+    def config(self):
+        return {
+            "module": "file_system",
+            "store_local": True,
+            "store_synchronous": True,
+            "config": {"directory": self.directory},
+        }
+
+    def objects(self):
+        return tree_digest(self.directory)
+
+    def delete(self, rel):
+        os.unlink(os.path.join(self.directory, rel))
+
+    def empty(self):
+        count = len(tree_digest(self.directory))
+        shutil.rmtree(self.directory, ignore_errors=True)
+        return count
+
+    def offload(self, scenario, hs):
+        """No script offloads for this provider: do what an admin would, delete each local file
+        the provider directory holds an identical copy of."""
+        held = self.objects()
+        removed = 0
+        for rel, digest in media_files(hs.media_store).items():
+            if held.get(rel) == digest:
+                os.unlink(os.path.join(hs.media_store, rel))
+                removed += 1
+        return f"Deleted {removed} files\n"
+
+    def close(self):
+        pass
+
+
+def generate_with_provider(hs, provider):
+    hs.generate()
+    config = hs.load_config()
+    config["media_storage_providers"] = [provider.config()]
+    with open(hs.config_path, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+
+
+def provider_scenario(args, tool, python, port, provider_class):
+    """Media offloaded to a storage provider (local copies deleted) are backed up from the
+    provider; the provider is emptied and the data dir destroyed; a restore brings them back
+    locally, and one with --media-to-provider puts them back in the provider instead."""
+    scenario = provider_class.name
+    work = fresh_work_dir(args, scenario)
+    provider = provider_class(work)
+    timing = {}
+    try:
+        _provider_scenario(scenario, args, tool, python, port, provider, work, timing)
+    finally:
+        provider.close()
+    RESULTS.timings.append(
+        f"E2E-TIMING {scenario} create={timing.get('create', 0):.2f}s restore={timing.get('restore', 0):.2f}s"
+        f" restore-to-provider={timing.get('restore-to-provider', 0):.2f}s"
+    )
+
+
+def _provider_scenario(scenario, args, tool, python, port, provider, work, timing):
+    rec = Recorded()
+    hs = Synapse(python, os.path.join(work, "old"), port, args.pids_file)
+    generate_with_provider(hs, provider)
+    sb_old = tool.config_for(hs.config_path, os.path.join(work, "sb-old.toml"))
+    hs.start()
+    try:
+        populate(scenario, hs, rec)
+        first = media_files(hs.media_store)
+        # store_synchronous: each upload (and thumbnail) is in the provider before Synapse
+        # answers; allow a moment anyway.
+        deadline = time.monotonic() + 15
+        while True:
+            held = provider.objects()
+            unheld = sorted(rel for rel, digest in first.items() if held.get(rel) != digest)
+            if not unheld or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        thumbs = [rel for rel in first if rel.startswith("local_thumbnails/")]
+        require(
+            scenario,
+            f"the provider ({provider.where()}) holds each of the {len(first)} local files ({len(thumbs)} thumbnails), identical, at the same relative path",
+            not unheld and thumbs,
+            f"missing or different: {unheld[:5]}; provider holds {sorted(held)[:10]}",
+        )
+        outside = sorted(k for k in held if k.startswith("!"))
+        RESULTS.check(scenario, "every provider object is under the prefix", not outside, f"{outside[:5]}")
+
+        sizes = media_sizes(hs.media_store, first)
+        notes = next(m for m, d in rec.media.items() if d.startswith(b"plain text attachment"))
+        if isinstance(provider, S3Provider):
+            # Synapse uploaded everything already (store_synchronous): take one object away
+            # so that s3_media_upload uploads it itself before deleting the local copy.
+            provider.delete(content_path(notes))
+        output = provider.offload(scenario, hs)
+        if isinstance(provider, S3Provider):
+            held = provider.objects()
+            unheld = sorted(rel for rel, digest in first.items() if held.get(rel) != digest)
+            RESULTS.check(
+                scenario,
+                f"s3_media_upload uploaded the one object the bucket lacked ({PROVIDER_PREFIX}{content_path(notes)}); the bucket holds all {len(first)} files",
+                "Uploaded 1 files" in output.splitlines() and not unheld,
+                f"missing or different: {unheld[:5]}",
+            )
+        left = media_files(hs.media_store)
+        offloaded = sorted(set(first) - set(left))
+        offloaded_bytes = sum(sizes[rel] for rel in offloaded)
+        offloaded_thumbs = [rel for rel in offloaded if rel.startswith("local_thumbnails/")]
+        reported = [line for line in output.splitlines() if line.startswith("Deleted") and line.endswith(" files")]
+        require(
+            scenario,
+            f"the offload deleted local copies: {len(offloaded)} of {len(first)} files ({len(offloaded_thumbs)} thumbnails, {offloaded_bytes} bytes) are gone from media_store_path",
+            offloaded and reported == [f"Deleted {len(offloaded)} files"],
+            f"gone: {offloaded[:5]}; still there: {sorted(left)[:5]}; it said {reported}",
+        )
+
+        # New media after the offload: local and in the provider, read locally.
+        alice = rec.users["alice"]
+        later = [
+            (png_bytes(320, 200, seed=42), "image/png", "after-offload.png"),
+            (b"a note uploaded after the offload\n" * 50, "text/plain", "after-offload.txt"),
+        ]
+        for data, ctype, name in later:
+            mxc = alice.upload(data, ctype, name)
+            rec.media[mxc] = data
+            body = f"{scenario} attachment {name} {mxc}"
+            rec.messages_before[alice.send(rec.room_id, body)] = body
+        local = media_files(hs.media_store)
+        RESULTS.check(scenario, "media uploaded after the offload are local", len(local) >= 2, f"{sorted(local)}")
+        expected = dict(first)
+        expected.update(local)
+
+        result, _ = tool.run_json(scenario, "create-backup succeeds with offloaded media", sb_old, "create-backup")
+        backup_id = result["backup-id"]
+        timing["create"] = result["seconds"]
+        summary = {k: result.get(k) for k in ("provider-files", "provider-bytes", "missing-media")}
+        RESULTS.check(
+            scenario,
+            f"the backup fetched the {len(offloaded)} offloaded files ({offloaded_bytes} bytes) from the provider, none missing",
+            result.get("provider-files") == len(offloaded)
+            and result.get("provider-bytes") == offloaded_bytes
+            and result.get("missing-media") == 0,
+            json.dumps(summary),
+        )
+    finally:
+        clean = hs.stop()
+    RESULTS.check(scenario, "original Synapse stops cleanly", clean, hs.log_tail())
+    remember_files(hs, rec)
+    code, _out, err, _ = tool.run(sb_old, "verify-backup", backup_id)
+    RESULTS.check(scenario, "verify-backup passes", code == 0, f"exit {code}: {err.strip()[:500]}")
+
+    # Destroy the server and the provider's copies.
+    shutil.rmtree(hs.dir)
+    provider.empty()
+    require(scenario, "the provider is empty", not provider.objects(), provider.where())
+
+    # 1. A default restore puts every file back under media_store_path.
+    new = Synapse(python, os.path.join(work, "new"), port, args.pids_file)
+    generate_with_provider(new, provider)
+    sb_new = tool.config_for(new.config_path, os.path.join(work, "sb-new.toml"))
+    restored, _ = tool.run_json(scenario, "restore-backup onto a fresh config", sb_new, "restore-backup", backup_id)
+    timing["restore"] = restored["seconds"]
+    with open(new.signing_key_path, "rb") as f:
+        RESULTS.check(scenario, "the signing key is restored", f.read() == rec.signing_key, new.signing_key_path)
+    restored_files = media_files(new.media_store)
+    wrong = sorted(rel for rel, digest in expected.items() if restored_files.get(rel) != digest)
+    RESULTS.check(
+        scenario,
+        f"all {len(expected)} media and thumbnail files, the {len(offloaded)} offloaded ones included, are restored identical under media_store_path",
+        not wrong,
+        f"missing or different: {wrong[:5]}",
+    )
+    RESULTS.check(scenario, "a default restore writes nothing to the provider", not provider.objects(), f"{sorted(provider.objects())[:5]}")
+    check_restored_server(scenario, new, rec)
+    sqlite_integrity(scenario, new.sqlite_path)
+
+    # 2. --media-to-provider: the offloaded files go back to the provider, not to the disk.
+    shutil.rmtree(new.dir)
+    provider.empty()
+    require(scenario, "the provider is empty again", not provider.objects(), provider.where())
+    again = Synapse(python, os.path.join(work, "new-to-provider"), port, args.pids_file)
+    generate_with_provider(again, provider)
+    sb_again = tool.config_for(again.config_path, os.path.join(work, "sb-new-to-provider.toml"))
+    restored, _ = tool.run_json(
+        scenario, "restore-backup --media-to-provider onto a fresh config", sb_again,
+        "restore-backup", backup_id, "--media-to-provider")
+    timing["restore-to-provider"] = restored["seconds"]
+    restored_files = media_files(again.media_store)
+    held = provider.objects()
+    local_offloaded = [rel for rel in offloaded if rel in restored_files]
+    RESULTS.check(
+        scenario,
+        f"the {len(offloaded)} offloaded files are not under media_store_path",
+        not local_offloaded,
+        f"restored locally: {local_offloaded[:5]}",
+    )
+    wrong = [rel for rel in offloaded if held.get(rel) != expected[rel]]
+    RESULTS.check(
+        scenario,
+        f"the {len(offloaded)} offloaded files are back in the provider ({provider.where()}), identical",
+        not wrong,
+        f"missing or different: {wrong[:5]}; provider holds {sorted(held)[:5]}",
+    )
+    wrong = [rel for rel in expected if rel not in offloaded and restored_files.get(rel) != expected[rel]]
+    RESULTS.check(
+        scenario,
+        f"the {len(expected) - len(offloaded)} files that were local are restored locally, identical",
+        not wrong,
+        f"missing or different: {wrong[:5]}",
+    )
+    check_restored_server(scenario, again, rec)
+
+    # Serving them did not bring them back to the disk: a new backup takes them from the
+    # provider again.
+    result, _ = tool.run_json(scenario, "create-backup of the --media-to-provider restore succeeds", sb_again, "create-backup")
+    RESULTS.check(
+        scenario,
+        f"it takes the {len(offloaded)} offloaded files from the provider again",
+        result.get("provider-files") == len(offloaded) and result.get("missing-media") == 0,
+        json.dumps({k: result.get(k) for k in ("provider-files", "provider-bytes", "missing-media")}),
+    )
+
+    # 3. A media file in neither place: the backup refuses, naming it, unless allowed.
+    victim = content_path(notes)
+    media_id = notes.rsplit("/", 1)[1]
+    require(scenario, f"{victim} was offloaded", victim in offloaded, f"offloaded: {offloaded}")
+    cached = os.path.join(again.media_store, victim)
+    if os.path.exists(cached):
+        log(f"Synapse cached {victim} locally when it was downloaded; removing that copy")
+        os.unlink(cached)
+    provider.delete(victim)
+    code, _out, err, _ = tool.run(sb_again, "create-backup")
+    RESULTS.check(
+        scenario,
+        "create-backup refuses (exit 6) a media file in neither media_store_path nor the provider, naming it",
+        code == 6 and media_id in err,
+        f"exit {code}: {err.strip()[:800]}",
+    )
+    allowed, _ = tool.run_json(
+        scenario, "create-backup --allow-missing-media succeeds", sb_again, "create-backup", "--allow-missing-media")
+    RESULTS.check(scenario, "it reports the one missing media file", allowed.get("missing-media") == 1,
+                  json.dumps({k: allowed.get(k) for k in ("provider-files", "provider-bytes", "missing-media")}))
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def main():
@@ -1172,7 +1606,7 @@ def main():
     parser.add_argument("--work", required=True, help="work directory")
     parser.add_argument("--pids-file", required=True, help="every started Synapse pid is appended here")
     parser.add_argument("--summary-file", help="write the closing `N passed, M failed` line here instead of stdout")
-    parser.add_argument("--only", choices=["sqlite", "postgresql", "charm", "debian"], action="append", help="run only these scenarios")
+    parser.add_argument("--only", choices=SCENARIOS, action="append", help="run only these scenarios")
     args = parser.parse_args()
 
     # SIGTERM (the shell's timeout or trap) unwinds through the finally blocks that stop Synapse.
@@ -1181,7 +1615,7 @@ def main():
     python = sys.executable
     tool = Tool(args.bin, args.work)
     port = free_port()
-    wanted = args.only or ["sqlite", "postgresql", "charm", "debian"]
+    wanted = args.only or SCENARIOS
     total_started = time.monotonic()
 
     for scenario in wanted:
@@ -1205,6 +1639,17 @@ def main():
                 live_scenario("postgresql", args, tool, python, port, database=True)
             elif scenario == "debian":
                 debian_scenario(args, tool, python, port)
+            elif scenario == "s3provider":
+                missing = [name for name in S3_ENV if not os.environ.get(name)]
+                if missing:
+                    if os.environ.get("SYNAPSE_BACKUP_REQUIRE_S3") == "1":
+                        RESULTS.check("s3provider", "a test Garage is exported (S3_TEST_*)", False, f"unset: {' '.join(missing)}")
+                    else:
+                        print(f"SKIP s3provider: no test Garage ({' '.join(missing)} unset; scripts/s3-test-server.sh start DIR writes them); set SYNAPSE_BACKUP_REQUIRE_S3=1 to fail instead")
+                    continue
+                provider_scenario(args, tool, python, port, S3Provider)
+            elif scenario == "fileprovider":
+                provider_scenario(args, tool, python, port, FileProvider)
             else:
                 charm_scenario(args, tool, python, port)
         except ScenarioAbort as e:

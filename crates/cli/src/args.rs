@@ -125,6 +125,11 @@ pub struct CreateArgs {
     /// Store every media file anew instead of taking unchanged ones from the newest backup
     #[arg(long)]
     pub full: bool,
+
+    /// Make the backup even when media the database lists are neither under media_store_path
+    /// nor in a storage provider (they are reported and recorded; without this it refuses)
+    #[arg(long)]
+    pub allow_missing_media: bool,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +184,11 @@ pub struct RestoreArgs {
     /// NAME_pre_ID (kept) and an empty one created in its place (needs CREATEDB)
     #[arg(long)]
     pub replace_database: bool,
+
+    /// Write the media the backup read from a storage provider back to that provider (as
+    /// configured now in homeserver.yaml) instead of under media_store_path
+    #[arg(long)]
+    pub media_to_provider: bool,
 }
 
 impl IdArg {

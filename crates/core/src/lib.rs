@@ -6,6 +6,7 @@
 //! - [`manifest`] and [`archive`]: what a backup holds and its tar layer.
 //! - [`crypto`]: OpenPGP passphrase encryption that `gpg` reads.
 //! - [`store`]: S3 and local-folder storage behind one trait.
+//! - [`provider`]: the media Synapse's storage providers hold.
 //! - [`ops`]: create, list, verify, restore and delete.
 
 pub mod archive;
@@ -17,6 +18,7 @@ pub mod manifest;
 pub mod monitoring;
 pub mod ops;
 pub mod progress;
+pub mod provider;
 pub mod store;
 pub mod synapse;
 

@@ -15,6 +15,7 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
             || context.config.backup.include_remote_media,
         skip_database: args.skip_database,
         full: args.full,
+        allow_missing_media: args.allow_missing_media,
     };
     let ctx = context.op(store.as_ref(), passphrase);
     let summary = create_backup(&context.config, &ctx, &options).await?;
@@ -31,6 +32,10 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
             "reused-bytes": summary.reused_bytes,
             "bytes": summary.file_bytes,
             "object-bytes": summary.object_bytes,
+            "provider-files": summary.provider_files,
+            "provider-bytes": summary.provider_bytes,
+            "missing-media": summary.missing.as_ref().map_or(0, |m| m.count),
+            "missing-media-first": summary.missing.as_ref().map(|m| &m.first[..m.first.len().min(20)]),
             "database": database_json(&summary.database),
             "seconds": seconds,
             "skipped-vanished": summary.vanished,
@@ -54,6 +59,20 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
                 human_bytes(summary.reused_bytes)
             ),
             None => eprintln!("full: every file was stored"),
+        }
+        if summary.provider_files > 0 {
+            eprintln!(
+                "{} media files ({}) live in storage providers and are in this backup",
+                summary.provider_files,
+                human_bytes(summary.provider_bytes)
+            );
+        }
+        if let Some(missing) = &summary.missing {
+            eprintln!(
+                "warning: {} media files the database lists are NOT in this backup (--allow-missing-media); first: {}",
+                missing.count,
+                missing.first.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            );
         }
         if let Some(note) = &summary.database.note {
             eprintln!("note: {note}");

@@ -15,6 +15,7 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
         remove_previous: args.remove_previous,
         skip_space_check: args.skip_space_check,
         replace_database: args.replace_database,
+        media_to_provider: args.media_to_provider,
     };
     let ctx = context.op(store.as_ref(), passphrase);
     let report = restore_backup(&context.config, &ctx, args.id.id(), &options).await?;
@@ -27,6 +28,7 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
                 "bytes": report.bytes,
                 "placed": report.placed,
                 "kept-previous": report.kept_previous,
+                "provider-files": report.provider_files,
                 "skipped-members": report.skipped_members,
                 "notes": report.notes,
                 "recovered": report.recovered.as_ref().map(|r| r.to_string()),

@@ -24,6 +24,7 @@ mod incremental;
 mod layouts;
 mod monitoring;
 mod postgres;
+mod providers;
 mod reliability;
 mod s3_faults;
 mod s3_store;

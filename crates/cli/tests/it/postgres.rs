@@ -321,3 +321,56 @@ fn check_reports_the_server_and_its_client_tools() {
     pg.sql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
         .unwrap();
 }
+
+/// The media rows of the world's media store, as Synapse's tables hold them.
+fn media_rows_sql(world: &World) -> String {
+    let mut sql = String::from(
+        "CREATE TABLE local_media_repository (media_id text PRIMARY KEY, media_length bigint, url_cache text);
+         CREATE TABLE local_media_repository_thumbnails (media_id text, thumbnail_width int, thumbnail_height int, thumbnail_type text, thumbnail_method text, thumbnail_length int);",
+    );
+    for rel in crate::providers::media(world).keys() {
+        let parts: Vec<&str> = rel.split('/').collect();
+        match parts.as_slice() {
+            ["local_content", a, b, rest] => sql.push_str(&format!(
+                "INSERT INTO local_media_repository VALUES ('{a}{b}{rest}', 1, NULL);"
+            )),
+            ["local_thumbnails", a, b, rest, name] => {
+                let f: Vec<&str> = name.split('-').collect();
+                sql.push_str(&format!(
+                    "INSERT INTO local_media_repository_thumbnails VALUES ('{a}{b}{rest}', {}, {}, '{}/{}', '{}', 1);",
+                    f[0], f[1], f[2], f[3], f[4]
+                ));
+            }
+            _ => panic!("unexpected media path {rel}"),
+        }
+    }
+    sql
+}
+
+#[test]
+fn media_in_a_storage_provider_are_found_through_the_postgres_rows() {
+    let Some(pg) = Pg::find() else { return };
+    let db = unique("provider");
+    pg.fresh_db(&db, "C");
+    let world = World::new();
+    pg.sql(&db, &media_rows_sql(&world)).unwrap();
+    pg.use_in(&world, &db);
+    let provider = crate::providers::file_provider(&world);
+    let moved = crate::providers::offload_every(&world, 3, crate::providers::move_into(&provider));
+    let out = world.run(&["--json", "create-backup"]);
+    assert_success(&out, "create-backup");
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["provider-files"], moved.len(), "{created}");
+    assert_eq!(created["missing-media"], 0, "{created}");
+
+    fs::remove_file(provider.join(&moved[0])).unwrap();
+    let media_id: String = moved[0].split('/').skip(1).take(3).collect();
+    let stderr = assert_fails(
+        &world.run(&["create-backup"]),
+        exit::REFUSED,
+        &["1 media files"],
+    );
+    assert!(stderr.contains(&media_id), "{stderr}");
+    pg.sql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
+        .unwrap();
+}

@@ -118,6 +118,7 @@ impl<W: Write> ArchiveWriter<W> {
             mtime_nanos: Some(meta.mtime_nsec() as u32),
             sha256: reader.finish_hex(),
             storage: Storage::Inline,
+            provider: None,
         }))
     }
 
@@ -157,6 +158,7 @@ impl<W: Write> ArchiveWriter<W> {
                 sha256: hex::encode(Sha256::digest(&buffer)),
                 mtime_nanos: None,
                 storage: Storage::Inline,
+                provider: None,
             });
             if buffer.len() < part_size {
                 break;

@@ -51,6 +51,7 @@ const SETTINGS: [(&str, &[(&str, Kind)]); 7] = [
             ("passphrase-file", Kind::Text),
             ("include-remote-media", Kind::Boolean),
             ("read-concurrency", Kind::Integer),
+            ("provider-downloads", Kind::Integer),
             ("temp-dir", Kind::Text),
             ("volume-size", Kind::Text),
         ],

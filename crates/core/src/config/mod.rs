@@ -164,6 +164,7 @@ struct RawBackup {
     read_concurrency: Option<usize>,
     temp_dir: Option<PathBuf>,
     volume_size: Option<String>,
+    provider_downloads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -237,6 +238,9 @@ pub struct BackupSettings {
     pub temp_dir: Option<PathBuf>,
     /// The most media bytes one volume holds (format 2).
     pub volume_size: u64,
+    /// How many media files are read from (or, on restore, written to) a storage provider at
+    /// once.
+    pub provider_downloads: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -392,6 +396,7 @@ impl Config {
                 include_remote_media: raw.backup.include_remote_media,
                 read_concurrency: raw.backup.read_concurrency.unwrap_or(4).clamp(1, 64),
                 temp_dir: raw.backup.temp_dir.map(|p| base.join(p)),
+                provider_downloads: raw.backup.provider_downloads.unwrap_or(8).clamp(1, 64),
                 volume_size: match raw.backup.volume_size.as_deref() {
                     None => DEFAULT_VOLUME_SIZE,
                     Some(text) => parse_rate(text).map_err(|e| {

@@ -1,4 +1,5 @@
 //! Consistent copies of Synapse's database.
 
+pub mod media_rows;
 pub mod postgres;
 pub mod sqlite;

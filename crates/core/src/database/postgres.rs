@@ -74,12 +74,18 @@ impl Postgres {
 
     /// Runs `sql` in `database` (default: the configured one) and returns the unaligned output.
     fn query_in(&self, database: Option<&str>, sql: &str) -> Result<String> {
+        self.psql(database, &[], sql)
+    }
+
+    fn psql(&self, database: Option<&str>, extra: &[&str], sql: &str) -> Result<String> {
         let mut command = self.command("psql");
         if let Some(database) = database {
             command.env("PGDATABASE", database);
         }
         let out = command
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(extra)
+            .args(["-c", sql])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| missing_program("psql", e))?;
@@ -91,6 +97,11 @@ impl Postgres {
             )));
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The rows `sql` returns, one per line, fields separated by tabs.
+    pub fn rows(&self, sql: &str) -> Result<String> {
+        self.psql(None, &["-F", "\t"], sql)
     }
 
     pub fn info(&self) -> Result<PostgresInfo> {

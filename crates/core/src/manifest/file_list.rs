@@ -216,6 +216,7 @@ mod tests {
             sha256: "ab".repeat(32),
             mtime_nanos: None,
             storage: Storage::Inline,
+            provider: None,
         };
         for files in [
             vec![],
@@ -260,6 +261,7 @@ mod tests {
             sha256: "00".repeat(32),
             mtime_nanos: None,
             storage: Storage::Inline,
+            provider: None,
         }
     }
 

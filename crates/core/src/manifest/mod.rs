@@ -113,7 +113,38 @@ pub struct MediaVolumes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     pub volumes: Vec<VolumeRef>,
+    /// Synapse's media storage providers when the backup was made, in its order; a file's
+    /// `provider` is a place in this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<ProviderRecord>,
+    /// Media the database lists that were neither under media_store_path nor in a provider
+    /// (kept only with `--allow-missing-media`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<MissingMedia>,
 }
+
+/// A media storage provider as a backup records it: no credential, only what tells it apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRecord {
+    /// The module as homeserver.yaml names it.
+    pub module: String,
+    /// `s3://bucket/prefix` or the folder.
+    pub location: String,
+}
+
+/// How many media files a backup lacks, the first [`MISSING_RECORDED`] of them, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingMedia {
+    pub count: usize,
+    /// Paths under media_store_path, with the media id: `local_content/ab/cd/rest (abcdrest)`.
+    pub first: Vec<String>,
+    /// Providers that could not be asked, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+}
+
+/// How many missing media a header names one by one (the count is always whole).
+pub const MISSING_RECORDED: usize = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -194,6 +225,10 @@ pub struct FileEntry {
     pub sha256: String,
     #[serde(default = "inline")]
     pub storage: Storage,
+    /// The media storage provider (its place in [`MediaVolumes::providers`]) the file was read
+    /// from because media_store_path lacked it; `None` for a file read locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<u32>,
 }
 
 impl FileEntry {

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::database::postgres::Postgres;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Cancel;
+use crate::provider::ProviderAccess;
 use crate::store::{ByteStream, Store};
 use crate::synapse::media::LOCAL_MEDIA_DIRS;
 use crate::synapse::{check_working_dir, Database, HomeserverConfig};
@@ -118,6 +119,7 @@ pub async fn run_checks(config: &Config, store: &dyn Store, cancel: &Cancel) -> 
     if let Some(hs) = &hs {
         check_sources(&mut report, hs);
         check_database(&mut report, hs, config).await;
+        check_media_providers(&mut report, hs, config).await;
     }
     let store_ok = check_store(&mut report, store).await;
     match config.passphrase() {
@@ -131,6 +133,30 @@ pub async fn run_checks(config: &Config, store: &dyn Store, cancel: &Cancel) -> 
         check_synapse_version(&mut report, hs).await;
     }
     report
+}
+
+/// Every media storage provider can be read, since a backup reads the media only they hold.
+async fn check_media_providers(report: &mut CheckReport, hs: &HomeserverConfig, config: &Config) {
+    let store_s3 = match &config.store {
+        crate::config::StoreConfig::S3(s3) => Some(s3.as_ref()),
+        crate::config::StoreConfig::Local(_) => None,
+    };
+    for provider in &hs.media_providers {
+        match ProviderAccess::open(provider, store_s3) {
+            Ok(Some(access)) => match access.probe().await {
+                Ok(()) => report.ok("media-provider", format!("{} answers", provider.describe())),
+                Err(e) => report.fail("media-provider", e),
+            },
+            Ok(None) => report.warn(
+                "media-provider",
+                format!(
+                    "{} is not a provider this tool can read: media only it holds stop create-backup (or are left out with --allow-missing-media)",
+                    provider.describe()
+                ),
+            ),
+            Err(e) => report.fail("media-provider", e),
+        }
+    }
 }
 
 /// The key, the media folders and every config file can be read.

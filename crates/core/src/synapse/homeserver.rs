@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_norway::{Mapping, Value};
 
 use super::config_files::{scalar_text, yaml11_bool, MergedConfig};
+use super::providers::{media_providers, MediaProvider};
 use crate::config::SynapseSettings;
 use crate::error::{Error, Result};
 
@@ -71,6 +72,8 @@ pub struct HomeserverConfig {
     pub app_service_files: Vec<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub listeners: Vec<Listener>,
+    /// `media_storage_providers`, in Synapse's order.
+    pub media_providers: Vec<MediaProvider>,
     /// For each path setting, where its value came from, for messages.
     origins: BTreeMap<&'static str, String>,
     /// Whether any path was resolved against the working directory (which then matters).
@@ -214,6 +217,7 @@ impl HomeserverConfig {
             Some(_) => return Err(resolver.not_a("app_service_config_files", "list of paths")),
         };
         let listeners = listeners_from(merged.get("listeners"));
+        let media_providers = media_providers(merged, &working_dir.path)?;
         let (origins, uses_working_dir) = (resolver.origins, resolver.uses_working_dir);
         Ok(HomeserverConfig {
             files: merged.files.clone(),
@@ -227,6 +231,7 @@ impl HomeserverConfig {
             app_service_files,
             pid_file,
             listeners,
+            media_providers,
             origins,
             uses_working_dir,
         })

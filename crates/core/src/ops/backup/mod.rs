@@ -5,7 +5,8 @@
 //!    store, clean up after interrupted uploads, choose an unused id (`id`);
 //! 2. snapshot the database (`snapshot`) before the media are listed, so every media row in
 //!    the snapshot has its file in the backup (Synapse writes the file before the row);
-//! 3. list the key, config and media (`sources`);
+//! 3. list the key, config and media (`sources`), and the media the database lists that only
+//!    Synapse's storage providers hold (`offloaded`);
 //! 4. decide which media the newest earlier backup already stores (`reuse`), announce the
 //!    backup (`sweep::Pending`) and leave out volumes a prune has condemned;
 //! 5. stream the other media into new volumes, then the index, then the base (key, config,
@@ -14,6 +15,7 @@
 //!    `pipeline`; docs/format.md).
 
 mod id;
+mod offloaded;
 mod pipeline;
 mod reuse;
 mod snapshot;
@@ -32,7 +34,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::manifest::{
     index_name, volume_name, volume_owner, BackupKind, DatabaseInfo, Header, MediaVolumes,
-    VolumeRef, FILES_MEMBER, FORMAT_VERSION, TOOL_NAME,
+    MissingMedia, VolumeRef, FILES_MEMBER, FORMAT_VERSION, TOOL_NAME,
 };
 use crate::progress::Cancel;
 use crate::store::{ByteStream, Store};
@@ -55,6 +57,9 @@ pub struct BackupOptions {
     pub skip_database: bool,
     /// Store every media file anew, taking nothing from earlier backups.
     pub full: bool,
+    /// Make the backup even when media the database lists are found nowhere (they are
+    /// reported and recorded).
+    pub allow_missing_media: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +76,11 @@ pub struct BackupSummary {
     pub reused_bytes: u64,
     /// Bytes written to the store: the base, the index and the new volumes.
     pub object_bytes: u64,
+    /// Media files the backup holds that were read from (or live in) a storage provider.
+    pub provider_files: usize,
+    pub provider_bytes: u64,
+    /// Media the database lists that the backup lacks (only with `--allow-missing-media`).
+    pub missing: Option<MissingMedia>,
     pub database: DatabaseInfo,
     pub elapsed: Duration,
     pub vanished: Vec<String>,
@@ -94,8 +104,21 @@ pub async fn create_backup(
 
     let mut sources = sources::key_and_config_sources(&hs)?;
     let snapshot = snapshot::take(&hs, options, temp.path(), ctx.progress.as_ref()).await?;
+    let sqlite_snapshot = snapshot.file.as_ref().map(|s| s.path.clone());
     sources.extend(snapshot.file);
-    let media = list_media(&hs, options).await?;
+    let mut media = list_media(&hs, options).await?;
+    let offloaded = offloaded::find_offloaded(
+        config,
+        &hs,
+        sqlite_snapshot.as_deref(),
+        &media.files,
+        temp.path(),
+        options.allow_missing_media,
+    )
+    .await?;
+    let mut offloaded = offloaded;
+    media.files.append(&mut offloaded.files);
+    media.files.sort_by(|a, b| a.member.cmp(&b.member));
 
     let parent = if options.full {
         None
@@ -124,6 +147,7 @@ pub async fn create_backup(
             dump: snapshot.dump,
             snapshot_info: snapshot.info.clone(),
             plan,
+            providers: offloaded,
             temp: temp.path(),
         };
         write_backup(config, ctx, contents).await
@@ -153,6 +177,8 @@ struct BackupContents<'a> {
     dump: Option<pipeline::Dump>,
     snapshot_info: DatabaseInfo,
     plan: reuse::MediaPlan,
+    /// The storage providers, how to read them, and what none of them had.
+    providers: offloaded::Offloaded,
     temp: &'a Path,
 }
 
@@ -191,8 +217,15 @@ async fn write_objects(
         dump,
         snapshot_info,
         plan,
+        providers,
         temp,
     } = contents;
+    let offloaded::Offloaded {
+        access,
+        providers,
+        missing,
+        ..
+    } = providers;
     let reuse::MediaPlan {
         to_store,
         reused,
@@ -223,14 +256,26 @@ async fn write_objects(
         .enumerate()
     {
         let name = volume_name(backup_id, index);
+        let mut files = files;
+        vanished.extend(
+            offloaded::fetch_from_providers(&mut files, &access, config.backup.provider_downloads)
+                .await?,
+        );
+        let fetched: Vec<std::path::PathBuf> = files
+            .iter()
+            .filter(|f| f.provider.is_some())
+            .map(|f| f.path.clone())
+            .collect();
         let bytes: u64 = files.iter().map(|s| s.size).sum();
         let progress = Arc::clone(&ctx.progress);
         let volume = name.clone();
         written.push(name.clone());
-        let (contents, size) = stream_to_store(ctx, &name, bytes, move |out, cancel| {
+        let stored = stream_to_store(ctx, &name, bytes, move |out, cancel| {
             volumes::write_volume(&volume, files, out, progress.as_ref(), cancel)
         })
-        .await?;
+        .await;
+        offloaded::remove_fetched(&fetched);
+        let (contents, size) = stored?;
         let file_bytes = contents.entries.iter().map(|e| e.size).sum();
         volume_refs.push(VolumeRef {
             name,
@@ -271,6 +316,10 @@ async fn write_objects(
     let parent = parent.filter(|_| kind == BackupKind::Incremental);
     let database = snapshot_info.clone();
     let media_bytes: u64 = media_entries.iter().map(|e| e.size).sum();
+    let (provider_files, provider_bytes) = media_entries
+        .iter()
+        .filter(|e| e.provider.is_some())
+        .fold((0, 0), |(n, b), e| (n + 1, b + e.size));
     let header = Header {
         format_version: FORMAT_VERSION,
         tool: TOOL_NAME.into(),
@@ -286,6 +335,8 @@ async fn write_objects(
             kind,
             parent: parent.clone(),
             volumes: volume_refs.clone(),
+            providers,
+            missing: missing.clone(),
         }),
     };
     let volume_lists = volume_refs
@@ -325,6 +376,9 @@ async fn write_objects(
         reused_files,
         reused_bytes,
         object_bytes,
+        provider_files,
+        provider_bytes,
+        missing,
         database,
         elapsed: Duration::ZERO,
         vanished,

@@ -228,12 +228,22 @@ fn unchanged_entry(
     if excluded.contains(volume) || !parent.volumes.contains_key(volume) {
         return None;
     }
+    if file.provider.is_some() {
+        // Not on disk to stat: a file a provider holds is taken over when its path and size
+        // are those stored, as Synapse never rewrites a media file (its name is its id). It
+        // may have been stored when it was still local.
+        return (entry.size == file.size).then(|| FileEntry {
+            provider: file.provider,
+            ..entry.clone()
+        });
+    }
     let meta = std::fs::metadata(&file.path).ok()?;
     let same = meta.len() == entry.size
         && meta.mtime() == entry.mtime
         && entry.mtime_nanos == Some(meta.mtime_nsec() as u32);
     same.then(|| FileEntry {
         mode: meta.mode() & 0o777,
+        provider: None,
         ..entry.clone()
     })
 }
@@ -253,6 +263,7 @@ mod tests {
             path,
             role: Role::Media,
             size: bytes as u64,
+            provider: None,
         };
         let entry = FileEntry {
             role: Role::Media,
@@ -265,6 +276,7 @@ mod tests {
             storage: Storage::Volume {
                 volume: "volumes/backup-1-0000".into(),
             },
+            provider: None,
         };
         (source, entry)
     }

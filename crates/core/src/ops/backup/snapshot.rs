@@ -53,6 +53,7 @@ pub(super) async fn take(
                     path: snapshot_path,
                     role: Role::Database,
                     size,
+                    provider: None,
                 }),
                 dump: None,
             })

@@ -14,6 +14,9 @@ pub(super) struct Source {
     pub path: PathBuf,
     pub role: Role,
     pub size: u64,
+    /// The media storage provider (its place in Synapse's list) the file is read from, into
+    /// `path`, because media_store_path lacks it.
+    pub provider: Option<u32>,
 }
 
 impl Source {
@@ -23,6 +26,7 @@ impl Source {
             member,
             path: path.to_path_buf(),
             role,
+            provider: None,
         })
     }
 }
@@ -241,6 +245,7 @@ pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListi
                 path: entry.path().to_path_buf(),
                 role: Role::Media,
                 size: meta.len(),
+                provider: None,
             });
         }
     }

@@ -62,6 +62,7 @@ pub(super) fn write_volume(
                 entry.storage = Storage::Volume {
                     volume: name.to_string(),
                 };
+                entry.provider = file.provider;
                 entries.push(entry);
             }
             None => {
@@ -126,6 +127,7 @@ mod tests {
             path: name.into(),
             role: Role::Media,
             size,
+            provider: None,
         }
     }
 

@@ -19,6 +19,7 @@ mod journal;
 mod plan;
 mod preflight;
 mod route;
+mod to_provider;
 mod volumes;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,7 @@ use super::OpContext;
 
 pub use journal::{recover, Recovery};
 use plan::{Destination, Placement, Plan};
+use to_provider::ProviderSink;
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -60,6 +62,9 @@ pub struct RestoreOptions {
     /// Restore into a PostgreSQL database that has tables: it is renamed aside (kept) and an
     /// empty one created in its place, once the whole backup has been verified.
     pub replace_database: bool,
+    /// Write the media the backup read from a storage provider back to that provider instead
+    /// of under media_store_path.
+    pub media_to_provider: bool,
 }
 
 impl Default for RestoreOptions {
@@ -70,6 +75,7 @@ impl Default for RestoreOptions {
             remove_previous: false,
             skip_space_check: false,
             replace_database: false,
+            media_to_provider: false,
         }
     }
 }
@@ -87,6 +93,8 @@ pub struct RestoreReport {
     /// Members of a charm backup that have no place in Synapse's layout, left out (a note
     /// names them).
     pub skipped_members: usize,
+    /// Media written back to storage providers (`--media-to-provider`).
+    pub provider_files: usize,
     pub notes: Vec<String>,
     pub recovered: Option<Recovery>,
     pub elapsed: Duration,
@@ -102,6 +110,7 @@ impl RestoreReport {
             placed: Vec::new(),
             kept_previous: Vec::new(),
             skipped_members: 0,
+            provider_files: 0,
             notes: Vec::new(),
             recovered: None,
             elapsed: Duration::ZERO,
@@ -173,11 +182,25 @@ pub async fn restore_backup(
         Destination::Live(hs) => Some(hs.as_ref()),
         Destination::Directory(_) => None,
     };
+    let sink = match (options.media_to_provider, live, header.as_ref()) {
+        (false, _, _) => None,
+        (true, Some(hs), Some(header)) => Some(Arc::new(ProviderSink::new(config, hs, header)?)),
+        (true, None, _) => {
+            return Err(Error::config(
+                "--media-to-provider writes to the storage providers homeserver.yaml configures; it does not go with --target-dir",
+            ))
+        }
+        (true, Some(_), None) => {
+            return Err(Error::config(format!(
+                "--media-to-provider: backup {id} was made by the Synapse charm, which never reads storage providers; restore it without the option"
+            )))
+        }
+    };
     let stopped = match live {
         Some(hs) => hooks::stop_synapse_if_running(config, hs, &ctx.cancel).await?,
         None => false,
     };
-    let outcome = stage_and_swap(ctx, id, plan, &state, options).await;
+    let outcome = stage_and_swap(ctx, id, plan, &state, options, sink).await;
     let health = match live {
         Some(hs) if stopped => Some(hooks::start_synapse(config, hs, &ctx.cancel).await),
         _ => None,
@@ -210,13 +233,15 @@ async fn stage_and_swap(
     plan: Plan,
     state: &StateDir,
     options: &RestoreOptions,
+    sink: Option<Arc<ProviderSink>>,
 ) -> Result<RestoreReport> {
     let stream = ctx.store.get(id).await?;
     journal::write_journal(state, &plan.journal(journal::Phase::Staging))?;
     let (plan, staged) = stage_in_background(ctx, id, stream, plan).await?;
     let (plan, staged) = match staged {
         Ok(((format, files, bytes), in_volumes)) => {
-            let (plan, gathered) = volumes::stage_volumes(ctx, id, plan, in_volumes).await?;
+            let (plan, gathered) =
+                volumes::stage_volumes(ctx, id, plan, in_volumes, sink.clone()).await?;
             let done = gathered.and_then(|(more_files, more_bytes)| {
                 plan.apply_folder_modes()?;
                 Ok((format, files + more_files, bytes + more_bytes))
@@ -236,6 +261,19 @@ async fn stage_and_swap(
                 e
             });
         }
+    };
+    // The provider's media before anything live changes; a failure leaves the live data as
+    // it was (`to_provider`).
+    let provider_files = match &sink {
+        Some(sink) => match sink.write_to_providers().await {
+            Ok(count) => count,
+            Err(e) => {
+                plan.remove_staging();
+                journal::remove_journal(state)?;
+                return Err(e);
+            }
+        },
+        None => 0,
     };
     plan.sync()?;
     // The database first, then the files, as Synapse's documentation prescribes.
@@ -278,6 +316,7 @@ async fn stage_and_swap(
         placed,
         kept_previous,
         skipped_members: plan.skipped_members(),
+        provider_files,
         notes: plan.notes.iter().cloned().chain(database_notes).collect(),
         ..RestoreReport::empty(id)
     })

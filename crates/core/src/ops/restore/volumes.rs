@@ -12,6 +12,7 @@ use crate::manifest::FileEntry;
 use crate::progress::Progress;
 
 use super::plan::{Placement, Plan};
+use super::to_provider::ProviderSink;
 use crate::ops::content_check::{hash_member, unreadable_member, WriteFailed};
 use crate::ops::gather::{by_volume, read_volume, VolumeWant, VOLUMES_AT_ONCE};
 use crate::ops::open_backup;
@@ -25,10 +26,11 @@ pub(super) async fn stage_volumes(
     id: &str,
     plan: Plan,
     in_volumes: Vec<FileEntry>,
+    sink: Option<Arc<ProviderSink>>,
 ) -> Result<(Plan, Result<(usize, u64)>)> {
     let plan = Arc::new(Mutex::new(plan));
     let outcomes = futures::stream::iter(by_volume(in_volumes))
-        .map(|want| stage_one(ctx, id, Arc::clone(&plan), want))
+        .map(|want| stage_one(ctx, id, Arc::clone(&plan), sink.clone(), want))
         .buffer_unordered(VOLUMES_AT_ONCE)
         .collect::<Vec<_>>()
         .await;
@@ -54,6 +56,7 @@ async fn stage_one(
     ctx: &OpContext<'_>,
     id: &str,
     plan: Arc<Mutex<Plan>>,
+    sink: Option<Arc<ProviderSink>>,
     want: VolumeWant,
 ) -> Result<(usize, u64)> {
     if ctx.cancel.is_cancelled() {
@@ -71,7 +74,14 @@ async fn stage_one(
         let reader = read_ahead(reader, QUEUE_DEPTH)
             .map_err(|e| Error::Other(format!("cannot start the read-ahead thread: {e}")))?;
         read_volume(reader, &backup_id, want, |entry, member| {
-            stage_member(&plan, &backup_id, entry, member, progress.as_ref())
+            stage_member(
+                &plan,
+                sink.as_deref(),
+                &backup_id,
+                entry,
+                member,
+                progress.as_ref(),
+            )
         })
     })
     .await
@@ -82,11 +92,23 @@ async fn stage_one(
 /// locked only to place and create the file, not while it is written.
 fn stage_member(
     plan: &Mutex<Plan>,
+    sink: Option<&ProviderSink>,
     id: &str,
     entry: &FileEntry,
     member: &mut Member<'_>,
     progress: &dyn Progress,
 ) -> Result<(String, u64)> {
+    if let Some((path, mut file)) = sink.map(|s| s.create(entry)).transpose()?.flatten() {
+        let hashed = hash_member(member, Some(&mut file), progress).map_err(|e| {
+            if find_cause::<WriteFailed>(&e).is_some() {
+                Error::io("write", &path, e)
+            } else {
+                unreadable_member(id, &entry.path, &e)
+            }
+        })?;
+        std::io::Write::flush(&mut file).map_err(|e| Error::io("write", &path, e))?;
+        return Ok(hashed);
+    }
     let locked = || {
         plan.lock()
             .map_err(|_| Error::task_failed("restore", "another volume's staging panicked"))

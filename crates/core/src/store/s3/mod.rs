@@ -4,6 +4,7 @@
 //! Uploads (multipart, with markers for cleaning up after a killed run) are in [`upload`].
 //! (Over 400 lines with its tests: the failure classification is tested next to the code.)
 
+mod raw;
 mod upload;
 
 use std::sync::Arc;

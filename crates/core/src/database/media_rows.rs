@@ -1,0 +1,169 @@
+//! The local media Synapse's database says exist: one path under media_store_path per
+//! `local_media_repository` row and per thumbnail row, laid out as Synapse's `filepath.py`
+//! lays them out. URL-preview media (`url_cache` set) live in the preview cache, and a row
+//! without a length is an upload still pending (no file yet): neither is listed.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::postgres::Postgres;
+use crate::error::{Error, Result};
+
+/// A file a media row names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRow {
+    pub media_id: String,
+    /// The file's path relative to media_store_path.
+    pub path: String,
+}
+
+const CONTENT_ROWS: &str = "SELECT media_id FROM local_media_repository WHERE url_cache IS NULL AND media_length IS NOT NULL";
+const THUMBNAIL_ROWS: &str = "SELECT t.media_id, t.thumbnail_width, t.thumbnail_height, t.thumbnail_type, t.thumbnail_method FROM local_media_repository_thumbnails t JOIN local_media_repository m ON m.media_id = t.media_id WHERE m.url_cache IS NULL";
+
+/// The rows of the SQLite database at `path` (the backup's own snapshot, so that they match
+/// the database the backup holds). The second value counts rows whose id cannot be a path.
+pub fn sqlite_media_rows(path: &Path) -> Result<(Vec<MediaRow>, usize)> {
+    let fail = |e: rusqlite::Error| {
+        Error::Database(format!(
+            "cannot list the media rows of {}: {e}",
+            path.display()
+        ))
+    };
+    let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
+    let mut rows = Rows::default();
+    let mut content = db.prepare(CONTENT_ROWS).map_err(fail)?;
+    let mut found = content.query([]).map_err(fail)?;
+    while let Some(row) = found.next().map_err(fail)? {
+        rows.content(row.get(0).map_err(fail)?);
+    }
+    let mut thumbnails = db.prepare(THUMBNAIL_ROWS).map_err(fail)?;
+    let mut found = thumbnails.query([]).map_err(fail)?;
+    while let Some(row) = found.next().map_err(fail)? {
+        rows.thumbnail(
+            row.get(0).map_err(fail)?,
+            row.get::<_, i64>(1).map_err(fail)?.to_string(),
+            row.get::<_, i64>(2).map_err(fail)?.to_string(),
+            &row.get::<_, String>(3).map_err(fail)?,
+            &row.get::<_, String>(4).map_err(fail)?,
+        );
+    }
+    Ok((rows.found, rows.unusable))
+}
+
+/// The rows of the PostgreSQL database, read with `psql`.
+pub fn postgres_media_rows(postgres: &Postgres) -> Result<(Vec<MediaRow>, usize)> {
+    let mut rows = Rows::default();
+    for line in postgres.rows(CONTENT_ROWS)?.lines() {
+        rows.content(line.to_string());
+    }
+    for line in postgres.rows(THUMBNAIL_ROWS)?.lines() {
+        match line.split('\t').collect::<Vec<_>>().as_slice() {
+            [id, width, height, kind, method] => rows.thumbnail(
+                id.to_string(),
+                width.to_string(),
+                height.to_string(),
+                kind,
+                method,
+            ),
+            _ => rows.unusable += 1,
+        }
+    }
+    Ok((rows.found, rows.unusable))
+}
+
+#[derive(Default)]
+struct Rows {
+    found: Vec<MediaRow>,
+    unusable: usize,
+}
+
+impl Rows {
+    fn content(&mut self, media_id: String) {
+        match content_path(&media_id) {
+            Some(path) => self.found.push(MediaRow { media_id, path }),
+            None => self.unusable += 1,
+        }
+    }
+
+    fn thumbnail(
+        &mut self,
+        media_id: String,
+        width: String,
+        height: String,
+        kind: &str,
+        method: &str,
+    ) {
+        let Some(folder) = media_folder("local_thumbnails", &media_id) else {
+            self.unusable += 1;
+            return;
+        };
+        // Synapse's `local_media_thumbnail_rel`: "{width}-{height}-{top}-{sub}-{method}".
+        let Some((top, sub)) = kind.split_once('/') else {
+            self.unusable += 1;
+            return;
+        };
+        let name = format!("{width}-{height}-{top}-{sub}-{method}");
+        if !safe_component(&name) {
+            self.unusable += 1;
+            return;
+        }
+        self.found.push(MediaRow {
+            path: format!("{folder}/{name}"),
+            media_id,
+        });
+    }
+}
+
+/// `local_content/ab/cd/rest` for media id `abcdrest`.
+pub fn content_path(media_id: &str) -> Option<String> {
+    media_folder("local_content", media_id)
+}
+
+fn media_folder(top: &str, media_id: &str) -> Option<String> {
+    if media_id.len() < 5 || !media_id.is_ascii() || !safe_component(media_id) {
+        return None;
+    }
+    Some(format!(
+        "{top}/{}/{}/{}",
+        &media_id[0..2],
+        &media_id[2..4],
+        &media_id[4..]
+    ))
+}
+
+/// What Synapse's `_validate_path_component` accepts, and nothing that could leave the folder.
+fn safe_component(part: &str) -> bool {
+    !part.is_empty() && part != "." && part != ".." && !part.contains(['/', '\\', '\0'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_map_to_synapse_paths_and_odd_ids_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hs.db");
+        let db = Connection::open(&path).unwrap();
+        db.execute_batch(
+            "CREATE TABLE local_media_repository (media_id TEXT, media_length INTEGER, url_cache TEXT);
+             CREATE TABLE local_media_repository_thumbnails (media_id TEXT, thumbnail_width INTEGER, thumbnail_height INTEGER, thumbnail_type TEXT, thumbnail_method TEXT, thumbnail_length INTEGER);
+             INSERT INTO local_media_repository VALUES ('abcdEFGH', 10, NULL), ('pending1', NULL, NULL), ('urlcache', 5, 'https://x'), ('../..x', 1, NULL);
+             INSERT INTO local_media_repository_thumbnails VALUES ('abcdEFGH', 32, 24, 'image/jpeg', 'scale', 3), ('urlcache', 1, 1, 'image/png', 'crop', 1);",
+        )
+        .unwrap();
+        drop(db);
+        let (rows, unusable) = sqlite_media_rows(&path).unwrap();
+        let paths: Vec<&str> = rows.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "local_content/ab/cd/EFGH",
+                "local_thumbnails/ab/cd/EFGH/32-24-image-jpeg-scale"
+            ]
+        );
+        assert_eq!(rows[1].media_id, "abcdEFGH");
+        assert_eq!(unusable, 1);
+    }
+}
