@@ -59,6 +59,12 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
             path.display()
         );
     }
+    if report.provider_files > 0 {
+        outln!(
+            "  wrote     {} media files back to their storage providers (--media-to-provider)",
+            report.provider_files
+        );
+    }
     for note in &report.notes {
         eprintln!("note: {note}");
     }

@@ -21,6 +21,11 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
         ArchiveFormat::Manifest(header) => ("synapse-backup", Some(header.server_name.clone())),
         ArchiveFormat::Charm => ("charm", None),
     };
+    // A backup made with --allow-missing-media verifies, but never quietly.
+    let missing = match &report.format {
+        ArchiveFormat::Manifest(header) => header.media.as_ref().and_then(|m| m.missing.as_ref()),
+        ArchiveFormat::Charm => None,
+    };
     if context.json {
         emit_json(json!({
                 "backup-id": report.backup_id,
@@ -30,6 +35,7 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
                 "files": report.files,
                 "bytes": report.bytes,
                 "volumes": report.volumes,
+                "missing-media": missing.map_or(0, |m| m.count),
         }));
     } else {
         match &report.format {
@@ -46,6 +52,13 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
                 report.files,
                 human_bytes(report.bytes)
             ),
+        }
+        if let Some(missing) = missing {
+            eprintln!(
+                "warning: this backup lacks {} media files the database listed, found nowhere when it was made (--allow-missing-media); first: {}",
+                missing.count,
+                missing.first.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            );
         }
     }
     Ok(())

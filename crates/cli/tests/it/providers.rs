@@ -79,8 +79,10 @@ pub(crate) fn move_into(dir: &Path) -> impl FnMut(&str, &Path) + '_ {
 
 #[test]
 fn offloaded_media_are_read_from_the_file_provider_and_restored_locally_or_to_it() {
+    // Small volumes: the next volume's provider media download while one is written.
     let world = World::with(WorldOptions {
         size_mib: 3.0,
+        extra_config: "volume-size = \"512KiB\"\nprovider-downloads = 3\n",
         ..WorldOptions::default()
     });
     let everything = media(&world);
@@ -92,6 +94,7 @@ fn offloaded_media_are_read_from_the_file_provider_and_restored_locally_or_to_it
     assert_eq!(created["provider-files"], moved.len(), "{created}");
     assert_eq!(created["missing-media"], 0, "{created}");
     let id = created["backup-id"].as_str().unwrap().to_string();
+    assert!(names_in(&world.store.join("volumes")).len() >= 4);
     assert_success(&world.run(&["verify-backup", &id]), "verify-backup");
 
     // The provider is lost along with the data: the default restore brings every file back
@@ -159,6 +162,20 @@ fn media_found_nowhere_stop_the_backup_unless_allowed_and_are_recorded() {
     assert_eq!(created["provider-files"], moved.len() - 1, "{created}");
     let first = created["missing-media-first"][0].as_str().unwrap();
     assert!(first.starts_with(lost.as_str()), "{first} vs {lost}");
+    // Recorded in the backup: verify says so too.
+    let id = created["backup-id"].as_str().unwrap();
+    let verified = json(
+        &world.run(&["--json", "verify-backup", id]),
+        "verify-backup",
+    );
+    assert_eq!(verified["missing-media"], 1, "{verified}");
+    let out = world.run(&["verify-backup", id]);
+    assert_success(&out, "verify-backup");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lacks 1 media files") && stderr.contains(lost.as_str()),
+        "{stderr}"
+    );
 }
 
 #[test]

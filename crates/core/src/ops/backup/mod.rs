@@ -251,31 +251,30 @@ async fn write_objects(
     let mut volume_refs = reused_volumes;
     let mut vanished = Vec::new();
     let mut object_bytes = 0u64;
-    for (index, files) in volumes::split_into_volumes(to_store, config.backup.volume_size)
+    let downloads = config.backup.provider_downloads;
+    let mut queue = volumes::split_into_volumes(to_store, config.backup.volume_size)
         .into_iter()
-        .enumerate()
-    {
+        .enumerate();
+    let mut next = offloaded::fetch_volume(queue.next(), &access, downloads).await?;
+    while let Some(offloaded::FetchedVolume { index, files, gone }) = next.take() {
+        vanished.extend(gone);
         let name = volume_name(backup_id, index);
-        let mut files = files;
-        vanished.extend(
-            offloaded::fetch_from_providers(&mut files, &access, config.backup.provider_downloads)
-                .await?,
-        );
-        let fetched: Vec<std::path::PathBuf> = files
-            .iter()
-            .filter(|f| f.provider.is_some())
-            .map(|f| f.path.clone())
-            .collect();
+        let fetched = offloaded::fetched_paths(&files);
         let bytes: u64 = files.iter().map(|s| s.size).sum();
         let progress = Arc::clone(&ctx.progress);
         let volume = name.clone();
         written.push(name.clone());
-        let stored = stream_to_store(ctx, &name, bytes, move |out, cancel| {
-            volumes::write_volume(&volume, files, out, progress.as_ref(), cancel)
-        })
-        .await;
+        // The next volume's provider media download while this one is written: at most two
+        // volumes of them in the temp dir.
+        let (stored, following) = futures::join!(
+            stream_to_store(ctx, &name, bytes, move |out, cancel| {
+                volumes::write_volume(&volume, files, out, progress.as_ref(), cancel)
+            }),
+            offloaded::fetch_volume(queue.next(), &access, downloads)
+        );
         offloaded::remove_fetched(&fetched);
         let (contents, size) = stored?;
+        next = following?;
         let file_bytes = contents.entries.iter().map(|e| e.size).sum();
         volume_refs.push(VolumeRef {
             name,

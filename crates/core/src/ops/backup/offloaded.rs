@@ -184,7 +184,7 @@ async fn media_rows(
 
 /// Reads the provider files among `files` into their temp paths, several at once. Files a
 /// provider no longer holds are dropped and named in the returned list (deleted meanwhile).
-pub(super) async fn fetch_from_providers(
+async fn fetch_from_providers(
     files: &mut Vec<Source>,
     access: &[Option<ProviderAccess>],
     concurrency: usize,
@@ -243,6 +243,36 @@ fn set_media_mode(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
         .map_err(|e| Error::io("set the mode of", path, e))
+}
+
+/// A volume's files, its provider media downloaded.
+pub(super) struct FetchedVolume {
+    pub index: usize,
+    pub files: Vec<Source>,
+    /// Provider media gone before they could be read.
+    pub gone: Vec<String>,
+}
+
+/// Downloads the provider media of volume `next` (its number and files), if any.
+pub(super) async fn fetch_volume(
+    next: Option<(usize, Vec<Source>)>,
+    access: &[Option<ProviderAccess>],
+    concurrency: usize,
+) -> Result<Option<FetchedVolume>> {
+    let Some((index, mut files)) = next else {
+        return Ok(None);
+    };
+    let gone = fetch_from_providers(&mut files, access, concurrency).await?;
+    Ok(Some(FetchedVolume { index, files, gone }))
+}
+
+/// The temp copies among `files` (those read from a provider).
+pub(super) fn fetched_paths(files: &[Source]) -> Vec<PathBuf> {
+    files
+        .iter()
+        .filter(|f| f.provider.is_some())
+        .map(|f| f.path.clone())
+        .collect()
 }
 
 /// Removes the temp copies of the provider files among `files`.
