@@ -196,6 +196,26 @@ fn an_unknown_provider_module_is_named_when_media_are_missing() {
 }
 
 #[test]
+fn a_provider_folder_that_is_gone_is_named_and_its_media_reported_missing() {
+    let world = World::new();
+    let provider = file_provider(&world);
+    let moved = offload_every(&world, 5, move_into(&provider));
+    // The provider's disk is not mounted.
+    fs::remove_dir_all(&provider).unwrap();
+    let stderr = assert_fails(
+        &world.run(&["create-backup"]),
+        exit::REFUSED,
+        &[&format!("{} media files", moved.len()), "file provider"],
+    );
+    assert!(stderr.contains(&provider.display().to_string()), "{stderr}");
+    let created = json(
+        &world.run(&["--json", "create-backup", "--allow-missing-media"]),
+        "create-backup --allow-missing-media",
+    );
+    assert_eq!(created["missing-media"], moved.len(), "{created}");
+}
+
+#[test]
 fn an_incremental_backup_takes_provider_media_over_without_reading_them() {
     let world = World::with(WorldOptions {
         size_mib: 3.0,
@@ -328,5 +348,27 @@ mod s3 {
         for key in keys(&rt) {
             rt.block_on(client.delete(&ObjectPath::from(key))).unwrap();
         }
+    }
+
+    #[test]
+    fn an_unreachable_provider_bucket_stops_the_backup_and_is_named() {
+        let Some(s3) = S3Env::from_env() else { return };
+        let _shared = s3_shared();
+        // An S3 store (max-retries = 2, which the provider's requests follow too).
+        let world = World::with(WorldOptions {
+            s3: Some(s3.clone()),
+            ..WorldOptions::default()
+        });
+        add_providers(
+            &world,
+            "- module: s3_storage_provider.S3StorageProviderBackend\n  store_local: True\n  config:\n    bucket: gone\n    endpoint_url: http://127.0.0.1:9\n    access_key_id: AK\n    secret_access_key: never-shown\n",
+        );
+        offload_every(&world, 10, |_, _| {});
+        let stderr = assert_fails(
+            &world.run(&["create-backup"]),
+            exit::REFUSED,
+            &["s3://gone/", "cannot be read", "--allow-missing-media"],
+        );
+        assert!(!stderr.contains("never-shown"), "{stderr}");
     }
 }
