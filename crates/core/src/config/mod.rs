@@ -182,6 +182,17 @@ pub enum StoreConfig {
     Local(LocalConfig),
 }
 
+impl StoreConfig {
+    /// The S3 settings when the store is S3: their retries and timeouts apply to storage
+    /// providers' buckets too.
+    pub fn s3(&self) -> Option<&S3Config> {
+        match self {
+            StoreConfig::S3(s3) => Some(s3),
+            StoreConfig::Local(_) => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UriStyle {
     Path,

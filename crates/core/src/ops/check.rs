@@ -137,10 +137,7 @@ pub async fn run_checks(config: &Config, store: &dyn Store, cancel: &Cancel) -> 
 
 /// Every media storage provider can be read, since a backup reads the media only they hold.
 async fn check_media_providers(report: &mut CheckReport, hs: &HomeserverConfig, config: &Config) {
-    let store_s3 = match &config.store {
-        crate::config::StoreConfig::S3(s3) => Some(s3.as_ref()),
-        crate::config::StoreConfig::Local(_) => None,
-    };
+    let store_s3 = config.store.s3();
     for provider in &hs.media_providers {
         match ProviderAccess::open(provider, store_s3) {
             Ok(Some(access)) => match access.probe().await {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use futures::{StreamExt, TryStreamExt};
 
-use crate::config::{Config, StoreConfig};
+use crate::config::Config;
 use crate::database::media_rows::{postgres_media_rows, sqlite_media_rows, MediaRow};
 use crate::database::postgres::Postgres;
 use crate::error::{Error, Result};
@@ -58,10 +58,7 @@ pub(super) async fn find_offloaded(
         .into_iter()
         .filter(|row| !here.contains(row.path.as_str()) && seen.insert(row.path.clone()))
         .collect();
-    let store_s3 = match &config.store {
-        StoreConfig::S3(s3) => Some(s3.as_ref()),
-        StoreConfig::Local(_) => None,
-    };
+    let store_s3 = config.store.s3();
     let concurrency = config.backup.provider_downloads;
     let mut offloaded = Offloaded::default();
     let mut reasons = Vec::new();

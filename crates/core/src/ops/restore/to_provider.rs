@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use futures::{StreamExt, TryStreamExt};
 
-use crate::config::{Config, StoreConfig};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::manifest::{FileEntry, Header};
 use crate::provider::ProviderAccess;
@@ -32,10 +32,7 @@ pub(super) struct ProviderSink {
 
 impl ProviderSink {
     pub fn new(config: &Config, hs: &HomeserverConfig, header: &Header) -> Result<ProviderSink> {
-        let store_s3 = match &config.store {
-            StoreConfig::S3(s3) => Some(s3.as_ref()),
-            StoreConfig::Local(_) => None,
-        };
+        let store_s3 = config.store.s3();
         let recorded = header
             .media
             .as_ref()
