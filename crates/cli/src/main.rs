@@ -22,6 +22,7 @@ use args::Cli;
 use commands::Context;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return ExitCode::from(argument_error(e)),
@@ -114,6 +115,19 @@ fn report(error: &anyhow::Error, json: bool) -> u8 {
         output::emit_json_error(&format!("{error:#}"), exit::kind_name(kind), code, hint);
     }
     code
+}
+
+/// glibc gives threads that allocate at once arenas of their own (up to 8 per core), and
+/// memory freed into one is not reused by the others: streams whose chunks are allocated on the
+/// network threads and freed on the archive threads then hold far more than they use. Reading
+/// 1 GiB of media from a storage provider peaked at 145–217 MiB with the default and at 76 MiB
+/// with two arenas, at the same speed (`scripts/bench/providers.sh`, docs/design.md).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// Bad arguments: clap's message on stderr, exit 2, and under `--json` an error document, so a
