@@ -120,8 +120,9 @@ fn report(error: &anyhow::Error, json: bool) -> u8 {
 /// glibc gives threads that allocate at once arenas of their own (up to 8 per core), and
 /// memory freed into one is not reused by the others: streams whose chunks are allocated on the
 /// network threads and freed on the archive threads then hold far more than they use. Reading
-/// 1 GiB of media from a storage provider peaked at 145–217 MiB with the default and at 76 MiB
-/// with two arenas, at the same speed (`scripts/bench/providers.sh`, docs/design.md).
+/// 1 GiB of media from a storage provider peaked at 145–217 MiB with the default and at 76–109
+/// MiB with two arenas, at the same speed; a backup of local media alone goes from 66 to 76 MiB
+/// (`scripts/bench/providers.sh`, docs/design.md).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
