@@ -159,6 +159,29 @@ impl S3Store {
         }
     }
 
+    /// Object `key` (named `name` in errors), streamed; a failure mid-stream is a typed
+    /// [`ReadFailed`], which restore and verify tell apart from damage.
+    async fn download(&self, key: &ObjectPath, name: &str) -> Result<ByteStream> {
+        let result = self
+            .downloads
+            .get(key)
+            .await
+            .map_err(|e| self.object_error(name, e))?;
+        let store = self.describe();
+        Ok(result
+            .into_stream()
+            .map(move |item| {
+                item.map_err(|e| {
+                    ReadFailed {
+                        store: store.clone(),
+                        detail: error_text(&e),
+                    }
+                    .into_io()
+                })
+            })
+            .boxed())
+    }
+
     /// A failure of a request that is not about one object (a listing, starting an upload):
     /// "not found" there means the bucket.
     fn storage_error(&self, err: object_store::Error) -> Error {
@@ -321,24 +344,7 @@ impl Store for S3Store {
 
     async fn get(&self, name: &str) -> Result<ByteStream> {
         let key = self.key(name)?;
-        let result = self
-            .downloads
-            .get(&key)
-            .await
-            .map_err(|e| self.object_error(name, e))?;
-        let store = self.describe();
-        Ok(result
-            .into_stream()
-            .map(move |item| {
-                item.map_err(|e| {
-                    ReadFailed {
-                        store: store.clone(),
-                        detail: error_text(&e),
-                    }
-                    .into_io()
-                })
-            })
-            .boxed())
+        self.download(&key, name).await
     }
 
     async fn head(&self, name: &str) -> Result<ObjectInfo> {

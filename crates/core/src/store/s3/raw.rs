@@ -2,13 +2,13 @@
 //! bucket (`crate::provider`), whose keys are Synapse's media paths. The same clients, retries,
 //! timeouts and error wording as the backup store; none of the `Store` trait's name rules.
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::{error_text, S3Store};
+use super::S3Store;
 use crate::error::Result;
-use crate::store::{ByteStream, ReadFailed, Store};
+use crate::store::ByteStream;
 
 impl S3Store {
     /// Every object under `dir` (a key prefix that ends where a path segment ends), by key,
@@ -34,24 +34,7 @@ impl S3Store {
 
     /// The content of the object `key`, streamed.
     pub(crate) async fn get_key(&self, key: &str) -> Result<ByteStream> {
-        let result = self
-            .downloads
-            .get(&ObjectPath::from(key))
-            .await
-            .map_err(|e| self.object_error(key, e))?;
-        let store = self.describe();
-        Ok(result
-            .into_stream()
-            .map(move |item| {
-                item.map_err(|e| {
-                    ReadFailed {
-                        store: store.clone(),
-                        detail: error_text(&e),
-                    }
-                    .into_io()
-                })
-            })
-            .boxed())
+        self.download(&ObjectPath::from(key), key).await
     }
 
     /// Writes `bytes` as the object `key` (media files: one request each, as the provider
