@@ -231,6 +231,13 @@ async fn fetch_from_providers(
         index += 1;
         keep
     });
+    if !vanished.is_empty() {
+        tracing::warn!(
+            "{} media files were gone from their storage provider when read (deleted since they were looked up); not in this backup: {}",
+            vanished.len(),
+            vanished.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
     Ok(vanished)
 }
 
