@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{json, Value};
 use synapse_backup_core::manifest::{DatabaseInfo, DatabaseKind};
+use synapse_backup_core::ops::scratch::Leftover;
 
 /// `println!` for stdout that survives a reader that went away.
 macro_rules! outln {
@@ -85,6 +86,14 @@ pub fn database_json(database: &DatabaseInfo) -> Value {
             "ctype": pg.ctype,
         })),
     })
+}
+
+/// Scratch folders of killed create-backups that a command removed: path and age.
+pub fn leftovers_json(leftovers: &[Leftover]) -> Value {
+    leftovers
+        .iter()
+        .map(|l| json!({"path": l.path.display().to_string(), "age-secs": l.age.as_secs()}))
+        .collect()
 }
 
 pub fn human_bytes(bytes: u64) -> String {

@@ -7,6 +7,7 @@
 //! - [`crypto`]: OpenPGP passphrase encryption that `gpg` reads.
 //! - [`store`]: S3 and local-folder storage behind one trait.
 //! - [`provider`]: the media Synapse's storage providers hold.
+//! - [`repository`]: what a backup repository is: backup ids, and what in a store is trusted.
 //! - [`ops`]: create, list, verify, restore and delete.
 
 pub mod archive;
@@ -19,6 +20,7 @@ pub mod monitoring;
 pub mod ops;
 pub mod progress;
 pub mod provider;
+pub mod repository;
 pub mod store;
 pub mod synapse;
 

@@ -5,7 +5,7 @@ use synapse_backup_core::ops::backup::{create_backup, BackupOptions};
 
 use super::Context;
 use crate::args::CreateArgs;
-use crate::output::{database_json, emit_json, human_bytes, outln};
+use crate::output::{database_json, emit_json, human_bytes, leftovers_json, outln};
 
 pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
     let passphrase = context.config.passphrase()?;
@@ -39,6 +39,13 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
             "database": database_json(&summary.database),
             "seconds": seconds,
             "skipped-vanished": summary.vanished,
+            "stored-again": summary.stored_again.iter().map(|v| json!({
+                "volume": v.volume,
+                "why": v.why,
+                "files": v.files,
+            })).collect::<Vec<_>>(),
+            "full-reason": summary.full_reason,
+            "removed-leftovers": leftovers_json(&summary.leftovers),
         }));
     } else {
         outln!("{}", summary.backup_id);
@@ -58,7 +65,23 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
                 summary.reused_files,
                 human_bytes(summary.reused_bytes)
             ),
-            None => eprintln!("full: every file was stored"),
+            None => match &summary.full_reason {
+                Some(why) => eprintln!("full, although earlier backups exist: {why}"),
+                None => eprintln!("full: every file was stored"),
+            },
+        }
+        if !summary.stored_again.is_empty() {
+            let files: usize = summary.stored_again.iter().map(|v| v.files).sum();
+            eprintln!(
+                "warning: {} media volume(s) of the parent backup are missing or damaged in the store ({}); {files} media file(s) they held were read and stored anew, so this backup does not depend on them",
+                summary.stored_again.len(),
+                summary
+                    .stored_again
+                    .iter()
+                    .map(|v| format!("{}: {}", v.volume, v.why))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
         }
         if summary.provider_files > 0 {
             eprintln!(

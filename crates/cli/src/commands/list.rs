@@ -1,6 +1,7 @@
 use anyhow::Result;
 use serde_json::json;
 use synapse_backup_core::ops::catalog::{list_backups, Details};
+use synapse_backup_core::ErrorKind;
 
 use super::Context;
 use crate::output::{database_json, emit_json, human_bytes, Table};
@@ -9,7 +10,8 @@ pub async fn run(context: &Context) -> Result<()> {
     // Without a passphrase the list still works; it just cannot show what is inside.
     let passphrase = context.config.passphrase().ok();
     let store = context.store()?;
-    let backups = list_backups(store.as_ref(), passphrase.as_ref(), &context.cancel).await?;
+    let catalog = list_backups(store.as_ref(), passphrase.as_ref(), &context.cancel).await?;
+    let backups = &catalog.backups;
     if context.json {
         let rows: Vec<_> = backups
             .iter()
@@ -39,12 +41,17 @@ pub async fn run(context: &Context) -> Result<()> {
                     }
                     Details::Charm => row["format"] = json!("charm"),
                     Details::NotRead => {}
-                    Details::Unreadable(why) => row["error"] = json!(why),
+                    Details::Unreadable { why, .. } => row["error"] = json!(why),
                 }
                 row
             })
             .collect();
-        emit_json(json!({ "ok": true, "store": store.describe(), "backups": rows }));
+        emit_json(json!({
+            "ok": true,
+            "store": store.describe(),
+            "backups": rows,
+            "not-backups": catalog.strays,
+        }));
         return Ok(());
     }
     let mut table = Table::new([
@@ -56,12 +63,15 @@ pub async fn run(context: &Context) -> Result<()> {
         "server",
         "version",
     ]);
-    for b in &backups {
+    for b in backups {
         let (server, version) = match &b.details {
             Details::Manifest(h) => (h.server_name.clone(), h.tool_version.clone()),
             Details::Charm => ("(charm backup)".into(), String::new()),
             Details::NotRead => (String::new(), String::new()),
-            Details::Unreadable(_) => ("(unreadable: wrong passphrase?)".into(), String::new()),
+            Details::Unreadable { kind, .. } if *kind == ErrorKind::WrongPassphrase => {
+                ("(does not open: wrong passphrase?)".into(), String::new())
+            }
+            Details::Unreadable { .. } => ("(damaged, or not this backup)".into(), String::new()),
         };
         let kind = match (&b.details, b.kind()) {
             (Details::Charm, _) => "charm".to_string(),
@@ -81,6 +91,22 @@ pub async fn run(context: &Context) -> Result<()> {
     crate::output::write_stdout(&table.render());
     if backups.is_empty() {
         eprintln!("no backups in {}", store.describe());
+    }
+    let unverified = catalog.unverified();
+    if !unverified.is_empty() {
+        eprintln!(
+            "warning: {} object(s) named like backups do not open as themselves, and are never kept, pruned, used as a parent or taken as latest:",
+            unverified.len()
+        );
+        for (id, why) in &unverified {
+            eprintln!("  {id}: {why}");
+        }
+    }
+    if !catalog.strays.is_empty() {
+        eprintln!(
+            "not a backup (ignored): {}",
+            catalog.strays.join(", ")
+        );
     }
     Ok(())
 }

@@ -26,10 +26,10 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
         flags
     };
     let store = context.store()?;
-    // Needed only when the store holds media volumes; the library says so then.
-    let passphrase = context.config.passphrase().ok();
+    // A backup counts as kept only once it opens with the passphrase.
+    let passphrase = context.config.passphrase()?;
     let deletion = Deletion {
-        passphrase: passphrase.as_ref(),
+        passphrase: Some(&passphrase),
         cancel: &context.cancel,
         grace: context.config.retention.delete_grace,
     };
@@ -56,6 +56,11 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
             "kept": decisions.len() - removed,
             "store": store.describe(),
             "backups": rows,
+            "unverified": outcome.unverified.iter().map(|(id, why)| json!({
+                "backup-id": id,
+                "error": why,
+            })).collect::<Vec<_>>(),
+            "not-backups": outcome.strays,
             "volumes": volumes_json(&outcome.volumes, args.dry_run),
             "volume-warning": outcome.volume_warning,
         }));
@@ -86,6 +91,21 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
         decisions.len(),
         store.describe()
     );
+    if !outcome.unverified.is_empty() {
+        eprintln!(
+            "warning: {} object(s) named like backups do not open as themselves, so they were neither counted as kept nor deleted:",
+            outcome.unverified.len()
+        );
+        for (id, why) in &outcome.unverified {
+            eprintln!("  {id}: {why}");
+        }
+    }
+    if !outcome.strays.is_empty() {
+        eprintln!(
+            "not a backup (left alone): {}",
+            outcome.strays.join(", ")
+        );
+    }
     super::report_volumes(
         &outcome.volumes,
         args.dry_run,

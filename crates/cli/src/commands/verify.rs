@@ -5,13 +5,15 @@ use synapse_backup_core::ops::verify::{verify_backup, ArchiveFormat};
 use super::Context;
 use crate::output::{emit_json, human_bytes, outln};
 use synapse_backup_core::ops::catalog::newest_backup;
+use synapse_backup_core::ops::scratch::remove_leftovers;
 
 pub async fn run(context: &Context, id: &str) -> Result<()> {
     let passphrase = context.config.passphrase()?;
     let store = context.store()?;
+    remove_leftovers(&context.config);
     let newest;
     let id = if id == "latest" {
-        newest = newest_backup(store.as_ref()).await?;
+        newest = newest_backup(store.as_ref(), &passphrase, &context.cancel).await?;
         newest.as_str()
     } else {
         id

@@ -4,10 +4,12 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use secrecy::SecretString;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{BackupKind, Header};
 use crate::progress::Cancel;
-use crate::store::Store;
+use crate::repository::trust::{split_listing, Listing};
+use crate::repository::BackupId;
+use crate::store::{ObjectInfo, Store};
 
 use std::collections::HashSet;
 
@@ -73,18 +75,57 @@ pub enum Details {
     Manifest(Box<Header>),
     /// Opened, but holds no manifest: a backup made by the charm's pipeline.
     Charm,
-    Unreadable(String),
+    /// Named like a backup, but it does not open with the passphrase, or its header names
+    /// another backup: never counted as a backup (not kept, not a parent, not `latest`, not
+    /// pruned). It may be an attacker's, damaged, of a newer format, or another passphrase's.
+    Unreadable { kind: ErrorKind, why: String },
 }
 
-/// Lists every backup, oldest first. With a passphrase, each backup's header is read (only the
-/// first kilobytes are downloaded and decrypted).
+impl BackupListing {
+    /// Whether the object opened with the passphrase as the backup its name says.
+    pub fn is_verified(&self) -> bool {
+        matches!(self.details, Details::Manifest(_) | Details::Charm)
+    }
+}
+
+/// What the store's top level holds.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Every object named like a backup, oldest first, verified or not.
+    pub backups: Vec<BackupListing>,
+    /// Objects not named like backups (`notes.txt`, `backup-foo`): ignored by every command.
+    pub strays: Vec<String>,
+}
+
+impl Catalog {
+    /// The backups that opened as themselves.
+    pub fn verified(&self) -> impl Iterator<Item = &BackupListing> {
+        self.backups.iter().filter(|b| b.is_verified())
+    }
+
+    /// Objects named like backups that did not open as themselves, with why.
+    pub fn unverified(&self) -> Vec<(String, String)> {
+        self.backups
+            .iter()
+            .filter_map(|b| match &b.details {
+                Details::Unreadable { why, .. } => Some((b.backup_id.clone(), why.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Lists every object named like a backup, oldest first, and the strays beside them. With a
+/// passphrase, each backup's header is read (only the first kilobytes are downloaded and
+/// decrypted) and checked to name the backup it is stored as.
 pub async fn list_backups(
     store: &dyn Store,
     passphrase: Option<&SecretString>,
     cancel: &Cancel,
-) -> Result<Vec<BackupListing>> {
+) -> Result<Catalog> {
     store.check_access().await?;
-    let mut objects = store.list().await?;
+    let Listing { backups, strays } = split_listing(store.list().await?);
+    let mut objects: Vec<ObjectInfo> = backups.into_iter().map(|(_, o)| o).collect();
     objects.sort_by(|a, b| {
         a.last_modified
             .cmp(&b.last_modified)
@@ -93,18 +134,9 @@ pub async fn list_backups(
     // One small GET each: several at a time, so hundreds of backups list in seconds.
     let listings = futures::stream::iter(objects)
         .map(|object| async move {
-            if cancel.is_cancelled() {
-                return Err(Error::Interrupted);
-            }
             let details = match passphrase {
                 None => Details::NotRead,
-                Some(passphrase) => {
-                    match read_header(store, &object.name, passphrase, cancel).await {
-                        Ok(Some(header)) => Details::Manifest(Box::new(header)),
-                        Ok(None) => Details::Charm,
-                        Err(e) => Details::Unreadable(e.to_string()),
-                    }
-                }
+                Some(passphrase) => read_details(store, &object.name, passphrase, cancel).await?,
             };
             Ok(BackupListing {
                 backup_id: object.name,
@@ -114,25 +146,57 @@ pub async fn list_backups(
             })
         })
         .buffered(HEADER_READS_AT_ONCE)
-        .collect::<Vec<_>>()
+        .collect::<Vec<Result<BackupListing>>>()
         .await;
-    listings.into_iter().collect()
+    Ok(Catalog {
+        backups: listings.into_iter().collect::<Result<_>>()?,
+        strays: strays.into_iter().map(|o| o.name).collect(),
+    })
 }
 
-/// The id of the newest backup in the store (by its name, which is its creation time).
-pub async fn newest_backup(store: &dyn Store) -> Result<String> {
+/// Opens backup `id`'s header. A store that fails or a Ctrl-C is an error (the listing would
+/// be incomplete); anything the object itself is to blame for makes it unreadable.
+async fn read_details(
+    store: &dyn Store,
+    id: &str,
+    passphrase: &SecretString,
+    cancel: &Cancel,
+) -> Result<Details> {
+    if cancel.is_cancelled() {
+        return Err(Error::Interrupted);
+    }
+    match read_header(store, id, passphrase, cancel).await {
+        Ok(Some(header)) => Ok(Details::Manifest(Box::new(header))),
+        Ok(None) => Ok(Details::Charm),
+        Err(e) if matches!(e.kind(), ErrorKind::Storage | ErrorKind::Interrupted) => Err(e),
+        Err(e) => Ok(Details::Unreadable {
+            kind: e.kind(),
+            why: e.to_string(),
+        }),
+    }
+}
+
+/// The newest backup that opens with the passphrase as itself (its name is its creation
+/// time). Newer objects that do not are passed over, each with a warning.
+pub async fn newest_backup(
+    store: &dyn Store,
+    passphrase: &SecretString,
+    cancel: &Cancel,
+) -> Result<String> {
     store.check_access().await?;
-    store
-        .list()
-        .await?
-        .into_iter()
-        .map(|o| o.name)
-        .filter(|name| name.starts_with("backup-"))
-        .max()
-        .ok_or_else(|| Error::NotFound {
-            id: "latest".into(),
-            store: store.describe(),
-        })
+    let Listing { backups, .. } = split_listing(store.list().await?);
+    for (id, _) in backups.iter().rev() {
+        match read_details(store, id.as_str(), passphrase, cancel).await? {
+            Details::Unreadable { why, .. } => {
+                tracing::warn!("{id} is not taken as the latest backup: {why}")
+            }
+            _ => return Ok(id.to_string()),
+        }
+    }
+    Err(Error::NotFound {
+        id: "latest".into(),
+        store: store.describe(),
+    })
 }
 
 /// What deleting one backup did to the media volumes.
@@ -149,6 +213,13 @@ pub async fn delete_backup(
     id: &str,
     deletion: &Deletion<'_>,
 ) -> Result<DeleteOutcome> {
+    // Only backups are ever deleted: anything else in the prefix is not ours to touch.
+    let id = BackupId::parse(id).map_err(|e| {
+        Error::config(format!(
+            "{e}; delete-backup deletes backups only, and leaves every other object in the store alone"
+        ))
+    })?;
+    let id = id.as_str();
     store.head(id).await?;
     require_passphrase_for_volumes(store, deletion).await?;
     delete_base(store, id).await?;

@@ -18,9 +18,9 @@ use crate::store::{ByteStream, Store};
 use crate::synapse::media::LOCAL_MEDIA_DIRS;
 use crate::synapse::{check_working_dir, Database, HomeserverConfig};
 
-use super::catalog::newest_backup;
-use super::open::read_header;
+use super::catalog::{list_backups, BackupListing, Catalog, Details};
 use super::restore::files::free_bytes;
+use super::scratch::{describe_age, remove_leftovers, scratch_parent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckStatus {
@@ -121,6 +121,7 @@ pub async fn run_checks(config: &Config, store: &dyn Store, cancel: &Cancel) -> 
         check_database(&mut report, hs, config).await;
         check_media_providers(&mut report, hs, config).await;
     }
+    check_scratch_leftovers(&mut report, config);
     let store_ok = check_store(&mut report, store).await;
     match config.passphrase() {
         Ok(passphrase) if store_ok => {
@@ -394,7 +395,8 @@ async fn check_store(report: &mut CheckReport, store: &dyn Store) -> bool {
     true
 }
 
-/// The passphrase opens the newest backup's header (when there is a backup).
+/// The passphrase opens the newest backup's header (when there is a backup); and what in the
+/// store is not a backup, or is named like one but does not open as itself.
 async fn check_passphrase(
     report: &mut CheckReport,
     store: &dyn Store,
@@ -402,34 +404,109 @@ async fn check_passphrase(
     hs: Option<&HomeserverConfig>,
     cancel: &Cancel,
 ) {
-    let newest = match newest_backup(store).await {
-        Ok(id) => id,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return report.ok("passphrase", "set; no backup yet to try it on")
-        }
+    let catalog = match list_backups(store, Some(passphrase), cancel).await {
+        Ok(catalog) => catalog,
         Err(e) => return report.fail("passphrase", e),
     };
-    match read_header(store, &newest, passphrase, cancel).await {
-        Ok(Some(header)) => match hs {
+    report_store_objects(report, &catalog);
+    let newest = catalog.verified().max_by(|a, b| a.backup_id.cmp(&b.backup_id));
+    match newest.map(|b| (&b.backup_id, &b.details)) {
+        Some((id, Details::Manifest(header))) => match hs {
             Some(hs) if hs.server_name != header.server_name => report.warn(
                 "passphrase",
                 format!(
-                    "opens {}, but it is a backup of {:?}, not of {:?}: is this the right store or path?",
-                    newest, header.server_name, hs.server_name
+                    "opens {id}, but it is a backup of {:?}, not of {:?}: is this the right store or path?",
+                    header.server_name, hs.server_name
                 ),
             ),
-            _ => report.ok("passphrase", format!("opens the newest backup, {}", newest)),
+            _ => report.ok("passphrase", format!("opens the newest backup, {id}")),
         },
-        Ok(None) => report.ok(
+        Some((id, _)) => report.ok(
             "passphrase",
-            format!("opens the newest backup, {} (made by the charm)", newest),
+            format!("opens the newest backup, {id} (made by the charm)"),
         ),
-        Err(e) if e.kind() == ErrorKind::WrongPassphrase => report.fail("passphrase", e),
-        Err(e) => report.warn(
-            "passphrase",
-            format!("could not open the newest backup {}: {e}", newest),
-        ),
+        None if catalog.backups.is_empty() => {
+            report.ok("passphrase", "set; no backup yet to try it on")
+        }
+        // Nothing opens: a wrong passphrase when the newest says so, otherwise damage.
+        None => match catalog.backups.iter().max_by(|a, b| a.backup_id.cmp(&b.backup_id)) {
+            Some(BackupListing {
+                backup_id,
+                details: Details::Unreadable { kind, why },
+                ..
+            }) => {
+                if *kind == ErrorKind::WrongPassphrase {
+                    report.fail(
+                        "passphrase",
+                        Error::WrongPassphrase {
+                            id: backup_id.clone(),
+                        },
+                    )
+                } else {
+                    report.warn(
+                        "passphrase",
+                        format!("could not open the newest backup {backup_id}: {why}"),
+                    )
+                }
+            }
+            _ => report.ok("passphrase", "set"),
+        },
     }
+}
+
+/// Objects that are not backups, and objects named like backups that do not open as themselves
+/// (a wrong passphrase, damage, a forgery, a rollback), each counted and named.
+fn report_store_objects(report: &mut CheckReport, catalog: &Catalog) {
+    let unverified = catalog.unverified();
+    let mut problems = Vec::new();
+    if !catalog.strays.is_empty() {
+        problems.push(format!(
+            "{} object(s) not a backup, ignored: {}",
+            catalog.strays.len(),
+            catalog.strays.join(", ")
+        ));
+    }
+    if !unverified.is_empty() {
+        let named: Vec<String> = unverified
+            .iter()
+            .map(|(id, why)| format!("{id} ({why})"))
+            .collect();
+        problems.push(format!(
+            "{} object(s) named like backups that do not open as themselves, never kept, pruned or used: {}",
+            unverified.len(),
+            named.join("; ")
+        ));
+    }
+    if problems.is_empty() {
+        let count = catalog.backups.len();
+        report.ok("store-objects", format!("{count} backup(s), all open"));
+    } else {
+        report.warn("store-objects", problems.join("; "));
+    }
+}
+
+/// Scratch folders of killed create-backups hold plaintext: removed, and reported.
+fn check_scratch_leftovers(report: &mut CheckReport, config: &Config) {
+    let removed = remove_leftovers(config);
+    let parent = scratch_parent(config);
+    if removed.is_empty() {
+        return report.ok(
+            "scratch-leftovers",
+            format!("none in {}", parent.display()),
+        );
+    }
+    let named: Vec<String> = removed
+        .iter()
+        .map(|l| format!("{} ({} old)", l.path.display(), describe_age(l.age)))
+        .collect();
+    report.warn(
+        "scratch-leftovers",
+        format!(
+            "removed {} scratch folder(s) of killed create-backups, which held unencrypted data: {}",
+            removed.len(),
+            named.join(", ")
+        ),
+    );
 }
 
 /// Synapse's version, asked of its plain HTTP listener; a stopped Synapse is only a warning.

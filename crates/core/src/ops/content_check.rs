@@ -13,6 +13,7 @@ use crate::manifest::{
     read_file_list, FileEntry, Header, Role, FILES_MEMBER, HEADER_MEMBER, VOLUME_LISTS_FOLDER,
 };
 use crate::progress::Progress;
+use crate::repository::trust::check_header_names;
 
 /// The largest manifest member accepted, so a hostile archive cannot make us allocate without
 /// bound (50,000 files need about 10 MiB).
@@ -87,6 +88,7 @@ impl ContentCheck {
             if member.path == HEADER_MEMBER && member.kind == MemberKind::File {
                 let bytes = read_small(member, &self.id)?;
                 let header = Header::from_json(&self.id, &bytes)?;
+                check_header_names(&self.id, &header)?;
                 self.format = Some(ArchiveFormat::Manifest(Box::new(header)));
                 return Ok(true);
             }

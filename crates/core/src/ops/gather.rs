@@ -12,7 +12,8 @@ use futures::StreamExt;
 
 use crate::archive::{read_members, Member, MemberKind};
 use crate::error::{CorruptKind, Error, ErrorKind, Result};
-use crate::manifest::FileEntry;
+use crate::manifest::{FileEntry, VolumeRef};
+use crate::repository::trust::{describe_faults, unusable_volumes, volume_fits};
 use crate::store::Store;
 
 /// HEAD requests at once when checking that a backup's volumes exist.
@@ -44,40 +45,43 @@ pub(crate) fn by_volume(entries: Vec<FileEntry>) -> Vec<VolumeWant> {
         .collect()
 }
 
-/// Checks that every one of `volumes` is in the store, naming each one that is missing.
+/// Checks that every one of `volumes` (named by backup `backup_id`) is in the store with the
+/// size the backup recorded, naming each one that is not, before anything is downloaded.
 pub(crate) async fn check_volumes_exist(
     store: &dyn Store,
     backup_id: &str,
-    volumes: impl IntoIterator<Item = String>,
+    volumes: &[VolumeRef],
 ) -> Result<()> {
-    let heads = futures::stream::iter(volumes)
-        .map(|name| async move {
-            let head = store.head(&name).await;
-            (name, head)
+    let heads = futures::stream::iter(volumes.iter().filter(|v| volume_fits(backup_id, &v.name)))
+        .map(|volume| async move {
+            let head = store.head(&volume.name).await;
+            (volume.name.clone(), head)
         })
         .buffer_unordered(HEADS_AT_ONCE)
         .collect::<Vec<_>>()
         .await;
-    let mut missing = Vec::new();
+    let mut present = HashMap::new();
     for (name, head) in heads {
         match head {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => missing.push(name),
+            Ok(info) => {
+                present.insert(name, info.size);
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
-    if missing.is_empty() {
+    let faults = unusable_volumes(backup_id, volumes, &present);
+    if faults.is_empty() {
         return Ok(());
     }
-    missing.sort();
     Err(Error::corrupt(
         backup_id,
         CorruptKind::ManifestMismatch,
         format!(
-            "{} media volume(s) this backup needs are missing from {}: {}",
-            missing.len(),
+            "{} media volume(s) this backup needs are missing or damaged in {}: {}",
+            faults.len(),
             store.describe(),
-            missing.join(", ")
+            describe_faults(&faults)
         ),
     ))
 }

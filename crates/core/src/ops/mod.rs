@@ -5,6 +5,7 @@
 //! - `content_check`: the manifest check that verify and restore share.
 //! - `open`: store stream → decryption → plaintext, with the wrong-passphrase check.
 //! - `pipe`: bounded buffers between blocking stages (tar, encryption) and the async store.
+//! - `scratch`: a create's private scratch folder, and the removal of those a kill left.
 //! - `state_dir`: the data dir's locks, where the restore journal lives too.
 
 pub mod backup;
@@ -20,6 +21,7 @@ mod gather;
 mod object_reader;
 mod open;
 mod pipe;
+pub mod scratch;
 mod state_dir;
 pub mod sweep;
 

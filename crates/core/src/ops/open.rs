@@ -10,6 +10,7 @@ use crate::crypto::{self, classify_read_error, DecryptReader};
 use crate::error::{find_cause, CorruptKind, Error, Result};
 use crate::manifest::{Header, HEADER_MEMBER};
 use crate::progress::{is_cancelled_error, Cancel};
+use crate::repository::trust::check_header_names;
 use crate::store::{ByteStream, ReadFailed, Store};
 
 use super::content_check::MAX_MANIFEST_BYTES;
@@ -110,11 +111,27 @@ fn is_tar_header(block: &[u8]) -> bool {
     stored == unsigned || i64::from(stored) == signed
 }
 
-/// Reads the manifest header of backup `id`, or `None` for a backup without one.
+/// Reads the manifest header of backup `id`, or `None` for a backup without one. A header
+/// naming another backup than `id` is damage (`repository::trust::check_header_names`).
 ///
 /// The header is read before the end of the stream, so its integrity is not yet proven; it is
 /// used for display and early refusals only, never to decide that a backup is sound.
 pub async fn read_header(
+    store: &dyn Store,
+    id: &str,
+    passphrase: &SecretString,
+    cancel: &Cancel,
+) -> Result<Option<Header>> {
+    let header = read_stored_header(store, id, passphrase, cancel).await?;
+    if let Some(header) = &header {
+        check_header_names(id, header)?;
+    }
+    Ok(header)
+}
+
+/// The header object `id` holds, whatever backup it names: the sweep keeps the volumes of any
+/// header it can read, even one stored under the wrong name.
+pub async fn read_stored_header(
     store: &dyn Store,
     id: &str,
     passphrase: &SecretString,

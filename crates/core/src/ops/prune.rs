@@ -1,11 +1,12 @@
 //! `prune-backups`: a retention policy in the manner of restic's `forget`, applied to backup ids,
 //! which carry their creation time (ours and the charm's alike).
 //!
-//! Safety rules: only objects named like backups are ever considered; a policy must keep
-//! something, and every rule keeps the newest backup, so pruning never empties the store; a dry
-//! run shows the exact plan.
+//! Safety rules: only backups that open with the passphrase as themselves are ever considered,
+//! kept or deleted (an object that merely looks like one, perhaps an attacker's, is reported and
+//! left alone); a policy must keep something, and every rule keeps the newest backup, so pruning
+//! never empties the store; a dry run shows the exact plan.
 
-use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
 use std::collections::HashSet;
@@ -15,7 +16,10 @@ use secrecy::SecretString;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::index_name;
 use crate::progress::Cancel;
+use crate::repository::BackupId;
 use crate::store::Store;
+
+use super::catalog::list_backups;
 
 use super::sweep::{sweep, SweepReport};
 
@@ -49,25 +53,10 @@ pub struct PruneDecision {
     pub reasons: Vec<&'static str>,
 }
 
-/// The creation time a backup id carries: `backup-YYYYMMDDHHMMSSffffff` (UTC, microseconds).
-pub fn created_at(id: &str) -> Option<DateTime<Utc>> {
-    let stamp = id.strip_prefix("backup-")?;
-    if stamp.len() != 20 || !stamp.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (seconds, micros) = stamp.split_at(14);
-    let time = NaiveDateTime::parse_from_str(seconds, "%Y%m%d%H%M%S").ok()?;
-    let micros: u32 = micros.parse().ok()?;
-    Some(time.and_utc() + chrono::Duration::microseconds(micros.into()))
-}
-
-/// Decides, newest first, which of `ids` the policy keeps. Names that are not backup ids are
-/// left out (and so never deleted).
-pub fn plan(ids: &[String], policy: &RetentionPolicy) -> Vec<PruneDecision> {
-    let mut backups: Vec<(DateTime<Utc>, &String)> = ids
-        .iter()
-        .filter_map(|id| Some((created_at(id)?, id)))
-        .collect();
+/// Decides, newest first, which of `ids` the policy keeps.
+pub fn plan(ids: &[BackupId], policy: &RetentionPolicy) -> Vec<PruneDecision> {
+    let mut backups: Vec<(DateTime<Utc>, &BackupId)> =
+        ids.iter().map(|id| (id.created(), id)).collect();
     backups.sort_by(|a, b| b.cmp(a));
 
     type Period = fn(&DateTime<Utc>, usize) -> (i32, u32, u32);
@@ -103,7 +92,7 @@ pub fn plan(ids: &[String], policy: &RetentionPolicy) -> Vec<PruneDecision> {
                 }
             }
             PruneDecision {
-                backup_id: (*id).clone(),
+                backup_id: id.to_string(),
                 created: *created,
                 keep: !reasons.is_empty(),
                 reasons,
@@ -116,6 +105,11 @@ pub fn plan(ids: &[String], policy: &RetentionPolicy) -> Vec<PruneDecision> {
 #[derive(Debug, Clone)]
 pub struct PruneOutcome {
     pub decisions: Vec<PruneDecision>,
+    /// Objects named like backups that do not open as themselves, with why: neither kept nor
+    /// deleted.
+    pub unverified: Vec<(String, String)>,
+    /// Objects not named like backups: left alone.
+    pub strays: Vec<String>,
     pub volumes: SweepReport,
     /// Why volumes were left alone this time (they stay until a later prune can read the
     /// store), when they were.
@@ -143,9 +137,21 @@ pub async fn prune_backups(
             "a retention policy must keep something: give --keep-last, --keep-daily, --keep-weekly or --keep-monthly, or set them in [retention]",
         ));
     }
-    store.check_access().await?;
-    let names: Vec<String> = store.list().await?.into_iter().map(|o| o.name).collect();
-    let decisions = plan(&names, policy);
+    let Some(passphrase) = deletion.passphrase else {
+        return Err(Error::config(
+            "prune-backups needs the passphrase: a backup counts as kept only once it opens with it, so that an object merely named like a backup never pushes real ones out; set [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE",
+        ));
+    };
+    let catalog = list_backups(store, Some(passphrase), deletion.cancel).await?;
+    let unverified = catalog.unverified();
+    for (id, why) in &unverified {
+        tracing::warn!("{id} is neither kept nor deleted: {why}");
+    }
+    let ids: Vec<BackupId> = catalog
+        .verified()
+        .filter_map(|b| BackupId::parse(&b.backup_id).ok())
+        .collect();
+    let decisions = plan(&ids, policy);
     // A backup from a host whose clock ran ahead would pass for the newest forever and push out
     // the real newest ones.
     let tomorrow = Utc::now() + chrono::Duration::days(1);
@@ -171,6 +177,8 @@ pub async fn prune_backups(
     let (volumes, volume_warning) = sweep_after(store, deletion, dry_run, &leaving).await;
     Ok(PruneOutcome {
         decisions,
+        unverified,
+        strays: catalog.strays,
         volumes,
         volume_warning,
     })
@@ -232,25 +240,16 @@ pub async fn sweep_after(
 mod tests {
     use super::*;
 
-    fn id(stamp: &str) -> String {
-        format!("backup-{stamp}000000")
+    fn id(stamp: &str) -> BackupId {
+        BackupId::parse(&format!("backup-{stamp}000000")).unwrap()
     }
 
-    fn kept(decisions: &[PruneDecision]) -> Vec<String> {
+    fn kept(decisions: &[PruneDecision]) -> Vec<BackupId> {
         decisions
             .iter()
             .filter(|d| d.keep)
-            .map(|d| d.backup_id.clone())
+            .map(|d| BackupId::parse(&d.backup_id).unwrap())
             .collect()
-    }
-
-    #[test]
-    fn ids_carry_their_creation_time() {
-        let t = created_at("backup-20261126071112123456").unwrap();
-        assert_eq!(t.to_rfc3339(), "2026-11-26T07:11:12.123456+00:00");
-        assert_eq!(created_at("backup-2026"), None);
-        assert_eq!(created_at("backup-20261326071112123456"), None);
-        assert_eq!(created_at("notes.txt"), None);
     }
 
     #[test]
@@ -294,11 +293,8 @@ mod tests {
     #[test]
     fn rules_add_up_and_the_newest_is_always_kept() {
         // Every day of January and February 2026 at noon.
-        let ids: Vec<String> = (0..59)
-            .map(|day| {
-                let t = created_at(&id("20260101120000")).unwrap() + chrono::Duration::days(day);
-                format!("backup-{}", t.format("%Y%m%d%H%M%S%6f"))
-            })
+        let ids: Vec<BackupId> = (0..59)
+            .map(|day| BackupId::at(id("20260101120000").created() + chrono::Duration::days(day)))
             .collect();
         let policy = RetentionPolicy {
             keep_last: 1,
@@ -308,7 +304,7 @@ mod tests {
         };
         let decisions = plan(&ids, &policy);
         let newest = &decisions[0];
-        assert_eq!(newest.backup_id, id("20260228120000"));
+        assert_eq!(newest.backup_id, id("20260228120000").to_string());
         assert_eq!(newest.reasons, ["last", "daily", "weekly", "monthly"]);
         // February 22–28 (daily; the 22nd, a Sunday, also ends the second week), the Sundays
         // February 15 and 8 (weekly), January 31 (monthly).
@@ -319,17 +315,5 @@ mod tests {
         }
         assert!(!kept.contains(&id("20260201120000")));
         assert!(!kept.contains(&id("20260101120000")));
-    }
-
-    #[test]
-    fn other_objects_are_never_in_the_plan() {
-        let ids = ["notes.txt".to_string(), id("20260101000000")];
-        let policy = RetentionPolicy {
-            keep_last: 1,
-            ..Default::default()
-        };
-        let decisions = plan(&ids, &policy);
-        assert_eq!(decisions.len(), 1);
-        assert!(decisions[0].keep);
     }
 }

@@ -22,13 +22,15 @@ use futures::StreamExt;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{index_name, volume_owner};
 use crate::progress::Cancel;
 use crate::store::owner::UploadOwner;
 use crate::store::{ObjectInfo, Store};
 
-use super::open::read_header;
+use crate::repository::trust::split_listing;
+
+use super::open::read_stored_header;
 
 const PENDING: &str = ".pending";
 const CONDEMNED: &str = ".condemned";
@@ -240,21 +242,23 @@ async fn volumes_in_use(
             }
         }
     }
-    let bases: Vec<String> = store
-        .list()
-        .await?
+    // Only objects named like backups are bases; strays name no volume. Any header that opens
+    // counts, even one stored under another backup's name: its volumes are kept.
+    let bases: Vec<String> = split_listing(store.list().await?)
+        .backups
         .into_iter()
-        .map(|o| o.name)
+        .map(|(id, _)| id.to_string())
         .filter(|name| !leaving.contains(name))
         .collect();
     let headers = futures::stream::iter(bases)
         .map(|id| async move {
-            let header = read_header(store, &id, passphrase, cancel).await;
+            let header = read_stored_header(store, &id, passphrase, cancel).await;
             (id, header)
         })
         .buffer_unordered(HEADER_READS_AT_ONCE)
         .collect::<Vec<_>>()
         .await;
+    let mut unreadable = Vec::new();
     for (id, header) in headers {
         match header {
             Ok(Some(header)) => {
@@ -267,12 +271,21 @@ async fn volumes_in_use(
             }
             // A charm backup or a format-1 one: no volumes.
             Ok(None) => {}
-            Err(e) => {
-                return Err(Error::Other(format!(
-                    "cannot read backup {id} to learn which media volumes it uses, so no volume was deleted: {e}"
-                )))
+            Err(e) if matches!(e.kind(), ErrorKind::Storage | ErrorKind::Interrupted) => {
+                return Err(e)
             }
+            Err(e) => unreadable.push(format!("{id} ({e})")),
         }
+    }
+    // It may name volumes (a newer format's, another passphrase's): deleting any volume could
+    // cost it.
+    if !unreadable.is_empty() {
+        unreadable.sort();
+        return Err(Error::Refused(format!(
+            "{} object(s) named like backups do not open with the passphrase as themselves, so no media volume was condemned or deleted (they might use any of them): {}; check each, and delete those that are not your backups with delete-backup",
+            unreadable.len(),
+            unreadable.join("; ")
+        )));
     }
     Ok(in_use)
 }

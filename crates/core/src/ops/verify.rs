@@ -90,8 +90,7 @@ async fn verify_all(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
         .await?;
     if let ArchiveFormat::Manifest(header) = &report.format {
         if let Some(media) = &header.media {
-            let names = media.volumes.iter().map(|v| v.name.clone());
-            check_volumes_exist(ctx.store, id, names).await?;
+            check_volumes_exist(ctx.store, id, &media.volumes).await?;
             let bytes = media.volumes.iter().map(|v| v.used_bytes).sum();
             ctx.progress.start("verifying media volumes", Some(bytes));
         }

@@ -1,15 +1,14 @@
-//! Backup ids: `backup-` and the UTC time to the microsecond, as the charm names them.
+//! Choosing the id of a new backup (`repository::BackupId`: the UTC time to the microsecond).
 
 use std::time::Duration;
 
-use chrono::Utc;
-
 use crate::error::{Error, Result};
 use crate::ops::state_dir::StateDir;
+use crate::repository::BackupId;
 use crate::store::Store;
 
 pub fn new_backup_id() -> String {
-    format!("backup-{}", Utc::now().format("%Y%m%d%H%M%S%6f"))
+    BackupId::now().to_string()
 }
 
 /// Chooses a backup id no backup in the store has.

@@ -42,12 +42,14 @@ use crate::synapse::media::backed_up_media_dirs;
 use crate::synapse::{check_working_dir, HomeserverConfig};
 
 use super::pipe::{ChunkWriter, QUEUE_DEPTH};
+use super::scratch;
 use super::state_dir::StateDir;
 use super::sweep::{condemned_volumes, Pending};
 use super::OpContext;
 
 pub use id::new_backup_id;
 use pipeline::{run_pipeline, ArchiveContents, PipelineError};
+use reuse::ParentChoice;
 use sources::{MediaListing, Source};
 
 #[derive(Debug, Clone, Default)]
@@ -84,6 +86,21 @@ pub struct BackupSummary {
     pub database: DatabaseInfo,
     pub elapsed: Duration,
     pub vanished: Vec<String>,
+    /// Volumes of the parent that are missing or damaged in the store, and how many of this
+    /// backup's files each held: those files were read and stored anew.
+    pub stored_again: Vec<StoredAgain>,
+    /// Why the backup is full although an earlier one exists (its index could not be read).
+    pub full_reason: Option<String>,
+    /// Scratch folders of killed create-backups removed before this one started.
+    pub leftovers: Vec<scratch::Leftover>,
+}
+
+/// A parent volume that could not be used, and the files stored anew because of it.
+#[derive(Debug, Clone)]
+pub struct StoredAgain {
+    pub volume: String,
+    pub why: String,
+    pub files: usize,
 }
 
 pub async fn create_backup(
@@ -100,7 +117,8 @@ pub async fn create_backup(
     ctx.store.check_access().await?;
     remove_interrupted_uploads(ctx.store).await;
     let backup_id = id::unused_backup_id(ctx.store, &state).await?;
-    let temp = temp_dir(config)?;
+    let leftovers = scratch::remove_leftovers(config);
+    let temp = scratch::create(&scratch::scratch_parent(config))?;
 
     let mut sources = sources::key_and_config_sources(&hs)?;
     let snapshot = snapshot::take(&hs, options, temp.path(), ctx.progress.as_ref()).await?;
@@ -120,10 +138,17 @@ pub async fn create_backup(
     media.files.append(&mut offloaded.files);
     media.files.sort_by(|a, b| a.member.cmp(&b.member));
 
-    let parent = if options.full {
-        None
+    let (parent, full_reason) = if options.full {
+        (None, None)
     } else {
-        reuse::find_parent(ctx, &hs.server_name).await?
+        match reuse::find_parent(ctx, &hs.server_name).await? {
+            ParentChoice::Parent(parent) => (Some(parent), None),
+            ParentChoice::None => (None, None),
+            ParentChoice::Unusable(why) => {
+                tracing::warn!("this backup is full, storing every media file anew: {why}");
+                (None, Some(why))
+            }
+        }
     };
     // Announced before the condemned volumes are looked at (`ops::sweep`): every volume the
     // parent uses, a superset of those this backup will take files from.
@@ -162,6 +187,8 @@ pub async fn create_backup(
         server_name: hs.server_name,
         database: snapshot.info,
         elapsed: started.elapsed(),
+        full_reason,
+        leftovers,
         ..written
     })
 }
@@ -230,7 +257,24 @@ async fn write_objects(
         to_store,
         reused,
         reused_volumes,
+        stored_again,
     } = plan;
+    let stored_again: Vec<StoredAgain> = stored_again
+        .into_iter()
+        .map(|(volume, fault, files)| StoredAgain {
+            volume,
+            why: fault.to_string(),
+            files,
+        })
+        .collect();
+    for lost in &stored_again {
+        tracing::warn!(
+            "media volume {} of the parent backup is {}: its {} file(s) are read and stored anew, and nothing refers to it again (verify-backup of the backups that use it will fail: check the store)",
+            lost.volume,
+            lost.why,
+            lost.files
+        );
+    }
     let new_bytes: u64 = to_store.iter().map(|s| s.size).sum();
     let base_bytes: u64 = sources.iter().map(|s| s.size).sum();
     let reused_files = reused.len();
@@ -381,19 +425,10 @@ async fn write_objects(
         database,
         elapsed: Duration::ZERO,
         vanished,
+        stored_again,
+        full_reason: None,
+        leftovers: Vec::new(),
     })
-}
-
-fn temp_dir(config: &Config) -> Result<tempfile::TempDir> {
-    let parent = config
-        .backup
-        .temp_dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
-    tempfile::Builder::new()
-        .prefix("synapse-backup-")
-        .tempdir_in(&parent)
-        .map_err(|e| Error::io("create temp dir in", &parent, e))
 }
 
 async fn list_media(hs: &HomeserverConfig, options: &BackupOptions) -> Result<MediaListing> {

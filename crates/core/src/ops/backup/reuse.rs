@@ -1,6 +1,9 @@
 //! What an incremental backup stores anew and what it takes from volumes already stored.
 //!
-//! The parent is the newest format-2 backup of the same server whose index can be read. A
+//! The parent is the newest format-2 backup of the same server that opens as itself, whose
+//! index can be read; its volumes are checked against one listing of the store, and a volume
+//! that is missing or not the size recorded is never referenced again (its files are stored
+//! anew), so damage in the store never spreads into new backups. A
 //! media file is taken from the parent's volume when its path, size and mtime (to the
 //! nanosecond) are those the parent recorded: Synapse never rewrites a media file, so the bytes
 //! are those the parent read and hashed. Anything else is read and stored again.
@@ -16,13 +19,14 @@ use std::io::BufReader;
 use std::os::unix::fs::MetadataExt;
 
 use crate::archive::read_members;
-use crate::error::{CorruptKind, Error, Result};
+use crate::error::{CorruptKind, Error, ErrorKind, Result};
 use crate::manifest::{
     index_name, read_file_list, FileEntry, Header, Role, VolumeRef, FILES_MEMBER,
 };
 use crate::ops::object_reader::read_object;
 use crate::ops::open::read_header;
 use crate::ops::OpContext;
+use crate::repository::trust::{split_listing, unusable_volumes, VolumeFault};
 
 use super::sources::Source;
 
@@ -36,6 +40,18 @@ pub(super) struct Parent {
     pub volumes: HashMap<String, VolumeRef>,
     /// The parent's media entries, by member path.
     pub entries: HashMap<String, FileEntry>,
+    /// Volumes the parent names that are missing from the store or not the size it recorded
+    /// (a lifecycle rule, a half-finished cleanup, a disk fault): never referenced again.
+    pub unusable: Vec<(String, VolumeFault)>,
+}
+
+/// A parent, or why there is none and the backup is full.
+pub(super) enum ParentChoice {
+    Parent(Parent),
+    /// No earlier backup of this server in format 2: full, as expected.
+    None,
+    /// There was one, but it cannot be built on: full, and the reason said.
+    Unusable(String),
 }
 
 /// What the backup stores and what it takes from earlier volumes.
@@ -46,28 +62,28 @@ pub(super) struct MediaPlan {
     pub reused: Vec<FileEntry>,
     /// The parent volumes used, with the bytes this backup takes from each.
     pub reused_volumes: Vec<VolumeRef>,
+    /// Per unusable parent volume, the files read and stored again that it held.
+    pub stored_again: Vec<(String, VolumeFault, usize)>,
 }
 
-/// The newest format-2 backup of `server_name` whose index reads, if any. Backups that cannot
-/// be read are passed over with a warning: the backup is then full, never wrong.
-pub(super) async fn find_parent(ctx: &OpContext<'_>, server_name: &str) -> Result<Option<Parent>> {
-    let mut ids: Vec<String> = ctx
-        .store
-        .list()
-        .await?
+/// The newest backup of `server_name` that opens as itself, if it is of format 2 and its index
+/// reads; and the parent's volumes checked against one listing of the store. Objects that do
+/// not open as the backup they are named after are passed over with a warning: never a parent.
+pub(super) async fn find_parent(ctx: &OpContext<'_>, server_name: &str) -> Result<ParentChoice> {
+    let mut ids: Vec<String> = split_listing(ctx.store.list().await?)
+        .backups
         .into_iter()
-        .map(|o| o.name)
-        .filter(|name| name.starts_with("backup-"))
+        .map(|(id, _)| id.to_string())
         .collect();
-    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids.reverse();
     for id in ids {
         let header = match read_header(ctx.store, &id, &ctx.passphrase, &ctx.cancel).await {
             Ok(Some(header)) => header,
             // A charm backup: nothing ever refers to one.
             Ok(None) => continue,
-            Err(e) if e.kind() == crate::error::ErrorKind::Interrupted => return Err(e),
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(e),
             Err(e) => {
-                tracing::warn!("cannot read backup {id} to compare against it: {e}");
+                tracing::warn!("{id} is not taken as the parent of this backup: {e}");
                 continue;
             }
         };
@@ -76,30 +92,37 @@ pub(super) async fn find_parent(ctx: &OpContext<'_>, server_name: &str) -> Resul
         }
         let Some(media) = header.media.clone() else {
             // Format 1: its media are inline, nothing to refer to.
-            return Ok(None);
+            return Ok(ParentChoice::None);
         };
-        match read_index(ctx, &header).await {
-            Ok(entries) => {
-                return Ok(Some(Parent {
-                    backup_id: id,
-                    volumes: media
-                        .volumes
-                        .into_iter()
-                        .map(|v| (v.name.clone(), v))
-                        .collect(),
-                    entries,
-                }))
-            }
-            Err(e) if e.kind() == crate::error::ErrorKind::Interrupted => return Err(e),
+        let entries = match read_index(ctx, &header).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(e),
             Err(e) => {
-                tracing::warn!(
-                    "cannot read the index of backup {id}, so this backup stores every media file anew: {e}"
-                );
-                return Ok(None);
+                return Ok(ParentChoice::Unusable(format!(
+                    "the index of {id}, the newest backup, cannot be read: {e}"
+                )))
             }
-        }
+        };
+        let present: HashMap<String, u64> = ctx
+            .store
+            .list_folder("volumes")
+            .await?
+            .into_iter()
+            .map(|o| (o.name, o.size))
+            .collect();
+        let unusable = unusable_volumes(&id, &media.volumes, &present);
+        return Ok(ParentChoice::Parent(Parent {
+            backup_id: id,
+            volumes: media
+                .volumes
+                .into_iter()
+                .map(|v| (v.name.clone(), v))
+                .collect(),
+            entries,
+            unusable,
+        }));
     }
-    Ok(None)
+    Ok(ParentChoice::None)
 }
 
 /// Reads the media entries of `header`'s backup from its index object.
@@ -166,9 +189,26 @@ pub(super) fn plan_media(
             ..MediaPlan::default()
         };
     };
+    let unusable: HashMap<&str, usize> = parent
+        .unusable
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (name.as_str(), i))
+        .collect();
+    let mut stored_again = vec![0usize; parent.unusable.len()];
     let mut candidates: Vec<(Source, FileEntry)> = Vec::new();
     let mut to_store = Vec::new();
     for file in files {
+        let in_unusable = parent
+            .entries
+            .get(&file.member)
+            .and_then(|e| e.volume())
+            .and_then(|v| unusable.get(v));
+        if let Some(&i) = in_unusable {
+            stored_again[i] += 1;
+            to_store.push(file);
+            continue;
+        }
         match unchanged_entry(&file, parent, excluded) {
             Some(entry) => candidates.push((file, entry)),
             None => to_store.push(file),
@@ -214,6 +254,12 @@ pub(super) fn plan_media(
         to_store,
         reused,
         reused_volumes,
+        stored_again: parent
+            .unusable
+            .iter()
+            .zip(stored_again)
+            .map(|((name, fault), files)| (name.clone(), fault.clone(), files))
+            .collect(),
     }
 }
 
@@ -295,6 +341,7 @@ mod tests {
             )]
             .into(),
             entries: entries.into_iter().map(|e| (e.path.clone(), e)).collect(),
+            unusable: Vec::new(),
         }
     }
 

@@ -125,6 +125,7 @@ pub async fn restore_backup(
     options: &RestoreOptions,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
+    super::scratch::remove_leftovers(config);
     let object = ctx.store.head(id).await?;
     let destination = match &options.target_dir {
         Some(dir) => Destination::Directory(absolute(dir)?),
@@ -176,7 +177,7 @@ pub async fn restore_backup(
 
     // Every volume the backup needs is there, before Synapse is stopped.
     if let Some(media) = header.as_ref().and_then(|h| h.media.as_ref()) {
-        check_volumes_exist(ctx.store, id, media.volumes.iter().map(|v| v.name.clone())).await?;
+        check_volumes_exist(ctx.store, id, &media.volumes).await?;
     }
     let live = match &destination {
         Destination::Live(hs) => Some(hs.as_ref()),
