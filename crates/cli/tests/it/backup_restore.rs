@@ -656,7 +656,8 @@ fn gnupg_backups_with_a_wrong_charm_root_are_refused() {
 fn prune_keeps_what_the_policy_says_and_touches_nothing_else() {
     let world = World::new();
     let newest = world.create_backup();
-    // Older backups (copies of the real one under older ids) and a file that is not a backup.
+    // Older backups (copies of the real one under older ids, renamed inside too) and a file
+    // that is not a backup.
     let older = [
         "backup-20260301100000000000",
         "backup-20260301230000000000",
@@ -664,7 +665,7 @@ fn prune_keeps_what_the_policy_says_and_touches_nothing_else() {
         "backup-20260115120000000000",
     ];
     for id in older {
-        fs::copy(world.object(&newest), world.object(id)).unwrap();
+        store_renamed_copy(&world, &newest, id);
     }
     fs::write(world.store.join("notes.txt"), b"not a backup").unwrap();
 

@@ -704,6 +704,12 @@ const TAMPERED: &str = "backup-20000101000000000000";
 fn tampered<T>(world: &World, edit: impl FnOnce(&mut Vec<RealMember>) -> T) -> T {
     let original = world.create_backup();
     let mut members = unpack(world, &original);
+    // Stored under another name, so renamed inside too: a header naming another backup than
+    // its object is refused as a rollback before any other check.
+    let last = members.len() - 1;
+    for at in [0, last] {
+        edit_json(&mut members[at], |v| v["backup_id"] = json!(TAMPERED));
+    }
     let named = edit(&mut members);
     store_encrypted(world, TAMPERED, &repack(&members));
     named
@@ -832,6 +838,10 @@ fn dot_slash_manifest_name_keeps_the_server_name_check() {
     let source = other.create_backup();
     let mut members = unpack(&other, &source);
     members[0].path = "./manifest.json".into();
+    let last = members.len() - 1;
+    for at in [0, last] {
+        edit_json(&mut members[at], |v| v["backup_id"] = json!(TAMPERED));
+    }
     let world = World::new();
     store_encrypted(&world, TAMPERED, &repack(&members));
 
@@ -1051,7 +1061,8 @@ fn huge_declared_lengths_are_truncation_not_allocation() {
     // A five-octet length: 4 GiB - 16 bytes, of which only 64 KiB follow.
     packet_lie.extend_from_slice(&[0xD2, 0xFF, 0xFF, 0xFF, 0xFF, 0xF0]);
     packet_lie.extend_from_slice(&object[skesk_end + 2..skesk_end + 2 + 65536]);
-    let packet_id = "backup-20260101120000000001";
+    // Under the real backup's own name, which its header gives.
+    let packet_id = real.as_str();
     store_object(&world, packet_id, &packet_lie);
 
     // A tar member whose header claims 8 GiB but holds 11 bytes.
@@ -1111,14 +1122,17 @@ fn a_format_1_backup_restores_and_is_never_a_parent() {
         .filter(|m| !m.path.starts_with("volumes/"))
         .collect();
     let list = members.pop().unwrap();
+    const OLD: &str = "backup-20000102000000000000";
     edit_json(&mut members[0], |h| {
         h["format_version"] = json!(1);
+        h["backup_id"] = json!(OLD);
         h.as_object_mut().unwrap().remove("media");
     });
     members.extend(media);
     let mut list = list;
     edit_json(&mut list, |l| {
         l["format_version"] = json!(1);
+        l["backup_id"] = json!(OLD);
         for file in l["files"].as_array_mut().unwrap() {
             file["storage"] = json!({"kind": "inline"});
             file.as_object_mut().unwrap().remove("mtime_nanos");
@@ -1127,7 +1141,6 @@ fn a_format_1_backup_restores_and_is_never_a_parent() {
     members.push(list);
 
     let world = World::new();
-    const OLD: &str = "backup-20000102000000000000";
     store_encrypted(&world, OLD, &repack(&members));
     let listed = world.run(&["--json", "list-backups"]);
     assert_success(&listed, "list-backups");

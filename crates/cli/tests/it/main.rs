@@ -28,4 +28,5 @@ mod providers;
 mod reliability;
 mod s3_faults;
 mod s3_store;
+mod store_integrity;
 mod units;

@@ -71,11 +71,7 @@ fn the_units_commands_do_the_nights_work() {
         ..Default::default()
     });
     let old = world.create_backup();
-    fs::copy(
-        world.object(&old),
-        world.object("backup-20200101000000000000"),
-    )
-    .unwrap();
+    store_renamed_copy(&world, &old, "backup-20200101000000000000");
     let commands: Vec<String> = units()
         .iter()
         .filter(|(name, _)| name.ends_with(".service"))

@@ -177,7 +177,8 @@ async fn read_details(
 }
 
 /// The newest backup that opens with the passphrase as itself (its name is its creation
-/// time). Newer objects that do not are passed over, each with a warning.
+/// time). Newer objects that do not are passed over, each with a warning; when none opens, the
+/// newest one's error says why (a wrong passphrase, most often).
 pub async fn newest_backup(
     store: &dyn Store,
     passphrase: &SecretString,
@@ -185,18 +186,23 @@ pub async fn newest_backup(
 ) -> Result<String> {
     store.check_access().await?;
     let Listing { backups, .. } = split_listing(store.list().await?);
+    let mut newest_failure = None;
     for (id, _) in backups.iter().rev() {
-        match read_details(store, id.as_str(), passphrase, cancel).await? {
-            Details::Unreadable { why, .. } => {
-                tracing::warn!("{id} is not taken as the latest backup: {why}")
+        match read_header(store, id.as_str(), passphrase, cancel).await {
+            Ok(_) => return Ok(id.to_string()),
+            Err(e) if matches!(e.kind(), ErrorKind::Storage | ErrorKind::Interrupted) => {
+                return Err(e)
             }
-            _ => return Ok(id.to_string()),
+            Err(e) => {
+                tracing::warn!("{id} is not taken as the latest backup: {e}");
+                newest_failure.get_or_insert(e);
+            }
         }
     }
-    Err(Error::NotFound {
+    Err(newest_failure.unwrap_or_else(|| Error::NotFound {
         id: "latest".into(),
         store: store.describe(),
-    })
+    }))
 }
 
 /// What deleting one backup did to the media volumes.

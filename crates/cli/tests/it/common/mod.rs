@@ -11,6 +11,9 @@ use std::process::{Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
 
+mod raw_store;
+pub use raw_store::{Backend, RawStore};
+
 pub const PASSPHRASE: &str = "correct horse battery staple";
 pub const SERVER_NAME: &str = "example.test";
 
@@ -583,4 +586,35 @@ pub fn copy_backup(from: &World, to: &World, id: &str) {
             fs::copy(source.join(&name), to.store.join(folder).join(&name)).unwrap();
         }
     }
+}
+
+/// Stores a copy of backup `id`'s base under `new_id` in the world's local store, renamed
+/// inside as well (its header and file list name `new_id`), re-encrypted with the real gpg and
+/// the world's passphrase: an older backup as the tool would have written it. (A copy renamed
+/// outside only is a rollback, which the tool refuses.)
+pub fn store_renamed_copy(world: &World, id: &str, new_id: &str) {
+    let out = gpg_decrypt(&world.object(id), &world.passphrase_file);
+    assert!(out.status.success(), "gpg -d {id}");
+    let mut archive = tar::Archive::new(&out.stdout[..]);
+    let mut builder = tar::Builder::new(Vec::new());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+        let mut header = entry.header().clone();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        if path == "manifest.json" || path == "manifest-files.json" {
+            let mut value: serde_json::Value = serde_json::from_slice(&data).unwrap();
+            value["backup_id"] = serde_json::json!(new_id);
+            data = serde_json::to_vec(&value).unwrap();
+        }
+        header.set_size(data.len() as u64);
+        builder.append_data(&mut header, &path, &data[..]).unwrap();
+    }
+    let plain = builder.into_inner().unwrap();
+    fs::write(
+        world.object(new_id),
+        gpg_encrypt(&plain, &world.passphrase_file, &[]),
+    )
+    .unwrap();
 }
