@@ -103,10 +103,7 @@ pub async fn run(context: &Context) -> Result<()> {
         }
     }
     if !catalog.strays.is_empty() {
-        eprintln!(
-            "not a backup (ignored): {}",
-            catalog.strays.join(", ")
-        );
+        eprintln!("not a backup (ignored): {}", catalog.strays.join(", "));
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 use anyhow::Result;
-use synapse_backup_core::ops::prune::{prune_backups, Deletion, RetentionPolicy};
+use synapse_backup_core::ops::prune::{prune_backups, RetentionPolicy};
+use synapse_backup_core::ops::sweep::Deletion;
 
 use super::{volumes_json, Context};
 use crate::args::PruneArgs;
@@ -101,10 +102,7 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
         }
     }
     if !outcome.strays.is_empty() {
-        eprintln!(
-            "not a backup (left alone): {}",
-            outcome.strays.join(", ")
-        );
+        eprintln!("not a backup (left alone): {}", outcome.strays.join(", "));
     }
     super::report_volumes(
         &outcome.volumes,

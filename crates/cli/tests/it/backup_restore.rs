@@ -712,6 +712,11 @@ fn prune_keeps_what_the_policy_says_and_touches_nothing_else() {
         &world.run(&["verify-backup", &newest]),
         "verify after prune",
     );
+    // A backup counts as kept only once it opens: no prune without the passphrase.
+    fs::remove_file(&world.passphrase_file).unwrap();
+    let out = world.run(&["prune-backups", "--keep-last", "1"]);
+    assert_fails(&out, exit::CONFIG, &["passphrase"]);
+    assert_eq!(backups_in_store(&world).len(), 3);
 }
 
 /// Issue 10: a media store that is not where homeserver.yaml says (a relative path resolved

@@ -137,9 +137,15 @@ on_both_stores!(
         let (second, stderr) = case.create(&[]);
         let again = &second["stored-again"][0];
         assert_eq!(again["volume"], lost[0].as_str(), "{second}");
-        assert!(again["why"].as_str().unwrap().contains("missing"), "{second}");
+        assert!(
+            again["why"].as_str().unwrap().contains("missing"),
+            "{second}"
+        );
         assert!(again["files"].as_u64().unwrap() > 10, "{second}");
-        assert!(stderr.contains(&lost[0]) && stderr.contains("stored anew"), "{stderr}");
+        assert!(
+            stderr.contains(&lost[0]) && stderr.contains("stored anew"),
+            "{stderr}"
+        );
         assert_eq!(second["kind"], "full", "no usable volume is left: {second}");
         let second = id_of(&second);
         assert_success(&case.world.run(&["verify-backup", &second]), "verify");
@@ -153,7 +159,10 @@ on_both_stores!(
         let again = &third["stored-again"][0];
         assert_eq!(again["volume"], cut[0].as_str(), "{third}");
         let why = again["why"].as_str().unwrap();
-        assert!(why.contains(&format!("{} bytes in the store", bytes.len() / 2)), "{why}");
+        assert!(
+            why.contains(&format!("{} bytes in the store", bytes.len() / 2)),
+            "{why}"
+        );
         assert!(stderr.contains(&cut[0]), "{stderr}");
         let third = id_of(&third);
         assert_success(&case.world.run(&["verify-backup", &third]), "verify");
@@ -265,7 +274,8 @@ on_both_stores!(
         assert_eq!(listed["not-backups"], serde_json::json!(strays), "{listed}");
         let table = case.world.run(&["list-backups"]);
         assert!(
-            String::from_utf8_lossy(&table.stderr).contains("not a backup (ignored): backup-2026, backup-foo, notes.txt"),
+            String::from_utf8_lossy(&table.stderr)
+                .contains("not a backup (ignored): backup-2026, backup-foo, notes.txt"),
             "{}",
             String::from_utf8_lossy(&table.stderr)
         );
@@ -273,11 +283,19 @@ on_both_stores!(
         let freed = case.volumes_of(&first);
         let deleted = case.json(&["delete-backup", &first]);
         assert!(deleted["volume-warning"].is_null(), "{deleted}");
-        assert_eq!(deleted["volumes"]["condemned"], serde_json::json!(freed), "{deleted}");
+        assert_eq!(
+            deleted["volumes"]["condemned"],
+            serde_json::json!(freed),
+            "{deleted}"
+        );
         // Past the (zero) grace period, the next sweep deletes them.
         let pruned = case.json(&["prune-backups", "--keep-last", "1"]);
         assert!(pruned["volume-warning"].is_null(), "{pruned}");
-        assert_eq!(pruned["volumes"]["deleted"], serde_json::json!(freed), "{pruned}");
+        assert_eq!(
+            pruned["volumes"]["deleted"],
+            serde_json::json!(freed),
+            "{pruned}"
+        );
         assert_eq!(pruned["not-backups"], serde_json::json!(strays), "{pruned}");
         for volume in &freed {
             assert!(!case.raw.exists(volume), "{volume} is still there");
@@ -286,7 +304,11 @@ on_both_stores!(
         let out = case.world.run(&["delete-backup", "notes.txt"]);
         assert_fails(&out, exit::CONFIG, &["notes.txt", "not a backup id"]);
         for stray in strays {
-            assert_eq!(case.raw.read(stray), stray.as_bytes(), "{stray} was changed");
+            assert_eq!(
+                case.raw.read(stray),
+                stray.as_bytes(),
+                "{stray} was changed"
+            );
         }
         let latest = case.json(&["verify-backup", "latest"]);
         assert_eq!(latest["backup-id"], second.as_str());
@@ -314,7 +336,11 @@ on_both_stores!(
             drill.to_str().unwrap(),
         ]);
         assert_fails(&out, exit::CORRUPT, &[&older, &newer]);
-        assert!(!drill.exists() || names_in(&drill).is_empty(), "{:?}", names_in(&drill));
+        assert!(
+            !drill.exists() || names_in(&drill).is_empty(),
+            "{:?}",
+            names_in(&drill)
+        );
 
         let plan = case.json(&["prune-backups", "--keep-last", "1", "--dry-run"]);
         assert_eq!(plan["backups"].as_array().unwrap().len(), 1, "{plan}");
@@ -377,9 +403,10 @@ on_both_stores!(
 fn scratch_with_a_file(dir: &Path, child: &mut std::process::Child) -> PathBuf {
     let started = Instant::now();
     loop {
-        let found = fs::read_dir(dir).unwrap().flatten().find(|e| {
-            fs::read_dir(e.path()).is_ok_and(|mut inside| inside.next().is_some())
-        });
+        let found = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .find(|e| fs::read_dir(e.path()).is_ok_and(|mut inside| inside.next().is_some()));
         if let Some(entry) = found {
             return entry.path();
         }
@@ -400,7 +427,11 @@ fn scratch_with_a_file(dir: &Path, child: &mut std::process::Child) -> PathBuf {
 fn kill_a_create(case: &Case) -> PathBuf {
     // Enough media that the create is still at work when it is stopped.
     for i in 0..40 {
-        upload(&case.world, &format!("k{i:02}FFFFFFFFFFFFFFFFFFFFFF"), 1_000_000);
+        upload(
+            &case.world,
+            &format!("k{i:02}FFFFFFFFFFFFFFFFFFFFFF"),
+            1_000_000,
+        );
     }
     let mut child = spawn(&case.world, &["create-backup", "--full"], &[]);
     let scratch = scratch_with_a_file(&case.scratch(), &mut child);
@@ -449,6 +480,10 @@ on_both_stores!(
             left.display().to_string()
         );
         assert!(!left.exists());
-        assert!(names_in(&case.scratch()).is_empty(), "{:?}", names_in(&case.scratch()));
+        assert!(
+            names_in(&case.scratch()).is_empty(),
+            "{:?}",
+            names_in(&case.scratch())
+        );
     }
 );

@@ -14,8 +14,9 @@ use crate::store::{ObjectInfo, Store};
 use std::collections::HashSet;
 
 use super::open::read_header;
-use super::prune::{delete_base, require_passphrase_for_volumes, sweep_after, Deletion};
-use super::sweep::SweepReport;
+use super::sweep::{
+    delete_base, require_passphrase_for_volumes, sweep_after, Deletion, SweepReport,
+};
 
 /// Each header read costs one passphrase derivation (a fraction of a second of CPU) and one GET.
 const HEADER_READS_AT_ONCE: usize = 8;
@@ -78,7 +79,10 @@ pub enum Details {
     /// Named like a backup, but it does not open with the passphrase, or its header names
     /// another backup: never counted as a backup (not kept, not a parent, not `latest`, not
     /// pruned). It may be an attacker's, damaged, of a newer format, or another passphrase's.
-    Unreadable { kind: ErrorKind, why: String },
+    Unreadable {
+        kind: ErrorKind,
+        why: String,
+    },
 }
 
 impl BackupListing {

@@ -409,7 +409,9 @@ async fn check_passphrase(
         Err(e) => return report.fail("passphrase", e),
     };
     report_store_objects(report, &catalog);
-    let newest = catalog.verified().max_by(|a, b| a.backup_id.cmp(&b.backup_id));
+    let newest = catalog
+        .verified()
+        .max_by(|a, b| a.backup_id.cmp(&b.backup_id));
     match newest.map(|b| (&b.backup_id, &b.details)) {
         Some((id, Details::Manifest(header))) => match hs {
             Some(hs) if hs.server_name != header.server_name => report.warn(
@@ -490,10 +492,7 @@ fn check_scratch_leftovers(report: &mut CheckReport, config: &Config) {
     let removed = remove_leftovers(config);
     let parent = scratch_parent(config);
     if removed.is_empty() {
-        return report.ok(
-            "scratch-leftovers",
-            format!("none in {}", parent.display()),
-        );
+        return report.ok("scratch-leftovers", format!("none in {}", parent.display()));
     }
     let named: Vec<String> = removed
         .iter()

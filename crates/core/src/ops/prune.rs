@@ -11,17 +11,16 @@ use serde::Serialize;
 
 use std::collections::HashSet;
 
-use secrecy::SecretString;
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::manifest::index_name;
-use crate::progress::Cancel;
+use crate::error::{Error, Result};
 use crate::repository::BackupId;
 use crate::store::Store;
 
 use super::catalog::list_backups;
 
-use super::sweep::{sweep, SweepReport};
+use super::sweep::{
+    delete_base, require_passphrase_for_volumes, sweep_after, Deletion, SweepReport,
+};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionPolicy {
@@ -116,14 +115,6 @@ pub struct PruneOutcome {
     pub volume_warning: Option<String>,
 }
 
-/// What deleting a backup needs besides the store: the passphrase to read which volumes the
-/// other backups use, and how long a condemned volume waits.
-pub struct Deletion<'a> {
-    pub passphrase: Option<&'a SecretString>,
-    pub cancel: &'a Cancel,
-    pub grace: std::time::Duration,
-}
-
 /// Applies `policy` to the store (deleting nothing when `dry_run`) and returns the plan, then
 /// condemns or deletes the media volumes no remaining backup needs (`sweep`).
 pub async fn prune_backups(
@@ -182,58 +173,6 @@ pub async fn prune_backups(
         volumes,
         volume_warning,
     })
-}
-
-/// Refuses, before anything is deleted, to delete backups from a store with media volumes
-/// without the passphrase that tells which volumes the remaining backups use.
-pub async fn require_passphrase_for_volumes(
-    store: &dyn Store,
-    deletion: &Deletion<'_>,
-) -> Result<()> {
-    if deletion.passphrase.is_none() && !store.list_folder("volumes").await?.is_empty() {
-        return Err(Error::config(
-            "this store holds media volumes of incremental backups, and the passphrase is needed to read which of them the remaining backups use; set [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE",
-        ));
-    }
-    Ok(())
-}
-
-/// Deletes the base of backup `id` and its index; its volumes are the sweep's business.
-pub async fn delete_base(store: &dyn Store, id: &str) -> Result<()> {
-    store.delete(id).await?;
-    match store.delete(&index_name(id)).await {
-        Err(e) if e.kind() != ErrorKind::NotFound => {
-            tracing::warn!("could not delete the index of {id} (a later prune removes it): {e}")
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Sweeps the volumes; a failure leaves them in place, which is safe, and is reported.
-pub async fn sweep_after(
-    store: &dyn Store,
-    deletion: &Deletion<'_>,
-    dry_run: bool,
-    leaving: &HashSet<String>,
-) -> (SweepReport, Option<String>) {
-    match sweep(
-        store,
-        deletion.passphrase,
-        deletion.cancel,
-        deletion.grace,
-        dry_run,
-        leaving,
-    )
-    .await
-    {
-        Ok(report) => (report, None),
-        Err(e) => {
-            let warning = format!("media volumes were left in place: {e}");
-            tracing::warn!("{warning}");
-            (SweepReport::default(), Some(warning))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -137,7 +137,10 @@ mod tests {
         let meta = fs::metadata(scratch.path()).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o700);
         let name = scratch.path().file_name().unwrap().to_string_lossy();
-        assert_eq!(owner_of(&name), Some(UploadOwner::current().token().as_str()));
+        assert_eq!(
+            owner_of(&name),
+            Some(UploadOwner::current().token().as_str())
+        );
         // Ours, running: never a leftover.
         assert!(!is_abandoned(
             owner_of(&name).unwrap(),

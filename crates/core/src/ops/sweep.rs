@@ -323,3 +323,62 @@ async fn read_small_object(store: &dyn Store, name: &str) -> Result<Vec<u8>> {
     }
     Ok(body)
 }
+/// What deleting a backup needs besides the store: the passphrase to read which volumes the
+/// other backups use, and how long a condemned volume waits.
+pub struct Deletion<'a> {
+    pub passphrase: Option<&'a SecretString>,
+    pub cancel: &'a Cancel,
+    pub grace: std::time::Duration,
+}
+
+/// Refuses, before anything is deleted, to delete backups from a store with media volumes
+/// without the passphrase that tells which volumes the remaining backups use.
+pub async fn require_passphrase_for_volumes(
+    store: &dyn Store,
+    deletion: &Deletion<'_>,
+) -> Result<()> {
+    if deletion.passphrase.is_none() && !store.list_folder("volumes").await?.is_empty() {
+        return Err(Error::config(
+            "this store holds media volumes of incremental backups, and the passphrase is needed to read which of them the remaining backups use; set [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE",
+        ));
+    }
+    Ok(())
+}
+
+/// Deletes the base of backup `id` and its index; its volumes are the sweep's business.
+pub async fn delete_base(store: &dyn Store, id: &str) -> Result<()> {
+    store.delete(id).await?;
+    match store.delete(&index_name(id)).await {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            tracing::warn!("could not delete the index of {id} (a later prune removes it): {e}")
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Sweeps the volumes; a failure leaves them in place, which is safe, and is reported.
+pub async fn sweep_after(
+    store: &dyn Store,
+    deletion: &Deletion<'_>,
+    dry_run: bool,
+    leaving: &HashSet<String>,
+) -> (SweepReport, Option<String>) {
+    match sweep(
+        store,
+        deletion.passphrase,
+        deletion.cancel,
+        deletion.grace,
+        dry_run,
+        leaving,
+    )
+    .await
+    {
+        Ok(report) => (report, None),
+        Err(e) => {
+            let warning = format!("media volumes were left in place: {e}");
+            tracing::warn!("{warning}");
+            (SweepReport::default(), Some(warning))
+        }
+    }
+}

@@ -73,9 +73,7 @@ impl std::fmt::Display for VolumeFault {
             VolumeFault::WrongSize { recorded, found } => {
                 write!(f, "{found} bytes in the store, {recorded} recorded")
             }
-            VolumeFault::ForeignName => {
-                f.write_str("not named as a media volume")
-            }
+            VolumeFault::ForeignName => f.write_str("not named as a media volume"),
         }
     }
 }
@@ -162,6 +160,28 @@ mod tests {
         assert_eq!(backups, [OLD, NEW]);
         let strays: Vec<&str> = listing.strays.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(strays, ["backup-2026", "backup-foo", "notes.txt"]);
+    }
+
+    #[test]
+    fn a_header_stored_under_another_name_is_a_rollback() {
+        let header: Header = serde_json::from_value(serde_json::json!({
+            "format_version": 2,
+            "tool": "synapse-backup",
+            "tool_version": "0.1.0",
+            "backup_id": OLD,
+            "server_name": "example.org",
+            "created": "2026-01-01T00:00:00Z",
+            "database": {"kind": "sqlite", "included": true},
+            "include_remote_media": false,
+            "expected_bytes": 1,
+            "files_member": "manifest-files.json",
+        }))
+        .unwrap();
+        assert!(check_header_names(OLD, &header).is_ok());
+        let err = check_header_names(NEW, &header).unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Corrupt);
+        let message = err.to_string();
+        assert!(message.contains(OLD) && message.contains(NEW), "{message}");
     }
 
     #[test]

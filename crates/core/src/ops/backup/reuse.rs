@@ -368,6 +368,23 @@ mod tests {
     }
 
     #[test]
+    fn files_in_an_unusable_volume_are_stored_again_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, a_entry) = write(dir.path(), "a", 100);
+        let (b, b_entry) = write(dir.path(), "b", 100);
+        let mut parent = parent(vec![a_entry, b_entry], 200);
+        parent.unusable = vec![("volumes/backup-1-0000".into(), VolumeFault::Missing)];
+        let plan = plan_media(vec![a, b], Some(&parent), &HashSet::new());
+        assert!(plan.reused.is_empty());
+        assert!(plan.reused_volumes.is_empty());
+        assert_eq!(plan.to_store.len(), 2);
+        assert_eq!(
+            plan.stored_again,
+            [("volumes/backup-1-0000".to_string(), VolumeFault::Missing, 2)]
+        );
+    }
+
+    #[test]
     fn a_mostly_dead_volume_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
         let (a, a_entry) = write(dir.path(), "a", 60);
