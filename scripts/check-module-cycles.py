@@ -9,6 +9,10 @@ implementation: a parent module is the public face its children are written agai
 (a → b → … → a) means two modules cannot be understood or changed one without the other,
 which is what issue 9 set out to remove.
 
+It also holds the layers of issue 22: a command (`commands::x`, with its submodules) never
+imports another command (`commands::context`, what every command is given, is shared), and
+nothing below the commands (`repository`, `host`, `store`, ...) imports one.
+
 Usage: scripts/check-module-cycles.py [SRC_DIR]   (prints the module map with -v)
 """
 import re
@@ -123,10 +127,34 @@ def main() -> int:
     cycles = find_cycles(graph)
     for cycle in cycles:
         print("cycle: " + " -> ".join("::".join(m) for m in cycle), file=sys.stderr)
-    if cycles:
+    crossings = layer_violations(graph)
+    for crossing in crossings:
+        print(crossing, file=sys.stderr)
+    if cycles or crossings:
         return 1
-    print(f"no import cycle among {len(modules)} modules of {src}")
+    print(f"no import cycle among {len(modules)} modules of {src}, and the layers hold")
     return 0
+
+
+SHARED_BY_COMMANDS = ("commands", "context")
+
+
+def layer_violations(graph: dict) -> list[str]:
+    """Imports that cross the layers: command to command, or anything else to a command."""
+    def command_of(module):
+        if len(module) >= 2 and module[0] == "commands" and module[:2] != SHARED_BY_COMMANDS:
+            return module[:2]
+        return None
+
+    found = []
+    for module, deps in sorted(graph.items()):
+        for dep in sorted(deps):
+            target = command_of(dep)
+            if target is None or command_of(module) == target:
+                continue
+            who = "the command " + "::".join(command_of(module)) if command_of(module) else "::".join(module) or "crate"
+            found.append(f"layer: {who} imports the command {'::'.join(target)} ({'::'.join(module)} -> {'::'.join(dep)})")
+    return found
 
 
 def find_cycles(graph: dict) -> list[list]:

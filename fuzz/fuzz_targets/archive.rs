@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use synapse_backup_core::ops::verify::check_archive;
+use synapse_backup_core::commands::verify::check_archive;
 use synapse_backup_core::progress::NoProgress;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,8 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 use secrecy::SecretString;
 use synapse_backup_core::crypto;
-use synapse_backup_core::ops::check_plaintext_start;
-use synapse_backup_core::ops::verify::check_archive;
+use synapse_backup_core::repository::check_plaintext_start;
+use synapse_backup_core::commands::verify::check_archive;
 use synapse_backup_core::progress::NoProgress;
 
 fuzz_target!(|data: &[u8]| {

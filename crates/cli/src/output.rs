@@ -6,8 +6,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{json, Value};
+use synapse_backup_core::host::scratch::Leftover;
 use synapse_backup_core::manifest::{DatabaseInfo, DatabaseKind};
-use synapse_backup_core::ops::scratch::Leftover;
 
 /// `println!` for stdout that survives a reader that went away.
 macro_rules! outln {

@@ -7,17 +7,20 @@
 //! - [`crypto`]: OpenPGP passphrase encryption that `gpg` reads.
 //! - [`store`]: S3 and local-folder storage behind one trait.
 //! - [`provider`]: the media Synapse's storage providers hold.
-//! - [`repository`]: what a backup repository is: backup ids, and what in a store is trusted.
-//! - [`ops`]: create, list, verify, restore and delete.
+//! - [`repository`]: what a backup repository is: backup ids, what in a store is trusted,
+//!   reading objects and volumes, garbage collection.
+//! - [`host`]: what the tool keeps on this host: locks, the restore journal's folder, scratch.
+//! - [`commands`]: create, list, verify, restore, delete, prune and check.
 
 pub mod archive;
+pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod database;
 pub mod error;
+pub mod host;
 pub mod manifest;
 pub mod monitoring;
-pub mod ops;
 pub mod progress;
 pub mod provider;
 pub mod repository;

@@ -1,6 +1,6 @@
 use anyhow::Result;
 use serde_json::json;
-use synapse_backup_core::ops::check::{run_checks, CheckStatus};
+use synapse_backup_core::commands::check::{run_checks, CheckStatus};
 
 use super::Context;
 use crate::output::{emit_json, outln};

@@ -1,7 +1,7 @@
 use anyhow::Result;
 use serde_json::json;
+use synapse_backup_core::commands::backup::{create_backup, BackupOptions};
 use synapse_backup_core::monitoring::RunFacts;
-use synapse_backup_core::ops::backup::{create_backup, BackupOptions};
 
 use super::Context;
 use crate::args::CreateArgs;

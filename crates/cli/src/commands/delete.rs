@@ -1,7 +1,7 @@
 use anyhow::Result;
 use serde_json::json;
-use synapse_backup_core::ops::catalog::delete_backup;
-use synapse_backup_core::ops::sweep::Deletion;
+use synapse_backup_core::commands::delete::delete_backup;
+use synapse_backup_core::repository::gc::Deletion;
 
 use super::{volumes_json, Context};
 use crate::output::emit_json;

@@ -1,6 +1,6 @@
 use anyhow::Result;
 use serde_json::json;
-use synapse_backup_core::ops::catalog::{list_backups, Details};
+use synapse_backup_core::repository::catalog::{list_backups, Details};
 use synapse_backup_core::ErrorKind;
 
 use super::Context;

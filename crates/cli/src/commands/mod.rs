@@ -1,4 +1,4 @@
-//! One module per command; each is a thin layer over `synapse_backup_core::ops`.
+//! One module per command; each is a thin layer over `synapse_backup_core::commands`.
 
 mod check;
 mod config;
@@ -12,13 +12,13 @@ mod verify;
 
 use std::sync::Arc;
 
-use synapse_backup_core::ops::sweep::SweepReport;
+use synapse_backup_core::repository::gc::SweepReport;
 
 use anyhow::Result;
 use secrecy::SecretString;
+use synapse_backup_core::commands::OpContext;
 use synapse_backup_core::config::Config;
 use synapse_backup_core::monitoring::RunFacts;
-use synapse_backup_core::ops::OpContext;
 use synapse_backup_core::progress::{Cancel, Progress};
 use synapse_backup_core::store::{self, Store};
 

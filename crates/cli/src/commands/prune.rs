@@ -1,6 +1,6 @@
 use anyhow::Result;
-use synapse_backup_core::ops::prune::{prune_backups, RetentionPolicy};
-use synapse_backup_core::ops::sweep::Deletion;
+use synapse_backup_core::commands::prune::{prune_backups, RetentionPolicy};
+use synapse_backup_core::repository::gc::Deletion;
 
 use super::{volumes_json, Context};
 use crate::args::PruneArgs;
@@ -15,14 +15,8 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
         keep_monthly: args.keep_monthly,
     };
     // Flags replace the configured policy as a whole (mixing the two would surprise).
-    let configured = context.config.retention;
     let policy = if flags.keeps_nothing() {
-        RetentionPolicy {
-            keep_last: configured.keep_last,
-            keep_daily: configured.keep_daily,
-            keep_weekly: configured.keep_weekly,
-            keep_monthly: configured.keep_monthly,
-        }
+        context.config.retention.policy
     } else {
         flags
     };

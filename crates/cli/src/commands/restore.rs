@@ -1,6 +1,6 @@
 use anyhow::Result;
 use serde_json::json;
-use synapse_backup_core::ops::restore::{restore_backup, RestoreOptions};
+use synapse_backup_core::commands::restore::{restore_backup, RestoreOptions};
 
 use super::Context;
 use crate::args::RestoreArgs;

@@ -1,11 +1,11 @@
 use anyhow::Result;
 use serde_json::json;
-use synapse_backup_core::ops::verify::{verify_backup, ArchiveFormat};
+use synapse_backup_core::commands::verify::{verify_backup, ArchiveFormat};
 
 use super::Context;
 use crate::output::{emit_json, human_bytes, outln};
-use synapse_backup_core::ops::catalog::newest_backup;
-use synapse_backup_core::ops::scratch::remove_leftovers;
+use synapse_backup_core::host::scratch::remove_leftovers;
+use synapse_backup_core::repository::catalog::newest_backup;
 
 pub async fn run(context: &Context, id: &str) -> Result<()> {
     let passphrase = context.config.passphrase()?;

@@ -282,16 +282,37 @@ pub struct Config {
     pub retention: RetentionSettings,
 }
 
-/// `[retention]`: the `prune-backups` policy (all zero: none configured).
+/// `[retention]`: the `prune-backups` policy, and how long unused volumes wait.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionSettings {
-    pub keep_last: usize,
-    pub keep_daily: usize,
-    pub keep_weekly: usize,
-    pub keep_monthly: usize,
+    /// All zero when none is configured.
+    pub policy: RetentionPolicy,
     /// How long a media volume no backup needs waits, condemned, before it is deleted: a
     /// create-backup that started before it was condemned has this long to finish.
     pub delete_grace: std::time::Duration,
+}
+
+/// Which backups a prune keeps, in the manner of restic's `forget`: the same fields whether
+/// they come from `[retention]` or from `prune-backups`' flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// The newest N backups.
+    pub keep_last: usize,
+    /// The newest backup of each of the last N days that have backups (UTC).
+    pub keep_daily: usize,
+    /// The same per ISO week.
+    pub keep_weekly: usize,
+    /// The same per calendar month.
+    pub keep_monthly: usize,
+}
+
+impl RetentionPolicy {
+    pub fn keeps_nothing(&self) -> bool {
+        self.keep_last == 0
+            && self.keep_daily == 0
+            && self.keep_weekly == 0
+            && self.keep_monthly == 0
+    }
 }
 
 /// The default `[backup] volume-size`: a restore of even a few GiB reads several volumes at once
@@ -367,34 +388,7 @@ impl Config {
             None => Path::new("."),
         };
         let base = &std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
-        let no_store = || {
-            if text.is_some() {
-                format!(
-                    "{}: no store configured; add an [s3] section (bucket, endpoint or region, access-key, secret-key-file) or a [local] section with path",
-                    source.display()
-                )
-            } else {
-                format!(
-                    "no config file at {} and no store in the environment: pass --config FILE, or set {} (or {} and the other [s3] settings)",
-                    source.display(),
-                    variable_name("local", "path"),
-                    variable_name("s3", "bucket")
-                )
-            }
-        };
-        let store = match (raw.s3, raw.local) {
-            (Some(s3), None) => StoreConfig::S3(Box::new(s3_config(s3, base)?)),
-            (None, Some(local)) => StoreConfig::Local(LocalConfig {
-                path: base.join(local.path),
-            }),
-            (Some(_), Some(_)) => {
-                return Err(Error::config(format!(
-                    "{}: both [s3] and [local] are set; keep exactly one store",
-                    source.display()
-                )))
-            }
-            (None, None) => return Err(Error::config(no_store())),
-        };
+        let store = store_config(raw.s3, raw.local, base, source, text.is_some())?;
         Ok(Config {
             source: source.to_path_buf(),
             file_read: text.is_some(),
@@ -421,10 +415,12 @@ impl Config {
                 health_timeout_secs: raw.restore.health_timeout_secs.unwrap_or(120),
             },
             retention: RetentionSettings {
-                keep_last: raw.retention.keep_last,
-                keep_daily: raw.retention.keep_daily,
-                keep_weekly: raw.retention.keep_weekly,
-                keep_monthly: raw.retention.keep_monthly,
+                policy: RetentionPolicy {
+                    keep_last: raw.retention.keep_last,
+                    keep_daily: raw.retention.keep_daily,
+                    keep_weekly: raw.retention.keep_weekly,
+                    keep_monthly: raw.retention.keep_monthly,
+                },
                 delete_grace: std::time::Duration::from_secs(
                     raw.retention.delete_grace_secs.unwrap_or(24 * 3600),
                 ),
@@ -469,6 +465,36 @@ impl Config {
             ));
         }
         Ok(secret)
+    }
+}
+
+/// The one store the file (or the environment) configures.
+fn store_config(
+    s3: Option<RawS3>,
+    local: Option<RawLocal>,
+    base: &Path,
+    source: &Path,
+    file_read: bool,
+) -> Result<StoreConfig> {
+    match (s3, local) {
+        (Some(s3), None) => Ok(StoreConfig::S3(Box::new(s3_config(s3, base)?))),
+        (None, Some(local)) => Ok(StoreConfig::Local(LocalConfig {
+            path: base.join(local.path),
+        })),
+        (Some(_), Some(_)) => Err(Error::config(format!(
+            "{}: both [s3] and [local] are set; keep exactly one store",
+            source.display()
+        ))),
+        (None, None) if file_read => Err(Error::config(format!(
+            "{}: no store configured; add an [s3] section (bucket, endpoint or region, access-key, secret-key-file) or a [local] section with path",
+            source.display()
+        ))),
+        (None, None) => Err(Error::config(format!(
+            "no config file at {} and no store in the environment: pass --config FILE, or set {} (or {} and the other [s3] settings)",
+            source.display(),
+            variable_name("local", "path"),
+            variable_name("s3", "bucket")
+        ))),
     }
 }
 

@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::ops::state_dir::StateDir;
+use crate::host::state_dir::StateDir;
 
 use super::files::{remove_path, sync_dir};
 
-/// In the state dir (see `ops::state_dir`), beside the lock.
+/// In the state dir (see `host::state_dir`), beside the lock.
 const JOURNAL_NAME: &str = ".synapse-backup-restore.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +92,63 @@ fn read_journal(state: &StateDir) -> Result<Option<Journal>> {
     }
 }
 
+/// A restore's staging, open from the moment the journal says "staging" until the journal
+/// says "swapping". Dropped while open (an error, a Ctrl-C, a panic), it removes every staging
+/// path the journal names and the journal itself, as recovery does after a crash: the live data
+/// was never touched, so nothing else is to undo. No cleanup is written out by hand.
+pub struct StagingTransaction<'a> {
+    state: &'a StateDir,
+    staging: Vec<PathBuf>,
+    open: bool,
+}
+
+impl<'a> StagingTransaction<'a> {
+    /// Writes the staging journal; from here on, staging paths are cleaned up on any failure.
+    pub fn begin(state: &'a StateDir, staging_journal: &Journal) -> Result<Self> {
+        write_journal(state, staging_journal)?;
+        Ok(StagingTransaction {
+            state,
+            staging: staging_paths(staging_journal),
+            open: true,
+        })
+    }
+
+    /// Everything is staged and verified: the swap journal replaces the staging one, and from
+    /// here on a crash is finished forward by [`recover`], never rolled back.
+    pub fn commit(mut self, swap_journal: &Journal) -> Result<()> {
+        write_journal(self.state, swap_journal)?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for StagingTransaction<'_> {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        for staging in &self.staging {
+            if let Err(e) = remove_path(staging) {
+                tracing::warn!(
+                    "could not remove the staging path {} ({e}); the next restore removes it",
+                    staging.display()
+                );
+            }
+        }
+        if let Err(e) = remove_journal(self.state) {
+            tracing::warn!("{e}; the next restore removes the staging it names");
+        }
+    }
+}
+
+fn staging_paths(journal: &Journal) -> Vec<PathBuf> {
+    journal
+        .entries
+        .iter()
+        .filter_map(|entry| entry.staging.clone())
+        .collect()
+}
+
 pub fn remove_journal(state: &StateDir) -> Result<()> {
     let path = state.dir().join(JOURNAL_NAME);
     match fs::remove_file(&path) {
@@ -108,10 +165,8 @@ pub fn recover(state: &StateDir) -> Result<Option<Recovery>> {
     };
     let recovery = match journal.phase {
         Phase::Staging => {
-            for entry in &journal.entries {
-                if let Some(staging) = &entry.staging {
-                    remove_path(staging).at("remove leftover staging", staging)?;
-                }
+            for staging in staging_paths(&journal) {
+                remove_path(&staging).at("remove leftover staging", &staging)?;
             }
             Recovery::RemovedStaging {
                 backup_id: journal.backup_id.clone(),

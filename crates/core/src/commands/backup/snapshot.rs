@@ -8,8 +8,8 @@ use crate::database::postgres::Postgres;
 use crate::database::sqlite;
 use crate::error::{Error, Result};
 use crate::manifest::{DatabaseInfo, DatabaseKind, Role};
-use crate::ops::pipe::CHUNK;
 use crate::progress::Progress;
+use crate::repository::pipe::CHUNK;
 use crate::synapse::{Database, HomeserverConfig};
 
 use super::pipeline::Dump;

@@ -11,37 +11,16 @@ use serde::Serialize;
 
 use std::collections::HashSet;
 
-
+pub use crate::config::RetentionPolicy;
 use crate::error::{Error, Result};
 use crate::repository::BackupId;
 use crate::store::Store;
 
-use super::catalog::list_backups;
+use crate::repository::catalog::list_backups;
 
-use super::sweep::{
+use crate::repository::gc::{
     delete_base, require_passphrase_for_volumes, sweep_after, Deletion, SweepReport,
 };
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RetentionPolicy {
-    /// The newest N backups.
-    pub keep_last: usize,
-    /// The newest backup of each of the last N days that have backups (UTC).
-    pub keep_daily: usize,
-    /// The same per ISO week.
-    pub keep_weekly: usize,
-    /// The same per calendar month.
-    pub keep_monthly: usize,
-}
-
-impl RetentionPolicy {
-    pub fn keeps_nothing(&self) -> bool {
-        self.keep_last == 0
-            && self.keep_daily == 0
-            && self.keep_weekly == 0
-            && self.keep_monthly == 0
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PruneDecision {

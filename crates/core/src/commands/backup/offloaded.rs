@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 
 use futures::{StreamExt, TryStreamExt};
 
-use crate::config::Config;
+use crate::config::{Config, S3Config};
 use crate::database::media_rows::{postgres_media_rows, sqlite_media_rows, MediaRow};
 use crate::database::postgres::Postgres;
 use crate::error::{Error, Result};
 use crate::manifest::{MissingMedia, ProviderRecord, Role, MISSING_RECORDED};
 use crate::provider::ProviderAccess;
-use crate::synapse::{Database, HomeserverConfig};
+use crate::synapse::{Database, HomeserverConfig, MediaProvider};
 
 use super::sources::Source;
 
@@ -67,21 +67,9 @@ pub(super) async fn find_offloaded(
             module: provider.module.clone(),
             location: provider.location(),
         });
-        let access = match ProviderAccess::open(provider, store_s3) {
-            Ok(Some(access)) => Some(access),
-            Ok(None) => {
-                reasons.push(format!(
-                    "{} is not a provider this tool can read (it reads {} and Synapse's file provider)",
-                    provider.describe(),
-                    crate::synapse::S3_MODULE
-                ));
-                None
-            }
-            Err(e) => {
-                reasons.push(e.to_string());
-                None
-            }
-        };
+        let access = open_access(provider, store_s3)
+            .map_err(|why| reasons.push(why))
+            .ok();
         if let (Some(reader), false) = (&access, wanted.is_empty()) {
             let paths: Vec<String> = wanted.iter().map(|row| row.path.clone()).collect();
             match reader.find(&paths, concurrency).await {
@@ -137,6 +125,22 @@ pub(super) async fn find_offloaded(
         }
     }
     Ok(offloaded)
+}
+
+/// How to read `provider`, or why it cannot be read.
+fn open_access(
+    provider: &MediaProvider,
+    store_s3: Option<&S3Config>,
+) -> std::result::Result<ProviderAccess, String> {
+    match ProviderAccess::open(provider, store_s3) {
+        Ok(Some(access)) => Ok(access),
+        Ok(None) => Err(format!(
+            "{} is not a provider this tool can read (it reads {} and Synapse's file provider)",
+            provider.describe(),
+            crate::synapse::S3_MODULE
+        )),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn missing_message(hs: &HomeserverConfig, missing: &[MediaRow], reasons: &[String]) -> String {

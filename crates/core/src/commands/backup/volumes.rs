@@ -10,8 +10,8 @@ use std::io::{BufWriter, Write};
 use crate::archive::ArchiveWriter;
 use crate::error::{Error, Result};
 use crate::manifest::{FileEntry, FileListWriter, Storage, FILES_MEMBER};
-use crate::ops::pipe::{ChunkWriter, CHUNK};
 use crate::progress::{Cancel, Progress};
+use crate::repository::pipe::{ChunkWriter, CHUNK};
 
 use super::sources::Source;
 

@@ -20,8 +20,8 @@ use crate::manifest::{
     FileEntry, FileListWriter, Header, ListTotals, Role, FILES_MEMBER, HEADER_MEMBER,
     POSTGRES_DUMP_PREFIX, VOLUME_LISTS_FOLDER,
 };
-use crate::ops::pipe::{chunk_pipe, ChannelWriter, ChunkWriter, CHUNK, QUEUE_DEPTH};
 use crate::progress::{Cancel, Progress};
+use crate::repository::pipe::{chunk_pipe, ChannelWriter, ChunkWriter, CHUNK, QUEUE_DEPTH};
 
 use super::sources::{Folder, Source};
 

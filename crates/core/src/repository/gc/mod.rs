@@ -17,18 +17,22 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::manifest::{index_name, volume_owner};
+use crate::manifest::index_name;
 use crate::progress::Cancel;
 use crate::store::owner::UploadOwner;
 use crate::store::{ObjectInfo, Store};
 
 use crate::repository::trust::split_listing;
+
+mod decide;
+
+use decide::{decide_volumes, marks_without_volume, orphan_indexes, InUse, VolumeAction};
 
 use super::open::read_stored_header;
 
@@ -145,66 +149,51 @@ pub async fn sweep(
         ));
     };
     let in_use = volumes_in_use(store, passphrase, cancel, dry_run, leaving).await?;
-    let used = |volume: &str| {
-        in_use.volumes.contains(volume)
-            || volume_owner(volume).is_some_and(|owner| in_use.owners.contains(owner))
-    };
     let now = Utc::now();
-    for volume in &volumes {
-        let marker = condemned.get(&volume.name);
-        if used(&volume.name) {
-            if marker.is_some() && !dry_run {
-                // Used again (by a create that started before the condemnation): reprieved.
-                store.delete(&condemned_marker(&volume.name)).await?;
-            }
-            continue;
-        }
+    let condemned_since: HashMap<String, DateTime<Utc>> = condemned
+        .iter()
+        .map(|(volume, mark)| (volume.clone(), mark.last_modified))
+        .collect();
+    let actions = decide_volumes(&volumes, &condemned_since, &in_use, now, grace);
+    for (volume, action) in volumes.iter().zip(actions) {
         let entry = (volume.name.clone(), volume.size);
-        match marker {
-            None => {
+        match action {
+            VolumeAction::Keep => {}
+            VolumeAction::Wait => report.waiting.push(entry),
+            VolumeAction::Reprieve => {
                 if !dry_run {
-                    let body =
-                        futures::stream::once(
-                            async move { Ok(bytes::Bytes::from(now.to_rfc3339())) },
-                        )
-                        .boxed();
+                    store.delete(&condemned_marker(&volume.name)).await?;
+                }
+            }
+            VolumeAction::Condemn => {
+                if !dry_run {
+                    let body = bytes::Bytes::from(now.to_rfc3339());
+                    let body = futures::stream::once(async move { Ok(body) }).boxed();
                     store
                         .put(&condemned_marker(&volume.name), body, None)
                         .await?;
                 }
                 report.condemned.push(entry);
             }
-            Some(marker) => {
-                let age = (now - marker.last_modified).to_std().unwrap_or_default();
-                if age < grace {
-                    report.waiting.push(entry);
-                    continue;
-                }
+            VolumeAction::Delete => {
                 if !dry_run {
                     store.delete(&volume.name).await?;
-                    store.delete(&marker.name).await?;
+                    store.delete(&condemned_marker(&volume.name)).await?;
                 }
                 report.deleted.push(entry);
             }
         }
     }
     if !dry_run {
-        let existing: HashSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
-        for (volume, marker) in &condemned {
-            if !existing.contains(volume.as_str()) {
-                store.delete(&marker.name).await?;
-            }
+        for volume in marks_without_volume(condemned.keys(), &volumes) {
+            store.delete(&condemned_marker(&volume)).await?;
         }
-        remove_orphan_indexes(store, &in_use, grace).await?;
+        let indexes = store.list_folder("index").await?;
+        for index in orphan_indexes(&indexes, &in_use, now, grace) {
+            store.delete(&index).await?;
+        }
     }
     Ok(report)
-}
-
-/// The volumes some remaining base or some running create names, and the backups whose own
-/// volumes are all in use (running creates, whose volumes are not named anywhere yet).
-struct InUse {
-    volumes: HashSet<String>,
-    owners: HashSet<String>,
 }
 
 async fn volumes_in_use(
@@ -214,16 +203,11 @@ async fn volumes_in_use(
     dry_run: bool,
     leaving: &HashSet<String>,
 ) -> Result<InUse> {
-    let mut in_use = InUse {
-        volumes: HashSet::new(),
-        owners: HashSet::new(),
-    };
+    let mut in_use = InUse::default();
     // Markers before bases: a create removes its marker only once its base exists, so it is
     // seen one way or the other.
     for marker in store.list_folder(PENDING).await? {
-        let age = (Utc::now() - marker.last_modified)
-            .to_std()
-            .unwrap_or_default();
+        let age = decide::age(Utc::now(), marker.last_modified);
         let body = read_small_object(store, &marker.name).await?;
         let parsed: Option<PendingMarker> = serde_json::from_slice(&body).ok();
         match parsed {
@@ -288,27 +272,6 @@ async fn volumes_in_use(
         )));
     }
     Ok(in_use)
-}
-
-/// Indexes whose backup is gone (deleted, or its create failed) and is not being made. Only
-/// those older than the grace period: a create that started after the markers were read may
-/// have written its index since, and its base is about to follow.
-async fn remove_orphan_indexes(
-    store: &dyn Store,
-    in_use: &InUse,
-    grace: std::time::Duration,
-) -> Result<()> {
-    let now = Utc::now();
-    for index in store.list_folder("index").await? {
-        let Some(id) = index.name.strip_prefix("index/") else {
-            continue;
-        };
-        let age = (now - index.last_modified).to_std().unwrap_or_default();
-        if !in_use.owners.contains(id) && index.name == index_name(id) && age >= grace {
-            store.delete(&index.name).await?;
-        }
-    }
-    Ok(())
 }
 
 async fn read_small_object(store: &dyn Store, name: &str) -> Result<Vec<u8>> {

@@ -1,6 +1,6 @@
 //! Staging the media a format-2 backup keeps in volumes: several volumes downloaded, decrypted
 //! and written at once (each on its own thread), every member checked against the backup's
-//! file list by `gather::read_volume`.
+//! file list by `repository::volumes::read_volume`.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,21 +13,21 @@ use crate::progress::Progress;
 
 use super::plan::{Placement, Plan};
 use super::to_provider::ProviderSink;
-use crate::ops::content_check::{hash_member, unreadable_member, WriteFailed};
-use crate::ops::gather::{by_volume, read_volume, VolumeWant, VOLUMES_AT_ONCE};
-use crate::ops::open_backup;
-use crate::ops::pipe::{read_ahead, QUEUE_DEPTH};
-use crate::ops::OpContext;
+use crate::commands::OpContext;
+use crate::repository::content_check::{hash_member, unreadable_member, WriteFailed};
+use crate::repository::open_backup;
+use crate::repository::pipe::{read_ahead, QUEUE_DEPTH};
+use crate::repository::volumes::{by_volume, read_volume, VolumeWant, VOLUMES_AT_ONCE};
 
-/// Stages every volume's members; the plan comes back whatever happened, to clean up. The
-/// outer error is a task that failed to finish (a bug), the inner one the restore's failure.
+/// Stages every volume's members; the plan back, and the files and bytes staged. On a failure
+/// the restore's staging transaction removes what was staged.
 pub(super) async fn stage_volumes(
     ctx: &OpContext<'_>,
     id: &str,
     plan: Plan,
     in_volumes: Vec<FileEntry>,
     sink: Option<Arc<ProviderSink>>,
-) -> Result<(Plan, Result<(usize, u64)>)> {
+) -> Result<(Plan, (usize, u64))> {
     let plan = Arc::new(Mutex::new(plan));
     let outcomes = futures::stream::iter(by_volume(in_volumes))
         .map(|want| stage_one(ctx, id, Arc::clone(&plan), sink.clone(), want))
@@ -40,16 +40,11 @@ pub(super) async fn stage_volumes(
         .map_err(|_| Error::task_failed("restore", "a volume's staging panicked"))?;
     let mut files = 0;
     let mut bytes = 0;
-    for outcome in outcomes {
-        match outcome {
-            Ok((f, b)) => {
-                files += f;
-                bytes += b;
-            }
-            Err(e) => return Ok((plan, Err(e))),
-        }
+    for (f, b) in outcomes.into_iter().collect::<Result<Vec<_>>>()? {
+        files += f;
+        bytes += b;
     }
-    Ok((plan, Ok((files, bytes))))
+    Ok((plan, (files, bytes)))
 }
 
 async fn stage_one(

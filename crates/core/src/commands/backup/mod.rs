@@ -8,7 +8,7 @@
 //! 3. list the key, config and media (`sources`), and the media the database lists that only
 //!    Synapse's storage providers hold (`offloaded`);
 //! 4. decide which media the newest earlier backup already stores (`reuse`), announce the
-//!    backup (`sweep::Pending`) and leave out volumes a prune has condemned;
+//!    backup (`gc::Pending`) and leave out volumes a prune has condemned;
 //! 5. stream the other media into new volumes, then the index, then the base (key, config,
 //!    database, and the file list naming every file's volume), each tar → OpenPGP → store; the
 //!    base is written last, so its existence means the backup is complete (`volumes`,
@@ -21,36 +21,32 @@ mod reuse;
 mod snapshot;
 mod sources;
 mod volumes;
+mod write;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::manifest::{
-    index_name, volume_name, volume_owner, BackupKind, DatabaseInfo, Header, MediaVolumes,
-    MissingMedia, VolumeRef, FILES_MEMBER, FORMAT_VERSION, TOOL_NAME,
-};
+use crate::manifest::{BackupKind, DatabaseInfo, MissingMedia};
 use crate::progress::Cancel;
 use crate::store::{ByteStream, Store};
 use crate::synapse::media::backed_up_media_dirs;
 use crate::synapse::{check_working_dir, HomeserverConfig};
 
-use super::pipe::{ChunkWriter, QUEUE_DEPTH};
-use super::scratch;
-use super::state_dir::StateDir;
-use super::sweep::{condemned_volumes, Pending};
 use super::OpContext;
+use crate::host::scratch;
+use crate::host::state_dir::StateDir;
+use crate::repository::gc::{condemned_volumes, Pending};
+use crate::repository::pipe::{ChunkWriter, QUEUE_DEPTH};
 
 pub use id::new_backup_id;
-use pipeline::{run_pipeline, ArchiveContents, PipelineError};
+use pipeline::{run_pipeline, PipelineError};
 use reuse::ParentChoice;
-use sources::{MediaListing, Source};
+use sources::MediaListing;
 
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
@@ -150,7 +146,7 @@ pub async fn create_backup(
             }
         }
     };
-    // Announced before the condemned volumes are looked at (`ops::sweep`): every volume the
+    // Announced before the condemned volumes are looked at (`repository::gc`): every volume the
     // parent uses, a superset of those this backup will take files from.
     let parent_volumes: Vec<String> = parent
         .as_ref()
@@ -162,7 +158,7 @@ pub async fn create_backup(
         let plan = reuse::plan_media(media.files, parent.as_ref(), &condemned);
         // The parent's index is not needed any more: freed before the writing starts.
         let parent = parent.map(|p| p.backup_id);
-        let contents = BackupContents {
+        let contents = write::BackupContents {
             backup_id: &backup_id,
             hs: &hs,
             options,
@@ -175,7 +171,7 @@ pub async fn create_backup(
             providers: offloaded,
             temp: temp.path(),
         };
-        write_backup(config, ctx, contents).await
+        write::write_backup(config, ctx, contents).await
     }
     .await;
     pending.withdraw().await;
@@ -185,249 +181,22 @@ pub async fn create_backup(
     Ok(BackupSummary {
         backup_id,
         server_name: hs.server_name,
+        kind: written.kind,
+        parent: written.parent,
+        files: written.files,
+        file_bytes: written.file_bytes,
+        reused_files: written.reused_files,
+        reused_bytes: written.reused_bytes,
+        object_bytes: written.object_bytes,
+        provider_files: written.provider_files,
+        provider_bytes: written.provider_bytes,
+        missing: written.missing,
         database: snapshot.info,
         elapsed: started.elapsed(),
+        vanished: written.vanished,
+        stored_again: written.stored_again,
         full_reason,
         leftovers,
-        ..written
-    })
-}
-
-/// Everything one backup stores, decided.
-struct BackupContents<'a> {
-    backup_id: &'a str,
-    hs: &'a HomeserverConfig,
-    options: &'a BackupOptions,
-    parent: Option<String>,
-    sources: Vec<Source>,
-    folders: Vec<sources::Folder>,
-    dump: Option<pipeline::Dump>,
-    snapshot_info: DatabaseInfo,
-    plan: reuse::MediaPlan,
-    /// The storage providers, how to read them, and what none of them had.
-    providers: offloaded::Offloaded,
-    temp: &'a Path,
-}
-
-/// Writes the new volumes, the index and the base; on failure removes what it wrote, which no
-/// other backup can name yet.
-async fn write_backup(
-    config: &Config,
-    ctx: &OpContext<'_>,
-    contents: BackupContents<'_>,
-) -> Result<BackupSummary> {
-    let mut written: Vec<String> = Vec::new();
-    let outcome = write_objects(config, ctx, contents, &mut written).await;
-    if outcome.is_err() {
-        for name in written {
-            if let Err(e) = ctx.store.delete(&name).await {
-                tracing::warn!("could not remove {name} after the failed backup: {e}");
-            }
-        }
-    }
-    outcome
-}
-
-async fn write_objects(
-    config: &Config,
-    ctx: &OpContext<'_>,
-    contents: BackupContents<'_>,
-    written: &mut Vec<String>,
-) -> Result<BackupSummary> {
-    let BackupContents {
-        backup_id,
-        hs,
-        options,
-        parent,
-        sources,
-        folders,
-        dump,
-        snapshot_info,
-        plan,
-        providers,
-        temp,
-    } = contents;
-    let offloaded::Offloaded {
-        access,
-        providers,
-        missing,
-        ..
-    } = providers;
-    let reuse::MediaPlan {
-        to_store,
-        reused,
-        reused_volumes,
-        stored_again,
-    } = plan;
-    let stored_again: Vec<StoredAgain> = stored_again
-        .into_iter()
-        .map(|(volume, fault, files)| StoredAgain {
-            volume,
-            why: fault.to_string(),
-            files,
-        })
-        .collect();
-    for lost in &stored_again {
-        tracing::warn!(
-            "media volume {} of the parent backup is {}: its {} file(s) are read and stored anew, and nothing refers to it again (verify-backup of the backups that use it will fail: check the store)",
-            lost.volume,
-            lost.why,
-            lost.files
-        );
-    }
-    let new_bytes: u64 = to_store.iter().map(|s| s.size).sum();
-    let base_bytes: u64 = sources.iter().map(|s| s.size).sum();
-    let reused_files = reused.len();
-    let reused_bytes: u64 = reused.iter().map(|e| e.size).sum();
-    tracing::info!(
-        "backing up {} as {backup_id} to {}: {} media files ({new_bytes} bytes) to store, {reused_files} ({reused_bytes} bytes) already stored{}",
-        hs.server_name,
-        ctx.store.describe(),
-        to_store.len(),
-        parent
-            .as_deref()
-            .map(|p| format!(" (compared with {p})"))
-            .unwrap_or_default(),
-    );
-    ctx.progress
-        .start("backing up", Some(new_bytes + base_bytes));
-    let mut media_entries = reused;
-    let mut volume_refs = reused_volumes;
-    let mut vanished = Vec::new();
-    let mut object_bytes = 0u64;
-    let downloads = config.backup.provider_downloads;
-    let mut queue = volumes::split_into_volumes(to_store, config.backup.volume_size)
-        .into_iter()
-        .enumerate();
-    let mut next = offloaded::fetch_volume(queue.next(), &access, downloads).await?;
-    while let Some(offloaded::FetchedVolume { index, files, gone }) = next.take() {
-        vanished.extend(gone);
-        let name = volume_name(backup_id, index);
-        let fetched = offloaded::fetched_paths(&files);
-        let bytes: u64 = files.iter().map(|s| s.size).sum();
-        let progress = Arc::clone(&ctx.progress);
-        let volume = name.clone();
-        written.push(name.clone());
-        // The next volume's provider media download while this one is written: at most two
-        // volumes of them in the temp dir.
-        let (stored, following) = futures::join!(
-            stream_to_store(ctx, &name, bytes, move |out, cancel| {
-                volumes::write_volume(&volume, files, out, progress.as_ref(), cancel)
-            }),
-            offloaded::fetch_volume(queue.next(), &access, downloads)
-        );
-        offloaded::remove_fetched(&fetched);
-        let (contents, size) = stored?;
-        next = following?;
-        let file_bytes = contents.entries.iter().map(|e| e.size).sum();
-        volume_refs.push(VolumeRef {
-            name,
-            file_bytes,
-            used_bytes: file_bytes,
-            object_bytes: size,
-        });
-        object_bytes += size;
-        media_entries.extend(contents.entries);
-        vanished.extend(contents.vanished);
-    }
-    media_entries.sort_by(|a, b| a.path.cmp(&b.path));
-
-    let created = Utc::now();
-    let index = index_name(backup_id);
-    let index_entries = Arc::new(media_entries);
-    {
-        let entries = Arc::clone(&index_entries);
-        let id = backup_id.to_string();
-        written.push(index.clone());
-        let ((), size) = stream_to_store(ctx, &index, 0, move |out, _| {
-            volumes::write_index(&id, &entries, created.timestamp(), out)
-        })
-        .await?;
-        object_bytes += size;
-    }
-    let media_entries = Arc::try_unwrap(index_entries).unwrap_or_else(|shared| (*shared).clone());
-
-    // Incremental when it takes anything from an earlier backup's volumes.
-    let kind = if volume_refs
-        .iter()
-        .any(|v| volume_owner(&v.name) != Some(backup_id))
-    {
-        BackupKind::Incremental
-    } else {
-        BackupKind::Full
-    };
-    let parent = parent.filter(|_| kind == BackupKind::Incremental);
-    let database = snapshot_info.clone();
-    let media_bytes: u64 = media_entries.iter().map(|e| e.size).sum();
-    let (provider_files, provider_bytes) = media_entries
-        .iter()
-        .filter(|e| e.provider.is_some())
-        .fold((0, 0), |(n, b), e| (n + 1, b + e.size));
-    let header = Header {
-        format_version: FORMAT_VERSION,
-        tool: TOOL_NAME.into(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        backup_id: backup_id.to_string(),
-        server_name: hs.server_name.clone(),
-        created,
-        database: snapshot_info,
-        include_remote_media: options.include_remote_media,
-        expected_bytes: base_bytes + media_bytes,
-        files_member: FILES_MEMBER.into(),
-        media: Some(MediaVolumes {
-            kind,
-            parent: parent.clone(),
-            volumes: volume_refs.clone(),
-            providers,
-            missing: missing.clone(),
-        }),
-    };
-    let volume_lists = volume_refs
-        .iter()
-        .map(|v| {
-            (
-                v.name.clone(),
-                volumes::volume_list(&v.name, &media_entries),
-            )
-        })
-        .collect();
-    let contents = ArchiveContents {
-        header,
-        folders,
-        sources,
-        dump,
-        list_path: temp.join(FILES_MEMBER),
-        volume_lists,
-        media_entries,
-    };
-    let progress = Arc::clone(&ctx.progress);
-    written.push(backup_id.to_string());
-    let (archived, size) = stream_to_store(ctx, backup_id, base_bytes, move |out, cancel| {
-        pipeline::write_archive(contents, out, progress.as_ref(), cancel)
-    })
-    .await?;
-    object_bytes += size;
-    ctx.progress.finish();
-    vanished.extend(archived.vanished);
-    Ok(BackupSummary {
-        backup_id: backup_id.to_string(),
-        server_name: hs.server_name.clone(),
-        kind,
-        parent,
-        files: archived.totals.files,
-        file_bytes: archived.totals.file_bytes,
-        reused_files,
-        reused_bytes,
-        object_bytes,
-        provider_files,
-        provider_bytes,
-        missing,
-        database,
-        elapsed: Duration::ZERO,
-        vanished,
-        stored_again,
-        full_reason: None,
-        leftovers: Vec::new(),
     })
 }
 

@@ -1,4 +1,6 @@
-//! `list-backups` and `delete-backup`: what the store holds.
+//! What the store holds: every object named like a backup, whether it opens as itself, and
+//! the newest one that does (`latest`). `list-backups` shows it; prune, check, verify and
+//! restore decide by it.
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -8,15 +10,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{BackupKind, Header};
 use crate::progress::Cancel;
 use crate::repository::trust::{split_listing, Listing};
-use crate::repository::BackupId;
 use crate::store::{ObjectInfo, Store};
 
-use std::collections::HashSet;
-
-use super::open::read_header;
-use super::sweep::{
-    delete_base, require_passphrase_for_volumes, sweep_after, Deletion, SweepReport,
-};
+use crate::repository::open::read_header;
 
 /// Each header read costs one passphrase derivation (a fraction of a second of CPU) and one GET.
 const HEADER_READS_AT_ONCE: usize = 8;
@@ -207,35 +203,4 @@ pub async fn newest_backup(
         id: "latest".into(),
         store: store.describe(),
     }))
-}
-
-/// What deleting one backup did to the media volumes.
-#[derive(Debug, Clone)]
-pub struct DeleteOutcome {
-    pub volumes: SweepReport,
-    pub volume_warning: Option<String>,
-}
-
-/// Deletes backup `id` (an unknown id is an error), then condemns or deletes the media volumes
-/// no remaining backup needs.
-pub async fn delete_backup(
-    store: &dyn Store,
-    id: &str,
-    deletion: &Deletion<'_>,
-) -> Result<DeleteOutcome> {
-    // Only backups are ever deleted: anything else in the prefix is not ours to touch.
-    let id = BackupId::parse(id).map_err(|e| {
-        Error::config(format!(
-            "{e}; delete-backup deletes backups only, and leaves every other object in the store alone"
-        ))
-    })?;
-    let id = id.as_str();
-    store.head(id).await?;
-    require_passphrase_for_volumes(store, deletion).await?;
-    delete_base(store, id).await?;
-    let (volumes, volume_warning) = sweep_after(store, deletion, false, &HashSet::new()).await;
-    Ok(DeleteOutcome {
-        volumes,
-        volume_warning,
-    })
 }

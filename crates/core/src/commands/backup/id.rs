@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::ops::state_dir::StateDir;
+use crate::host::state_dir::StateDir;
 use crate::repository::BackupId;
 use crate::store::Store;
 

@@ -36,17 +36,18 @@ use crate::progress::{Cancel, Progress};
 use crate::store::ByteStream;
 use crate::synapse::{check_working_dir, HomeserverConfig};
 
-use super::content_check::{
+use super::OpContext;
+use crate::host::state_dir::StateDir;
+use crate::repository::content_check::{
     hash_member, unreadable_member, ArchiveFormat, ContentCheck, WriteFailed,
 };
-use super::gather::check_volumes_exist;
-use super::open::read_header;
-use super::open_backup;
-use super::pipe::{read_ahead, QUEUE_DEPTH};
-use super::state_dir::StateDir;
-use super::OpContext;
+use crate::repository::open::read_header;
+use crate::repository::open_backup;
+use crate::repository::pipe::{read_ahead, QUEUE_DEPTH};
+use crate::repository::volumes::check_volumes_exist;
 
 pub use journal::{recover, Recovery};
+use journal::{Phase, StagingTransaction};
 use plan::{Destination, Placement, Plan};
 use to_provider::ProviderSink;
 
@@ -125,7 +126,7 @@ pub async fn restore_backup(
     options: &RestoreOptions,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
-    super::scratch::remove_leftovers(config);
+    crate::host::scratch::remove_leftovers(config);
     let object = ctx.store.head(id).await?;
     let destination = match &options.target_dir {
         Some(dir) => Destination::Directory(absolute(dir)?),
@@ -227,7 +228,7 @@ fn absolute(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Stages the whole backup, restores the database, then swaps. Any failure before the swap
-/// removes the staging and leaves the live data as it was.
+/// removes the staging and leaves the live data as it was (the [`StagingTransaction`]).
 async fn stage_and_swap(
     ctx: &OpContext<'_>,
     id: &str,
@@ -237,50 +238,26 @@ async fn stage_and_swap(
     sink: Option<Arc<ProviderSink>>,
 ) -> Result<RestoreReport> {
     let stream = ctx.store.get(id).await?;
-    journal::write_journal(state, &plan.journal(journal::Phase::Staging))?;
-    let (plan, staged) = stage_in_background(ctx, id, stream, plan).await?;
-    let (plan, staged) = match staged {
-        Ok(((format, files, bytes), in_volumes)) => {
-            let (plan, gathered) =
-                volumes::stage_volumes(ctx, id, plan, in_volumes, sink.clone()).await?;
-            let done = gathered.and_then(|(more_files, more_bytes)| {
-                plan.apply_folder_modes()?;
-                Ok((format, files + more_files, bytes + more_bytes))
-            });
-            (plan, done)
-        }
-        Err(e) => (plan, Err(e)),
-    };
-    let (format, files, bytes) = match staged {
-        Ok(done) => done,
-        Err(e) => {
-            plan.remove_staging();
-            journal::remove_journal(state)?;
-            return Err(if ctx.cancel.is_cancelled() {
+    let staging = StagingTransaction::begin(state, &plan.journal(Phase::Staging))?;
+    let (plan, (format, files, bytes)) = stage_everything(ctx, id, stream, plan, sink.as_ref())
+        .await
+        .map_err(|e| {
+            if ctx.cancel.is_cancelled() {
                 Error::Interrupted
             } else {
                 e
-            });
-        }
-    };
+            }
+        })?;
     // The provider's media before anything live changes; a failure leaves the live data as
     // it was (`to_provider`).
     let provider_files = match &sink {
-        Some(sink) => match sink.write_to_providers().await {
-            Ok(count) => count,
-            Err(e) => {
-                plan.remove_staging();
-                journal::remove_journal(state)?;
-                return Err(e);
-            }
-        },
+        Some(sink) => sink.write_to_providers().await?,
         None => 0,
     };
     plan.sync()?;
     // The database first, then the files, as Synapse's documentation prescribes.
-    let mut database_notes = Vec::new();
-    if let Some(postgres) = &plan.postgres {
-        let restored = database::restore_database(
+    let database_notes = match &plan.postgres {
+        Some(postgres) => database::restore_database(
             ctx.store,
             id,
             &ctx.passphrase,
@@ -288,20 +265,13 @@ async fn stage_and_swap(
             options.replace_database,
             &ctx.cancel,
         )
-        .await;
-        match restored {
-            Ok(Some(kept)) => database_notes.push(format!(
-                "the previous database was kept as {kept}; drop it once Synapse runs well"
-            )),
-            Ok(None) => {}
-            Err(e) => {
-                plan.remove_staging();
-                journal::remove_journal(state)?;
-                return Err(e);
-            }
-        }
-    }
-    journal::write_journal(state, &plan.journal(journal::Phase::Swapping))?;
+        .await?
+        .map(|kept| {
+            format!("the previous database was kept as {kept}; drop it once Synapse runs well")
+        }),
+        None => None,
+    };
+    staging.commit(&plan.journal(Phase::Swapping))?;
     let placed = plan.swap()?;
     journal::remove_journal(state)?;
     let kept_previous = if options.remove_previous {
@@ -325,13 +295,30 @@ async fn stage_and_swap(
 
 type Staged = (ArchiveFormat, usize, u64);
 
-/// Runs [`stage`] on a blocking thread; the plan comes back whatever happened, to clean up.
+/// Stages the base's members, then the media its volumes hold; the plan, with every target
+/// staged, and what was staged.
+async fn stage_everything(
+    ctx: &OpContext<'_>,
+    id: &str,
+    stream: ByteStream,
+    plan: Plan,
+    sink: Option<&Arc<ProviderSink>>,
+) -> Result<(Plan, Staged)> {
+    let (plan, ((format, files, bytes), in_volumes)) =
+        stage_in_background(ctx, id, stream, plan).await?;
+    let (plan, (more_files, more_bytes)) =
+        volumes::stage_volumes(ctx, id, plan, in_volumes, sink.cloned()).await?;
+    plan.apply_folder_modes()?;
+    Ok((plan, (format, files + more_files, bytes + more_bytes)))
+}
+
+/// Runs [`stage`] on a blocking thread.
 async fn stage_in_background(
     ctx: &OpContext<'_>,
     id: &str,
     stream: ByteStream,
     mut plan: Plan,
-) -> Result<(Plan, Result<(Staged, Vec<FileEntry>)>)> {
+) -> Result<(Plan, (Staged, Vec<FileEntry>))> {
     let handle = tokio::runtime::Handle::current();
     let passphrase = ctx.passphrase.clone();
     let progress = Arc::clone(&ctx.progress);
@@ -347,10 +334,10 @@ async fn stage_in_background(
         };
         let result = stage(&mut plan, source, &backup_id, progress.as_ref());
         progress.finish();
-        (plan, result)
+        result.map(|staged| (plan, staged))
     })
     .await
-    .map_err(|e| Error::task_failed("restore", e))
+    .map_err(|e| Error::task_failed("restore", e))?
 }
 
 /// The backup object to stage from, not yet opened.

@@ -12,12 +12,12 @@ use crate::archive::{read_members, MemberKind};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
-pub use super::content_check::ArchiveFormat;
-use super::content_check::{hash_member, unreadable_member, ContentCheck};
-use super::gather::{by_volume, check_volumes_exist, read_volume, VOLUMES_AT_ONCE};
-use super::object_reader::read_object;
 use super::OpContext;
 use crate::manifest::FileEntry;
+pub use crate::repository::content_check::ArchiveFormat;
+use crate::repository::content_check::{hash_member, unreadable_member, ContentCheck};
+use crate::repository::object_reader::read_object;
+use crate::repository::volumes::{by_volume, check_volumes_exist, read_volume, VOLUMES_AT_ONCE};
 
 #[derive(Debug, Clone)]
 pub struct VerifyReport {

@@ -18,7 +18,7 @@ use crate::synapse::{Database, HomeserverConfig};
 use super::files::{self, Owner};
 use super::journal::{self, Journal, JournalEntry, Phase};
 use super::route::{Route, Router, Slot};
-use crate::ops::content_check::ArchiveFormat;
+use crate::repository::content_check::ArchiveFormat;
 
 /// What to do with a member.
 pub(crate) enum Placement {
@@ -35,7 +35,7 @@ pub(crate) enum Destination {
 }
 
 impl Destination {
-    /// The path whose parent holds the lock and the journal (see `ops::state_dir`).
+    /// The path whose parent holds the lock and the journal (see `host::state_dir`).
     pub fn state_anchor(&self) -> &Path {
         match self {
             Destination::Live(hs) => &hs.media_store,
@@ -455,14 +455,6 @@ impl Plan {
             .filter(|t| t.slot != Slot::DatabaseSidecar)
             .map(|t| t.live.clone())
             .collect())
-    }
-
-    pub fn remove_staging(&self) {
-        for target in &self.targets {
-            if target.staged {
-                let _ = files::remove_path(&target.staging);
-            }
-        }
     }
 
     pub fn existing_previous(&self) -> Vec<PathBuf> {

@@ -10,7 +10,7 @@ use crate::manifest::POSTGRES_DUMP_PREFIX;
 use crate::progress::Cancel;
 use crate::store::Store;
 
-use crate::ops::open_backup;
+use crate::repository::open_backup;
 
 /// Restores the dump into the (empty, or set aside with `replace`) database. On failure the
 /// database is as it was: pg_restore's transaction rolls back and a set-aside one is put back.

@@ -19,13 +19,13 @@ use std::io::BufReader;
 use std::os::unix::fs::MetadataExt;
 
 use crate::archive::read_members;
+use crate::commands::OpContext;
 use crate::error::{CorruptKind, Error, ErrorKind, Result};
 use crate::manifest::{
     index_name, read_file_list, FileEntry, Header, Role, VolumeRef, FILES_MEMBER,
 };
-use crate::ops::object_reader::read_object;
-use crate::ops::open::read_header;
-use crate::ops::OpContext;
+use crate::repository::object_reader::read_object;
+use crate::repository::open::read_header;
 use crate::repository::trust::{split_listing, unusable_volumes, VolumeFault};
 
 use super::sources::Source;

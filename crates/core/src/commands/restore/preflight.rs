@@ -9,7 +9,7 @@ use crate::database::postgres::Postgres;
 use crate::error::{Error, Result};
 use crate::manifest::Header;
 
-use super::files::{self, existing_ancestor};
+use super::files::existing_ancestor;
 use super::plan::Destination;
 
 /// Free space kept in reserve beyond the backup's size.
@@ -75,7 +75,7 @@ pub(crate) fn check_free_space<'a>(
         if !checked.insert(meta.dev()) {
             continue;
         }
-        let available = files::free_bytes(&parent)?;
+        let available = crate::host::free_bytes(&parent)?;
         if available < needed + SPACE_MARGIN {
             return Err(Error::Refused(format!(
                 "not enough free space on the filesystem of {}: the restore stages {} MiB next to the live data and {} MiB are free; free some space (or pass --skip-space-check if the data is split across filesystems)",

@@ -157,14 +157,6 @@ pub(crate) fn resolve_live_path(live: &Path) -> Result<PathBuf> {
 /// As Linux's limit on symlinks followed in one lookup.
 const MAX_SYMLINKS: usize = 40;
 
-/// Bytes an unprivileged user may still write on the filesystem holding `path`.
-pub(crate) fn free_bytes(path: &Path) -> Result<u64> {
-    let stat = nix::sys::statvfs::statvfs(path)
-        .map_err(|e| Error::io("check free space on", path, std::io::Error::from(e)))?;
-    #[allow(clippy::unnecessary_cast)] // u64 on Linux, narrower elsewhere
-    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
-}
-
 /// The nearest ancestor of `path` (or itself) that exists.
 pub(crate) fn existing_ancestor(path: &Path) -> PathBuf {
     let mut current = path.to_path_buf();

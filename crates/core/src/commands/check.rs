@@ -18,9 +18,9 @@ use crate::store::{ByteStream, Store};
 use crate::synapse::media::LOCAL_MEDIA_DIRS;
 use crate::synapse::{check_working_dir, Database, HomeserverConfig};
 
-use super::catalog::{list_backups, BackupListing, Catalog, Details};
-use super::restore::files::free_bytes;
-use super::scratch::{describe_age, remove_leftovers, scratch_parent};
+use crate::host::free_bytes;
+use crate::host::scratch::{describe_age, remove_leftovers, scratch_parent};
+use crate::repository::catalog::{list_backups, BackupListing, Catalog, Details};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckStatus {

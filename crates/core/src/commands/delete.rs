@@ -1,0 +1,41 @@
+//! `delete-backup`: one backup's base and index, then the volumes nothing else needs.
+
+use std::collections::HashSet;
+
+use crate::error::{Error, Result};
+use crate::repository::gc::{
+    delete_base, require_passphrase_for_volumes, sweep_after, Deletion, SweepReport,
+};
+use crate::repository::BackupId;
+use crate::store::Store;
+
+/// What deleting one backup did to the media volumes.
+#[derive(Debug, Clone)]
+pub struct DeleteOutcome {
+    pub volumes: SweepReport,
+    pub volume_warning: Option<String>,
+}
+
+/// Deletes backup `id` (an unknown id is an error), then condemns or deletes the media volumes
+/// no remaining backup needs.
+pub async fn delete_backup(
+    store: &dyn Store,
+    id: &str,
+    deletion: &Deletion<'_>,
+) -> Result<DeleteOutcome> {
+    // Only backups are ever deleted: anything else in the prefix is not ours to touch.
+    let id = BackupId::parse(id).map_err(|e| {
+        Error::config(format!(
+            "{e}; delete-backup deletes backups only, and leaves every other object in the store alone"
+        ))
+    })?;
+    let id = id.as_str();
+    store.head(id).await?;
+    require_passphrase_for_volumes(store, deletion).await?;
+    delete_base(store, id).await?;
+    let (volumes, volume_warning) = sweep_after(store, deletion, false, &HashSet::new()).await;
+    Ok(DeleteOutcome {
+        volumes,
+        volume_warning,
+    })
+}

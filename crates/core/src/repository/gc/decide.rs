@@ -1,0 +1,213 @@
+//! The sweep's decisions, from listings alone: no store, no clock. Each is the place a safety
+//! rule of [`super`] is written down, and each has the tests that pin it.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::manifest::{index_name, volume_owner};
+use crate::repository::BackupId;
+use crate::store::ObjectInfo;
+
+/// The volumes some remaining base or some running create names, and the backups whose own
+/// volumes are all in use (running creates, whose volumes are not named anywhere yet).
+#[derive(Debug, Default)]
+pub struct InUse {
+    pub volumes: HashSet<String>,
+    pub owners: HashSet<String>,
+}
+
+impl InUse {
+    /// Whether something still needs `volume`: a base or a pending marker names it, or it is
+    /// one of a backup's (or a running create's) own volumes.
+    pub fn needs(&self, volume: &str) -> bool {
+        self.volumes.contains(volume)
+            || volume_owner(volume).is_some_and(|owner| self.owners.contains(owner))
+    }
+}
+
+/// What a sweep does to one volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeAction {
+    /// In use and not condemned.
+    Keep,
+    /// In use again (by a create that started before the condemnation): its mark is removed.
+    Reprieve,
+    /// Unused and not condemned yet: condemned now.
+    Condemn,
+    /// Unused, condemned less than the grace period ago.
+    Wait,
+    /// Unused, condemned for the grace period or longer: deleted with its mark.
+    Delete,
+}
+
+/// Decides each volume's fate. `condemned` maps a volume to when it was condemned.
+pub fn decide_volumes(
+    volumes: &[ObjectInfo],
+    condemned: &HashMap<String, DateTime<Utc>>,
+    in_use: &InUse,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Vec<VolumeAction> {
+    volumes
+        .iter()
+        .map(|volume| {
+            let since = condemned.get(&volume.name);
+            match (in_use.needs(&volume.name), since) {
+                (true, None) => VolumeAction::Keep,
+                (true, Some(_)) => VolumeAction::Reprieve,
+                (false, None) => VolumeAction::Condemn,
+                (false, Some(since)) if age(now, *since) < grace => VolumeAction::Wait,
+                (false, Some(_)) => VolumeAction::Delete,
+            }
+        })
+        .collect()
+}
+
+/// Condemned marks whose volume is gone (deleted by hand, or the sweep stopped between the
+/// two deletes): they protect nothing.
+pub fn marks_without_volume<'a>(
+    condemned: impl IntoIterator<Item = &'a String>,
+    volumes: &[ObjectInfo],
+) -> Vec<String> {
+    let existing: HashSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    let mut gone: Vec<String> = condemned
+        .into_iter()
+        .filter(|volume| !existing.contains(volume.as_str()))
+        .cloned()
+        .collect();
+    gone.sort();
+    gone
+}
+
+/// Indexes whose backup is gone (deleted, or its create failed) and is not being made. Only
+/// those older than the grace period: a create that started after the markers were read may
+/// have written its index since, and its base is about to follow.
+pub fn orphan_indexes(
+    indexes: &[ObjectInfo],
+    in_use: &InUse,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Vec<String> {
+    indexes
+        .iter()
+        .filter(|index| {
+            let Some(id) = index.name.strip_prefix("index/") else {
+                return false;
+            };
+            // Only an index named after a backup id is ours to remove; anything else in
+            // `index/` is left alone, like every stray.
+            BackupId::is_backup_name(id)
+                && index.name == index_name(id)
+                && !in_use.owners.contains(id)
+                && age(now, index.last_modified) >= grace
+        })
+        .map(|index| index.name.clone())
+        .collect()
+}
+
+/// How long ago `then` was; a time in the future (clock skew) is no time at all.
+pub fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
+    (now - then).to_std().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn now() -> DateTime<Utc> {
+        "2026-12-06T12:00:00Z".parse().expect("a valid time")
+    }
+
+    fn object(name: &str, hours_ago: i64) -> ObjectInfo {
+        ObjectInfo {
+            name: name.into(),
+            size: 10,
+            last_modified: now() - chrono::Duration::hours(hours_ago),
+        }
+    }
+
+    fn in_use(volumes: &[&str], owners: &[&str]) -> InUse {
+        InUse {
+            volumes: volumes.iter().map(|v| v.to_string()).collect(),
+            owners: owners.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    const OLD: &str = "volumes/backup-20261201000000000000-0001";
+    const MINE: &str = "volumes/backup-20261205000000000000-0001";
+
+    #[test]
+    fn a_volume_named_by_a_base_is_kept_and_one_nothing_names_is_condemned_first() {
+        let volumes = [object(OLD, 48), object(MINE, 24)];
+        let actions = decide_volumes(&volumes, &HashMap::new(), &in_use(&[MINE], &[]), now(), DAY);
+        assert_eq!(actions, [VolumeAction::Condemn, VolumeAction::Keep]);
+    }
+
+    #[test]
+    fn a_condemned_volume_is_deleted_only_after_the_grace_period() {
+        let volumes = [object(OLD, 48)];
+        let nobody = in_use(&[], &[]);
+        let condemned_at =
+            |hours: i64| HashMap::from([(OLD.to_string(), now() - chrono::Duration::hours(hours))]);
+        let decide = |hours| decide_volumes(&volumes, &condemned_at(hours), &nobody, now(), DAY);
+        assert_eq!(decide(23), [VolumeAction::Wait]);
+        assert_eq!(decide(24), [VolumeAction::Delete]);
+        // A mark from the future (another host's clock ahead) is not old enough.
+        assert_eq!(decide(-5), [VolumeAction::Wait]);
+    }
+
+    #[test]
+    fn a_condemned_volume_used_again_is_reprieved_whatever_its_age() {
+        let volumes = [object(OLD, 480)];
+        let condemned = HashMap::from([(OLD.to_string(), now() - chrono::Duration::days(20))]);
+        let actions = decide_volumes(&volumes, &condemned, &in_use(&[OLD], &[]), now(), DAY);
+        assert_eq!(actions, [VolumeAction::Reprieve]);
+    }
+
+    #[test]
+    fn a_running_creates_pending_marker_protects_its_own_volumes_before_any_base_names_them() {
+        let volumes = [object(MINE, 0), object(OLD, 48)];
+        let condemned = HashMap::from([(OLD.to_string(), now() - chrono::Duration::days(3))]);
+        // The marker names the parent's volume and the backup id whose own volumes these are.
+        let pending = in_use(&[OLD], &["backup-20261205000000000000"]);
+        let actions = decide_volumes(&volumes, &condemned, &pending, now(), Duration::ZERO);
+        assert_eq!(actions, [VolumeAction::Keep, VolumeAction::Reprieve]);
+    }
+
+    #[test]
+    fn an_object_in_volumes_that_is_not_named_like_a_volume_belongs_to_no_owner() {
+        let odd = "volumes/backup-20261205000000000000-12";
+        let owners = in_use(&[], &["backup-20261205000000000000"]);
+        assert!(!owners.needs(odd));
+        assert!(owners.needs(MINE));
+    }
+
+    #[test]
+    fn marks_of_volumes_that_are_gone_protect_nothing() {
+        let condemned = [OLD.to_string(), MINE.to_string()];
+        assert_eq!(
+            marks_without_volume(&condemned, &[object(MINE, 1)]),
+            [OLD.to_string()]
+        );
+    }
+
+    #[test]
+    fn an_index_goes_only_when_its_backup_is_gone_and_it_is_older_than_the_grace_period() {
+        let indexes = [
+            object("index/backup-20261201000000000000", 48), // backup deleted: goes
+            object("index/backup-20261205000000000000", 48), // backup kept
+            object("index/backup-20261206110000000000", 1),  // a create just wrote it
+            object("index/backup-20261201000000000000/x", 48), // not an index name
+            object("index/notes.txt", 48),                   // a stray
+        ];
+        let owners = in_use(&[], &["backup-20261205000000000000"]);
+        assert_eq!(
+            orphan_indexes(&indexes, &owners, now(), DAY),
+            ["index/backup-20261201000000000000".to_string()]
+        );
+    }
+}
