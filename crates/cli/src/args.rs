@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand};
     about = "Back up and restore a Matrix Synapse homeserver, encrypted, to S3 or a local folder",
     after_help = "Exit codes: 0 success, 1 other error, 2 bad configuration or arguments, 3 backup not found, \
 4 wrong passphrase, 5 backup damaged or verification failed, 6 refused by a safety rule, \
-7 object store unreachable or refused, 130 interrupted."
+7 object store unreachable or refused, 8 a program this needs is not installed (pg_dump, pg_restore, psql), \
+70 internal error (a bug), 130 interrupted."
 )]
 pub struct Cli {
     /// Configuration file [default: $SYNAPSE_BACKUP_CONFIG, then /etc/synapse-backup/config.toml]

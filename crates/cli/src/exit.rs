@@ -10,6 +10,9 @@ pub const WRONG_PASSPHRASE: u8 = 4;
 pub const CORRUPT: u8 = 5;
 pub const REFUSED: u8 = 6;
 pub const STORAGE: u8 = 7;
+pub const TOOL_MISSING: u8 = 8;
+/// As sysexits.h's EX_SOFTWARE.
+pub const INTERNAL: u8 = 70;
 pub const INTERRUPTED: u8 = 130;
 
 pub fn code_for(kind: ErrorKind) -> u8 {
@@ -21,6 +24,8 @@ pub fn code_for(kind: ErrorKind) -> u8 {
         ErrorKind::Refused => REFUSED,
         ErrorKind::Storage => STORAGE,
         ErrorKind::Interrupted => INTERRUPTED,
+        ErrorKind::ToolMissing => TOOL_MISSING,
+        ErrorKind::Internal => INTERNAL,
         _ => OTHER,
     }
 }
@@ -35,17 +40,8 @@ pub fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::Refused => "refused",
         ErrorKind::Storage => "storage",
         ErrorKind::Interrupted => "interrupted",
+        ErrorKind::ToolMissing => "tool-missing",
+        ErrorKind::Internal => "internal",
         _ => "other",
-    }
-}
-
-/// A line telling the user what to try, for the failures where there is something to try.
-pub fn hint_for(kind: ErrorKind) -> Option<&'static str> {
-    match kind {
-        ErrorKind::WrongPassphrase => Some("check [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE: it must be the passphrase the backup was made with"),
-        ErrorKind::Corrupt => Some("nothing was changed; try an older backup (list-backups) and run verify-backup on it"),
-        ErrorKind::NotFound => Some("run list-backups to see the backup ids in this store"),
-        ErrorKind::Storage => Some("check [s3] endpoint, bucket, region, access-key and the secret key, and that the endpoint is reachable"),
-        _ => None,
     }
 }

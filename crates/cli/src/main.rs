@@ -101,18 +101,25 @@ async fn run(cli: Cli) -> u8 {
 /// stdout), and returns the exit code for it.
 fn report(error: &anyhow::Error, json: bool) -> u8 {
     eprintln!("error: {error:#}");
-    let kind = error
+    let core_error = error
         .chain()
-        .find_map(|cause| cause.downcast_ref::<synapse_backup_core::Error>())
+        .find_map(|cause| cause.downcast_ref::<synapse_backup_core::Error>());
+    let kind = core_error
         .map(|e| e.kind())
         .unwrap_or(synapse_backup_core::ErrorKind::Other);
-    let hint = exit::hint_for(kind);
-    if let Some(hint) = hint {
+    // The advice is the library's, by what failed (Error::hint).
+    let hint = core_error.and_then(|e| e.hint());
+    if let Some(hint) = &hint {
         eprintln!("hint: {hint}");
     }
     let code = exit::code_for(kind);
     if json {
-        output::emit_json_error(&format!("{error:#}"), exit::kind_name(kind), code, hint);
+        output::emit_json_error(
+            &format!("{error:#}"),
+            exit::kind_name(kind),
+            code,
+            hint.as_deref(),
+        );
     }
     code
 }

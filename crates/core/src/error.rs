@@ -26,7 +26,11 @@ pub enum ErrorKind {
     Storage,
     /// The user interrupted the operation.
     Interrupted,
-    /// Local I/O or anything else.
+    /// A program this needs is not installed (`pg_dump`, `pg_restore`, `psql`).
+    ToolMissing,
+    /// A bug: a worker thread that panicked, a value that cannot be encoded.
+    Internal,
+    /// Local I/O, the database programs, a hook, or anything else.
     Other,
 }
 
@@ -72,7 +76,13 @@ pub enum Error {
     Refused(String),
 
     #[error("object store {store}: {detail}")]
-    Storage { store: String, detail: String },
+    Storage {
+        store: String,
+        detail: String,
+        /// The store stopped answering in the middle of a transfer that had begun: the
+        /// settings worked, so the advice is to try again, not to check them.
+        part_way: bool,
+    },
 
     #[error("interrupted; nothing was changed")]
     Interrupted,
@@ -103,7 +113,20 @@ pub enum Error {
     #[error("encryption failed: {0}")]
     Encryption(String),
 
-    /// What should not happen: a worker thread that panicked, a value that cannot be encoded.
+    /// A program this needs could not be started.
+    #[error("cannot run {program}, which {needed_for} needs: it is not installed, or not on PATH")]
+    ToolMissing {
+        program: &'static str,
+        needed_for: &'static str,
+        #[source]
+        cause: std::io::Error,
+    },
+
+    /// What should not happen: a worker thread that panicked or was cancelled.
+    #[error("internal error: {0}")]
+    Internal(String),
+
+    /// Anything else: a value that cannot be encoded, a thread that cannot be started.
     #[error("{0}")]
     Other(String),
 }
@@ -118,6 +141,8 @@ impl Error {
             Error::Refused(_) => ErrorKind::Refused,
             Error::Storage { .. } => ErrorKind::Storage,
             Error::Interrupted => ErrorKind::Interrupted,
+            Error::ToolMissing { .. } => ErrorKind::ToolMissing,
+            Error::Internal(_) => ErrorKind::Internal,
             Error::Io { .. }
             | Error::Database(_)
             | Error::Hook(_)
@@ -125,6 +150,23 @@ impl Error {
             | Error::Encryption(_)
             | Error::Other(_) => ErrorKind::Other,
         }
+    }
+
+    /// What to try, for the failures where there is something to try: the one place advice is
+    /// written (messages say what failed; this says what to do).
+    pub fn hint(&self) -> Option<String> {
+        let hint = match self {
+            Error::WrongPassphrase { .. } => "check [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE: it must be the passphrase the backup was made with",
+            Error::Corrupt { .. } => "nothing was changed; try an older backup (list-backups) and run verify-backup on it",
+            Error::NotFound { .. } => "run list-backups to see the backup ids in this store",
+            Error::Storage { part_way: true, .. } => "the store stopped answering part-way through; run the command again once it answers (a backup or restore that failed this way left nothing half-done)",
+            Error::Storage { part_way: false, .. } => "check [s3] endpoint, bucket, region, access-key and the secret key, and that the endpoint is reachable",
+            Error::ToolMissing { program, .. } if program.starts_with("pg_") || *program == "psql" => "install the PostgreSQL client programs of the server's major version or newer (e.g. apt-get install postgresql-client) and make sure they are on PATH",
+            Error::ToolMissing { .. } => "install it and make sure it is on PATH",
+            Error::Internal(_) => "this is a bug in synapse-backup; please report it with the output of the same command run with -vv",
+            _ => return None,
+        };
+        Some(hint.to_string())
     }
 
     /// How the backup is damaged, for [`Error::Corrupt`].
@@ -159,7 +201,7 @@ impl Error {
     /// A worker task or thread that failed to finish (it panicked or was cancelled by the
     /// runtime): a bug, not a condition of the data.
     pub fn task_failed(what: &str, cause: impl std::fmt::Display) -> Self {
-        Error::Other(format!("the {what} task failed: {cause}"))
+        Error::Internal(format!("the {what} task failed: {cause}"))
     }
 }
 
@@ -245,9 +287,19 @@ mod tests {
                 Error::Storage {
                     store: "s".into(),
                     detail: "x".into(),
+                    part_way: false,
                 },
                 ErrorKind::Storage,
             ),
+            (
+                Error::ToolMissing {
+                    program: "pg_dump",
+                    needed_for: "a PostgreSQL backup",
+                    cause: io(),
+                },
+                ErrorKind::ToolMissing,
+            ),
+            (Error::task_failed("x", "panicked"), ErrorKind::Internal),
             (Error::Interrupted, ErrorKind::Interrupted),
             (Error::io("read", "/x", io()), ErrorKind::Other),
             (Error::Database("x".into()), ErrorKind::Other),

@@ -16,11 +16,13 @@ fn documented_code(kind: ErrorKind) -> u8 {
         ErrorKind::Corrupt => 5,
         ErrorKind::Refused => 6,
         ErrorKind::Storage => 7,
+        ErrorKind::ToolMissing => 8,
+        ErrorKind::Internal => 70,
         ErrorKind::Interrupted => 130,
     }
 }
 
-const ALL_KINDS: [ErrorKind; 8] = [
+const ALL_KINDS: [ErrorKind; 10] = [
     ErrorKind::Other,
     ErrorKind::Config,
     ErrorKind::NotFound,
@@ -28,6 +30,8 @@ const ALL_KINDS: [ErrorKind; 8] = [
     ErrorKind::Corrupt,
     ErrorKind::Refused,
     ErrorKind::Storage,
+    ErrorKind::ToolMissing,
+    ErrorKind::Internal,
     ErrorKind::Interrupted,
 ];
 
@@ -50,8 +54,10 @@ fn every_error_kind_maps_to_its_documented_exit_code() {
             exit::CORRUPT,
             exit::REFUSED,
             exit::STORAGE,
+            exit::TOOL_MISSING,
+            exit::INTERNAL,
             exit::INTERRUPTED,
         ],
-        [0, 1, 2, 3, 4, 5, 6, 7, 130]
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 70, 130]
     );
 }

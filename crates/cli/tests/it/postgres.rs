@@ -374,3 +374,41 @@ fn media_in_a_storage_provider_are_found_through_the_postgres_rows() {
     pg.sql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
         .unwrap();
 }
+
+/// The PostgreSQL client programs not installed is its own failure (exit 8, `tool-missing`), with advice on what to
+/// install: not "other", and not a hint about the store.
+#[test]
+fn a_missing_pg_dump_is_named_with_what_to_install() {
+    let Some(pg) = Pg::find() else { return };
+    let db = unique("notool");
+    pg.fresh_db(&db, "C");
+    let world = World::new();
+    pg.use_in(&world, &db);
+    // A PATH with nothing on it: the tool itself is started by its full path.
+    let empty = world.path("empty-bin");
+    fs::create_dir_all(&empty).unwrap();
+    let out = Command::new(binary())
+        .arg("--config")
+        .arg(&world.config)
+        .args(["--json", "create-backup"])
+        .env("PATH", &empty)
+        .env_remove("SYNAPSE_BACKUP_PASSPHRASE")
+        .output()
+        .unwrap();
+    // psql (the server's version, asked first) or pg_dump: whichever is looked for first.
+    assert_fails(&out, exit::TOOL_MISSING, &["cannot run", "not installed"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error-kind"], "tool-missing", "{doc}");
+    assert!(
+        doc["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("postgresql-client")),
+        "{doc}"
+    );
+    let listed = world.run(&["--json", "list-backups"]);
+    assert_success(&listed, "list-backups");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["backups"], serde_json::json!([]), "{listed}");
+    pg.sql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
+        .unwrap();
+}

@@ -270,10 +270,18 @@ fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
-fn missing_program(program: &str, e: std::io::Error) -> Error {
-    Error::Database(format!(
-        "cannot run {program} ({e}); install the PostgreSQL client programs matching the server's major version (e.g. apt-get install postgresql-client)"
-    ))
+/// A program that would not start: not installed (or not on PATH) is its own kind of failure,
+/// with its own exit code and advice ([`Error::hint`]).
+fn missing_program(program: &'static str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::ToolMissing {
+            program,
+            needed_for: "a PostgreSQL database's backup and restore",
+            cause: e,
+        }
+    } else {
+        Error::Database(format!("cannot run {program}: {e}"))
+    }
 }
 
 fn stderr_of(child: &mut Child) -> String {

@@ -74,6 +74,7 @@ impl ProviderAccess {
             other => Error::Storage {
                 store: self.describe.clone(),
                 detail: other.to_string(),
+                part_way: false,
             },
         })
     }
@@ -160,6 +161,7 @@ impl ProviderAccess {
                     let chunk = chunk.map_err(|e| Error::Storage {
                         store: self.describe.clone(),
                         detail: format!("reading {rel}: {e}"),
+                        part_way: true,
                     })?;
                     size += chunk.len() as u64;
                     file.write_all(&chunk)

@@ -52,10 +52,8 @@ impl ReadFailed {
     pub fn to_error(&self, id: &str) -> Error {
         Error::Storage {
             store: self.store.clone(),
-            detail: format!(
-                "reading backup {id} failed: {}; nothing was changed, run the command again once the store is reachable",
-                self.detail
-            ),
+            detail: format!("reading backup {id} failed: {}", self.detail),
+            part_way: true,
         }
     }
 }

@@ -204,6 +204,7 @@ impl S3Store {
         Error::Storage {
             store: self.describe(),
             detail,
+            part_way: false,
         }
     }
 

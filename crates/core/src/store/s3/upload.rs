@@ -334,9 +334,10 @@ impl<'a> Upload<'a> {
             object_store::Error::NotFound { .. } => Error::Storage {
                 store: self.store.describe(),
                 detail: format!(
-                    "the multipart upload of {} no longer exists (aborted by another process or a lifecycle rule); run create-backup again",
+                    "the multipart upload of {} no longer exists (aborted by another process or a lifecycle rule)",
                     self.name
                 ),
+                part_way: true,
             },
             other => self.store.storage_error(other),
         }
