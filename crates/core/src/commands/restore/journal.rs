@@ -236,3 +236,176 @@ fn crash_point(done: usize) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data dir with one live folder and one live file, each with its staged replacement.
+    struct Scene {
+        _root: tempfile::TempDir,
+        state: StateDir,
+        entries: Vec<JournalEntry>,
+    }
+
+    impl Scene {
+        fn new() -> Scene {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path();
+            fs::create_dir(dir.join("media_store")).unwrap();
+            fs::write(dir.join("media_store/old"), b"old media").unwrap();
+            fs::write(dir.join("signing.key"), b"old key").unwrap();
+            fs::create_dir(dir.join(".media_store.staging-b")).unwrap();
+            fs::write(dir.join(".media_store.staging-b/new"), b"new media").unwrap();
+            fs::write(dir.join(".signing.key.staging-b"), b"new key").unwrap();
+            let entry = |live: &str| JournalEntry {
+                live: dir.join(live),
+                staging: Some(dir.join(format!(".{live}.staging-b"))),
+                previous: dir.join(format!("{live}.pre-restore-b")),
+                replace_empty_dir: false,
+            };
+            Scene {
+                state: StateDir::at(dir),
+                entries: vec![entry("media_store"), entry("signing.key")],
+                _root: root,
+            }
+        }
+
+        fn journal(&self, phase: Phase) -> Journal {
+            Journal {
+                backup_id: "b".into(),
+                phase,
+                entries: self.entries.clone(),
+            }
+        }
+
+        fn path(&self, rel: &str) -> PathBuf {
+            self.state.dir().join(rel)
+        }
+
+        fn journal_exists(&self) -> bool {
+            self.path(JOURNAL_NAME).exists()
+        }
+
+        fn assert_old_data_untouched(&self) {
+            assert_eq!(
+                fs::read(self.path("media_store/old")).unwrap(),
+                b"old media"
+            );
+            assert_eq!(fs::read(self.path("signing.key")).unwrap(), b"old key");
+        }
+    }
+
+    #[test]
+    fn a_staging_transaction_dropped_before_commit_removes_the_staging_and_the_journal() {
+        let scene = Scene::new();
+        {
+            let _staging =
+                StagingTransaction::begin(&scene.state, &scene.journal(Phase::Staging)).unwrap();
+            assert!(scene.journal_exists());
+            // An error (or a panic) here: the transaction goes out of scope uncommitted.
+        }
+        assert!(!scene.path(".media_store.staging-b").exists());
+        assert!(!scene.path(".signing.key.staging-b").exists());
+        assert!(!scene.journal_exists());
+        scene.assert_old_data_untouched();
+    }
+
+    #[test]
+    fn a_committed_transaction_leaves_the_swap_journal_that_recovery_finishes() {
+        let scene = Scene::new();
+        let staging =
+            StagingTransaction::begin(&scene.state, &scene.journal(Phase::Staging)).unwrap();
+        staging.commit(&scene.journal(Phase::Swapping)).unwrap();
+        // A crash right after the commit: the staging is still there, and so is the journal.
+        assert!(scene.path(".media_store.staging-b").exists());
+        let recovered = recover(&scene.state).unwrap();
+        assert_eq!(
+            recovered,
+            Some(Recovery::CompletedSwap {
+                backup_id: "b".into()
+            })
+        );
+        assert_eq!(
+            fs::read(scene.path("media_store/new")).unwrap(),
+            b"new media"
+        );
+        assert_eq!(fs::read(scene.path("signing.key")).unwrap(), b"new key");
+        assert_eq!(
+            fs::read(scene.path("signing.key.pre-restore-b")).unwrap(),
+            b"old key"
+        );
+        assert!(!scene.journal_exists());
+    }
+
+    #[test]
+    fn recovery_from_a_crash_while_staging_removes_the_staging_only() {
+        let scene = Scene::new();
+        write_journal(&scene.state, &scene.journal(Phase::Staging)).unwrap();
+        let recovered = recover(&scene.state).unwrap();
+        assert_eq!(
+            recovered,
+            Some(Recovery::RemovedStaging {
+                backup_id: "b".into()
+            })
+        );
+        assert!(!scene.path(".media_store.staging-b").exists());
+        scene.assert_old_data_untouched();
+        assert_eq!(recover(&scene.state).unwrap(), None, "nothing left to do");
+    }
+
+    #[test]
+    fn a_swap_interrupted_anywhere_completes_when_applied_again() {
+        let scene = Scene::new();
+        let journal = scene.journal(Phase::Swapping);
+        // The first entry swapped, then a crash: the second still waits.
+        fs::rename(
+            scene.path("media_store"),
+            scene.path("media_store.pre-restore-b"),
+        )
+        .unwrap();
+        fs::rename(
+            scene.path(".media_store.staging-b"),
+            scene.path("media_store"),
+        )
+        .unwrap();
+        apply_swap(&journal).unwrap();
+        apply_swap(&journal).unwrap();
+        assert_eq!(
+            fs::read(scene.path("media_store/new")).unwrap(),
+            b"new media"
+        );
+        assert_eq!(fs::read(scene.path("signing.key")).unwrap(), b"new key");
+        assert_eq!(
+            fs::read(scene.path("media_store.pre-restore-b/old")).unwrap(),
+            b"old media"
+        );
+    }
+
+    #[test]
+    fn a_swap_that_would_overwrite_kept_previous_data_stops_and_names_both_paths() {
+        let scene = Scene::new();
+        fs::write(
+            scene.path("signing.key.pre-restore-b"),
+            b"an earlier restore's",
+        )
+        .unwrap();
+        let err = apply_swap(&scene.journal(Phase::Swapping)).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("signing.key.pre-restore-b"), "{message}");
+        assert_eq!(
+            fs::read(scene.path("signing.key.pre-restore-b")).unwrap(),
+            b"an earlier restore's"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_journal_is_left_for_the_admin_and_named() {
+        let scene = Scene::new();
+        fs::write(scene.path(JOURNAL_NAME), b"{ not json").unwrap();
+        let err = recover(&scene.state).unwrap_err();
+        assert!(err.to_string().contains(JOURNAL_NAME), "{err}");
+        assert!(scene.journal_exists());
+        scene.assert_old_data_untouched();
+    }
+}
