@@ -202,7 +202,10 @@ mod tests {
         out
     }
 
-    fn read_all(bytes: &[u8]) -> Result<Vec<(String, MemberKind, u32, Vec<u8>)>> {
+    /// A member as read: path, kind, mode and content.
+    type Seen = (String, MemberKind, u32, Vec<u8>);
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<Seen>> {
         let mut seen = Vec::new();
         read_members(bytes, "backup-x", |member| {
             let mut data = Vec::new();
