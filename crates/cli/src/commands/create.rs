@@ -17,7 +17,7 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
         full: args.full,
         allow_missing_media: args.allow_missing_media,
     };
-    let ctx = context.op(store.as_ref(), passphrase);
+    let ctx = context.op(store.as_ref(), Some(passphrase));
     let summary = create_backup(&context.config, &ctx, &options).await?;
     let seconds = summary.elapsed.as_secs_f64();
     if context.json {

@@ -1,7 +1,6 @@
 use anyhow::Result;
 use serde_json::json;
 use synapse_backup_core::commands::delete::delete_backup;
-use synapse_backup_core::repository::gc::Deletion;
 
 use super::{volumes_json, Context};
 use crate::output::emit_json;
@@ -10,12 +9,8 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
     let store = context.store()?;
     // Needed only when the store holds media volumes; the library says so then.
     let passphrase = context.config.passphrase().ok();
-    let deletion = Deletion {
-        passphrase: passphrase.as_ref(),
-        cancel: &context.cancel,
-        grace: context.config.retention.delete_grace,
-    };
-    let outcome = delete_backup(store.as_ref(), id, &deletion).await?;
+    let ctx = context.op(store.as_ref(), passphrase);
+    let outcome = delete_backup(&ctx, id, context.config.retention.delete_grace).await?;
     if context.json {
         emit_json(json!({
             "ok": true,

@@ -38,8 +38,13 @@ impl Context {
         Ok(store::open(&self.config.store)?)
     }
 
-    /// What an operation on `store` needs, with the passphrase read beforehand.
-    pub fn op<'a>(&'a self, store: &'a dyn Store, passphrase: SecretString) -> OpContext<'a> {
+    /// What an operation on `store` needs, with the passphrase read beforehand (`None`: the
+    /// operation may do without, and the library says when it cannot).
+    pub fn op<'a>(
+        &'a self,
+        store: &'a dyn Store,
+        passphrase: Option<SecretString>,
+    ) -> OpContext<'a> {
         OpContext {
             store,
             passphrase,

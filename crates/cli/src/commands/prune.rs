@@ -1,6 +1,5 @@
 use anyhow::Result;
 use synapse_backup_core::commands::prune::{prune_backups, RetentionPolicy};
-use synapse_backup_core::repository::gc::Deletion;
 
 use super::{volumes_json, Context};
 use crate::args::PruneArgs;
@@ -23,12 +22,9 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
     let store = context.store()?;
     // A backup counts as kept only once it opens with the passphrase.
     let passphrase = context.config.passphrase()?;
-    let deletion = Deletion {
-        passphrase: Some(&passphrase),
-        cancel: &context.cancel,
-        grace: context.config.retention.delete_grace,
-    };
-    let outcome = prune_backups(store.as_ref(), &policy, args.dry_run, &deletion).await?;
+    let ctx = context.op(store.as_ref(), Some(passphrase));
+    let grace = context.config.retention.delete_grace;
+    let outcome = prune_backups(&ctx, &policy, args.dry_run, grace).await?;
     let decisions = &outcome.decisions;
     let removed = decisions.iter().filter(|d| !d.keep).count();
     if context.json {

@@ -17,7 +17,7 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
         replace_database: args.replace_database,
         media_to_provider: args.media_to_provider,
     };
-    let ctx = context.op(store.as_ref(), passphrase);
+    let ctx = context.op(store.as_ref(), Some(passphrase));
     let report = restore_backup(&context.config, &ctx, args.id.id(), &options).await?;
     if context.json {
         emit_json(json!({

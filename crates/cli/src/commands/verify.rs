@@ -18,7 +18,7 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
     } else {
         id
     };
-    let report = verify_backup(&context.op(store.as_ref(), passphrase), id).await?;
+    let report = verify_backup(&context.op(store.as_ref(), Some(passphrase)), id).await?;
     let (format, server) = match &report.format {
         ArchiveFormat::Manifest(header) => ("synapse-backup", Some(header.server_name.clone())),
         ArchiveFormat::Charm => ("charm", None),

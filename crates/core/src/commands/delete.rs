@@ -1,13 +1,14 @@
 //! `delete-backup`: one backup's base and index, then the volumes nothing else needs.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::repository::gc::{
-    delete_base, require_passphrase_for_volumes, sweep_after, Deletion, SweepReport,
+    delete_base, require_passphrase_for_volumes, sweep_after, SweepReport,
 };
 use crate::repository::BackupId;
-use crate::store::Store;
+use crate::repository::OpContext;
 
 /// What deleting one backup did to the media volumes.
 #[derive(Debug, Clone)]
@@ -19,10 +20,11 @@ pub struct DeleteOutcome {
 /// Deletes backup `id` (an unknown id is an error), then condemns or deletes the media volumes
 /// no remaining backup needs.
 pub async fn delete_backup(
-    store: &dyn Store,
+    ctx: &OpContext<'_>,
     id: &str,
-    deletion: &Deletion<'_>,
+    grace: Duration,
 ) -> Result<DeleteOutcome> {
+    let store = ctx.store;
     // Only backups are ever deleted: anything else in the prefix is not ours to touch.
     let id = BackupId::parse(id).map_err(|e| {
         Error::config(format!(
@@ -31,9 +33,9 @@ pub async fn delete_backup(
     })?;
     let id = id.as_str();
     store.head(id).await?;
-    require_passphrase_for_volumes(store, deletion).await?;
+    require_passphrase_for_volumes(ctx).await?;
     delete_base(store, id).await?;
-    let (volumes, volume_warning) = sweep_after(store, deletion, false, &HashSet::new()).await;
+    let (volumes, volume_warning) = sweep_after(ctx, grace, false, &HashSet::new()).await;
     Ok(DeleteOutcome {
         volumes,
         volume_warning,

@@ -4,16 +4,14 @@
 //! - `backup` (create-backup), `restore`, `verify`, `delete`, `prune`; list-backups is the
 //!   repository's catalog ([`crate::repository::catalog`]) shown as it is.
 //! - `check`: the preflight (`synapse-backup check`).
-//! - `context`: what every command is given (store, cancel, progress).
 //!
 //! The commands never import each other.
 
 pub mod backup;
 pub mod check;
-pub mod context;
 pub mod delete;
 pub mod prune;
 pub mod restore;
 pub mod verify;
 
-pub use context::OpContext;
+pub use crate::repository::OpContext;

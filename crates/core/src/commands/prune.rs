@@ -10,16 +10,17 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 pub use crate::config::RetentionPolicy;
 use crate::error::{Error, Result};
 use crate::repository::BackupId;
-use crate::store::Store;
+use crate::repository::OpContext;
 
 use crate::repository::catalog::list_backups;
 
 use crate::repository::gc::{
-    delete_base, require_passphrase_for_volumes, sweep_after, Deletion, SweepReport,
+    delete_base, require_passphrase_for_volumes, sweep_after, SweepReport,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -97,22 +98,23 @@ pub struct PruneOutcome {
 /// Applies `policy` to the store (deleting nothing when `dry_run`) and returns the plan, then
 /// condemns or deletes the media volumes no remaining backup needs (`sweep`).
 pub async fn prune_backups(
-    store: &dyn Store,
+    ctx: &OpContext<'_>,
     policy: &RetentionPolicy,
     dry_run: bool,
-    deletion: &Deletion<'_>,
+    grace: Duration,
 ) -> Result<PruneOutcome> {
+    let store = ctx.store;
     if policy.keeps_nothing() {
         return Err(Error::config(
             "a retention policy must keep something: give --keep-last, --keep-daily, --keep-weekly or --keep-monthly, or set them in [retention]",
         ));
     }
-    let Some(passphrase) = deletion.passphrase else {
+    let Some(passphrase) = ctx.passphrase.as_ref() else {
         return Err(Error::config(
             "prune-backups needs the passphrase: a backup counts as kept only once it opens with it, so that an object merely named like a backup never pushes real ones out; set [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE",
         ));
     };
-    let catalog = list_backups(store, Some(passphrase), deletion.cancel).await?;
+    let catalog = list_backups(store, Some(passphrase), &ctx.cancel).await?;
     let unverified = catalog.unverified();
     for (id, why) in &unverified {
         tracing::warn!("{id} is neither kept nor deleted: {why}");
@@ -137,14 +139,14 @@ pub async fn prune_backups(
         .filter(|d| !d.keep)
         .map(|d| d.backup_id.clone())
         .collect();
-    require_passphrase_for_volumes(store, deletion).await?;
+    require_passphrase_for_volumes(ctx).await?;
     if !dry_run {
         for id in &leaving {
             delete_base(store, id).await?;
             tracing::info!("deleted {id}");
         }
     }
-    let (volumes, volume_warning) = sweep_after(store, deletion, dry_run, &leaving).await;
+    let (volumes, volume_warning) = sweep_after(ctx, grace, dry_run, &leaving).await;
     Ok(PruneOutcome {
         decisions,
         unverified,

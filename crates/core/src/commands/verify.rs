@@ -83,11 +83,14 @@ async fn verify_all(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
     ctx.progress.start("verifying", Some(info.size));
     let progress = Arc::clone(&ctx.progress);
     let backup_id = id.to_string();
-    let (mut report, in_volumes) =
-        read_object(ctx.store, &ctx.passphrase, &ctx.cancel, id, move |reader| {
-            check_base(reader, &backup_id, progress.as_ref())
-        })
-        .await?;
+    let (mut report, in_volumes) = read_object(
+        ctx.store,
+        ctx.passphrase()?,
+        &ctx.cancel,
+        id,
+        move |reader| check_base(reader, &backup_id, progress.as_ref()),
+    )
+    .await?;
     if let ArchiveFormat::Manifest(header) = &report.format {
         if let Some(media) = &header.media {
             check_volumes_exist(ctx.store, id, &media.volumes).await?;
@@ -103,7 +106,7 @@ async fn verify_all(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
             async move {
                 read_object(
                     ctx.store,
-                    &ctx.passphrase,
+                    ctx.passphrase()?,
                     &ctx.cancel,
                     &name,
                     move |reader| {

@@ -1,5 +1,6 @@
 //! What a backup repository is, between the commands and the stores:
 //!
+//! - [`context`]: what every operation is given (store, passphrase, progress, cancel).
 //! - [`id`]: which objects are backups; [`trust`]: how much a listing of the store may be trusted.
 //! - `open`, `object_reader`: store stream → decryption → plaintext, with the wrong-passphrase
 //!   and header-name checks.
@@ -18,6 +19,7 @@
 //! Nothing here imports a command.
 
 pub mod catalog;
+pub mod context;
 pub mod gc;
 pub mod id;
 pub mod trust;
@@ -29,5 +31,6 @@ pub(crate) mod pipe;
 pub(crate) mod volumes;
 
 pub use content_check::ArchiveFormat;
+pub use context::OpContext;
 pub use id::{BackupId, NotABackupId};
 pub use open::{check_plaintext_start, open_backup, BackupReader};

@@ -219,7 +219,7 @@ async fn stream_to_store<T: Send + 'static>(
     let (sender, mut receiver) = mpsc::channel::<std::io::Result<bytes::Bytes>>(QUEUE_DEPTH);
     let body: ByteStream = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed();
     let pipeline = {
-        let passphrase = ctx.passphrase.clone();
+        let passphrase = ctx.passphrase()?.clone();
         let cancel = ctx.cancel.clone();
         tokio::task::spawn_blocking(move || run_pipeline(write, passphrase, sender, cancel))
     };

@@ -77,7 +77,7 @@ pub(super) async fn find_parent(ctx: &OpContext<'_>, server_name: &str) -> Resul
         .collect();
     ids.reverse();
     for id in ids {
-        let header = match read_header(ctx.store, &id, &ctx.passphrase, &ctx.cancel).await {
+        let header = match read_header(ctx.store, &id, ctx.passphrase()?, &ctx.cancel).await {
             Ok(Some(header)) => header,
             // A charm backup: nothing ever refers to one.
             Ok(None) => continue,
@@ -137,7 +137,7 @@ async fn read_index(ctx: &OpContext<'_>, header: &Header) -> Result<HashMap<Stri
     let object = name.clone();
     read_object(
         ctx.store,
-        &ctx.passphrase,
+        ctx.passphrase()?,
         &ctx.cancel,
         &name,
         move |reader| {

@@ -156,7 +156,7 @@ pub async fn restore_backup(
         }
     }
 
-    let header = read_header(ctx.store, id, &ctx.passphrase, &ctx.cancel).await?;
+    let header = read_header(ctx.store, id, ctx.passphrase()?, &ctx.cancel).await?;
     let mut notes = Vec::new();
     preflight::check_backup_fits(&destination, header.as_ref(), &mut notes)?;
     let plan = Plan::new(
@@ -260,7 +260,7 @@ async fn stage_and_swap(
         Some(postgres) => database::restore_database(
             ctx.store,
             id,
-            &ctx.passphrase,
+            ctx.passphrase()?,
             postgres,
             options.replace_database,
             &ctx.cancel,
@@ -320,7 +320,7 @@ async fn stage_in_background(
     mut plan: Plan,
 ) -> Result<(Plan, (Staged, Vec<FileEntry>))> {
     let handle = tokio::runtime::Handle::current();
-    let passphrase = ctx.passphrase.clone();
+    let passphrase = ctx.passphrase()?.clone();
     let progress = Arc::clone(&ctx.progress);
     let cancel = ctx.cancel.clone();
     let backup_id = id.to_string();

@@ -60,7 +60,7 @@ async fn stage_one(
     let name = want.name.clone();
     let stream = ctx.store.get(&name).await?;
     let handle = tokio::runtime::Handle::current();
-    let passphrase = ctx.passphrase.clone();
+    let passphrase = ctx.passphrase()?.clone();
     let cancel = ctx.cancel.clone();
     let backup_id = id.to_string();
     let progress = Arc::clone(&ctx.progress);

@@ -29,6 +29,7 @@ use crate::store::owner::UploadOwner;
 use crate::store::{ObjectInfo, Store};
 
 use crate::repository::trust::split_listing;
+use crate::repository::OpContext;
 
 mod decide;
 
@@ -125,13 +126,12 @@ impl SweepReport {
 /// `dry_run`, changes nothing and reports what it would do, as if the bases in `leaving` were
 /// already gone.
 pub async fn sweep(
-    store: &dyn Store,
-    passphrase: Option<&SecretString>,
-    cancel: &Cancel,
+    ctx: &OpContext<'_>,
     grace: std::time::Duration,
     dry_run: bool,
     leaving: &HashSet<String>,
 ) -> Result<SweepReport> {
+    let store = ctx.store;
     let volumes = store.list_folder("volumes").await?;
     let condemned: HashMap<String, ObjectInfo> = store
         .list_folder(CONDEMNED)
@@ -143,12 +143,12 @@ pub async fn sweep(
     if volumes.is_empty() && condemned.is_empty() {
         return Ok(report);
     }
-    let Some(passphrase) = passphrase else {
+    let Some(passphrase) = ctx.passphrase.as_ref() else {
         return Err(Error::config(
             "the store holds media volumes of incremental backups; the passphrase is needed to read which of them the remaining backups use (set [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE)",
         ));
     };
-    let in_use = volumes_in_use(store, passphrase, cancel, dry_run, leaving).await?;
+    let in_use = volumes_in_use(store, passphrase, &ctx.cancel, dry_run, leaving).await?;
     let now = Utc::now();
     let condemned_since: HashMap<String, DateTime<Utc>> = condemned
         .iter()
@@ -286,21 +286,10 @@ async fn read_small_object(store: &dyn Store, name: &str) -> Result<Vec<u8>> {
     }
     Ok(body)
 }
-/// What deleting a backup needs besides the store: the passphrase to read which volumes the
-/// other backups use, and how long a condemned volume waits.
-pub struct Deletion<'a> {
-    pub passphrase: Option<&'a SecretString>,
-    pub cancel: &'a Cancel,
-    pub grace: std::time::Duration,
-}
-
 /// Refuses, before anything is deleted, to delete backups from a store with media volumes
 /// without the passphrase that tells which volumes the remaining backups use.
-pub async fn require_passphrase_for_volumes(
-    store: &dyn Store,
-    deletion: &Deletion<'_>,
-) -> Result<()> {
-    if deletion.passphrase.is_none() && !store.list_folder("volumes").await?.is_empty() {
+pub async fn require_passphrase_for_volumes(ctx: &OpContext<'_>) -> Result<()> {
+    if ctx.passphrase.is_none() && !ctx.store.list_folder("volumes").await?.is_empty() {
         return Err(Error::config(
             "this store holds media volumes of incremental backups, and the passphrase is needed to read which of them the remaining backups use; set [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE",
         ));
@@ -322,21 +311,12 @@ pub async fn delete_base(store: &dyn Store, id: &str) -> Result<()> {
 
 /// Sweeps the volumes; a failure leaves them in place, which is safe, and is reported.
 pub async fn sweep_after(
-    store: &dyn Store,
-    deletion: &Deletion<'_>,
+    ctx: &OpContext<'_>,
+    grace: std::time::Duration,
     dry_run: bool,
     leaving: &HashSet<String>,
 ) -> (SweepReport, Option<String>) {
-    match sweep(
-        store,
-        deletion.passphrase,
-        deletion.cancel,
-        deletion.grace,
-        dry_run,
-        leaving,
-    )
-    .await
-    {
+    match sweep(ctx, grace, dry_run, leaving).await {
         Ok(report) => (report, None),
         Err(e) => {
             let warning = format!("media volumes were left in place: {e}");
