@@ -10,7 +10,11 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
     // Needed only when the store holds media volumes; the library says so then.
     let passphrase = context.config.passphrase().ok();
     let ctx = context.op(store.as_ref(), passphrase);
-    let outcome = delete_backup(&ctx, id, context.config.retention.delete_grace).await?;
+    let id = super::backup_id(
+        id,
+        "; delete-backup deletes backups only, and leaves every other object in the store alone",
+    )?;
+    let outcome = delete_backup(&ctx, &id, context.config.retention.delete_grace).await?;
     if context.json {
         emit_json(json!({
             "ok": true,

@@ -79,7 +79,7 @@ pub async fn run(context: &Context) -> Result<()> {
             _ => String::new(),
         };
         table.row([
-            b.backup_id.clone(),
+            b.backup_id.to_string(),
             b.last_modified.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             kind,
             human_bytes(b.added_bytes().unwrap_or(b.size)),

@@ -20,6 +20,7 @@ use synapse_backup_core::commands::OpContext;
 use synapse_backup_core::config::Config;
 use synapse_backup_core::monitoring::RunFacts;
 use synapse_backup_core::progress::{Cancel, Progress};
+use synapse_backup_core::repository::BackupId;
 use synapse_backup_core::store::{self, Store};
 
 use crate::args::{Command, ConfigCommand};
@@ -52,6 +53,13 @@ impl Context {
             cancel: self.cancel.clone(),
         }
     }
+}
+
+/// The backup id the user gave, typed at the edge: a name that is not one is a configuration
+/// error (exit 2) before the store is asked anything.
+pub fn backup_id(given: &str, note: &str) -> Result<BackupId> {
+    BackupId::parse(given)
+        .map_err(|e| synapse_backup_core::Error::config(format!("{e}{note}")).into())
 }
 
 /// Runs `command`; what it learnt goes to monitoring.

@@ -65,7 +65,7 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
             (false, false) => "deleted",
         };
         table.row([
-            decision.backup_id.clone(),
+            decision.backup_id.to_string(),
             decision.created.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             action.to_string(),
             decision.reasons.join(", "),

@@ -18,7 +18,8 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
         media_to_provider: args.media_to_provider,
     };
     let ctx = context.op(store.as_ref(), Some(passphrase));
-    let report = restore_backup(&context.config, &ctx, args.id.id(), &options).await?;
+    let id = super::backup_id(args.id.id(), "")?;
+    let report = restore_backup(&context.config, &ctx, &id, &options).await?;
     if context.json {
         emit_json(json!({
                 "ok": true,

@@ -11,14 +11,15 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
     let passphrase = context.config.passphrase()?;
     let store = context.store()?;
     remove_leftovers(&context.config);
-    let newest;
     let id = if id == "latest" {
-        newest = newest_backup(store.as_ref(), &passphrase, &context.cancel).await?;
-        newest.as_str()
+        newest_backup(store.as_ref(), &passphrase, &context.cancel).await?
     } else {
-        id
+        super::backup_id(
+            id,
+            "; or latest, the newest backup that opens with the passphrase",
+        )?
     };
-    let report = verify_backup(&context.op(store.as_ref(), Some(passphrase)), id).await?;
+    let report = verify_backup(&context.op(store.as_ref(), Some(passphrase)), &id).await?;
     let (format, server) = match &report.format {
         ArchiveFormat::Manifest(header) => ("synapse-backup", Some(header.server_name.clone())),
         ArchiveFormat::Charm => ("charm", None),

@@ -306,7 +306,7 @@ on_both_stores!(
         }
 
         let out = case.world.run(&["delete-backup", "notes.txt"]);
-        assert_fails(&out, exit::CONFIG, &["notes.txt", "not a backup id"]);
+        assert_fails(&out, exit::CONFIG, &["notes.txt", "not a valid backup id"]);
         assert_eq!(case.raw.read(index_stray), b"not an index");
         for stray in strays {
             assert_eq!(

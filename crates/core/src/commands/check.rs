@@ -441,7 +441,7 @@ async fn check_passphrase(
                     report.fail(
                         "passphrase",
                         Error::WrongPassphrase {
-                            id: backup_id.clone(),
+                            id: backup_id.to_string(),
                         },
                     )
                 } else {

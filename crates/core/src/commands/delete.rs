@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::repository::gc::{
     delete_base, require_passphrase_for_volumes, sweep_after, SweepReport,
 };
@@ -21,16 +21,11 @@ pub struct DeleteOutcome {
 /// no remaining backup needs.
 pub async fn delete_backup(
     ctx: &OpContext<'_>,
-    id: &str,
+    id: &BackupId,
     grace: Duration,
 ) -> Result<DeleteOutcome> {
     let store = ctx.store;
-    // Only backups are ever deleted: anything else in the prefix is not ours to touch.
-    let id = BackupId::parse(id).map_err(|e| {
-        Error::config(format!(
-            "{e}; delete-backup deletes backups only, and leaves every other object in the store alone"
-        ))
-    })?;
+    // Only backups are ever deleted (the type says so): nothing else in the prefix is ours.
     let id = id.as_str();
     store.head(id).await?;
     require_passphrase_for_volumes(ctx).await?;

@@ -25,7 +25,7 @@ use crate::repository::gc::{
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PruneDecision {
-    pub backup_id: String,
+    pub backup_id: BackupId,
     pub created: DateTime<Utc>,
     pub keep: bool,
     /// The rules that keep it (`last`, `daily`, `weekly`, `monthly`); empty when it goes.
@@ -71,7 +71,7 @@ pub fn plan(ids: &[BackupId], policy: &RetentionPolicy) -> Vec<PruneDecision> {
                 }
             }
             PruneDecision {
-                backup_id: id.to_string(),
+                backup_id: (*id).clone(),
                 created: *created,
                 keep: !reasons.is_empty(),
                 reasons,
@@ -119,10 +119,7 @@ pub async fn prune_backups(
     for (id, why) in &unverified {
         tracing::warn!("{id} is neither kept nor deleted: {why}");
     }
-    let ids: Vec<BackupId> = catalog
-        .verified()
-        .filter_map(|b| BackupId::parse(&b.backup_id).ok())
-        .collect();
+    let ids: Vec<BackupId> = catalog.verified().map(|b| b.backup_id.clone()).collect();
     let decisions = plan(&ids, policy);
     // A backup from a host whose clock ran ahead would pass for the newest forever and push out
     // the real newest ones.
@@ -137,7 +134,7 @@ pub async fn prune_backups(
     let leaving: HashSet<String> = decisions
         .iter()
         .filter(|d| !d.keep)
-        .map(|d| d.backup_id.clone())
+        .map(|d| d.backup_id.to_string())
         .collect();
     require_passphrase_for_volumes(ctx).await?;
     if !dry_run {
@@ -168,7 +165,7 @@ mod tests {
         decisions
             .iter()
             .filter(|d| d.keep)
-            .map(|d| BackupId::parse(&d.backup_id).unwrap())
+            .map(|d| d.backup_id.clone())
             .collect()
     }
 
@@ -224,7 +221,7 @@ mod tests {
         };
         let decisions = plan(&ids, &policy);
         let newest = &decisions[0];
-        assert_eq!(newest.backup_id, id("20260228120000").to_string());
+        assert_eq!(newest.backup_id, id("20260228120000"));
         assert_eq!(newest.reasons, ["last", "daily", "weekly", "monthly"]);
         // February 22–28 (daily; the 22nd, a Sunday, also ends the second week), the Sundays
         // February 15 and 8 (weekly), January 31 (monthly).

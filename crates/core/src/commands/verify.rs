@@ -18,6 +18,7 @@ pub use crate::repository::content_check::ArchiveFormat;
 use crate::repository::content_check::{hash_member, unreadable_member, ContentCheck};
 use crate::repository::object_reader::read_object;
 use crate::repository::volumes::{by_volume, check_volumes_exist, read_volume, VOLUMES_AT_ONCE};
+use crate::repository::BackupId;
 
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
@@ -68,7 +69,8 @@ fn check_base<R: Read>(
     Ok((report, in_volumes))
 }
 
-pub async fn verify_backup(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
+pub async fn verify_backup(ctx: &OpContext<'_>, id: &BackupId) -> Result<VerifyReport> {
+    let id = id.as_str();
     let verified = verify_all(ctx, id).await;
     // Whatever a read cut by Ctrl-C looked like, it was the user's doing.
     match verified {

@@ -10,6 +10,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{BackupKind, Header};
 use crate::progress::Cancel;
 use crate::repository::trust::{split_listing, Listing};
+use crate::repository::BackupId;
 use crate::store::{ObjectInfo, Store};
 
 use crate::repository::open::read_header;
@@ -19,7 +20,7 @@ const HEADER_READS_AT_ONCE: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct BackupListing {
-    pub backup_id: String,
+    pub backup_id: BackupId,
     pub last_modified: DateTime<Utc>,
     pub size: u64,
     pub details: Details,
@@ -108,7 +109,7 @@ impl Catalog {
         self.backups
             .iter()
             .filter_map(|b| match &b.details {
-                Details::Unreadable { why, .. } => Some((b.backup_id.clone(), why.clone())),
+                Details::Unreadable { why, .. } => Some((b.backup_id.to_string(), why.clone())),
                 _ => None,
             })
             .collect()
@@ -125,21 +126,21 @@ pub async fn list_backups(
 ) -> Result<Catalog> {
     store.check_access().await?;
     let Listing { backups, strays } = split_listing(store.list().await?);
-    let mut objects: Vec<ObjectInfo> = backups.into_iter().map(|(_, o)| o).collect();
-    objects.sort_by(|a, b| {
+    let mut objects: Vec<(BackupId, ObjectInfo)> = backups;
+    objects.sort_by(|(a_id, a), (b_id, b)| {
         a.last_modified
             .cmp(&b.last_modified)
-            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| a_id.cmp(b_id))
     });
     // One small GET each: several at a time, so hundreds of backups list in seconds.
     let listings = futures::stream::iter(objects)
-        .map(|object| async move {
+        .map(|(backup_id, object)| async move {
             let details = match passphrase {
                 None => Details::NotRead,
                 Some(passphrase) => read_details(store, &object.name, passphrase, cancel).await?,
             };
             Ok(BackupListing {
-                backup_id: object.name,
+                backup_id,
                 last_modified: object.last_modified,
                 size: object.size,
                 details,
@@ -183,13 +184,13 @@ pub async fn newest_backup(
     store: &dyn Store,
     passphrase: &SecretString,
     cancel: &Cancel,
-) -> Result<String> {
+) -> Result<BackupId> {
     store.check_access().await?;
     let Listing { backups, .. } = split_listing(store.list().await?);
     let mut newest_failure = None;
     for (id, _) in backups.iter().rev() {
         match read_header(store, id.as_str(), passphrase, cancel).await {
-            Ok(_) => return Ok(id.to_string()),
+            Ok(_) => return Ok(id.clone()),
             Err(e) if matches!(e.kind(), ErrorKind::Storage | ErrorKind::Interrupted) => {
                 return Err(e)
             }

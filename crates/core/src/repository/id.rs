@@ -24,7 +24,7 @@ pub struct BackupId {
 
 /// Why a name is not a backup id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{name:?} is not a backup id (backup-YYYYMMDDHHMMSSffffff, as list-backups shows)")]
+#[error("{name:?} is not a valid backup id (backup-YYYYMMDDHHMMSSffffff, as list-backups shows)")]
 pub struct NotABackupId {
     pub name: String,
 }
@@ -79,6 +79,13 @@ impl BackupId {
 impl fmt::Display for BackupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
+    }
+}
+
+/// As its name: the JSON documents and the manifest spell ids as strings.
+impl serde::Serialize for BackupId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name)
     }
 }
 

@@ -45,6 +45,7 @@ use crate::repository::open::read_header;
 use crate::repository::open_backup;
 use crate::repository::pipe::{read_ahead, QUEUE_DEPTH};
 use crate::repository::volumes::check_volumes_exist;
+use crate::repository::BackupId;
 
 pub use journal::{recover, Recovery};
 use journal::{Phase, StagingTransaction};
@@ -122,9 +123,10 @@ impl RestoreReport {
 pub async fn restore_backup(
     config: &Config,
     ctx: &OpContext<'_>,
-    id: &str,
+    id: &BackupId,
     options: &RestoreOptions,
 ) -> Result<RestoreReport> {
+    let id = id.as_str();
     let started = Instant::now();
     crate::host::scratch::remove_leftovers(config);
     let object = ctx.store.head(id).await?;
