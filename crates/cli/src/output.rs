@@ -47,6 +47,27 @@ pub fn emit_json(document: Value) {
     write_stdout(&format!("{document}\n"));
 }
 
+/// A command's result, written once: it serializes to the `--json` document (keys
+/// lowercase with hyphens, in sorted order like every document here) and renders the text a
+/// person reads. No field is written twice, once per output.
+pub trait CommandOutput: serde::Serialize {
+    /// The text for people: the result on stdout, notes and warnings on stderr.
+    fn print_human(&self);
+}
+
+/// Prints `output` as `--json` asks, or for people.
+pub fn emit(json: bool, output: &impl CommandOutput) {
+    if !json {
+        output.print_human();
+        return;
+    }
+    match serde_json::to_value(output) {
+        Ok(document) => emit_json(document),
+        // Only maps with non-string keys fail to serialize; none of ours has one.
+        Err(e) => eprintln!("error: internal: the JSON document could not be built: {e}"),
+    }
+}
+
 /// Whether this run already printed its JSON document.
 pub fn json_written() -> bool {
     JSON_WRITTEN.load(Ordering::SeqCst)

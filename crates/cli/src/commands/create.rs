@@ -1,11 +1,15 @@
 use anyhow::Result;
-use serde_json::json;
-use synapse_backup_core::commands::backup::{create_backup, BackupOptions};
+use serde::Serialize;
+use serde_json::Value;
+use synapse_backup_core::commands::backup::{
+    create_backup, BackupOptions, BackupSummary, StoredAgain,
+};
+use synapse_backup_core::manifest::MissingMedia;
 use synapse_backup_core::monitoring::RunFacts;
 
 use super::Context;
 use crate::args::CreateArgs;
-use crate::output::{database_json, emit_json, human_bytes, leftovers_json, outln};
+use crate::output::{database_json, emit, human_bytes, leftovers_json, outln, CommandOutput};
 
 pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
     let passphrase = context.config.passphrase()?;
@@ -19,91 +23,125 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
     };
     let ctx = context.op(store.as_ref(), Some(passphrase));
     let summary = create_backup(&context.config, &ctx, &options).await?;
-    let seconds = summary.elapsed.as_secs_f64();
-    if context.json {
-        emit_json(json!({
-            "ok": true,
-            "backup-id": summary.backup_id,
-            "server-name": summary.server_name,
-            "kind": summary.kind.as_str(),
-            "parent": summary.parent,
-            "files": summary.files,
-            "reused-files": summary.reused_files,
-            "reused-bytes": summary.reused_bytes,
-            "bytes": summary.file_bytes,
-            "object-bytes": summary.object_bytes,
-            "provider-files": summary.provider_files,
-            "provider-bytes": summary.provider_bytes,
-            "missing-media": summary.missing.as_ref().map_or(0, |m| m.count),
-            "missing-media-first": summary.missing.as_ref().map(|m| &m.first[..m.first.len().min(20)]),
-            "database": database_json(&summary.database),
-            "seconds": seconds,
-            "skipped-vanished": summary.vanished,
-            "stored-again": summary.stored_again.iter().map(|v| json!({
-                "volume": v.volume,
-                "why": v.why,
-                "files": v.files,
-            })).collect::<Vec<_>>(),
-            "full-reason": summary.full_reason,
-            "removed-leftovers": leftovers_json(&summary.leftovers),
-        }));
-    } else {
-        outln!("{}", summary.backup_id);
-        let read_bytes = summary.file_bytes - summary.reused_bytes;
+    emit(context.json, &Created::of(&summary));
+    Ok(RunFacts {
+        server_name: Some(summary.server_name),
+        bytes: Some(summary.stored.file_bytes),
+        files: Some(summary.stored.files as u64),
+    })
+}
+
+/// What `create-backup` prints.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Created<'a> {
+    ok: bool,
+    backup_id: &'a str,
+    server_name: &'a str,
+    kind: &'static str,
+    parent: Option<&'a str>,
+    files: usize,
+    reused_files: usize,
+    reused_bytes: u64,
+    bytes: u64,
+    object_bytes: u64,
+    provider_files: usize,
+    provider_bytes: u64,
+    missing_media: usize,
+    /// The first 20 of them.
+    missing_media_first: Option<&'a [String]>,
+    database: Value,
+    seconds: f64,
+    skipped_vanished: &'a [String],
+    stored_again: &'a [StoredAgain],
+    full_reason: Option<&'a str>,
+    removed_leftovers: Value,
+    #[serde(skip)]
+    missing: Option<&'a MissingMedia>,
+    #[serde(skip)]
+    database_note: Option<&'a str>,
+}
+
+impl<'a> Created<'a> {
+    fn of(summary: &'a BackupSummary) -> Self {
+        let missing = summary.stored.missing.as_ref();
+        Created {
+            ok: true,
+            backup_id: &summary.backup_id,
+            server_name: &summary.server_name,
+            kind: summary.stored.kind.as_str(),
+            parent: summary.stored.parent.as_deref(),
+            files: summary.stored.files,
+            reused_files: summary.stored.reused_files,
+            reused_bytes: summary.stored.reused_bytes,
+            bytes: summary.stored.file_bytes,
+            object_bytes: summary.stored.object_bytes,
+            provider_files: summary.stored.provider_files,
+            provider_bytes: summary.stored.provider_bytes,
+            missing_media: missing.map_or(0, |m| m.count),
+            missing_media_first: missing.map(|m| &m.first[..m.first.len().min(20)]),
+            database: database_json(&summary.database),
+            seconds: summary.elapsed.as_secs_f64(),
+            skipped_vanished: &summary.stored.vanished,
+            stored_again: &summary.stored.stored_again,
+            full_reason: summary.full_reason.as_deref(),
+            removed_leftovers: leftovers_json(&summary.leftovers),
+            missing,
+            database_note: summary.database.note.as_deref(),
+        }
+    }
+}
+
+impl CommandOutput for Created<'_> {
+    fn print_human(&self) {
+        outln!("{}", self.backup_id);
+        let read_bytes = self.bytes - self.reused_bytes;
         eprintln!(
             "backed up {} files ({}) of {} in {:.1}s ({}/s); stored {}",
-            summary.files,
-            human_bytes(summary.file_bytes),
-            summary.server_name,
-            seconds,
-            human_bytes((read_bytes as f64 / seconds.max(0.001)) as u64),
-            human_bytes(summary.object_bytes),
+            self.files,
+            human_bytes(self.bytes),
+            self.server_name,
+            self.seconds,
+            human_bytes((read_bytes as f64 / self.seconds.max(0.001)) as u64),
+            human_bytes(self.object_bytes),
         );
-        match &summary.parent {
-            Some(parent) => eprintln!(
+        match (self.parent, self.full_reason) {
+            (Some(parent), _) => eprintln!(
                 "incremental: {} media files ({}) unchanged since {parent} were not read again",
-                summary.reused_files,
-                human_bytes(summary.reused_bytes)
+                self.reused_files,
+                human_bytes(self.reused_bytes)
             ),
-            None => match &summary.full_reason {
-                Some(why) => eprintln!("full, although earlier backups exist: {why}"),
-                None => eprintln!("full: every file was stored"),
-            },
+            (None, Some(why)) => eprintln!("full, although earlier backups exist: {why}"),
+            (None, None) => eprintln!("full: every file was stored"),
         }
-        if !summary.stored_again.is_empty() {
-            let files: usize = summary.stored_again.iter().map(|v| v.files).sum();
+        if !self.stored_again.is_empty() {
+            let files: usize = self.stored_again.iter().map(|v| v.files).sum();
             eprintln!(
                 "warning: {} media volume(s) of the parent backup are missing or damaged in the store ({}); {files} media file(s) they held were read and stored anew, so this backup does not depend on them",
-                summary.stored_again.len(),
-                summary
-                    .stored_again
+                self.stored_again.len(),
+                self.stored_again
                     .iter()
                     .map(|v| format!("{}: {}", v.volume, v.why))
                     .collect::<Vec<_>>()
                     .join("; ")
             );
         }
-        if summary.provider_files > 0 {
+        if self.provider_files > 0 {
             eprintln!(
                 "{} media files ({}) live in storage providers and are in this backup",
-                summary.provider_files,
-                human_bytes(summary.provider_bytes)
+                self.provider_files,
+                human_bytes(self.provider_bytes)
             );
         }
-        if let Some(missing) = &summary.missing {
+        if let Some(missing) = self.missing {
             eprintln!(
                 "warning: {} media files the database lists are NOT in this backup (--allow-missing-media); first: {}",
                 missing.count,
                 missing.first.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
             );
         }
-        if let Some(note) = &summary.database.note {
+        if let Some(note) = self.database_note {
             eprintln!("note: {note}");
         }
     }
-    Ok(RunFacts {
-        server_name: Some(summary.server_name),
-        bytes: Some(summary.file_bytes),
-        files: Some(summary.files as u64),
-    })
 }

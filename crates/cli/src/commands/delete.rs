@@ -1,9 +1,9 @@
 use anyhow::Result;
-use serde_json::json;
-use synapse_backup_core::commands::delete::delete_backup;
+use serde::Serialize;
+use synapse_backup_core::commands::delete::{delete_backup, DeleteOutcome};
 
-use super::{volumes_json, Context};
-use crate::output::emit_json;
+use super::{Context, VolumesOutput};
+use crate::output::{emit, CommandOutput};
 
 pub async fn run(context: &Context, id: &str) -> Result<()> {
     let store = context.store()?;
@@ -15,17 +15,37 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
         "; delete-backup deletes backups only, and leaves every other object in the store alone",
     )?;
     let outcome = delete_backup(&ctx, &id, context.config.retention.delete_grace).await?;
-    if context.json {
-        emit_json(json!({
-            "ok": true,
-            "deleted": id,
-            "store": store.describe(),
-            "volumes": volumes_json(&outcome.volumes, false),
-            "volume-warning": outcome.volume_warning,
-        }));
-    } else {
-        eprintln!("deleted {id} from {}", store.describe());
-        super::report_volumes(&outcome.volumes, false, outcome.volume_warning.as_deref());
-    }
+    let store = store.describe();
+    emit(context.json, &Deleted::of(id.as_str(), &store, &outcome));
     Ok(())
+}
+
+/// What `delete-backup` prints.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Deleted<'a> {
+    ok: bool,
+    deleted: &'a str,
+    store: &'a str,
+    volumes: VolumesOutput<'a>,
+    volume_warning: Option<&'a str>,
+}
+
+impl<'a> Deleted<'a> {
+    fn of(id: &'a str, store: &'a str, outcome: &'a DeleteOutcome) -> Self {
+        Deleted {
+            ok: true,
+            deleted: id,
+            store,
+            volumes: VolumesOutput::of(&outcome.volumes, false),
+            volume_warning: outcome.volume_warning.as_deref(),
+        }
+    }
+}
+
+impl CommandOutput for Deleted<'_> {
+    fn print_human(&self) {
+        eprintln!("deleted {} from {}", self.deleted, self.store);
+        self.volumes.print_human(self.volume_warning);
+    }
 }

@@ -1,109 +1,171 @@
 use anyhow::Result;
-use serde_json::json;
-use synapse_backup_core::repository::catalog::{list_backups, Details};
+use serde::Serialize;
+use serde_json::Value;
+use synapse_backup_core::repository::catalog::{list_backups, BackupListing, Catalog, Details};
 use synapse_backup_core::ErrorKind;
 
 use super::Context;
-use crate::output::{database_json, emit_json, human_bytes, Table};
+use crate::output::{database_json, emit, human_bytes, CommandOutput, Table};
 
 pub async fn run(context: &Context) -> Result<()> {
     // Without a passphrase the list still works; it just cannot show what is inside.
     let passphrase = context.config.passphrase().ok();
     let store = context.store()?;
     let catalog = list_backups(store.as_ref(), passphrase.as_ref(), &context.cancel).await?;
-    let backups = &catalog.backups;
-    if context.json {
-        let rows: Vec<_> = backups
-            .iter()
-            .map(|b| {
-                let mut row = json!({
-                    "backup-id": b.backup_id,
-                    "last-modified": b.last_modified.to_rfc3339(),
-                    "size": b.size,
-                });
-                if let (Some(kind), Some(added), Some(restore)) =
-                    (b.kind(), b.added_bytes(), b.restore_bytes())
-                {
-                    row["kind"] = json!(kind.as_str());
-                    row["added-bytes"] = json!(added);
-                    row["restore-bytes"] = json!(restore);
-                }
-                match &b.details {
-                    Details::Manifest(h) => {
-                        row["format"] = json!("synapse-backup");
-                        row["server-name"] = json!(h.server_name);
-                        row["tool-version"] = json!(h.tool_version);
-                        row["created"] = json!(h.created.to_rfc3339());
-                        row["database"] = database_json(&h.database);
-                        if let Some(parent) = h.media.as_ref().and_then(|m| m.parent.as_ref()) {
-                            row["parent"] = json!(parent);
-                        }
-                    }
-                    Details::Charm => row["format"] = json!("charm"),
-                    Details::NotRead => {}
-                    Details::Unreadable { why, .. } => row["error"] = json!(why),
-                }
-                row
-            })
-            .collect();
-        emit_json(json!({
-            "ok": true,
-            "store": store.describe(),
-            "backups": rows,
-            "not-backups": catalog.strays,
-        }));
-        return Ok(());
-    }
-    let mut table = Table::new([
-        "backup-id",
-        "last-modified",
-        "kind",
-        "added",
-        "restore reads",
-        "server",
-        "version",
-    ]);
-    for b in backups {
-        let (server, version) = match &b.details {
-            Details::Manifest(h) => (h.server_name.clone(), h.tool_version.clone()),
-            Details::Charm => ("(charm backup)".into(), String::new()),
-            Details::NotRead => (String::new(), String::new()),
-            Details::Unreadable { kind, .. } if *kind == ErrorKind::WrongPassphrase => {
-                ("(does not open: wrong passphrase?)".into(), String::new())
+    let store = store.describe();
+    emit(context.json, &Listed::of(&catalog, &store));
+    Ok(())
+}
+
+/// What `list-backups` prints.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Listed<'a> {
+    ok: bool,
+    store: &'a str,
+    backups: Vec<ListRow<'a>>,
+    not_backups: &'a [String],
+    #[serde(skip)]
+    catalog: &'a Catalog,
+}
+
+/// One object named like a backup. What is known of it depends on whether it was opened.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct ListRow<'a> {
+    backup_id: &'a str,
+    last_modified: String,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    added_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restore_bytes: Option<u64>,
+    /// `synapse-backup` or `charm`, once opened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<&'a str>,
+    /// Named like a backup, but it does not open as one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+impl<'a> ListRow<'a> {
+    fn of(b: &'a BackupListing) -> Self {
+        let sizes = match (b.kind(), b.added_bytes(), b.restore_bytes()) {
+            (Some(kind), Some(added), Some(restore)) => Some((kind.as_str(), added, restore)),
+            _ => None,
+        };
+        let mut row = ListRow {
+            backup_id: b.backup_id.as_str(),
+            last_modified: b.last_modified.to_rfc3339(),
+            size: b.size,
+            kind: sizes.map(|s| s.0),
+            added_bytes: sizes.map(|s| s.1),
+            restore_bytes: sizes.map(|s| s.2),
+            format: None,
+            server_name: None,
+            tool_version: None,
+            created: None,
+            database: None,
+            parent: None,
+            error: None,
+        };
+        match &b.details {
+            Details::Manifest(h) => {
+                row.format = Some("synapse-backup");
+                row.server_name = Some(&h.server_name);
+                row.tool_version = Some(&h.tool_version);
+                row.created = Some(h.created.to_rfc3339());
+                row.database = Some(database_json(&h.database));
+                row.parent = h.media.as_ref().and_then(|m| m.parent.as_deref());
             }
-            Details::Unreadable { .. } => ("(damaged, or not this backup)".into(), String::new()),
-        };
-        let kind = match (&b.details, b.kind()) {
-            (Details::Charm, _) => "charm".to_string(),
-            (_, Some(kind)) => kind.as_str().to_string(),
-            _ => String::new(),
-        };
-        table.row([
-            b.backup_id.to_string(),
-            b.last_modified.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-            kind,
-            human_bytes(b.added_bytes().unwrap_or(b.size)),
-            b.restore_bytes().map(human_bytes).unwrap_or_default(),
-            server,
-            version,
-        ]);
+            Details::Charm => row.format = Some("charm"),
+            Details::NotRead => {}
+            Details::Unreadable { why, .. } => row.error = Some(why),
+        }
+        row
     }
-    crate::output::write_stdout(&table.render());
-    if backups.is_empty() {
-        eprintln!("no backups in {}", store.describe());
-    }
-    let unverified = catalog.unverified();
-    if !unverified.is_empty() {
-        eprintln!(
-            "warning: {} object(s) named like backups do not open as themselves, and are never kept, pruned, used as a parent or taken as latest:",
-            unverified.len()
-        );
-        for (id, why) in &unverified {
-            eprintln!("  {id}: {why}");
+}
+
+impl<'a> Listed<'a> {
+    fn of(catalog: &'a Catalog, store: &'a str) -> Self {
+        Listed {
+            ok: true,
+            store,
+            backups: catalog.backups.iter().map(ListRow::of).collect(),
+            not_backups: &catalog.strays,
+            catalog,
         }
     }
-    if !catalog.strays.is_empty() {
-        eprintln!("not a backup (ignored): {}", catalog.strays.join(", "));
+}
+
+impl CommandOutput for Listed<'_> {
+    fn print_human(&self) {
+        let mut table = Table::new([
+            "backup-id",
+            "last-modified",
+            "kind",
+            "added",
+            "restore reads",
+            "server",
+            "version",
+        ]);
+        for b in &self.catalog.backups {
+            table.row(table_row(b));
+        }
+        crate::output::write_stdout(&table.render());
+        if self.backups.is_empty() {
+            eprintln!("no backups in {}", self.store);
+        }
+        let unverified = self.catalog.unverified();
+        if !unverified.is_empty() {
+            eprintln!(
+                "warning: {} object(s) named like backups do not open as themselves, and are never kept, pruned, used as a parent or taken as latest:",
+                unverified.len()
+            );
+            for (id, why) in &unverified {
+                eprintln!("  {id}: {why}");
+            }
+        }
+        if !self.not_backups.is_empty() {
+            eprintln!("not a backup (ignored): {}", self.not_backups.join(", "));
+        }
     }
-    Ok(())
+}
+
+fn table_row(b: &BackupListing) -> [String; 7] {
+    let (server, version) = match &b.details {
+        Details::Manifest(h) => (h.server_name.clone(), h.tool_version.clone()),
+        Details::Charm => ("(charm backup)".into(), String::new()),
+        Details::NotRead => (String::new(), String::new()),
+        Details::Unreadable { kind, .. } if *kind == ErrorKind::WrongPassphrase => {
+            ("(does not open: wrong passphrase?)".into(), String::new())
+        }
+        Details::Unreadable { .. } => ("(damaged, or not this backup)".into(), String::new()),
+    };
+    let kind = match (&b.details, b.kind()) {
+        (Details::Charm, _) => "charm".to_string(),
+        (_, Some(kind)) => kind.as_str().to_string(),
+        _ => String::new(),
+    };
+    [
+        b.backup_id.to_string(),
+        b.last_modified.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        kind,
+        human_bytes(b.added_bytes().unwrap_or(b.size)),
+        b.restore_bytes().map(human_bytes).unwrap_or_default(),
+        server,
+        version,
+    ]
 }

@@ -80,60 +80,77 @@ pub async fn run(context: &Context, command: &Command) -> Result<RunFacts> {
     }
 }
 
-/// What a delete or a prune did (or, dry, would do) to the media volumes, for `--json`.
-pub fn volumes_json(report: &SweepReport, dry_run: bool) -> serde_json::Value {
-    let names = |list: &[(String, u64)]| -> Vec<String> {
-        list.iter().map(|(name, _)| name.clone()).collect()
-    };
-    let (condemned, deleted) = if dry_run {
-        ("would-condemn", "would-free")
-    } else {
-        ("condemned", "deleted")
-    };
-    let mut doc = serde_json::Map::new();
-    let mut put = |key: &str, list: &[(String, u64)]| {
-        doc.insert(key.to_string(), serde_json::json!(names(list)));
-        doc.insert(
-            format!("{key}-bytes"),
-            serde_json::json!(SweepReport::bytes(list)),
-        );
-    };
-    put(condemned, &report.condemned);
-    put(deleted, &report.deleted);
-    put("waiting", &report.waiting);
-    serde_json::Value::Object(doc)
+/// What a delete or a prune did (or, dry, would do) to the media volumes: in `--json`, each
+/// list of names with its total bytes (`condemned`, `deleted`, `waiting`; dry:
+/// `would-condemn`, `would-free`).
+pub struct VolumesOutput<'a> {
+    report: &'a SweepReport,
+    dry_run: bool,
 }
 
-/// The same for people, on stderr.
-pub fn report_volumes(report: &SweepReport, dry_run: bool, warning: Option<&str>) {
-    use crate::output::human_bytes;
-    if let Some(warning) = warning {
-        eprintln!("warning: {warning}");
+impl<'a> VolumesOutput<'a> {
+    pub fn of(report: &'a SweepReport, dry_run: bool) -> Self {
+        VolumesOutput { report, dry_run }
     }
-    let (condemn, delete) = if dry_run {
-        ("would condemn", "would free")
-    } else {
-        ("condemned", "freed")
-    };
-    if !report.deleted.is_empty() {
-        eprintln!(
-            "{delete} {} media volume(s), {}",
-            report.deleted.len(),
-            human_bytes(SweepReport::bytes(&report.deleted))
-        );
+
+    fn lists(&self) -> [(&'static str, &'a [(String, u64)]); 3] {
+        let (condemned, deleted) = if self.dry_run {
+            ("would-condemn", "would-free")
+        } else {
+            ("condemned", "deleted")
+        };
+        [
+            (condemned, &self.report.condemned),
+            (deleted, &self.report.deleted),
+            ("waiting", &self.report.waiting),
+        ]
     }
-    if !report.condemned.is_empty() {
-        eprintln!(
-            "{condemn} {} media volume(s) no backup needs any more, {} (deleted by a prune once the grace period, [retention] delete-grace-secs, has passed)",
-            report.condemned.len(),
-            human_bytes(SweepReport::bytes(&report.condemned))
-        );
+
+    /// For people, on stderr, after `warning` (volumes left in place) if there is one.
+    pub fn print_human(&self, warning: Option<&str>) {
+        use crate::output::human_bytes;
+        let report = self.report;
+        if let Some(warning) = warning {
+            eprintln!("warning: {warning}");
+        }
+        let (condemn, delete) = if self.dry_run {
+            ("would condemn", "would free")
+        } else {
+            ("condemned", "freed")
+        };
+        if !report.deleted.is_empty() {
+            eprintln!(
+                "{delete} {} media volume(s), {}",
+                report.deleted.len(),
+                human_bytes(SweepReport::bytes(&report.deleted))
+            );
+        }
+        if !report.condemned.is_empty() {
+            eprintln!(
+                "{condemn} {} media volume(s) no backup needs any more, {} (deleted by a prune once the grace period, [retention] delete-grace-secs, has passed)",
+                report.condemned.len(),
+                human_bytes(SweepReport::bytes(&report.condemned))
+            );
+        }
+        if !report.waiting.is_empty() {
+            eprintln!(
+                "{} condemned media volume(s), {}, wait for the grace period to pass",
+                report.waiting.len(),
+                human_bytes(SweepReport::bytes(&report.waiting))
+            );
+        }
     }
-    if !report.waiting.is_empty() {
-        eprintln!(
-            "{} condemned media volume(s), {}, wait for the grace period to pass",
-            report.waiting.len(),
-            human_bytes(SweepReport::bytes(&report.waiting))
-        );
+}
+
+impl serde::Serialize for VolumesOutput<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(6))?;
+        for (key, list) in self.lists() {
+            let names: Vec<&str> = list.iter().map(|(name, _)| name.as_str()).collect();
+            map.serialize_entry(key, &names)?;
+            map.serialize_entry(&format!("{key}-bytes"), &SweepReport::bytes(list))?;
+        }
+        map.end()
     }
 }

@@ -1,10 +1,12 @@
+use std::path::PathBuf;
+
 use anyhow::Result;
-use serde_json::json;
-use synapse_backup_core::commands::restore::{restore_backup, RestoreOptions};
+use serde::Serialize;
+use synapse_backup_core::commands::restore::{restore_backup, RestoreOptions, RestoreReport};
 
 use super::Context;
 use crate::args::RestoreArgs;
-use crate::output::{emit_json, human_bytes, outln};
+use crate::output::{emit, human_bytes, outln, CommandOutput};
 
 pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
     let passphrase = context.config.passphrase()?;
@@ -20,54 +22,80 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
     let ctx = context.op(store.as_ref(), Some(passphrase));
     let id = super::backup_id(args.id.id(), "")?;
     let report = restore_backup(&context.config, &ctx, &id, &options).await?;
-    if context.json {
-        emit_json(json!({
-                "ok": true,
-                "backup-id": report.backup_id,
-                "charm-format": report.charm_format,
-                "files": report.files,
-                "bytes": report.bytes,
-                "placed": report.placed,
-                "kept-previous": report.kept_previous,
-                "provider-files": report.provider_files,
-                "skipped-members": report.skipped_members,
-                "notes": report.notes,
-                "recovered": report.recovered.as_ref().map(|r| r.to_string()),
-                "seconds": report.elapsed.as_secs_f64(),
-        }));
-        return Ok(());
-    }
-    if let Some(recovered) = &report.recovered {
-        eprintln!("note: {recovered}");
-    }
-    let skipped = match report.skipped_members {
-        0 => String::new(),
-        n => format!(", {n} skipped"),
-    };
-    outln!(
-        "restored {} ({} files, {}{skipped}) in {:.1}s",
-        report.backup_id,
-        report.files,
-        human_bytes(report.bytes),
-        report.elapsed.as_secs_f64()
-    );
-    for path in &report.placed {
-        outln!("  restored  {}", path.display());
-    }
-    for path in &report.kept_previous {
-        outln!(
-            "  kept      {} (previous data; delete it once Synapse runs well)",
-            path.display()
-        );
-    }
-    if report.provider_files > 0 {
-        outln!(
-            "  wrote     {} media files back to their storage providers (--media-to-provider)",
-            report.provider_files
-        );
-    }
-    for note in &report.notes {
-        eprintln!("note: {note}");
-    }
+    emit(context.json, &Restored::of(&report));
     Ok(())
+}
+
+/// What `restore-backup` prints.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Restored<'a> {
+    ok: bool,
+    backup_id: &'a str,
+    charm_format: bool,
+    files: usize,
+    bytes: u64,
+    placed: &'a [PathBuf],
+    kept_previous: &'a [PathBuf],
+    provider_files: usize,
+    skipped_members: usize,
+    notes: &'a [String],
+    recovered: Option<String>,
+    seconds: f64,
+}
+
+impl<'a> Restored<'a> {
+    fn of(report: &'a RestoreReport) -> Self {
+        Restored {
+            ok: true,
+            backup_id: &report.backup_id,
+            charm_format: report.charm_format,
+            files: report.files,
+            bytes: report.bytes,
+            placed: &report.placed,
+            kept_previous: &report.kept_previous,
+            provider_files: report.provider_files,
+            skipped_members: report.skipped_members,
+            notes: &report.notes,
+            recovered: report.recovered.as_ref().map(|r| r.to_string()),
+            seconds: report.elapsed.as_secs_f64(),
+        }
+    }
+}
+
+impl CommandOutput for Restored<'_> {
+    fn print_human(&self) {
+        if let Some(recovered) = &self.recovered {
+            eprintln!("note: {recovered}");
+        }
+        let skipped = match self.skipped_members {
+            0 => String::new(),
+            n => format!(", {n} skipped"),
+        };
+        outln!(
+            "restored {} ({} files, {}{skipped}) in {:.1}s",
+            self.backup_id,
+            self.files,
+            human_bytes(self.bytes),
+            self.seconds
+        );
+        for path in self.placed {
+            outln!("  restored  {}", path.display());
+        }
+        for path in self.kept_previous {
+            outln!(
+                "  kept      {} (previous data; delete it once Synapse runs well)",
+                path.display()
+            );
+        }
+        if self.provider_files > 0 {
+            outln!(
+                "  wrote     {} media files back to their storage providers (--media-to-provider)",
+                self.provider_files
+            );
+        }
+        for note in self.notes {
+            eprintln!("note: {note}");
+        }
+    }
 }

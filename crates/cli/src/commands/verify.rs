@@ -1,9 +1,10 @@
 use anyhow::Result;
-use serde_json::json;
-use synapse_backup_core::commands::verify::{verify_backup, ArchiveFormat};
+use serde::Serialize;
+use synapse_backup_core::commands::verify::{verify_backup, ArchiveFormat, VerifyReport};
+use synapse_backup_core::manifest::MissingMedia;
 
 use super::Context;
-use crate::output::{emit_json, human_bytes, outln};
+use crate::output::{emit, human_bytes, outln, CommandOutput};
 use synapse_backup_core::host::scratch::remove_leftovers;
 use synapse_backup_core::repository::catalog::newest_backup;
 
@@ -20,43 +21,70 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
         )?
     };
     let report = verify_backup(&context.op(store.as_ref(), Some(passphrase)), &id).await?;
-    let (format, server) = match &report.format {
-        ArchiveFormat::Manifest(header) => ("synapse-backup", Some(header.server_name.clone())),
-        ArchiveFormat::Charm => ("charm", None),
-    };
-    // A backup made with --allow-missing-media verifies, but never quietly.
-    let missing = match &report.format {
-        ArchiveFormat::Manifest(header) => header.media.as_ref().and_then(|m| m.missing.as_ref()),
-        ArchiveFormat::Charm => None,
-    };
-    if context.json {
-        emit_json(json!({
-                "backup-id": report.backup_id,
-                "ok": true,
-                "format": format,
-                "server-name": server,
-                "files": report.files,
-                "bytes": report.bytes,
-                "volumes": report.volumes,
-                "missing-media": missing.map_or(0, |m| m.count),
-        }));
-    } else {
-        match &report.format {
-            ArchiveFormat::Manifest(header) => outln!(
-                "{}: OK — {} files ({}) of {} match the manifest; integrity check passed",
-                report.backup_id,
-                report.files,
-                human_bytes(report.bytes),
-                header.server_name
+    emit(context.json, &Verified::of(&report));
+    Ok(())
+}
+
+/// What `verify-backup` prints.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Verified<'a> {
+    ok: bool,
+    backup_id: &'a str,
+    /// `synapse-backup` or `charm`.
+    format: &'static str,
+    server_name: Option<&'a str>,
+    files: usize,
+    bytes: u64,
+    volumes: usize,
+    /// Media files the backup lacks (made with --allow-missing-media).
+    missing_media: usize,
+    #[serde(skip)]
+    missing: Option<&'a MissingMedia>,
+}
+
+impl<'a> Verified<'a> {
+    fn of(report: &'a VerifyReport) -> Self {
+        let (format, server_name, missing) = match &report.format {
+            ArchiveFormat::Manifest(header) => (
+                "synapse-backup",
+                Some(header.server_name.as_str()),
+                header.media.as_ref().and_then(|m| m.missing.as_ref()),
             ),
-            ArchiveFormat::Charm => outln!(
+            ArchiveFormat::Charm => ("charm", None, None),
+        };
+        Verified {
+            ok: true,
+            backup_id: &report.backup_id,
+            format,
+            server_name,
+            files: report.files,
+            bytes: report.bytes,
+            volumes: report.volumes,
+            missing_media: missing.map_or(0, |m| m.count),
+            missing,
+        }
+    }
+}
+
+impl CommandOutput for Verified<'_> {
+    fn print_human(&self) {
+        match self.server_name {
+            Some(server) => outln!(
+                "{}: OK — {} files ({}) of {server} match the manifest; integrity check passed",
+                self.backup_id,
+                self.files,
+                human_bytes(self.bytes),
+            ),
+            None => outln!(
                 "{}: OK — charm backup without manifest: it decrypts, passes the OpenPGP integrity check and holds {} files ({})",
-                report.backup_id,
-                report.files,
-                human_bytes(report.bytes)
+                self.backup_id,
+                self.files,
+                human_bytes(self.bytes)
             ),
         }
-        if let Some(missing) = missing {
+        // A backup made with --allow-missing-media verifies, but never quietly.
+        if let Some(missing) = self.missing {
             eprintln!(
                 "warning: this backup lacks {} media files the database listed, found nowhere when it was made (--allow-missing-media); first: {}",
                 missing.count,
@@ -64,5 +92,4 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
             );
         }
     }
-    Ok(())
 }

@@ -85,13 +85,9 @@ async fn verify_all(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
     ctx.progress.start("verifying", Some(info.size));
     let progress = Arc::clone(&ctx.progress);
     let backup_id = id.to_string();
-    let (mut report, in_volumes) = read_object(
-        ctx.store,
-        ctx.passphrase()?,
-        &ctx.cancel,
-        id,
-        move |reader| check_base(reader, &backup_id, progress.as_ref()),
-    )
+    let (mut report, in_volumes) = read_object(ctx, id, move |reader| {
+        check_base(reader, &backup_id, progress.as_ref())
+    })
     .await?;
     if let ArchiveFormat::Manifest(header) = &report.format {
         if let Some(media) = &header.media {
@@ -106,18 +102,12 @@ async fn verify_all(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
             let backup_id = id.to_string();
             let progress = Arc::clone(&ctx.progress);
             async move {
-                read_object(
-                    ctx.store,
-                    ctx.passphrase()?,
-                    &ctx.cancel,
-                    &name,
-                    move |reader| {
-                        read_volume(reader, &backup_id, want, |entry, member| {
-                            hash_member(member, None, progress.as_ref())
-                                .map_err(|e| unreadable_member(&backup_id, &entry.path, &e))
-                        })
-                    },
-                )
+                read_object(ctx, &name, move |reader| {
+                    read_volume(reader, &backup_id, want, |entry, member| {
+                        hash_member(member, None, progress.as_ref())
+                            .map_err(|e| unreadable_member(&backup_id, &entry.path, &e))
+                    })
+                })
                 .await
             }
         })

@@ -23,6 +23,8 @@ mod sources;
 mod volumes;
 mod write;
 
+pub use write::Stored;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::manifest::{BackupKind, DatabaseInfo, MissingMedia};
+use crate::manifest::DatabaseInfo;
 use crate::progress::Cancel;
 use crate::store::{ByteStream, Store};
 use crate::synapse::media::backed_up_media_dirs;
@@ -64,27 +66,10 @@ pub struct BackupOptions {
 pub struct BackupSummary {
     pub backup_id: String,
     pub server_name: String,
-    pub kind: BackupKind,
-    /// The backup whose stored media this one takes unchanged files from.
-    pub parent: Option<String>,
-    pub files: usize,
-    pub file_bytes: u64,
-    /// Media files taken from earlier volumes, and their bytes: neither read nor uploaded.
-    pub reused_files: usize,
-    pub reused_bytes: u64,
-    /// Bytes written to the store: the base, the index and the new volumes.
-    pub object_bytes: u64,
-    /// Media files the backup holds that were read from (or live in) a storage provider.
-    pub provider_files: usize,
-    pub provider_bytes: u64,
-    /// Media the database lists that the backup lacks (only with `--allow-missing-media`).
-    pub missing: Option<MissingMedia>,
+    /// What the backup stored: its kind, files, bytes, and what it took from earlier backups.
+    pub stored: Stored,
     pub database: DatabaseInfo,
     pub elapsed: Duration,
-    pub vanished: Vec<String>,
-    /// Volumes of the parent that are missing or damaged in the store, and how many of this
-    /// backup's files each held: those files were read and stored anew.
-    pub stored_again: Vec<StoredAgain>,
     /// Why the backup is full although an earlier one exists (its index could not be read).
     pub full_reason: Option<String>,
     /// Scratch folders of killed create-backups removed before this one started.
@@ -92,7 +77,7 @@ pub struct BackupSummary {
 }
 
 /// A parent volume that could not be used, and the files stored anew because of it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct StoredAgain {
     pub volume: String,
     pub why: String,
@@ -177,24 +162,12 @@ pub async fn create_backup(
     pending.withdraw().await;
     drop(lock);
     drop(temp);
-    let written = written?;
     Ok(BackupSummary {
         backup_id,
         server_name: hs.server_name,
-        kind: written.kind,
-        parent: written.parent,
-        files: written.files,
-        file_bytes: written.file_bytes,
-        reused_files: written.reused_files,
-        reused_bytes: written.reused_bytes,
-        object_bytes: written.object_bytes,
-        provider_files: written.provider_files,
-        provider_bytes: written.provider_bytes,
-        missing: written.missing,
+        stored: written?,
         database: snapshot.info,
         elapsed: started.elapsed(),
-        vanished: written.vanished,
-        stored_again: written.stored_again,
         full_reason,
         leftovers,
     })

@@ -135,44 +135,38 @@ async fn read_index(ctx: &OpContext<'_>, header: &Header) -> Result<HashMap<Stri
         .flat_map(|m| m.volumes.iter().map(|v| v.name.clone()))
         .collect();
     let object = name.clone();
-    read_object(
-        ctx.store,
-        ctx.passphrase()?,
-        &ctx.cancel,
-        &name,
-        move |reader| {
-            let mut entries = HashMap::new();
-            let mut found = false;
-            let mut listed_id = String::new();
-            read_members(reader, &object, |member| {
-                if member.path != FILES_MEMBER || found {
-                    return Err(Error::corrupt(
-                        &object,
-                        CorruptKind::Malformed,
-                        format!("unexpected member {:?} in an index", member.path),
-                    ));
-                }
-                found = true;
-                let (id, _) = read_file_list(&object, BufReader::new(member.data), |entry| {
-                    entries.insert(entry.path.clone(), entry);
-                })?;
-                listed_id = id;
-                Ok(())
-            })?;
-            if !found || listed_id != backup_id {
+    read_object(ctx, &name, move |reader| {
+        let mut entries = HashMap::new();
+        let mut found = false;
+        let mut listed_id = String::new();
+        read_members(reader, &object, |member| {
+            if member.path != FILES_MEMBER || found {
                 return Err(Error::corrupt(
                     &object,
-                    CorruptKind::ManifestMismatch,
-                    format!("the index does not list the media of {backup_id}"),
+                    CorruptKind::Malformed,
+                    format!("unexpected member {:?} in an index", member.path),
                 ));
             }
-            // Only entries that name a volume the header names can be taken over.
-            entries.retain(|_, entry: &mut FileEntry| {
-                entry.role == Role::Media && entry.volume().is_some_and(|v| volumes.contains(v))
-            });
-            Ok(entries)
-        },
-    )
+            found = true;
+            let (id, _) = read_file_list(&object, BufReader::new(member.data), |entry| {
+                entries.insert(entry.path.clone(), entry);
+            })?;
+            listed_id = id;
+            Ok(())
+        })?;
+        if !found || listed_id != backup_id {
+            return Err(Error::corrupt(
+                &object,
+                CorruptKind::ManifestMismatch,
+                format!("the index does not list the media of {backup_id}"),
+            ));
+        }
+        // Only entries that name a volume the header names can be taken over.
+        entries.retain(|_, entry: &mut FileEntry| {
+            entry.role == Role::Media && entry.volume().is_some_and(|v| volumes.contains(v))
+        });
+        Ok(entries)
+    })
     .await
 }
 

@@ -39,8 +39,9 @@ pub(super) struct BackupContents<'a> {
     pub temp: &'a Path,
 }
 
-/// What the writing stored.
-pub(super) struct Written {
+/// What a backup stored.
+#[derive(Debug, Clone)]
+pub struct Stored {
     pub kind: BackupKind,
     /// Only when the backup takes files from it.
     pub parent: Option<String>,
@@ -51,8 +52,12 @@ pub(super) struct Written {
     pub object_bytes: u64,
     pub provider_files: usize,
     pub provider_bytes: u64,
+    /// Media the database lists that the backup lacks (only with `--allow-missing-media`).
     pub missing: Option<MissingMedia>,
+    /// Files that vanished between listing and reading (Synapse deleted them meanwhile).
     pub vanished: Vec<String>,
+    /// Volumes of the parent that are missing or damaged in the store, and how many of this
+    /// backup's files each held: those files were read and stored anew.
     pub stored_again: Vec<StoredAgain>,
 }
 
@@ -61,7 +66,7 @@ pub(super) async fn write_backup(
     config: &Config,
     ctx: &OpContext<'_>,
     contents: BackupContents<'_>,
-) -> Result<Written> {
+) -> Result<Stored> {
     let mut written: Vec<String> = Vec::new();
     let outcome = write_objects(config, ctx, contents, &mut written).await;
     if outcome.is_err() {
@@ -79,7 +84,7 @@ async fn write_objects(
     ctx: &OpContext<'_>,
     contents: BackupContents<'_>,
     written: &mut Vec<String>,
-) -> Result<Written> {
+) -> Result<Stored> {
     let base_bytes: u64 = contents.sources.iter().map(|s| s.size).sum();
     let reused_files = contents.plan.reused.len();
     let reused_bytes: u64 = contents.plan.reused.iter().map(|e| e.size).sum();
@@ -154,7 +159,7 @@ async fn write_objects(
     ctx.progress.finish();
     let mut vanished = new.vanished;
     vanished.extend(archived.vanished);
-    Ok(Written {
+    Ok(Stored {
         kind,
         parent,
         files: archived.totals.files,

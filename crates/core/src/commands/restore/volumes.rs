@@ -15,7 +15,7 @@ use super::plan::{Placement, Plan};
 use super::to_provider::ProviderSink;
 use crate::commands::OpContext;
 use crate::repository::content_check::{hash_member, unreadable_member, WriteFailed};
-use crate::repository::open_backup;
+use crate::repository::object_reader::read_object;
 use crate::repository::pipe::{read_ahead, QUEUE_DEPTH};
 use crate::repository::volumes::{by_volume, read_volume, VolumeWant, VOLUMES_AT_ONCE};
 
@@ -58,14 +58,9 @@ async fn stage_one(
         return Err(Error::Interrupted);
     }
     let name = want.name.clone();
-    let stream = ctx.store.get(&name).await?;
-    let handle = tokio::runtime::Handle::current();
-    let passphrase = ctx.passphrase()?.clone();
-    let cancel = ctx.cancel.clone();
     let backup_id = id.to_string();
     let progress = Arc::clone(&ctx.progress);
-    tokio::task::spawn_blocking(move || {
-        let reader = open_backup(stream, handle, &passphrase, &name, cancel)?;
+    read_object(ctx, &name, move |reader| {
         let reader = read_ahead(reader, QUEUE_DEPTH)
             .map_err(|e| Error::Other(format!("cannot start the read-ahead thread: {e}")))?;
         read_volume(reader, &backup_id, want, |entry, member| {
@@ -80,7 +75,6 @@ async fn stage_one(
         })
     })
     .await
-    .map_err(|e| Error::task_failed("restore", e))?
 }
 
 /// Writes one media member of a volume into staging; its SHA-256 and length. The plan is
