@@ -367,3 +367,87 @@ pub(crate) fn unreadable_member(id: &str, path: &str, err: &std::io::Error) -> E
         format!("reading {path:?}: {err}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A charm archive's check (no header member first), with `paths` claimed and recorded.
+    fn charm_check(paths: &[&str]) -> Result<ContentCheck> {
+        let mut check = ContentCheck::new("backup-x");
+        let mut data: &[u8] = b"";
+        let mut first = Member {
+            path: "data/homeserver.yaml".into(),
+            kind: MemberKind::File,
+            size: 0,
+            mode: 0o644,
+            mtime: 0,
+            data: &mut data,
+        };
+        assert!(!check.take_manifest_member(&mut first)?);
+        assert_eq!(check.format(), Some(&ArchiveFormat::Charm));
+        for path in paths {
+            check.claim(path)?;
+            check.record(path, 3, "hash".into())?;
+        }
+        Ok(check)
+    }
+
+    fn hostile(result: Result<ContentCheck>) -> String {
+        let err = result.err().expect("the member must be refused");
+        assert_eq!(
+            err.corrupt_kind(),
+            Some(CorruptKind::HostileMember),
+            "{err}"
+        );
+        err.to_string()
+    }
+
+    #[test]
+    fn a_path_stored_twice_is_refused_by_name() {
+        let message = hostile(charm_check(&["data/a", "data/a"]));
+        assert!(message.contains("\"data/a\" appears twice"), "{message}");
+    }
+
+    #[test]
+    fn a_file_where_other_members_need_a_folder_is_refused() {
+        let message = hostile(charm_check(&["data/a/b", "data/a"]));
+        assert!(
+            message.contains("where other members need a folder"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_member_under_a_file_is_refused() {
+        let message = hostile(charm_check(&["data/a", "data/a/b"]));
+        assert!(message.contains("lies under \"data/a\""), "{message}");
+    }
+
+    #[test]
+    fn a_charm_archive_counts_what_it_holds() {
+        let check = charm_check(&["data/a", "data/b/c"]).unwrap();
+        let (format, files, bytes) = check.finish().unwrap();
+        assert_eq!((format, files, bytes), (ArchiveFormat::Charm, 2, 6));
+    }
+
+    #[test]
+    fn an_archive_without_members_is_malformed() {
+        let err = ContentCheck::new("backup-x").finish().unwrap_err();
+        assert_eq!(err.corrupt_kind(), Some(CorruptKind::Malformed), "{err}");
+    }
+
+    #[test]
+    fn volume_lists_are_recognised_only_directly_in_their_folder() {
+        assert!(is_volume_list(&format!(
+            "{VOLUME_LISTS_FOLDER}/v-0001.list"
+        )));
+        assert!(!is_volume_list(&format!(
+            "{VOLUME_LISTS_FOLDER}/x/v-0001.list"
+        )));
+        assert!(!is_volume_list(&format!(
+            "{VOLUME_LISTS_FOLDER}/v-0001.txt"
+        )));
+        assert!(!is_volume_list("media/v-0001.list"));
+    }
+}
