@@ -55,17 +55,21 @@ pub trait CommandOutput: serde::Serialize {
     fn print_human(&self);
 }
 
-/// Prints `output` as `--json` asks, or for people.
-pub fn emit(json: bool, output: &impl CommandOutput) {
+/// Prints `output` as `--json` asks, or for people. A document that cannot be built (a path
+/// that is not UTF-8, which JSON cannot hold) is an error: a program reading stdout must never
+/// see a success without its document.
+pub fn emit(json: bool, output: &impl CommandOutput) -> anyhow::Result<()> {
     if !json {
         output.print_human();
-        return;
+        return Ok(());
     }
-    match serde_json::to_value(output) {
-        Ok(document) => emit_json(document),
-        // Only maps with non-string keys fail to serialize; none of ours has one.
-        Err(e) => eprintln!("error: internal: the JSON document could not be built: {e}"),
-    }
+    let document = serde_json::to_value(output).map_err(|e| {
+        synapse_backup_core::Error::Internal(format!(
+            "the command succeeded, but its JSON document could not be built: {e}"
+        ))
+    })?;
+    emit_json(document);
+    Ok(())
 }
 
 /// Whether this run already printed its JSON document.

@@ -53,6 +53,21 @@ pub enum CorruptKind {
     HostileMember,
 }
 
+/// Why a store failed, as far as the advice differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageCause {
+    /// The backup store could not be reached or refused the request: its settings, its
+    /// credentials, or the endpoint being down.
+    Access,
+    /// The store stopped answering in the middle of a transfer that had begun: the settings
+    /// worked, so the advice is to try again, not to check them.
+    PartWay,
+    /// An upload in progress was aborted from outside (another process, a lifecycle rule).
+    UploadAborted,
+    /// One of Synapse's media storage providers, configured in homeserver.yaml, not here.
+    Provider,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -79,9 +94,8 @@ pub enum Error {
     Storage {
         store: String,
         detail: String,
-        /// The store stopped answering in the middle of a transfer that had begun: the
-        /// settings worked, so the advice is to try again, not to check them.
-        part_way: bool,
+        /// What kind of trouble, which decides the advice ([`Error::hint`]).
+        cause: StorageCause,
     },
 
     #[error("interrupted; nothing was changed")]
@@ -159,8 +173,12 @@ impl Error {
             Error::WrongPassphrase { .. } => "check [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE: it must be the passphrase the backup was made with",
             Error::Corrupt { .. } => "nothing was changed; try an older backup (list-backups) and run verify-backup on it",
             Error::NotFound { .. } => "run list-backups to see the backup ids in this store",
-            Error::Storage { part_way: true, .. } => "the store stopped answering part-way through; run the command again once it answers (a backup or restore that failed this way left nothing half-done)",
-            Error::Storage { part_way: false, .. } => "check [s3] endpoint, bucket, region, access-key and the secret key, and that the endpoint is reachable",
+            Error::Storage { cause, .. } => match cause {
+                StorageCause::Access => "check [s3] endpoint, bucket, region, access-key and the secret key, and that the endpoint is reachable",
+                StorageCause::PartWay => "the store stopped answering part-way through; run the command again once it answers (a backup or restore that failed this way left nothing half-done)",
+                StorageCause::UploadAborted => "something removed the unfinished upload: look for another process cleaning the bucket, or a lifecycle rule that aborts incomplete multipart uploads sooner than a backup takes, then run the command again",
+                StorageCause::Provider => "check the storage provider's settings in homeserver.yaml (media_storage_providers) and that it is reachable from this host",
+            },
             Error::ToolMissing { program, .. } if program.starts_with("pg_") || *program == "psql" => "install the PostgreSQL client programs of the server's major version or newer (e.g. apt-get install postgresql-client) and make sure they are on PATH",
             Error::ToolMissing { .. } => "install it and make sure it is on PATH",
             Error::Internal(_) => "this is a bug in synapse-backup; please report it with the output of the same command run with -vv",
@@ -287,7 +305,7 @@ mod tests {
                 Error::Storage {
                     store: "s".into(),
                     detail: "x".into(),
-                    part_way: false,
+                    cause: StorageCause::Access,
                 },
                 ErrorKind::Storage,
             ),
@@ -311,5 +329,22 @@ mod tests {
         for (error, kind) in cases {
             assert_eq!(error.kind(), kind, "{error}");
         }
+    }
+
+    #[test]
+    fn storage_advice_follows_the_cause() {
+        let storage = |cause| Error::Storage {
+            store: "s3://b".into(),
+            detail: "x".into(),
+            cause,
+        };
+        let hint = |cause| storage(cause).hint().unwrap_or_default();
+        assert!(hint(StorageCause::Access).contains("[s3] endpoint"));
+        // A connection that dropped mid-transfer had working settings: retry, not reconfigure.
+        assert!(hint(StorageCause::PartWay).contains("run the command again"));
+        assert!(!hint(StorageCause::PartWay).contains("[s3]"));
+        assert!(hint(StorageCause::UploadAborted).contains("lifecycle rule"));
+        assert!(hint(StorageCause::Provider).contains("homeserver.yaml"));
+        assert!(!hint(StorageCause::Provider).contains("[s3]"));
     }
 }

@@ -9,7 +9,7 @@ use crate::output::{emit, outln, CommandOutput};
 pub async fn run(context: &Context) -> Result<()> {
     let store = context.store()?;
     let report = run_checks(&context.config, store.as_ref(), &context.cancel).await;
-    emit(context.json, &Checked::of(&report));
+    emit(context.json, &Checked::of(&report))?;
     match report.into_first_failure() {
         Some(failure) => Err(failure.into()),
         None => Ok(()),

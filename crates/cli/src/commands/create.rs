@@ -23,7 +23,7 @@ pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
     };
     let ctx = context.op(store.as_ref(), Some(passphrase));
     let summary = create_backup(&context.config, &ctx, &options).await?;
-    emit(context.json, &Created::of(&summary));
+    emit(context.json, &Created::of(&summary))?;
     Ok(RunFacts {
         server_name: Some(summary.server_name),
         bytes: Some(summary.stored.file_bytes),

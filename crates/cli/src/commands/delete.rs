@@ -16,7 +16,7 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
     )?;
     let outcome = delete_backup(&ctx, &id, context.config.retention.delete_grace).await?;
     let store = store.describe();
-    emit(context.json, &Deleted::of(id.as_str(), &store, &outcome));
+    emit(context.json, &Deleted::of(id.as_str(), &store, &outcome))?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ pub async fn run(context: &Context) -> Result<()> {
     let store = context.store()?;
     let catalog = list_backups(store.as_ref(), passphrase.as_ref(), &context.cancel).await?;
     let store = store.describe();
-    emit(context.json, &Listed::of(&catalog, &store));
+    emit(context.json, &Listed::of(&catalog, &store))?;
     Ok(())
 }
 

@@ -28,7 +28,7 @@ pub async fn run(context: &Context, args: &PruneArgs) -> Result<()> {
     let grace = context.config.retention.delete_grace;
     let outcome = prune_backups(&ctx, &policy, args.dry_run, grace).await?;
     let store = store.describe();
-    emit(context.json, &Pruned::of(&outcome, &store, args.dry_run));
+    emit(context.json, &Pruned::of(&outcome, &store, args.dry_run))?;
     Ok(())
 }
 

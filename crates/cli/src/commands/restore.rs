@@ -22,7 +22,7 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
     let ctx = context.op(store.as_ref(), Some(passphrase));
     let id = super::backup_id(args.id.id(), "")?;
     let report = restore_backup(&context.config, &ctx, &id, &options).await?;
-    emit(context.json, &Restored::of(&report));
+    emit(context.json, &Restored::of(&report))?;
     Ok(())
 }
 

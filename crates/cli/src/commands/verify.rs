@@ -21,7 +21,7 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
         )?
     };
     let report = verify_backup(&context.op(store.as_ref(), Some(passphrase)), &id).await?;
-    emit(context.json, &Verified::of(&report));
+    emit(context.json, &Verified::of(&report))?;
     Ok(())
 }
 

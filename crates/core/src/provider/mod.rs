@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{S3Config, UriStyle};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageCause};
 use crate::store::s3::S3Store;
 use crate::synapse::media::LOCAL_MEDIA_DIRS;
 use crate::synapse::{MediaProvider, ProviderKind, S3Provider};
@@ -74,7 +74,7 @@ impl ProviderAccess {
             other => Error::Storage {
                 store: self.describe.clone(),
                 detail: other.to_string(),
-                part_way: false,
+                cause: StorageCause::Provider,
             },
         })
     }
@@ -161,7 +161,7 @@ impl ProviderAccess {
                     let chunk = chunk.map_err(|e| Error::Storage {
                         store: self.describe.clone(),
                         detail: format!("reading {rel}: {e}"),
-                        part_way: true,
+                        cause: StorageCause::PartWay,
                     })?;
                     size += chunk.len() as u64;
                     file.write_all(&chunk)

@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
 use crate::config::StoreConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageCause};
 
 /// A stream of object bytes; an `Err` item in a `put` body aborts the upload.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
@@ -53,7 +53,7 @@ impl ReadFailed {
         Error::Storage {
             store: self.store.clone(),
             detail: format!("reading backup {id} failed: {}", self.detail),
-            part_way: true,
+            cause: StorageCause::PartWay,
         }
     }
 }

@@ -115,10 +115,14 @@ impl<'a> StagingTransaction<'a> {
 
     /// Everything is staged and verified: the swap journal replaces the staging one, and from
     /// here on a crash is finished forward by [`recover`], never rolled back.
+    ///
+    /// The transaction stops cleaning up before the journal is written, not after: a write that
+    /// fails after its rename (at the folder's fsync) has left the swap journal in place, and
+    /// staging removed under it would have a later run swap in nothing. Whichever journal a
+    /// failure leaves, the next run's recovery does the right thing with the staging intact.
     pub fn commit(mut self, swap_journal: &Journal) -> Result<()> {
-        write_journal(self.state, swap_journal)?;
         self.open = false;
-        Ok(())
+        write_journal(self.state, swap_journal)
     }
 }
 
@@ -127,16 +131,22 @@ impl Drop for StagingTransaction<'_> {
         if !self.open {
             return;
         }
+        let mut all_removed = true;
         for staging in &self.staging {
             if let Err(e) = remove_path(staging) {
+                all_removed = false;
                 tracing::warn!(
                     "could not remove the staging path {} ({e}); the next restore removes it",
                     staging.display()
                 );
             }
         }
-        if let Err(e) = remove_journal(self.state) {
-            tracing::warn!("{e}; the next restore removes the staging it names");
+        // The journal is what tells the next restore which staging to remove: it goes only
+        // when nothing is left for it to name.
+        if all_removed {
+            if let Err(e) = remove_journal(self.state) {
+                tracing::warn!("{e}; the next restore removes the staging it names");
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ use secrecy::ExposeSecret;
 
 use super::{check_folder, check_name, ByteStream, ObjectInfo, ReadFailed, Store};
 use crate::config::{S3Config, UriStyle};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageCause};
 
 pub struct S3Store {
     inner: Arc<AmazonS3>,
@@ -204,7 +204,7 @@ impl S3Store {
         Error::Storage {
             store: self.describe(),
             detail,
-            part_way: false,
+            cause: StorageCause::Access,
         }
     }
 

@@ -20,7 +20,7 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use super::S3Store;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageCause};
 use crate::store::owner::{UploadOwner, FOREIGN_STALE_AFTER};
 use crate::store::{check_name, ByteStream, Store};
 
@@ -337,7 +337,7 @@ impl<'a> Upload<'a> {
                     "the multipart upload of {} no longer exists (aborted by another process or a lifecycle rule)",
                     self.name
                 ),
-                part_way: true,
+                cause: StorageCause::UploadAborted,
             },
             other => self.store.storage_error(other),
         }
