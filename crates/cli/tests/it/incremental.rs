@@ -4,7 +4,7 @@
 //! another process (local folder and S3), and the restore by hand that docs/format.md gives.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -21,21 +21,6 @@ fn create(world: &World, extra: &[&str]) -> Value {
     let mut args = vec!["--json", "create-backup"];
     args.extend_from_slice(extra);
     json(&world.run(&args), "create-backup")
-}
-
-/// Adds a new media file (a fresh upload) to the world's data dir.
-fn upload(world: &World, name: &str, bytes: usize, seed: u8) -> PathBuf {
-    let path = world
-        .data
-        .join("media_store/local_content/zz")
-        .join(&name[..2])
-        .join(name);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let data: Vec<u8> = (0..bytes)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-        .collect();
-    fs::write(&path, data).unwrap();
-    path
 }
 
 fn volumes(world: &World) -> Vec<String> {
@@ -65,7 +50,7 @@ fn a_second_backup_stores_only_what_changed_and_restores_whole() {
     let first = create(&world, &[]);
     assert_eq!(first["kind"], "full");
     let first_id = first["backup-id"].as_str().unwrap().to_string();
-    upload(&world, "newmediaAAAAAAAAAAAAAAAA", 300_000, 1);
+    world.upload_media("newmediaAAAAAAAAAAAAAAAA", 300_000, 1);
     let second = create(&world, &[]);
     let second_id = second["backup-id"].as_str().unwrap().to_string();
     assert_eq!(second["kind"], "incremental", "{second}");
@@ -109,11 +94,11 @@ fn a_second_backup_stores_only_what_changed_and_restores_whole() {
 #[test]
 fn a_changed_or_deleted_file_is_never_taken_from_the_old_volume() {
     let world = World::new();
-    let path = upload(&world, "changingAAAAAAAAAAAAAAAA", 100_000, 1);
-    let gone = upload(&world, "purgedAAAAAAAAAAAAAAAAAA", 50_000, 2);
+    let path = world.upload_media("changingAAAAAAAAAAAAAAAA", 100_000, 1);
+    let gone = world.upload_media("purgedAAAAAAAAAAAAAAAAAA", 50_000, 2);
     create(&world, &[]);
     // Same size, other bytes: the mtime moves, so it is read again.
-    upload(&world, "changingAAAAAAAAAAAAAAAA", 100_000, 9);
+    world.upload_media("changingAAAAAAAAAAAAAAAA", 100_000, 9);
     fs::remove_file(&gone).unwrap();
     let second = create(&world, &[]);
     let id = second["backup-id"].as_str().unwrap();
@@ -141,7 +126,7 @@ fn deleting_the_parent_keeps_the_volumes_its_child_uses() {
         .to_string();
     let first_volumes = volumes(&world);
     assert!(!first_volumes.is_empty());
-    upload(&world, "newmediaBBBBBBBBBBBBBBBB", 10_000, 3);
+    world.upload_media("newmediaBBBBBBBBBBBBBBBB", 10_000, 3);
     let second = create(&world, &[])["backup-id"]
         .as_str()
         .unwrap()
@@ -215,7 +200,7 @@ fn a_condemned_volume_is_not_used_again() {
 fn a_missing_volume_is_named_and_nothing_live_is_touched() {
     let world = World::new();
     let first = world.create_backup();
-    upload(&world, "newmediaCCCCCCCCCCCCCCCC", 10_000, 4);
+    world.upload_media("newmediaCCCCCCCCCCCCCCCC", 10_000, 4);
     let second = world.create_backup();
     let lost = volumes(&world)
         .into_iter()
@@ -238,7 +223,7 @@ fn a_missing_volume_is_named_and_nothing_live_is_touched() {
 fn a_damaged_volume_fails_the_restore_before_the_swap() {
     let world = World::new();
     world.create_backup();
-    upload(&world, "newmediaDDDDDDDDDDDDDDDD", 10_000, 5);
+    world.upload_media("newmediaDDDDDDDDDDDDDDDD", 10_000, 5);
     let second = world.create_backup();
     let volume = world
         .store
@@ -270,7 +255,7 @@ fn an_incremental_backup_restores_by_hand_with_gpg_and_tar() {
         .replace("[backup]\n", "[backup]\nvolume-size = \"1MiB\"\n");
     fs::write(&world.config, config).unwrap();
     world.create_backup();
-    upload(&world, "newmediaEEEEEEEEEEEEEEEE", 200_000, 6);
+    world.upload_media("newmediaEEEEEEEEEEEEEEEE", 200_000, 6);
     let id = world.create_backup();
     assert!(volumes(&world).len() >= 3, "{:?}", volumes(&world));
     let by_hand = world.path("by-hand");
@@ -344,12 +329,7 @@ fn prune_racing_a_create(world: &World, view: &dyn StoreView) {
         .to_string();
     // Enough new media that the create is still writing when it is stopped.
     for i in 0..40 {
-        upload(
-            world,
-            &format!("bulk{i:02}AAAAAAAAAAAAAAAAAAAA"),
-            1_000_000,
-            i,
-        );
+        world.upload_media(&format!("bulk{i:02}AAAAAAAAAAAAAAAAAAAA"), 1_000_000, i);
     }
     let racing = spawn(world, &["--json", "create-backup"], &[]);
     let started = std::time::Instant::now();
@@ -504,7 +484,7 @@ mod s3 {
             .as_str()
             .unwrap()
             .to_string();
-        upload(&world, "newmediaFFFFFFFFFFFFFFFF", 300_000, 7);
+        world.upload_media("newmediaFFFFFFFFFFFFFFFF", 300_000, 7);
         let second = create(&world, &[]);
         assert_eq!(second["kind"], "incremental", "{second}");
         let second = second["backup-id"].as_str().unwrap().to_string();

@@ -89,17 +89,6 @@ fn id_of(doc: &Value) -> String {
     doc["backup-id"].as_str().unwrap().to_string()
 }
 
-/// Adds a new media file, so that the next backup differs from the last.
-fn upload(world: &World, name: &str, bytes: usize) {
-    let path = world
-        .data
-        .join("media_store/local_content/zz")
-        .join(&name[..2])
-        .join(name);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(&path, vec![name.as_bytes()[0]; bytes]).unwrap();
-}
-
 /// Runs `body` as two tests, `local_folder` and `garage` (skipped outside scripts/test.sh
 /// unless the S3 server is required), each with a fresh world; `$settings` go to [backup].
 macro_rules! on_both_stores {
@@ -154,7 +143,8 @@ on_both_stores!(
         let cut = case.volumes_of(&second);
         let bytes = case.raw.read(&cut[0]);
         case.raw.write(&cut[0], &bytes[..bytes.len() / 2]);
-        upload(&case.world, "newAAAAAAAAAAAAAAAAAAAAA", 50_000);
+        case.world
+            .upload_media("newAAAAAAAAAAAAAAAAAAAAA", 50_000, 0);
         let (third, stderr) = case.create(&[]);
         let again = &third["stored-again"][0];
         assert_eq!(again["volume"], cut[0].as_str(), "{third}");
@@ -195,7 +185,8 @@ on_both_stores!(
     "",
     |case: &Case| {
         let oldest = case.create_id(&["--full"]);
-        upload(&case.world, "newBBBBBBBBBBBBBBBBBBBBB", 50_000);
+        case.world
+            .upload_media("newBBBBBBBBBBBBBBBBBBBBB", 50_000, 0);
         let newest = case.create_id(&[]);
         case.raw.write(FORGED_GARBAGE, &[0x8c; 4096]);
         let other_key = case.world.path("other-passphrase");
@@ -327,7 +318,8 @@ on_both_stores!(
     "",
     |case: &Case| {
         let older = case.create_id(&[]);
-        upload(&case.world, "newCCCCCCCCCCCCCCCCCCCCC", 50_000);
+        case.world
+            .upload_media("newCCCCCCCCCCCCCCCCCCCCC", 50_000, 0);
         let newer = case.create_id(&[]);
         case.raw.write(&newer, &case.raw.read(&older));
 
@@ -363,7 +355,8 @@ on_both_stores!(
     "",
     |case: &Case| {
         let older = case.create_id(&[]);
-        upload(&case.world, "newDDDDDDDDDDDDDDDDDDDDD", 50_000);
+        case.world
+            .upload_media("newDDDDDDDDDDDDDDDDDDDDD", 50_000, 0);
         let newer = case.create_id(&[]);
         let older_index = case.raw.read(&format!("index/{older}"));
         case.raw.write(&format!("index/{newer}"), &older_index);
@@ -384,7 +377,8 @@ on_both_stores!(
     "",
     |case: &Case| {
         let older = case.create_id(&["--full"]);
-        upload(&case.world, "newEEEEEEEEEEEEEEEEEEEEE", 300_000);
+        case.world
+            .upload_media("newEEEEEEEEEEEEEEEEEEEEE", 300_000, 0);
         let newer = case.create_id(&["--full"]);
         let replaced = &case.volumes_of(&newer)[0];
         case.raw
@@ -432,10 +426,10 @@ fn scratch_with_a_file(dir: &Path, child: &mut std::process::Child) -> PathBuf {
 fn kill_a_create(case: &Case) -> PathBuf {
     // Enough media that the create is still at work when it is stopped.
     for i in 0..40 {
-        upload(
-            &case.world,
+        case.world.upload_media(
             &format!("k{i:02}FFFFFFFFFFFFFFFFFFFFFF"),
             1_000_000,
+            i as u8,
         );
     }
     let mut child = spawn(&case.world, &["create-backup", "--full"], &[]);

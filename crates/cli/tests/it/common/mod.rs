@@ -136,6 +136,21 @@ impl World {
         self.data.join(RESTORE_JOURNAL)
     }
 
+    /// Adds a new media file (a fresh upload) to the data dir, its bytes a pattern of `seed`.
+    pub fn upload_media(&self, name: &str, bytes: usize, seed: u8) -> PathBuf {
+        let path = self
+            .data
+            .join("media_store/local_content/zz")
+            .join(&name[..2])
+            .join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let data: Vec<u8> = (0..bytes)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        fs::write(&path, data).unwrap();
+        path
+    }
+
     pub fn set_passphrase(&self, passphrase: &str) {
         fs::write(&self.passphrase_file, format!("{passphrase}\n")).unwrap();
     }
