@@ -78,17 +78,16 @@ impl std::fmt::Display for VolumeFault {
     }
 }
 
-/// The volumes of `wanted` (named by backup `backup_id`) that cannot be used, given the sizes
-/// of the volumes present in the store. Sorted by name.
+/// The volumes of `wanted` (named by one backup's header or index) that cannot be used, given
+/// the sizes of the volumes present in the store. Sorted by name.
 pub fn unusable_volumes<'a>(
-    backup_id: &str,
     wanted: impl IntoIterator<Item = &'a VolumeRef>,
     present: &HashMap<String, u64>,
 ) -> Vec<(String, VolumeFault)> {
     let mut faults: Vec<(String, VolumeFault)> = wanted
         .into_iter()
         .filter_map(|volume| {
-            let fault = if !volume_fits(backup_id, &volume.name) {
+            let fault = if !is_volume_name(&volume.name) {
                 VolumeFault::ForeignName
             } else {
                 match present.get(&volume.name) {
@@ -108,9 +107,9 @@ pub fn unusable_volumes<'a>(
 }
 
 /// Whether `volume` is named as a volume (`volumes/<backup-id>-<nnnn>`). Not whether its owner
-/// is older than `backup_id`: a host whose clock went back makes such backups legitimately,
-/// and the SHA-256 of every file read from a volume is checked anyway.
-pub fn volume_fits(_backup_id: &str, volume: &str) -> bool {
+/// is older than the backup using it: a host whose clock went back makes such backups
+/// legitimately, and the SHA-256 of every file read from a volume is checked anyway.
+pub fn is_volume_name(volume: &str) -> bool {
     volume_owner(volume).is_some_and(BackupId::is_backup_name)
 }
 
@@ -198,7 +197,7 @@ mod tests {
             volume(&format!("volumes/{NEW}-0000"), 100),
             volume("volumes/notes", 100),
         ];
-        let faults = unusable_volumes(OLD, &wanted, &present);
+        let faults = unusable_volumes(&wanted, &present);
         assert_eq!(
             faults,
             [
@@ -215,6 +214,6 @@ mod tests {
             ]
         );
         assert!(describe_faults(&faults).contains("99 bytes in the store, 100 recorded"));
-        assert!(unusable_volumes(NEW, &wanted[..1], &present).is_empty());
+        assert!(unusable_volumes(&wanted[..1], &present).is_empty());
     }
 }

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use crate::archive::{read_members, Member, MemberKind};
 use crate::error::{CorruptKind, Error, ErrorKind, Result};
 use crate::manifest::{FileEntry, VolumeRef};
-use crate::repository::trust::{describe_faults, unusable_volumes, volume_fits};
+use crate::repository::trust::{describe_faults, is_volume_name, unusable_volumes};
 use crate::store::Store;
 
 /// HEAD requests at once when checking that a backup's volumes exist.
@@ -52,7 +52,7 @@ pub(crate) async fn check_volumes_exist(
     backup_id: &str,
     volumes: &[VolumeRef],
 ) -> Result<()> {
-    let heads = futures::stream::iter(volumes.iter().filter(|v| volume_fits(backup_id, &v.name)))
+    let heads = futures::stream::iter(volumes.iter().filter(|v| is_volume_name(&v.name)))
         .map(|volume| async move {
             let head = store.head(&volume.name).await;
             (volume.name.clone(), head)
@@ -70,7 +70,7 @@ pub(crate) async fn check_volumes_exist(
             Err(e) => return Err(e),
         }
     }
-    let faults = unusable_volumes(backup_id, volumes, &present);
+    let faults = unusable_volumes(volumes, &present);
     if faults.is_empty() {
         return Ok(());
     }

@@ -110,7 +110,7 @@ pub(super) async fn find_parent(ctx: &OpContext<'_>, server_name: &str) -> Resul
             .into_iter()
             .map(|o| (o.name, o.size))
             .collect();
-        let unusable = unusable_volumes(&id, &media.volumes, &present);
+        let unusable = unusable_volumes(&media.volumes, &present);
         return Ok(ParentChoice::Parent(Parent {
             backup_id: id,
             volumes: media
