@@ -9,10 +9,21 @@
 # from PyPI against a loopback Garage (its own bucket and key), with its s3_media_upload script
 # offloading local copies, and Synapse's file-system provider.
 #
-# Usage: scripts/e2e-synapse.sh [WORKDIR]   (default: a new temp dir, removed on success)
+# The scenarios are pytest tests (tests/e2e/test_synapse.py, fixtures in tests/e2e/conftest.py:
+# test_sqlite, test_postgresql, test_charm, test_debian, test_s3provider, test_fileprovider), run
+# with the venv's Python; each makes many named checks, counted over the run.
+#
+# Usage: scripts/e2e-synapse.sh [WORKDIR] [PYTEST-ARGS...]
+#   WORKDIR        default: a new temp dir, removed on success (an argument starting with `-`
+#                  is not a WORKDIR: it and the rest go to pytest)
+#   PYTEST-ARGS    passed on to pytest, e.g. `-k sqlite` to run one scenario:
+#                      scripts/e2e-synapse.sh /tmp/e2e -k sqlite
+#                      scripts/e2e-synapse.sh -k 'debian or charm'
+# Prints pytest's output, the E2E-TIMING lines, and ends with `N passed, M failed` (the checks);
+# exits non-zero when any check, or pytest, failed.
 # Environment:
 #   SYNAPSE_BACKUP_TOOLS            cache dir (default ~/.cache/synapse-backup-tools); the Synapse
-#                                   virtualenv is kept in its synapse-venv/
+#                                   virtualenv (with pytest) is kept in its synapse-venv/
 #   SYNAPSE_BACKUP_REQUIRE_POSTGRES=1  fail instead of skipping when no PostgreSQL answers
 #   S3_TEST_*                       a running test Garage (scripts/s3-test-server.sh's env file)
 #                                   for the S3 provider scenario; without one, this script starts
@@ -33,8 +44,9 @@ started=$(date +%s)
 
 log() { echo "e2e-synapse: $*" >&2; }
 
-if [ -n "${1:-}" ]; then
+if [ -n "${1:-}" ] && [ "${1#-}" = "$1" ]; then
     work=$1
+    shift
     mkdir -p "$work"
     work=$(cd "$work" && pwd)
     remove_work=0
@@ -43,6 +55,7 @@ else
     remove_work=1
 fi
 [ "${SYNAPSE_E2E_KEEP:-0}" = 1 ] && remove_work=0
+pytest_args=("$@")
 # Every Synapse is started (and stopped) by the Python test; it writes each pid it starts into
 # this file, so that whatever happens to the test, the trap below stops them all.
 pids_file=$work/synapse-pids
@@ -123,6 +136,16 @@ else
     [ -x "$venv/bin/s3_media_upload" ] || { log "synapse-s3-storage-provider installed no s3_media_upload script"; exit 1; }
 fi
 
+# pytest, which runs the scenarios, in the same venv; a venv cached by an earlier version of this
+# script lacks it.
+if "$venv/bin/python" -c 'import pytest' 2>/dev/null; then
+    log "reusing pytest $("$venv/bin/python" -c 'import pytest; print(pytest.__version__)')"
+else
+    log "installing pytest from PyPI into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check pytest
+    "$venv/bin/python" -c 'import pytest'
+fi
+
 # Tools the test needs besides the venv.
 for program in gpg tar; do
     command -v "$program" >/dev/null || { log "missing $program (apt-get install gnupg tar)"; exit 1; }
@@ -147,9 +170,12 @@ log "cargo build --release --locked"
 cargo build --release --locked -q
 bin=$root/target/release/synapse-backup
 
-# 3. The scenarios. A hard bound on the whole run: a hung Synapse must not hang CI.
-timeout -s TERM "${SYNAPSE_E2E_TIMEOUT:-1800}" "$venv/bin/python" -u "$root/tests/e2e/synapse_e2e.py" \
-    --bin "$bin" --work "$work" --pids-file "$pids_file" --summary-file "$work/summary" &
+# 3. The scenarios. A hard bound on the whole run: a hung Synapse must not hang CI. -s shows
+# each check as it is made; -rs the reason of a skipped scenario; -B and no cacheprovider leave
+# no __pycache__ or .pytest_cache in the tree.
+timeout -s TERM "${SYNAPSE_E2E_TIMEOUT:-1800}" "$venv/bin/python" -u -B -m pytest -p no:cacheprovider -q -s -rs \
+    tests/e2e --bin "$bin" --work "$work" --pids-file "$pids_file" --summary-file "$work/summary" \
+    ${pytest_args[@]+"${pytest_args[@]}"} &
 test_pid=$!
 set +e
 wait "$test_pid"
