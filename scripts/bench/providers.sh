@@ -8,7 +8,7 @@
 #   --runs N      runs of each measurement; the median is reported (default 3)
 #   --workdir DIR where data, the store and Garage go (default ${TMPDIR:-/tmp}/synapse-backup-bench-providers)
 # Environment: SYNAPSE_BACKUP_BIN (default target/release/synapse-backup, built unless
-# BENCH_NO_BUILD=1). Needs `aws` (awscli) to offload the media, as scripts/bench.sh installs it.
+# BENCH_NO_BUILD=1). Needs `aws` (awscli) to offload the media, as scripts/bench.py installs it.
 #
 # Both backups go to the same S3 store (the Garage test bucket, its own prefix per run) and are
 # full (--full), so the only difference is where 90% of the media are read from: local disk, or

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Turns the measurements of scripts/bench.sh into a Markdown report.
+"""Turns the measurements of scripts/bench.py into a Markdown report.
 
 Input: --results, a TSV without header, one row per successful measurement:
     dataset tool op run bytes wall_s mb_s cpu_s peak_rss_kib server_cpu_s
 ('-' where a figure does not apply); --failures, a TSV of the measurements that failed:
     dataset tool op run message
-and --meta, the KEY=VALUE lines (shell-quoted) bench.sh
+and --meta, the KEY=VALUE lines (shell-quoted) bench.py
 wrote about the machine and the run. Output: the report on stdout and in --out.
+bench.py calls render_files; run alone, this renders the files a --keep run left.
 """
 
 import argparse
@@ -199,7 +200,7 @@ class Report:
         self.out("# Benchmarks")
         self.out()
         self.out(
-            f"Written by `{m.get('command', 'scripts/bench.sh')}` on {m.get('date', '?')} "
+            f"Written by `{m.get('command', 'scripts/bench.py')}` on {m.get('date', '?')} "
             f"({self.minutes(m.get('elapsed_s'))}). Do not edit by hand: run the script again. "
             "The method, and what the figures do and do not say, are at the end."
         )
@@ -327,7 +328,7 @@ class Report:
         self.out()
         self.out(
             f"The RSS target holds \"for 1 GiB and 10 GiB alike\": this run measured {size} GiB; "
-            "`scripts/bench.sh --size 10` measures the other end."
+            "`scripts/bench.py --size 10` measures the other end."
         )
         self.out()
         if self.failures:
@@ -424,7 +425,7 @@ class Report:
         self.out("## Method")
         self.out()
         for text in [
-            f"One run of `scripts/bench.sh` does everything on this machine: it generates the data sets with "
+            f"One run of `scripts/bench.py` does everything on this machine: it generates the data sets with "
             f"`scripts/example-datadir.py` (fixed seeds: media-heavy `--profile media-heavy --size-mib "
             f"{m.get('media_mib', '?')} --seed 1`, many-small `--profile many-small --files {m.get('small_files', '?')} "
             f"--seed 2`; random media bytes, as real JPEG/MP4 do not compress), then repeats every measurement "
@@ -558,6 +559,11 @@ class Report:
         return "\n".join(self.lines).rstrip() + "\n"
 
 
+def render_files(results, failures, meta, incremental):
+    """The report of the files a run of bench.py wrote (failures and incremental may be None)."""
+    return Report(load_results(results), load_meta(meta), load_failures(failures), load_incremental(incremental)).render()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", required=True)
@@ -566,9 +572,7 @@ def main():
     p.add_argument("--incremental", help="incremental.tsv: bytes stored by the incremental create-backups")
     p.add_argument("--out")
     args = p.parse_args()
-    text = Report(
-        load_results(args.results), load_meta(args.meta), load_failures(args.failures), load_incremental(args.incremental)
-    ).render()
+    text = render_files(args.results, args.failures, args.meta, args.incremental)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
