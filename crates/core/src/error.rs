@@ -68,6 +68,87 @@ pub enum StorageCause {
     Provider,
 }
 
+/// Which safety rule refused. All are [`ErrorKind::Refused`] (one exit code); the rule lets
+/// tests and callers tell them apart without reading the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Synapse answers (or its process runs) and no stop-command is set, or it did not stop.
+    SynapseRunning,
+    /// Another synapse-backup holds the state directory's lock.
+    Locked,
+    /// The backup is of another server_name than the target's config.
+    ServerNameMismatch,
+    /// The backup's database kind (SQLite, PostgreSQL) is not the target's.
+    DatabaseKindMismatch,
+    /// The target database is not one Synapse can use, or not empty.
+    TargetDatabase,
+    /// The target folder is not empty, or an earlier restore's copy is in the way.
+    TargetInTheWay,
+    /// Not enough free space for the staging or the scratch folder.
+    NotEnoughSpace,
+    /// The backup's format is newer than this program.
+    NewerFormat,
+    /// Objects named like backups do not open as themselves, so nothing may be deleted.
+    UnreadableBackups,
+    /// A backup is dated in the future; retention cannot be reasoned about.
+    FutureBackup,
+    /// Media files that the database names cannot be found.
+    MissingMedia,
+    /// A file belongs to a storage provider that is not configured now.
+    ProviderNotConfigured,
+}
+
+/// Which database program (or library) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseTool {
+    Sqlite,
+    Psql,
+    PgDump,
+    /// pg_dump refused because the server's major version is newer than its own.
+    PgDumpOlderThanServer,
+    PgRestore,
+}
+
+/// The restore's configured commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Stop,
+    Start,
+}
+
+impl std::fmt::Display for Hook {
+    /// The setting's name in `[restore]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hook::Stop => "stop-command",
+            Hook::Start => "start-command",
+        })
+    }
+}
+
+/// How a restore hook failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookFailure {
+    #[error("cannot run {command:?}: {reason}")]
+    CannotRun { command: String, reason: String },
+    #[error("{command:?} failed with {status}; nothing was changed")]
+    Failed { command: String, status: String },
+    #[error("the restore finished, but Synapse did not come back healthy: {reason}")]
+    Unhealthy { reason: String },
+}
+
+/// What an interrupted restore left in the way. The message is "PATH <this>".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Leftover {
+    #[error("is a restore journal that cannot be read ({reason})")]
+    UnreadableJournal { reason: String },
+    #[error("cannot be swapped: both it and {} exist", previous.display())]
+    BothLiveAndPrevious { previous: PathBuf },
+    #[error("exists, left from another restore")]
+    Staging,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -87,8 +168,9 @@ pub enum Error {
         detail: String,
     },
 
-    #[error("refused: {0}")]
-    Refused(String),
+    /// A safety rule said no; `detail` names what it saw and, where there is one, the way out.
+    #[error("refused: {detail}")]
+    Refused { rule: Refusal, detail: String },
 
     #[error("object store {store}: {detail}")]
     Storage {
@@ -110,18 +192,17 @@ pub enum Error {
     },
 
     /// The database programs (pg_dump, pg_restore, psql) or SQLite failed.
-    #[error("{0}")]
-    Database(String),
+    #[error("{detail}")]
+    Database { tool: DatabaseTool, detail: String },
 
     /// A configured command (`[restore] stop-command`, `start-command`) failed, or Synapse did
     /// not come back healthy after it.
-    #[error("{0}")]
-    Hook(String),
+    #[error("[restore] {hook}: {failure}")]
+    Hook { hook: Hook, failure: HookFailure },
 
-    /// What an interrupted restore left and only the admin can sort out (an unreadable
-    /// journal, staging or previous data in the way).
-    #[error("{0}")]
-    Leftover(String),
+    /// What an interrupted restore left and only the admin can sort out.
+    #[error("{} {what}", path.display())]
+    Leftover { path: PathBuf, what: Leftover },
 
     /// Encrypting the backup stream failed.
     #[error("encryption failed: {0}")]
@@ -152,15 +233,15 @@ impl Error {
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::WrongPassphrase { .. } => ErrorKind::WrongPassphrase,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
-            Error::Refused(_) => ErrorKind::Refused,
+            Error::Refused { .. } => ErrorKind::Refused,
             Error::Storage { .. } => ErrorKind::Storage,
             Error::Interrupted => ErrorKind::Interrupted,
             Error::ToolMissing { .. } => ErrorKind::ToolMissing,
             Error::Internal(_) => ErrorKind::Internal,
             Error::Io { .. }
-            | Error::Database(_)
-            | Error::Hook(_)
-            | Error::Leftover(_)
+            | Error::Database { .. }
+            | Error::Hook { .. }
+            | Error::Leftover { .. }
             | Error::Encryption(_)
             | Error::Other(_) => ErrorKind::Other,
         }
@@ -181,6 +262,13 @@ impl Error {
             },
             Error::ToolMissing { program, .. } if program.starts_with("pg_") || *program == "psql" => "install the PostgreSQL client programs of the server's major version or newer (e.g. apt-get install postgresql-client) and make sure they are on PATH",
             Error::ToolMissing { .. } => "install it and make sure it is on PATH",
+            Error::Database { tool: DatabaseTool::PgDumpOlderThanServer, .. } => "install the pg_dump of the server's major version (or newer) and make sure it comes first on PATH",
+            Error::Hook { hook, .. } => return Some(format!("check [restore] {hook} in the configuration; see the restore's output above for what was done")),
+            Error::Leftover { what, .. } => match what {
+                Leftover::UnreadableJournal { .. } => "inspect it and the .staging-/.pre-restore- paths it names, then delete it",
+                Leftover::BothLiveAndPrevious { .. } => "inspect both and remove the wrong one, then run the restore again",
+                Leftover::Staging => "remove it and run the restore again",
+            },
             Error::Internal(_) => "this is a bug in synapse-backup; please report it with the output of the same command run with -vv",
             _ => return None,
         };
@@ -201,6 +289,28 @@ impl Error {
             action,
             path: path.into(),
             source,
+        }
+    }
+
+    pub fn refused(rule: Refusal, detail: impl Into<String>) -> Self {
+        Error::Refused {
+            rule,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn database(tool: DatabaseTool, detail: impl Into<String>) -> Self {
+        Error::Database {
+            tool,
+            detail: detail.into(),
+        }
+    }
+
+    /// Which rule refused, for [`Error::Refused`].
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Error::Refused { rule, .. } => Some(*rule),
+            _ => None,
         }
     }
 
@@ -300,7 +410,7 @@ mod tests {
                 Error::corrupt("b", CorruptKind::Truncated, "x"),
                 ErrorKind::Corrupt,
             ),
-            (Error::Refused("x".into()), ErrorKind::Refused),
+            (Error::refused(Refusal::Locked, "x"), ErrorKind::Refused),
             (
                 Error::Storage {
                     store: "s".into(),
@@ -320,9 +430,21 @@ mod tests {
             (Error::task_failed("x", "panicked"), ErrorKind::Internal),
             (Error::Interrupted, ErrorKind::Interrupted),
             (Error::io("read", "/x", io()), ErrorKind::Other),
-            (Error::Database("x".into()), ErrorKind::Other),
-            (Error::Hook("x".into()), ErrorKind::Other),
-            (Error::Leftover("x".into()), ErrorKind::Other),
+            (Error::database(DatabaseTool::Psql, "x"), ErrorKind::Other),
+            (
+                Error::Hook {
+                    hook: Hook::Start,
+                    failure: HookFailure::Unhealthy { reason: "x".into() },
+                },
+                ErrorKind::Other,
+            ),
+            (
+                Error::Leftover {
+                    path: "/x".into(),
+                    what: Leftover::Staging,
+                },
+                ErrorKind::Other,
+            ),
             (Error::Encryption("x".into()), ErrorKind::Other),
             (Error::Other("x".into()), ErrorKind::Other),
         ];
@@ -346,5 +468,54 @@ mod tests {
         assert!(hint(StorageCause::UploadAborted).contains("lifecycle rule"));
         assert!(hint(StorageCause::Provider).contains("homeserver.yaml"));
         assert!(!hint(StorageCause::Provider).contains("[s3]"));
+    }
+
+    #[test]
+    fn restore_leftovers_name_the_path_and_advise_by_what_is_in_the_way() {
+        let staging = Error::Leftover {
+            path: "/srv/media.staging-x".into(),
+            what: Leftover::Staging,
+        };
+        assert!(staging
+            .to_string()
+            .starts_with("/srv/media.staging-x exists"));
+        assert!(staging.hint().unwrap_or_default().contains("remove it"));
+        let both = Error::Leftover {
+            path: "/srv/media".into(),
+            what: Leftover::BothLiveAndPrevious {
+                previous: "/srv/media.pre-restore-x".into(),
+            },
+        };
+        assert!(both.to_string().contains("/srv/media.pre-restore-x"));
+        assert!(both.hint().unwrap_or_default().contains("inspect both"));
+    }
+
+    #[test]
+    fn database_and_hook_advice_is_specific_or_absent() {
+        let older = Error::database(DatabaseTool::PgDumpOlderThanServer, "x");
+        assert!(older
+            .hint()
+            .unwrap_or_default()
+            .contains("pg_dump of the server's major version"));
+        // A failed psql says what failed; no generic advice that might be wrong.
+        assert_eq!(Error::database(DatabaseTool::Psql, "x").hint(), None);
+        let hook = Error::Hook {
+            hook: Hook::Stop,
+            failure: HookFailure::Failed {
+                command: "systemctl stop matrix-synapse".into(),
+                status: "exit status: 1".into(),
+            },
+        };
+        assert!(hook
+            .to_string()
+            .starts_with("[restore] stop-command: \"systemctl stop"));
+        assert!(hook
+            .hint()
+            .unwrap_or_default()
+            .contains("[restore] stop-command"));
+        assert_eq!(
+            Error::refused(Refusal::Locked, "x").refusal(),
+            Some(Refusal::Locked)
+        );
     }
 }

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use clap::CommandFactory;
 use clap_complete::Shell;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::args::{Cli, GenerateArgs};
 use crate::exit;
-use crate::output::{emit_json, outln};
+use crate::output::{emit, outln, CommandOutput};
 
 const BIN_NAME: &str = "synapse-backup";
 
@@ -23,14 +23,22 @@ pub fn run(args: &GenerateArgs, json: bool) -> Result<()> {
     if let Some(dir) = &args.completions_dir {
         written.extend(completions(dir)?);
     }
-    if json {
-        emit_json(json!({ "ok": true, "written": written }));
-    } else {
-        for path in &written {
+    emit(json, &Generated { ok: true, written })
+}
+
+/// `generate`: the files written.
+#[derive(Serialize)]
+struct Generated {
+    ok: bool,
+    written: Vec<PathBuf>,
+}
+
+impl CommandOutput for Generated {
+    fn print_human(&self) {
+        for path in &self.written {
             outln!("{}", path.display());
         }
     }
-    Ok(())
 }
 
 fn man_pages(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -74,6 +82,8 @@ fn main_page_text() -> Result<Vec<u8>> {
         (exit::CORRUPT, "the backup is damaged or failed verification"),
         (exit::REFUSED, "refused by a safety rule (server_name mismatch, Synapse running, not enough space, lock held, newer format)"),
         (exit::STORAGE, "the object store is unreachable or refused the request"),
+        (exit::TOOL_MISSING, "a program this needs is not installed (pg_dump, pg_restore, psql)"),
+        (exit::INTERNAL, "an internal error: a bug in synapse-backup"),
         (exit::INTERRUPTED, "interrupted (Ctrl-C or SIGTERM); the operation stopped cleanly"),
     ] {
         page.extend_from_slice(format!(".TP\n\\fB{code}\\fR\n{meaning}\n").as_bytes());

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{DatabaseTool, Error, IoContext, Result};
 use crate::manifest::{FileEntry, Role, Storage};
 use crate::progress::{is_cancelled_error, Cancel, Progress};
 
@@ -141,7 +141,12 @@ impl<W: Write> ArchiveWriter<W> {
             (&mut *source)
                 .take(part_size as u64)
                 .read_to_end(&mut buffer)
-                .map_err(|e| Error::Database(format!("reading the database dump: {e}")))?;
+                .map_err(|e| {
+                    Error::database(
+                        DatabaseTool::PgDump,
+                        format!("reading the database dump: {e}"),
+                    )
+                })?;
             if buffer.is_empty() && index > 0 {
                 break;
             }

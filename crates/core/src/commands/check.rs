@@ -11,7 +11,7 @@ use secrecy::SecretString;
 
 use crate::config::Config;
 use crate::database::postgres::Postgres;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Refusal, Result};
 use crate::progress::Cancel;
 use crate::provider::ProviderAccess;
 use crate::store::{ByteStream, Store};
@@ -282,9 +282,10 @@ async fn check_database(report: &mut CheckReport, hs: &HomeserverConfig, config:
                     } else {
                         report.fail(
                             "temp-space",
-                            Error::Refused(format!(
-                                "{detail}; set [backup] temp-dir to a roomier folder"
-                            )),
+                            Error::refused(
+                                Refusal::NotEnoughSpace,
+                                format!("{detail}; set [backup] temp-dir to a roomier folder"),
+                            ),
                         );
                     }
                 }

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 pub use crate::config::RetentionPolicy;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::repository::BackupId;
 use crate::repository::OpContext;
 
@@ -125,7 +125,7 @@ pub async fn prune_backups(
     // the real newest ones.
     let tomorrow = Utc::now() + chrono::Duration::days(1);
     if let Some(future) = decisions.iter().find(|d| d.created > tomorrow) {
-        return Err(Error::Refused(format!(
+        return Err(Error::refused(Refusal::FutureBackup, format!(
             "backup {} is dated {}, in the future (the clock of the host that made it was wrong); check it, delete it with delete-backup or rename it, then prune again",
             future.backup_id,
             future.created.format("%Y-%m-%d %H:%M UTC")

@@ -16,6 +16,8 @@ use crate::monitoring::MonitoringSettings;
 
 mod env;
 pub use env::{variable_name, Origins};
+/// The settings as given, section by section (a TOML table, whichever source set them).
+pub use toml::Table as Settings;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/synapse-backup/config.toml";
 pub const CONFIG_ENV: &str = "SYNAPSE_BACKUP_CONFIG";
@@ -270,7 +272,7 @@ pub struct Config {
     pub file_read: bool,
     /// The settings as given (file, then environment), `s3.secret-key` redacted: what
     /// `config show` prints.
-    pub settings: toml::Table,
+    pub settings: Settings,
     /// Settings that came from the environment, and from which variable.
     pub origins: Origins,
     pub synapse: SynapseSettings,

@@ -8,7 +8,7 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags};
 
 use super::postgres::Postgres;
-use crate::error::{Error, Result};
+use crate::error::{DatabaseTool, Error, Result};
 
 /// A file a media row names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,10 +25,10 @@ const THUMBNAIL_ROWS: &str = "SELECT t.media_id, t.thumbnail_width, t.thumbnail_
 /// the database the backup holds). The second value counts rows whose id cannot be a path.
 pub fn sqlite_media_rows(path: &Path) -> Result<(Vec<MediaRow>, usize)> {
     let fail = |e: rusqlite::Error| {
-        Error::Database(format!(
-            "cannot list the media rows of {}: {e}",
-            path.display()
-        ))
+        Error::database(
+            DatabaseTool::Sqlite,
+            format!("cannot list the media rows of {}: {e}", path.display()),
+        )
     };
     let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
     let mut rows = Rows::default();

@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{DatabaseTool, Error, Refusal, Result};
 use crate::synapse::PostgresArgs;
 
 /// Synapse's guidance: restoring used one-time keys breaks end-to-end encryption for clients.
@@ -88,13 +88,16 @@ impl Postgres {
             .args(["-c", sql])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| missing_program("psql", e))?;
+            .map_err(|e| missing_program(DatabaseTool::Psql, e))?;
         if !out.status.success() {
-            return Err(Error::Database(format!(
-                "psql on {} failed: {}",
-                self.describe(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(Error::database(
+                DatabaseTool::Psql,
+                format!(
+                    "psql on {} failed: {}",
+                    self.describe(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
@@ -116,10 +119,10 @@ impl Postgres {
                 collate: collate.to_string(),
                 ctype: ctype.to_string(),
             }),
-            _ => Err(Error::Database(format!(
-                "unexpected answer from {}: {row:?}",
-                self.describe()
-            ))),
+            _ => Err(Error::database(
+                DatabaseTool::Psql,
+                format!("unexpected answer from {}: {row:?}", self.describe()),
+            )),
         }
     }
 
@@ -128,9 +131,12 @@ impl Postgres {
         let count = self.query(
             "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
         )?;
-        count
-            .parse()
-            .map_err(|_| Error::Database(format!("unexpected table count {count:?}")))
+        count.parse().map_err(|_| {
+            Error::database(
+                DatabaseTool::Psql,
+                format!("unexpected table count {count:?}"),
+            )
+        })
     }
 
     fn dbname(&self) -> Result<&str> {
@@ -154,9 +160,10 @@ impl Postgres {
             &format!("ALTER DATABASE {} RENAME TO {}", quote(&name), quote(&kept)),
         )
         .map_err(|e| {
-            Error::Refused(format!(
-                "cannot set the current database aside for --replace-database: {e}"
-            ))
+            Error::refused(
+                Refusal::TargetDatabase,
+                format!("cannot set the current database aside for --replace-database: {e}"),
+            )
         })?;
         let created = self.query_in(
             Some("postgres"),
@@ -197,7 +204,7 @@ impl Postgres {
             self.args.user.as_deref().unwrap_or("synapse_user")
         );
         if info.encoding != "UTF8" || info.collate != "C" || info.ctype != "C" {
-            return Err(Error::Refused(format!(
+            return Err(Error::refused(Refusal::TargetDatabase, format!(
                 "{} has encoding {} and collation {}/{}; Synapse needs UTF8 with C collation and ctype: {create_hint}",
                 self.describe(),
                 info.encoding,
@@ -207,7 +214,7 @@ impl Postgres {
         }
         let tables = self.table_count()?;
         if tables > 0 && !replace {
-            return Err(Error::Refused(format!(
+            return Err(Error::refused(Refusal::TargetDatabase, format!(
                 "{} is not empty ({tables} tables); restore-backup only restores into an empty database. Drop it and {create_hint} (or pass --replace-database, which keeps the current one under another name)",
                 self.describe()
             )));
@@ -227,11 +234,11 @@ impl Postgres {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| missing_program("pg_dump", e))?;
+            .map_err(|e| missing_program(DatabaseTool::PgDump, e))?;
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| Error::Database("pg_dump has no stdout".into()))?;
+            .ok_or_else(|| Error::database(DatabaseTool::PgDump, "pg_dump has no stdout"))?;
         Ok(DumpProcess {
             child,
             stdout,
@@ -255,7 +262,7 @@ impl Postgres {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| missing_program("pg_restore", e))?;
+            .map_err(|e| missing_program(DatabaseTool::PgRestore, e))?;
         let stdin = child.stdin.take();
         Ok(RestoreProcess {
             child,
@@ -272,7 +279,12 @@ fn quote(identifier: &str) -> String {
 
 /// A program that would not start: not installed (or not on PATH) is its own kind of failure,
 /// with its own exit code and advice ([`Error::hint`]).
-fn missing_program(program: &'static str, e: std::io::Error) -> Error {
+fn missing_program(tool: DatabaseTool, e: std::io::Error) -> Error {
+    let program = match tool {
+        DatabaseTool::Psql => "psql",
+        DatabaseTool::PgRestore => "pg_restore",
+        _ => "pg_dump",
+    };
     if e.kind() == std::io::ErrorKind::NotFound {
         Error::ToolMissing {
             program,
@@ -280,7 +292,7 @@ fn missing_program(program: &'static str, e: std::io::Error) -> Error {
             cause: e,
         }
     } else {
-        Error::Database(format!("cannot run {program}: {e}"))
+        Error::database(tool, format!("cannot run {program}: {e}"))
     }
 }
 
@@ -307,23 +319,23 @@ impl Read for DumpProcess {
 impl DumpProcess {
     /// Waits for pg_dump and turns a failure into an error that quotes it.
     pub fn finish(mut self) -> Result<()> {
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| Error::Database(format!("waiting for pg_dump: {e}")))?;
+        let status = self.child.wait().map_err(|e| {
+            Error::database(DatabaseTool::PgDump, format!("waiting for pg_dump: {e}"))
+        })?;
         if status.success() {
             return Ok(());
         }
         let stderr = stderr_of(&mut self.child);
-        let hint = if stderr.contains("version mismatch") {
-            "; install the pg_dump of the server's major version"
+        // pg_dump's own words for "the server is newer than I am"; the advice differs.
+        let tool = if stderr.contains("version mismatch") {
+            DatabaseTool::PgDumpOlderThanServer
         } else {
-            ""
+            DatabaseTool::PgDump
         };
-        Err(Error::Database(format!(
-            "pg_dump of {} failed ({status}): {stderr}{hint}",
-            self.describe
-        )))
+        Err(Error::database(
+            tool,
+            format!("pg_dump of {} failed ({status}): {stderr}", self.describe),
+        ))
     }
 }
 
@@ -353,14 +365,16 @@ impl RestoreProcess {
     /// Closes the input and waits; pg_restore's own message on failure.
     pub fn finish(mut self) -> Result<()> {
         drop(self.stdin.take());
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| Error::Database(format!("waiting for pg_restore: {e}")))?;
+        let status = self.child.wait().map_err(|e| {
+            Error::database(
+                DatabaseTool::PgRestore,
+                format!("waiting for pg_restore: {e}"),
+            )
+        })?;
         if status.success() {
             return Ok(());
         }
-        Err(Error::Database(format!(
+        Err(Error::database(DatabaseTool::PgRestore, format!(
             "pg_restore into {} failed ({status}); its transaction was rolled back, the database is as it was: {}",
             self.describe,
             stderr_of(&mut self.child)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::error::{Error, Result};
+use crate::error::{DatabaseTool, Error, Result};
 
 /// Copies the database at `source` into a new single-file database at `dest`.
 pub fn snapshot(source: &Path, dest: &Path) -> Result<()> {
@@ -20,10 +20,10 @@ pub fn snapshot(source: &Path, dest: &Path) -> Result<()> {
         )));
     }
     let fail = |what: &str, e: rusqlite::Error| {
-        Error::Database(format!(
-            "SQLite snapshot of {}: {what}: {e}",
-            source.display()
-        ))
+        Error::database(
+            DatabaseTool::Sqlite,
+            format!("SQLite snapshot of {}: {what}: {e}", source.display()),
+        )
     };
     let src = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| fail("cannot open", e))?;
@@ -54,11 +54,21 @@ pub fn snapshot(source: &Path, dest: &Path) -> Result<()> {
 
 /// Runs `PRAGMA integrity_check` and returns its first complaint, if any.
 pub fn integrity_check(path: &Path) -> Result<Option<String>> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| Error::Database(format!("cannot open {}: {e}", path.display())))?;
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
+            Error::database(
+                DatabaseTool::Sqlite,
+                format!("cannot open {}: {e}", path.display()),
+            )
+        })?;
     let result: String = conn
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .map_err(|e| Error::Database(format!("integrity_check on {}: {e}", path.display())))?;
+        .map_err(|e| {
+            Error::database(
+                DatabaseTool::Sqlite,
+                format!("integrity_check on {}: {e}", path.display()),
+            )
+        })?;
     Ok((result != "ok").then_some(result))
 }
 

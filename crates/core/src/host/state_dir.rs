@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Refusal, Result};
 
 const LOCK_NAME: &str = ".synapse-backup.lock";
 const ID_LOCK_NAME: &str = ".synapse-backup-id.lock";
@@ -53,7 +53,7 @@ impl StateDir {
         let path = self.dir.join(LOCK_NAME);
         let file = self.open_lock_file(LOCK_NAME).at("open lock file", &path)?;
         Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-            Error::Refused(format!(
+            Error::refused(Refusal::Locked, format!(
                 "another synapse-backup restore or backup is running (lock {} is held); wait for it to finish",
                 path.display()
             ))
@@ -70,10 +70,13 @@ impl StateDir {
         Flock::lock(file, FlockArg::LockSharedNonblock)
             .map(Some)
             .map_err(|_| {
-                Error::Refused(format!(
-                    "a restore is running (lock {} is held); back up after it finished",
-                    path.display()
-                ))
+                Error::refused(
+                    Refusal::Locked,
+                    format!(
+                        "a restore is running (lock {} is held); back up after it finished",
+                        path.display()
+                    ),
+                )
             })
     }
 

@@ -16,7 +16,7 @@ pub use file_list::{read_file_list, FileListWriter, ListTotals};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CorruptKind, Error, Result};
+use crate::error::{CorruptKind, Error, Refusal, Result};
 
 /// Raised when the layout of the archive or of the manifest changes incompatibly. Version 2
 /// keeps media in shared volumes (`docs/format.md`); version 1 backups held them inline.
@@ -287,7 +287,7 @@ impl FileList {
 
 pub(crate) fn check_version(id: &str, version: u32) -> Result<()> {
     if version > FORMAT_VERSION {
-        return Err(Error::Refused(format!(
+        return Err(Error::refused(Refusal::NewerFormat, format!(
             "backup {id} uses format version {version}, newer than this synapse-backup understands ({FORMAT_VERSION}); upgrade synapse-backup"
         )));
     }

@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::config::{Config, S3Config};
 use crate::database::media_rows::{postgres_media_rows, sqlite_media_rows, MediaRow};
 use crate::database::postgres::Postgres;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::manifest::{MissingMedia, ProviderRecord, Role, MISSING_RECORDED};
 use crate::provider::ProviderAccess;
 use crate::synapse::{Database, HomeserverConfig, MediaProvider};
@@ -104,7 +104,7 @@ pub(super) async fn find_offloaded(
     if !wanted.is_empty() {
         let message = missing_message(hs, &wanted, &reasons);
         if !allow_missing {
-            return Err(Error::Refused(format!(
+            return Err(Error::refused(Refusal::MissingMedia, format!(
                 "{message}; nothing was stored. Find the files, or pass --allow-missing-media to back up without them (the backup records which are missing)"
             )));
         }

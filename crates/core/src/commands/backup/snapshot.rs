@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::database::postgres::Postgres;
 use crate::database::sqlite;
-use crate::error::{Error, Result};
+use crate::error::{DatabaseTool, Error, Result};
 use crate::manifest::{DatabaseInfo, DatabaseKind, Role};
 use crate::progress::Progress;
 use crate::repository::pipe::CHUNK;
@@ -77,7 +77,7 @@ pub(super) async fn take(
                 // The first bytes mean pg_dump holds its snapshot: only then are the media
                 // listed, so every media row in the dump has its file.
                 dump.fill_buf()
-                    .map_err(|e| Error::Database(format!("reading pg_dump: {e}")))?;
+                    .map_err(|e| Error::database(DatabaseTool::PgDump, format!("reading pg_dump: {e}")))?;
                 Ok((info, dump))
             })
             .await

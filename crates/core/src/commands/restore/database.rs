@@ -5,7 +5,7 @@ use secrecy::SecretString;
 
 use crate::archive::read_members_while;
 use crate::database::postgres::Postgres;
-use crate::error::{Error, Result};
+use crate::error::{DatabaseTool, Error, Result};
 use crate::manifest::POSTGRES_DUMP_PREFIX;
 use crate::progress::Cancel;
 use crate::store::Store;
@@ -86,7 +86,9 @@ async fn feed_pg_restore(
                 seen_parts = true;
                 std::io::copy(member.data, &mut process)
                     .map(|_| true)
-                    .map_err(|e| Error::Database(format!("feeding pg_restore: {e}")))
+                    .map_err(|e| {
+                        Error::database(DatabaseTool::PgRestore, format!("feeding pg_restore: {e}"))
+                    })
             })
         })();
         match fed {

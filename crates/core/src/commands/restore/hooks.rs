@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Hook, HookFailure, Refusal, Result};
 use crate::progress::Cancel;
 use crate::synapse::{is_running, wait_for_health, HomeserverConfig, RunningState};
 
@@ -36,21 +36,24 @@ pub(crate) async fn stop_synapse_if_running(
         RunningState::Listening { address } => format!("something answers on {address}"),
     };
     let Some(stop) = &config.restore.stop_command else {
-        return Err(Error::Refused(format!(
+        return Err(Error::refused(Refusal::SynapseRunning, format!(
             "Synapse is running ({why}); stop it first, or set [restore] stop-command and start-command"
         )));
     };
-    run_hook("stop-command", stop).await?;
+    run_hook(Hook::Stop, stop).await?;
     let deadline = Instant::now() + STOP_TIMEOUT;
     while running_state(hs).await? != RunningState::Stopped {
         if cancel.is_cancelled() {
             return Err(Error::Interrupted);
         }
         if Instant::now() > deadline {
-            return Err(Error::Refused(format!(
-                "Synapse is still running {}s after stop-command; nothing was changed",
-                STOP_TIMEOUT.as_secs()
-            )));
+            return Err(Error::refused(
+                Refusal::SynapseRunning,
+                format!(
+                    "Synapse is still running {}s after stop-command; nothing was changed",
+                    STOP_TIMEOUT.as_secs()
+                ),
+            ));
         }
         tokio::time::sleep(STOP_POLL).await;
     }
@@ -69,7 +72,7 @@ pub(crate) async fn start_synapse(
                 .into(),
         );
     };
-    run_hook("start-command", start).await?;
+    run_hook(Hook::Start, start).await?;
     let timeout = Duration::from_secs(config.restore.health_timeout_secs);
     let health = tokio::select! {
         health = wait_for_health(hs, timeout) => health,
@@ -77,26 +80,37 @@ pub(crate) async fn start_synapse(
     };
     match health {
         Ok(url) => Ok(format!("Synapse started and {url} answers OK")),
-        Err(why) => Err(Error::Hook(format!(
-            "the restore finished, but Synapse did not come back healthy: {why}"
-        ))),
+        Err(why) => Err(Error::Hook {
+            hook: Hook::Start,
+            failure: HookFailure::Unhealthy { reason: why },
+        }),
     }
 }
 
 /// Runs a configured command through `sh -c`. The commands carry no secret.
-async fn run_hook(name: &str, command: &str) -> Result<()> {
-    tracing::info!("running [restore] {name}: {command}");
+async fn run_hook(hook: Hook, command: &str) -> Result<()> {
+    tracing::info!("running [restore] {hook}: {command}");
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
         .status()
         .await
-        .map_err(|e| Error::Hook(format!("cannot run [restore] {name} {command:?}: {e}")))?;
+        .map_err(|e| Error::Hook {
+            hook,
+            failure: HookFailure::CannotRun {
+                command: command.to_string(),
+                reason: e.to_string(),
+            },
+        })?;
     if status.success() {
         Ok(())
     } else {
-        Err(Error::Hook(format!(
-            "[restore] {name} {command:?} failed with {status}; nothing was changed"
-        )))
+        Err(Error::Hook {
+            hook,
+            failure: HookFailure::Failed {
+                command: command.to_string(),
+                status: status.to_string(),
+            },
+        })
     }
 }

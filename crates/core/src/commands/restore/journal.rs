@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Leftover, Result};
 use crate::host::state_dir::StateDir;
 
 use super::files::{remove_path, sync_dir};
@@ -81,12 +81,14 @@ pub fn write_journal(state: &StateDir, journal: &Journal) -> Result<()> {
 fn read_journal(state: &StateDir) -> Result<Option<Journal>> {
     let path = state.dir().join(JOURNAL_NAME);
     match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            Error::Leftover(format!(
-                "the restore journal {} is unreadable ({e}); inspect it and the .staging-/.pre-restore- paths it names, then delete it",
-                path.display()
-            ))
-        }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Leftover {
+                what: Leftover::UnreadableJournal {
+                    reason: e.to_string(),
+                },
+                path: path.clone(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read", path, e)),
     }
@@ -215,11 +217,12 @@ pub fn apply_swap(journal: &Journal) -> Result<()> {
                     } else if !entry.previous.exists() {
                         fs::rename(&entry.live, &entry.previous).at("move aside", &entry.live)?;
                     } else {
-                        return Err(Error::Leftover(format!(
-                            "cannot swap {}: both it and {} exist; inspect them and remove the wrong one",
-                            entry.live.display(),
-                            entry.previous.display()
-                        )));
+                        return Err(Error::Leftover {
+                            path: entry.live.clone(),
+                            what: Leftover::BothLiveAndPrevious {
+                                previous: entry.previous.clone(),
+                            },
+                        });
                     }
                 }
                 fs::rename(staging, &entry.live).at("move into place", &entry.live)?;

@@ -30,7 +30,7 @@ use secrecy::SecretString;
 
 use crate::archive::{read_members, MemberKind};
 use crate::config::Config;
-use crate::error::{find_cause, Error, Result};
+use crate::error::{find_cause, Error, Refusal, Result};
 use crate::manifest::FileEntry;
 use crate::progress::{Cancel, Progress};
 use crate::store::ByteStream;
@@ -376,7 +376,7 @@ fn stage(
                 (check.format(), expected_server_name.as_deref())
             {
                 if header.server_name != expected {
-                    return Err(Error::Refused(format!(
+                    return Err(Error::refused(Refusal::ServerNameMismatch, format!(
                         "backup {id} is of server {:?} but the target's server_name is {expected:?}; Synapse cannot change its server_name",
                         header.server_name
                     )));

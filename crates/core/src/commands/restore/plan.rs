@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::archive::MemberKind;
 use crate::database::postgres::Postgres;
-use crate::error::{CorruptKind, Error, IoContext, Result};
+use crate::error::{CorruptKind, Error, IoContext, Leftover, Refusal, Result};
 use crate::manifest::{DatabaseKind, Header};
 use crate::synapse::media::{CACHE_MEDIA_DIRS, LOCAL_MEDIA_DIRS};
 use crate::synapse::{Database, HomeserverConfig};
@@ -106,10 +106,13 @@ impl Plan {
         match destination {
             Destination::Directory(dir) => {
                 if dir.exists() && fs::read_dir(dir).at("read", dir)?.next().is_some() {
-                    return Err(Error::Refused(format!(
-                        "--target-dir {} is not empty; give an empty or new directory",
-                        dir.display()
-                    )));
+                    return Err(Error::refused(
+                        Refusal::TargetInTheWay,
+                        format!(
+                            "--target-dir {} is not empty; give an empty or new directory",
+                            dir.display()
+                        ),
+                    ));
                 }
                 plan.add(Slot::Root, dir, true, true)?;
             }
@@ -117,10 +120,13 @@ impl Plan {
         }
         for target in &plan.targets {
             if target.previous.exists() {
-                return Err(Error::Refused(format!(
+                return Err(Error::refused(
+                    Refusal::TargetInTheWay,
+                    format!(
                     "{} already exists from an earlier restore of this backup; move it away first",
                     target.previous.display()
-                )));
+                ),
+                ));
             }
         }
         Ok(plan)
@@ -132,18 +138,21 @@ impl Plan {
             (Database::Sqlite { path }, Some(info))
                 if info.included && info.kind != DatabaseKind::Sqlite =>
             {
-                return Err(Error::Refused(format!(
+                return Err(Error::refused(
+                    Refusal::DatabaseKindMismatch,
+                    format!(
                     "backup {} holds a {:?} database but the target uses SQLite at {} (from {})",
                     self.id,
                     info.kind,
                     path.display(),
                     hs.origin("database")
-                )));
+                ),
+                ));
             }
             (Database::Postgres(_), Some(info))
                 if info.included && info.kind == DatabaseKind::Sqlite =>
             {
-                return Err(Error::Refused(format!(
+                return Err(Error::refused(Refusal::DatabaseKindMismatch, format!(
                     "backup {} holds a SQLite database but the target uses PostgreSQL ({}); restore onto a SQLite config, or port the database with synapse_port_db after restoring into --target-dir",
                     self.id,
                     hs.origin("database")
@@ -293,10 +302,10 @@ impl Plan {
             return Ok(());
         }
         if target.staging.exists() {
-            return Err(Error::Leftover(format!(
-                "{} exists; it is left from another restore: remove it and retry",
-                target.staging.display()
-            )));
+            return Err(Error::Leftover {
+                path: target.staging.clone(),
+                what: Leftover::Staging,
+            });
         }
         if let Some(parent) = target.live.parent() {
             fs::create_dir_all(parent).at("create", parent)?;

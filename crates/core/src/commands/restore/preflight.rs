@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::database::postgres::Postgres;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::manifest::Header;
 
 use super::files::existing_ancestor;
@@ -29,7 +29,7 @@ pub(crate) fn check_backup_fits(
     match header {
         Some(header) => {
             if header.server_name != hs.server_name {
-                return Err(Error::Refused(format!(
+                return Err(Error::refused(Refusal::ServerNameMismatch, format!(
                     "backup {} is of server {:?} but {} says server_name {:?}; Synapse cannot change its server_name, so restore it onto a config with server_name {:?}",
                     header.backup_id,
                     header.server_name,
@@ -77,7 +77,7 @@ pub(crate) fn check_free_space<'a>(
         }
         let available = crate::host::free_bytes(&parent)?;
         if available < needed + SPACE_MARGIN {
-            return Err(Error::Refused(format!(
+            return Err(Error::refused(Refusal::NotEnoughSpace, format!(
                 "not enough free space on the filesystem of {}: the restore stages {} MiB next to the live data and {} MiB are free; free some space (or pass --skip-space-check if the data is split across filesystems)",
                 parent.display(),
                 (needed + SPACE_MARGIN) >> 20,

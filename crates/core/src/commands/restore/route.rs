@@ -2,7 +2,7 @@
 //! with no file system access, so it is tested on its own.
 
 use crate::archive::MemberKind;
-use crate::error::{CorruptKind, Error, Result};
+use crate::error::{CorruptKind, Error, Refusal, Result};
 use crate::manifest::POSTGRES_DUMP_PREFIX;
 use crate::synapse::media::known_media_dir;
 
@@ -53,10 +53,13 @@ impl Router {
             return if self.postgres_target {
                 Ok(Route::DatabaseDump)
             } else {
-                Err(Error::Refused(format!(
-                    "backup {} holds a PostgreSQL dump but the target does not use PostgreSQL",
-                    self.backup_id
-                )))
+                Err(Error::refused(
+                    Refusal::DatabaseKindMismatch,
+                    format!(
+                        "backup {} holds a PostgreSQL dump but the target does not use PostgreSQL",
+                        self.backup_id
+                    ),
+                ))
             };
         }
         let layout = if charm {
@@ -91,10 +94,13 @@ impl Router {
             "keys" if !rest.is_empty() && !rest.contains('/') => slot(Slot::Key, ""),
             "database" => match rest {
                 "homeserver.db" | "homeserver.db-wal" if !self.sqlite_target => {
-                    Err(Error::Refused(format!(
-                        "backup {} holds a SQLite database but the target uses PostgreSQL",
-                        self.backup_id
-                    )))
+                    Err(Error::refused(
+                        Refusal::DatabaseKindMismatch,
+                        format!(
+                            "backup {} holds a SQLite database but the target uses PostgreSQL",
+                            self.backup_id
+                        ),
+                    ))
                 }
                 "homeserver.db" => slot(Slot::Database, ""),
                 "homeserver.db-wal" => slot(Slot::DatabaseWal, ""),

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::manifest::{FileEntry, Header};
 use crate::provider::ProviderAccess;
 use crate::synapse::HomeserverConfig;
@@ -79,7 +79,7 @@ impl ProviderSink {
             .get(provider as usize)
             .is_none_or(Option::is_none)
         {
-            return Err(Error::Refused(format!(
+            return Err(Error::refused(Refusal::ProviderNotConfigured, format!(
                 "{} was read from the storage provider {recorded}, which homeserver.yaml does not configure now (or this tool cannot write to); configure it, or restore without --media-to-provider to put the media under media_store_path",
                 entry.path
             )));

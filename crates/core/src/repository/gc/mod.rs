@@ -22,7 +22,7 @@ use futures::StreamExt;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Refusal, Result};
 use crate::manifest::index_name;
 use crate::progress::Cancel;
 use crate::store::owner::UploadOwner;
@@ -265,7 +265,7 @@ async fn volumes_in_use(
     // cost it.
     if !unreadable.is_empty() {
         unreadable.sort();
-        return Err(Error::Refused(format!(
+        return Err(Error::refused(Refusal::UnreadableBackups, format!(
             "{} object(s) named like backups do not open with the passphrase as themselves, so no media volume was condemned or deleted (they might use any of them): {}; check each, and delete those that are not your backups with delete-backup",
             unreadable.len(),
             unreadable.join("; ")
