@@ -55,6 +55,24 @@ impl ProviderAccess {
         }))
     }
 
+    /// A failure to reach this provider is the provider's, not the backup store's: its advice
+    /// points at homeserver.yaml, not at `[s3]`. A transfer that stopped part-way keeps its own
+    /// advice (run again).
+    fn own_error(&self, e: Error) -> Error {
+        match e {
+            Error::Storage {
+                detail,
+                cause: StorageCause::Access | StorageCause::UploadAborted,
+                ..
+            } => Error::Storage {
+                store: self.describe.clone(),
+                detail,
+                cause: StorageCause::Provider,
+            },
+            other => other,
+        }
+    }
+
     /// Whether the provider answers: its bucket can be read with its credentials, or its
     /// folder exists.
     pub async fn probe(&self) -> Result<()> {
@@ -81,6 +99,16 @@ impl ProviderAccess {
 
     /// Which of `wanted` (paths relative to media_store_path) the provider holds, with sizes.
     pub async fn find(
+        &self,
+        wanted: &[String],
+        concurrency: usize,
+    ) -> Result<HashMap<String, u64>> {
+        self.find_here(wanted, concurrency)
+            .await
+            .map_err(|e| self.own_error(e))
+    }
+
+    async fn find_here(
         &self,
         wanted: &[String],
         concurrency: usize,
@@ -141,6 +169,12 @@ impl ProviderAccess {
     /// Copies the provider's file `rel` to `dest`, streamed; its size. A file the provider no
     /// longer holds is `Ok(None)` (deleted meanwhile, as a purge does).
     pub async fn fetch(&self, rel: &str, dest: &Path) -> Result<Option<u64>> {
+        self.fetch_here(rel, dest)
+            .await
+            .map_err(|e| self.own_error(e))
+    }
+
+    async fn fetch_here(&self, rel: &str, dest: &Path) -> Result<Option<u64>> {
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
@@ -183,6 +217,12 @@ impl ProviderAccess {
 
     /// Writes the local file `source` into the provider as `rel`.
     pub async fn put(&self, rel: &str, source: &Path) -> Result<()> {
+        self.put_here(rel, source)
+            .await
+            .map_err(|e| self.own_error(e))
+    }
+
+    async fn put_here(&self, rel: &str, source: &Path) -> Result<()> {
         match &self.kind {
             Access::S3 { store, prefix } => {
                 let bytes = tokio::fs::read(source)

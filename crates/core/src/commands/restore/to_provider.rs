@@ -112,12 +112,24 @@ impl ProviderSink {
                     .targets
                     .get(provider as usize)
                     .and_then(Option::as_ref)
-                    .ok_or_else(|| Error::Other(format!("no provider for {rel}")))?;
-                target.put(&rel, &path).await.map_err(|e| {
-                    Error::Other(format!(
-                        "cannot write {rel} to the {}: {e}; nothing live was changed",
-                        target.describe
-                    ))
+                    .ok_or_else(|| {
+                        Error::Internal(format!(
+                            "{rel} was staged for a provider that is not set up"
+                        ))
+                    })?;
+                // The provider's own error keeps its kind and advice; only what was being
+                // written is added.
+                target.put(&rel, &path).await.map_err(|e| match e {
+                    Error::Storage {
+                        store,
+                        detail,
+                        cause,
+                    } => Error::Storage {
+                        store,
+                        detail: format!("cannot write {rel}: {detail}; nothing live was changed"),
+                        cause,
+                    },
+                    other => other,
                 })?;
                 let _ = std::fs::remove_file(&path);
                 Ok::<_, Error>(())
