@@ -1,6 +1,5 @@
 use anyhow::Result;
 use serde::Serialize;
-use serde_json::Value;
 use synapse_backup_core::commands::backup::{
     create_backup, BackupOptions, BackupSummary, StoredAgain,
 };
@@ -9,7 +8,7 @@ use synapse_backup_core::monitoring::RunFacts;
 
 use super::Context;
 use crate::args::CreateArgs;
-use crate::output::{database_json, emit, human_bytes, leftovers_json, outln, CommandOutput};
+use crate::output::{emit, human_bytes, outln, CommandOutput, DatabaseOut, LeftoverOut};
 
 pub async fn run(context: &Context, args: &CreateArgs) -> Result<RunFacts> {
     let passphrase = context.config.passphrase()?;
@@ -50,16 +49,14 @@ struct Created<'a> {
     missing_media: usize,
     /// The first 20 of them.
     missing_media_first: Option<&'a [String]>,
-    database: Value,
+    database: DatabaseOut<'a>,
     seconds: f64,
     skipped_vanished: &'a [String],
     stored_again: &'a [StoredAgain],
     full_reason: Option<&'a str>,
-    removed_leftovers: Value,
+    removed_leftovers: Vec<LeftoverOut>,
     #[serde(skip)]
     missing: Option<&'a MissingMedia>,
-    #[serde(skip)]
-    database_note: Option<&'a str>,
 }
 
 impl<'a> Created<'a> {
@@ -67,7 +64,7 @@ impl<'a> Created<'a> {
         let missing = summary.stored.missing.as_ref();
         Created {
             ok: true,
-            backup_id: &summary.backup_id,
+            backup_id: summary.backup_id.as_str(),
             server_name: &summary.server_name,
             kind: summary.stored.kind.as_str(),
             parent: summary.stored.parent.as_deref(),
@@ -80,14 +77,13 @@ impl<'a> Created<'a> {
             provider_bytes: summary.stored.provider_bytes,
             missing_media: missing.map_or(0, |m| m.count),
             missing_media_first: missing.map(|m| &m.first[..m.first.len().min(20)]),
-            database: database_json(&summary.database),
+            database: DatabaseOut::of(&summary.database),
             seconds: summary.elapsed.as_secs_f64(),
             skipped_vanished: &summary.stored.vanished,
             stored_again: &summary.stored.stored_again,
             full_reason: summary.full_reason.as_deref(),
-            removed_leftovers: leftovers_json(&summary.leftovers),
+            removed_leftovers: LeftoverOut::all(&summary.leftovers),
             missing,
-            database_note: summary.database.note.as_deref(),
         }
     }
 }
@@ -140,7 +136,7 @@ impl CommandOutput for Created<'_> {
                 missing.first.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
             );
         }
-        if let Some(note) = self.database_note {
+        if let Some(note) = self.database.note {
             eprintln!("note: {note}");
         }
     }

@@ -26,8 +26,7 @@ pub async fn delete_backup(
 ) -> Result<DeleteOutcome> {
     let store = ctx.store;
     // Only backups are ever deleted (the type says so): nothing else in the prefix is ours.
-    let id = id.as_str();
-    store.head(id).await?;
+    store.head(id.as_str()).await?;
     require_passphrase_for_volumes(ctx).await?;
     delete_base(store, id).await?;
     let (volumes, volume_warning) = sweep_after(ctx, grace, false, &HashSet::new()).await;

@@ -131,10 +131,10 @@ pub async fn prune_backups(
             future.created.format("%Y-%m-%d %H:%M UTC")
         )));
     }
-    let leaving: HashSet<String> = decisions
+    let leaving: HashSet<BackupId> = decisions
         .iter()
         .filter(|d| !d.keep)
-        .map(|d| d.backup_id.to_string())
+        .map(|d| d.backup_id.clone())
         .collect();
     require_passphrase_for_volumes(ctx).await?;
     if !dry_run {

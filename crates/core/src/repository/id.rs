@@ -89,6 +89,14 @@ impl serde::Serialize for BackupId {
     }
 }
 
+/// Only a name that parses: a journal or marker naming anything else is refused when read.
+impl<'de> serde::Deserialize<'de> for BackupId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        BackupId::parse(&name).map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for BackupId {
     type Err = NotABackupId;
 

@@ -7,23 +7,19 @@ use crate::host::state_dir::StateDir;
 use crate::repository::BackupId;
 use crate::store::Store;
 
-pub fn new_backup_id() -> String {
-    BackupId::now().to_string()
-}
-
 /// Chooses a backup id no backup in the store has.
 ///
 /// Two create-backups on one host that read the clock in the same microsecond would pick the
 /// same id, and the later upload would replace the earlier backup (seen once in the concurrency
 /// test), which asking the store cannot prevent, since neither has uploaded yet. So the id is
 /// chosen under a host-wide lock held until the clock has moved past it.
-pub(super) async fn unused_backup_id(store: &dyn Store, state: &StateDir) -> Result<String> {
+pub(super) async fn unused_backup_id(store: &dyn Store, state: &StateDir) -> Result<BackupId> {
     let _choosing = state.lock_id_choice();
     for _ in 0..20 {
-        let id = new_backup_id();
-        match store.head(&id).await {
+        let id = BackupId::now();
+        match store.head(id.as_str()).await {
             Err(Error::NotFound { .. }) => {
-                while new_backup_id() <= id {
+                while BackupId::now() <= id {
                     std::hint::spin_loop();
                 }
                 return Ok(id);

@@ -44,8 +44,8 @@ use crate::host::scratch;
 use crate::host::state_dir::StateDir;
 use crate::repository::gc::{condemned_volumes, Pending};
 use crate::repository::pipe::{ChunkWriter, QUEUE_DEPTH};
+use crate::repository::BackupId;
 
-pub use id::new_backup_id;
 use pipeline::{run_pipeline, PipelineError};
 use reuse::ParentChoice;
 use sources::MediaListing;
@@ -64,7 +64,7 @@ pub struct BackupOptions {
 
 #[derive(Debug, Clone)]
 pub struct BackupSummary {
-    pub backup_id: String,
+    pub backup_id: BackupId,
     pub server_name: String,
     /// What the backup stored: its kind, files, bytes, and what it took from earlier backups.
     pub stored: Stored,
@@ -137,14 +137,14 @@ pub async fn create_backup(
         .as_ref()
         .map(|p| p.volumes.keys().cloned().collect())
         .unwrap_or_default();
-    let pending = Pending::announce(ctx.store, &backup_id, &parent_volumes).await?;
+    let pending = Pending::announce(ctx.store, backup_id.as_str(), &parent_volumes).await?;
     let written = async {
         let condemned = condemned_volumes(ctx.store).await?;
         let plan = reuse::plan_media(media.files, parent.as_ref(), &condemned);
         // The parent's index is not needed any more: freed before the writing starts.
         let parent = parent.map(|p| p.backup_id);
         let contents = write::BackupContents {
-            backup_id: &backup_id,
+            backup_id: backup_id.as_str(),
             hs: &hs,
             options,
             parent,

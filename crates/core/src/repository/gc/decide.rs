@@ -5,10 +5,58 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::manifest::{index_name, volume_owner};
 use crate::repository::BackupId;
+use crate::store::owner::FOREIGN_STALE_AFTER;
 use crate::store::ObjectInfo;
+
+/// A `.pending/<backup-id>` marker's body: a create-backup under way.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct PendingMarker {
+    pub backup_id: String,
+    pub owner: String,
+    /// Volumes of earlier backups the create may use (its parent's); its own are named after it.
+    pub volumes: Vec<String>,
+}
+
+/// What a pending marker means for the sweep.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum PendingVerdict {
+    /// A create is (or may be) running: these volumes, and the create's own, are in use.
+    Protects {
+        backup_id: String,
+        volumes: Vec<String>,
+    },
+    /// Its create is gone: the marker can be removed.
+    Abandoned,
+    /// It cannot be read (damaged, cut off, not ours) and is younger than a foreign owner is
+    /// trusted for: a create may be running that uses any volume, so nothing may be condemned.
+    UnreadableYoung,
+}
+
+/// Judges a marker from its bytes (`complete` false when the read stopped at its cap) and age.
+/// `is_abandoned` says whether an owner token, that old, belongs to nobody any more.
+pub(super) fn judge_pending(
+    body: &[u8],
+    complete: bool,
+    age: Duration,
+    is_abandoned: impl Fn(&str, Duration) -> bool,
+) -> PendingVerdict {
+    let parsed = complete
+        .then(|| serde_json::from_slice::<PendingMarker>(body).ok())
+        .flatten();
+    match parsed {
+        Some(marker) if !is_abandoned(&marker.owner, age) => PendingVerdict::Protects {
+            backup_id: marker.backup_id,
+            volumes: marker.volumes,
+        },
+        Some(_) => PendingVerdict::Abandoned,
+        None if age > FOREIGN_STALE_AFTER => PendingVerdict::Abandoned,
+        None => PendingVerdict::UnreadableYoung,
+    }
+}
 
 /// The volumes some remaining base or some running create names, and the backups whose own
 /// volumes are all in use (running creates, whose volumes are not named anywhere yet).
@@ -209,5 +257,56 @@ mod tests {
             orphan_indexes(&indexes, &owners, now(), DAY),
             ["index/backup-20261201000000000000".to_string()]
         );
+    }
+
+    fn marker(owner: &str) -> Vec<u8> {
+        serde_json::to_vec(&PendingMarker {
+            backup_id: "backup-20261206110000000000".into(),
+            owner: owner.into(),
+            volumes: vec![OLD.into()],
+        })
+        .expect("encodes")
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_live_create_protects_its_volumes_and_its_own() {
+        let verdict = judge_pending(&marker("alive"), true, HOUR, |owner, _| owner != "alive");
+        assert_eq!(
+            verdict,
+            PendingVerdict::Protects {
+                backup_id: "backup-20261206110000000000".into(),
+                volumes: vec![OLD.into()],
+            }
+        );
+    }
+
+    #[test]
+    fn a_gone_create_frees_its_marker() {
+        let verdict = judge_pending(&marker("gone"), true, HOUR, |_, _| true);
+        assert_eq!(verdict, PendingVerdict::Abandoned);
+    }
+
+    #[test]
+    fn an_unreadable_marker_blocks_the_sweep_until_it_is_a_day_old() {
+        for body in [&b"{\"backup_id\": 3"[..], b"", b"not json"] {
+            assert_eq!(
+                judge_pending(body, true, HOUR, |_, _| false),
+                PendingVerdict::UnreadableYoung,
+                "{body:?}"
+            );
+            assert_eq!(
+                judge_pending(body, true, FOREIGN_STALE_AFTER + HOUR, |_, _| false),
+                PendingVerdict::Abandoned
+            );
+        }
+    }
+
+    #[test]
+    fn a_marker_cut_off_at_the_read_cap_is_never_taken_as_complete() {
+        // Valid JSON, but the read stopped early: what it names may be only the beginning.
+        let verdict = judge_pending(&marker("alive"), false, HOUR, |_, _| false);
+        assert_eq!(verdict, PendingVerdict::UnreadableYoung);
     }
 }

@@ -20,34 +20,31 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, ErrorKind, Refusal, Result};
+use crate::error::{Error, ErrorKind, Refusal, Result, StorageCause};
 use crate::manifest::index_name;
 use crate::progress::Cancel;
 use crate::store::owner::UploadOwner;
-use crate::store::{ObjectInfo, Store};
+use crate::store::{ObjectInfo, ReadFailed, Store};
 
 use crate::repository::trust::split_listing;
-use crate::repository::OpContext;
+use crate::repository::{BackupId, OpContext};
 
 mod decide;
 
-use decide::{decide_volumes, marks_without_volume, orphan_indexes, InUse, VolumeAction};
+use decide::{
+    decide_volumes, judge_pending, marks_without_volume, orphan_indexes, InUse, PendingMarker,
+    PendingVerdict, VolumeAction,
+};
 
 use super::open::read_stored_header;
 
 const PENDING: &str = ".pending";
 const CONDEMNED: &str = ".condemned";
 const HEADER_READS_AT_ONCE: usize = 8;
-
-#[derive(Serialize, Deserialize)]
-struct PendingMarker {
-    backup_id: String,
-    owner: String,
-    /// Volumes of earlier backups the create may use (its parent's); its own are named after it.
-    volumes: Vec<String>,
-}
+/// A marker names volumes (~50 bytes each): 16 MiB is ~300,000 volumes, 75 TiB of media at the
+/// default volume size. A bigger one is treated as unreadable, never as empty.
+const MARKER_READ_CAP: usize = 16 << 20;
 
 /// A create-backup's announcement that it is under way.
 pub struct Pending<'a> {
@@ -68,7 +65,7 @@ impl<'a> Pending<'a> {
             volumes: volumes.to_vec(),
         };
         let body = serde_json::to_vec(&marker)
-            .map_err(|e| Error::Other(format!("cannot encode the pending marker: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot encode the pending marker: {e}")))?;
         let name = format!("{PENDING}/{backup_id}");
         let stream = futures::stream::once(async move { Ok(bytes::Bytes::from(body)) }).boxed();
         store.put(&name, stream, None).await?;
@@ -129,7 +126,7 @@ pub async fn sweep(
     ctx: &OpContext<'_>,
     grace: std::time::Duration,
     dry_run: bool,
-    leaving: &HashSet<String>,
+    leaving: &HashSet<BackupId>,
 ) -> Result<SweepReport> {
     let store = ctx.store;
     let volumes = store.list_folder("volumes").await?;
@@ -201,38 +198,46 @@ async fn volumes_in_use(
     passphrase: &SecretString,
     cancel: &Cancel,
     dry_run: bool,
-    leaving: &HashSet<String>,
+    leaving: &HashSet<BackupId>,
 ) -> Result<InUse> {
     let mut in_use = InUse::default();
     // Markers before bases: a create removes its marker only once its base exists, so it is
     // seen one way or the other.
+    let mut unreadable_markers = Vec::new();
     for marker in store.list_folder(PENDING).await? {
         let age = decide::age(Utc::now(), marker.last_modified);
-        let body = read_small_object(store, &marker.name).await?;
-        let parsed: Option<PendingMarker> = serde_json::from_slice(&body).ok();
-        match parsed {
-            Some(pending) if !UploadOwner::is_abandoned(&pending.owner, age) => {
-                in_use.volumes.extend(pending.volumes);
-                in_use.owners.insert(pending.backup_id);
+        let (body, complete) = read_small_object(store, &marker.name).await?;
+        match judge_pending(&body, complete, age, UploadOwner::is_abandoned) {
+            PendingVerdict::Protects { backup_id, volumes } => {
+                in_use.volumes.extend(volumes);
+                in_use.owners.insert(backup_id);
             }
-            _ => {
-                if !dry_run {
-                    tracing::warn!(
-                        "removing {}: the create-backup that wrote it is gone",
-                        marker.name
-                    );
-                    store.delete(&marker.name).await?;
-                }
+            PendingVerdict::UnreadableYoung => unreadable_markers.push(marker.name),
+            PendingVerdict::Abandoned if !dry_run => {
+                tracing::warn!(
+                    "removing {}: the create-backup that wrote it is gone",
+                    marker.name
+                );
+                store.delete(&marker.name).await?;
             }
+            PendingVerdict::Abandoned => {}
         }
+    }
+    if !unreadable_markers.is_empty() {
+        return Err(Error::refused(Refusal::UnreadableBackups, format!(
+            "{} pending marker(s) of a create-backup cannot be read and are less than a day old, so no media volume was condemned or deleted (the create might use any of them): {}; they are removed once a day old, or delete them yourself when no create-backup is running",
+            unreadable_markers.len(),
+            unreadable_markers.join(", ")
+        )));
     }
     // Only objects named like backups are bases; strays name no volume. Any header that opens
     // counts, even one stored under another backup's name: its volumes are kept.
     let bases: Vec<String> = split_listing(store.list().await?)
         .backups
         .into_iter()
-        .map(|(id, _)| id.to_string())
-        .filter(|name| !leaving.contains(name))
+        .map(|(id, _)| id)
+        .filter(|id| !leaving.contains(id))
+        .map(|id| id.to_string())
         .collect();
     let headers = futures::stream::iter(bases)
         .map(|id| async move {
@@ -274,17 +279,25 @@ async fn volumes_in_use(
     Ok(in_use)
 }
 
-async fn read_small_object(store: &dyn Store, name: &str) -> Result<Vec<u8>> {
+/// The bytes of a bookkeeping object, up to [`MARKER_READ_CAP`], and whether that was all.
+async fn read_small_object(store: &dyn Store, name: &str) -> Result<(Vec<u8>, bool)> {
     let mut stream = store.get(name).await?;
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::Other(format!("reading {name}: {e}")))?;
+        let chunk = chunk.map_err(|e| match ReadFailed::find(&e) {
+            Some(failed) => Error::Storage {
+                store: failed.store.clone(),
+                detail: format!("reading {name} failed: {}", failed.detail),
+                cause: StorageCause::PartWay,
+            },
+            None => Error::Other(format!("reading {name}: {e}")),
+        })?;
         body.extend_from_slice(&chunk);
-        if body.len() > 1 << 20 {
-            break;
+        if body.len() > MARKER_READ_CAP {
+            return Ok((body, false));
         }
     }
-    Ok(body)
+    Ok((body, true))
 }
 /// Refuses, before anything is deleted, to delete backups from a store with media volumes
 /// without the passphrase that tells which volumes the remaining backups use.
@@ -298,9 +311,9 @@ pub async fn require_passphrase_for_volumes(ctx: &OpContext<'_>) -> Result<()> {
 }
 
 /// Deletes the base of backup `id` and its index; its volumes are the sweep's business.
-pub async fn delete_base(store: &dyn Store, id: &str) -> Result<()> {
-    store.delete(id).await?;
-    match store.delete(&index_name(id)).await {
+pub async fn delete_base(store: &dyn Store, id: &BackupId) -> Result<()> {
+    store.delete(id.as_str()).await?;
+    match store.delete(&index_name(id.as_str())).await {
         Err(e) if e.kind() != ErrorKind::NotFound => {
             tracing::warn!("could not delete the index of {id} (a later prune removes it): {e}")
         }
@@ -314,7 +327,7 @@ pub async fn sweep_after(
     ctx: &OpContext<'_>,
     grace: std::time::Duration,
     dry_run: bool,
-    leaving: &HashSet<String>,
+    leaving: &HashSet<BackupId>,
 ) -> (SweepReport, Option<String>) {
     match sweep(ctx, grace, dry_run, leaving).await {
         Ok(report) => (report, None),
