@@ -5,7 +5,8 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use synapse_backup_core::host::scratch::Leftover;
 use synapse_backup_core::manifest::{DatabaseInfo, DatabaseKind};
 
@@ -83,42 +84,87 @@ pub fn emit_json_error(message: &str, kind: &str, exit_code: u8, hint: Option<&s
     if json_written() {
         return;
     }
-    emit_json(json!({
-        "ok": false,
-        "error": message,
-        "error-kind": kind,
-        "exit-code": exit_code,
-        "hint": hint,
-    }));
-}
-
-/// The database facts of a manifest as `--json` shows them. Built by hand rather than
-/// serialized: the manifest's own field names are a stored format and cannot change, the
-/// output's keys follow one style (lowercase with hyphens).
-pub fn database_json(database: &DatabaseInfo) -> Value {
-    let kind = match database.kind {
-        DatabaseKind::Sqlite => "sqlite",
-        DatabaseKind::Postgresql => "postgresql",
+    let document = ErrorDocument {
+        ok: false,
+        error: message,
+        error_kind: kind,
+        exit_code,
+        hint,
     };
-    json!({
-        "kind": kind,
-        "included": database.included,
-        "note": database.note,
-        "postgres": database.postgres.as_ref().map(|pg| json!({
-            "server-version": pg.server_version,
-            "encoding": pg.encoding,
-            "collate": pg.collate,
-            "ctype": pg.ctype,
-        })),
-    })
+    match serde_json::to_value(&document) {
+        Ok(value) => emit_json(value),
+        Err(e) => eprintln!("error: internal: the error document could not be built: {e}"),
+    }
 }
 
-/// Scratch folders of killed create-backups that a command removed: path and age.
-pub fn leftovers_json(leftovers: &[Leftover]) -> Value {
-    leftovers
-        .iter()
-        .map(|l| json!({"path": l.path.display().to_string(), "age-secs": l.age.as_secs()}))
-        .collect()
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct ErrorDocument<'a> {
+    ok: bool,
+    error: &'a str,
+    error_kind: &'a str,
+    exit_code: u8,
+    hint: Option<&'a str>,
+}
+
+/// The database facts of a manifest as `--json` shows them: the manifest's own field names are
+/// a stored format and cannot change, the output's keys follow one style (lowercase with
+/// hyphens).
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DatabaseOut<'a> {
+    kind: &'static str,
+    included: bool,
+    pub note: Option<&'a str>,
+    postgres: Option<PostgresOut<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct PostgresOut<'a> {
+    server_version: &'a str,
+    encoding: &'a str,
+    collate: &'a str,
+    ctype: &'a str,
+}
+
+impl<'a> DatabaseOut<'a> {
+    pub fn of(database: &'a DatabaseInfo) -> Self {
+        DatabaseOut {
+            kind: match database.kind {
+                DatabaseKind::Sqlite => "sqlite",
+                DatabaseKind::Postgresql => "postgresql",
+            },
+            included: database.included,
+            note: database.note.as_deref(),
+            postgres: database.postgres.as_ref().map(|pg| PostgresOut {
+                server_version: &pg.server_version,
+                encoding: &pg.encoding,
+                collate: &pg.collate,
+                ctype: &pg.ctype,
+            }),
+        }
+    }
+}
+
+/// A scratch folder of a killed create-backup that a command removed: path and age.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LeftoverOut {
+    path: String,
+    age_secs: u64,
+}
+
+impl LeftoverOut {
+    pub fn all(leftovers: &[Leftover]) -> Vec<Self> {
+        leftovers
+            .iter()
+            .map(|l| LeftoverOut {
+                path: l.path.display().to_string(),
+                age_secs: l.age.as_secs(),
+            })
+            .collect()
+    }
 }
 
 pub fn human_bytes(bytes: u64) -> String {

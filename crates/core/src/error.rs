@@ -28,7 +28,7 @@ pub enum ErrorKind {
     Interrupted,
     /// A program this needs is not installed (`pg_dump`, `pg_restore`, `psql`).
     ToolMissing,
-    /// A bug: a worker thread that panicked, a value that cannot be encoded.
+    /// A bug: a worker thread that panicked, a value of ours that cannot be encoded.
     Internal,
     /// Local I/O, the database programs, a hook, or anything else.
     Other,
@@ -221,7 +221,7 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
 
-    /// Anything else: a value that cannot be encoded, a thread that cannot be started.
+    /// Anything else: a thread the system cannot start, a local failure with no variant.
     #[error("{0}")]
     Other(String),
 }

@@ -10,7 +10,10 @@
 //! - [`repository`]: what a backup repository is: backup ids, what in a store is trusted,
 //!   reading objects and volumes, garbage collection.
 //! - [`host`]: what the tool keeps on this host: locks, the restore journal's folder, scratch.
-//! - [`commands`]: create, list, verify, restore, delete, prune and check.
+//! - [`commands`]: create, verify, restore, delete, prune and check (list is
+//!   [`repository::catalog`] as it is).
+//! - [`error`]: typed errors, their kinds and advice; [`progress`] and [`monitoring`]: what a
+//!   long run reports, and how a night's result reaches a dashboard.
 
 pub mod archive;
 pub mod commands;

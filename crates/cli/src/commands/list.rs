@@ -1,11 +1,10 @@
 use anyhow::Result;
 use serde::Serialize;
-use serde_json::Value;
 use synapse_backup_core::repository::catalog::{list_backups, BackupListing, Catalog, Details};
 use synapse_backup_core::ErrorKind;
 
 use super::Context;
-use crate::output::{database_json, emit, human_bytes, CommandOutput, Table};
+use crate::output::{emit, human_bytes, CommandOutput, DatabaseOut, Table};
 
 pub async fn run(context: &Context) -> Result<()> {
     // Without a passphrase the list still works; it just cannot show what is inside.
@@ -52,7 +51,7 @@ struct ListRow<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     created: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    database: Option<Value>,
+    database: Option<DatabaseOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parent: Option<&'a str>,
     /// Named like a backup, but it does not open as one.
@@ -87,7 +86,7 @@ impl<'a> ListRow<'a> {
                 row.server_name = Some(&h.server_name);
                 row.tool_version = Some(&h.tool_version);
                 row.created = Some(h.created.to_rfc3339());
-                row.database = Some(database_json(&h.database));
+                row.database = Some(DatabaseOut::of(&h.database));
                 row.parent = h.media.as_ref().and_then(|m| m.parent.as_deref());
             }
             Details::Charm => row.format = Some("charm"),

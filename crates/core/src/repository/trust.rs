@@ -1,5 +1,5 @@
 //! Deciding what in a store listing can be trusted, as pure functions (the I/O that feeds them
-//! lives with the commands).
+//! is in `catalog`, `volumes` and `gc` beside this module).
 //!
 //! - [`split_listing`]: which top-level objects are backups and which are strays.
 //! - [`check_header_names`]: a base whose header names another backup (an older base copied

@@ -125,7 +125,7 @@ pub(super) fn write_archive(
     let mtime = header.created.timestamp();
     let mut archive = ArchiveWriter::new(BufWriter::with_capacity(CHUNK, out));
     let header_json = serde_json::to_vec_pretty(&header)
-        .map_err(|e| Error::Other(format!("cannot encode the manifest: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot encode the manifest: {e}")))?;
     archive.append_bytes(HEADER_MEMBER, &header_json, mtime)?;
     for folder in &folders {
         archive.append_dir(&folder.member, folder.mode, folder.mtime)?;

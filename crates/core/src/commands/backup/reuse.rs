@@ -81,7 +81,7 @@ pub(super) async fn find_parent(ctx: &OpContext<'_>, server_name: &str) -> Resul
             Ok(Some(header)) => header,
             // A charm backup: nothing ever refers to one.
             Ok(None) => continue,
-            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(e),
+            Err(e) if stops_the_search(&e) => return Err(e),
             Err(e) => {
                 tracing::warn!("{id} is not taken as the parent of this backup: {e}");
                 continue;
@@ -96,7 +96,7 @@ pub(super) async fn find_parent(ctx: &OpContext<'_>, server_name: &str) -> Resul
         };
         let entries = match read_index(ctx, &header).await {
             Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(e),
+            Err(e) if stops_the_search(&e) => return Err(e),
             Err(e) => {
                 return Ok(ParentChoice::Unusable(format!(
                     "the index of {id}, the newest backup, cannot be read: {e}"
@@ -123,6 +123,12 @@ pub(super) async fn find_parent(ctx: &OpContext<'_>, server_name: &str) -> Resul
         }));
     }
     Ok(ParentChoice::None)
+}
+
+/// An interruption, or a store that did not answer: the backup stops rather than being built on
+/// an older parent (or none) for a reason that has nothing to do with the newest backup.
+fn stops_the_search(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::Storage)
 }
 
 /// Reads the media entries of `header`'s backup from its index object.

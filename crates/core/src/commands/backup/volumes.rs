@@ -85,7 +85,7 @@ pub(super) fn write_index(
     mtime: i64,
     out: ChunkWriter,
 ) -> Result<()> {
-    let list_error = |e: std::io::Error| Error::Other(format!("cannot encode the index: {e}"));
+    let list_error = |e: std::io::Error| Error::Internal(format!("cannot encode the index: {e}"));
     let mut list = FileListWriter::new(Vec::new(), backup_id).map_err(list_error)?;
     for entry in entries {
         list.push(entry).map_err(list_error)?;

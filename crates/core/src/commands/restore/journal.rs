@@ -70,7 +70,7 @@ pub fn write_journal(state: &StateDir, journal: &Journal) -> Result<()> {
     let path = state.dir().join(JOURNAL_NAME);
     let temp = state.dir().join(format!("{JOURNAL_NAME}.tmp"));
     let json = serde_json::to_vec_pretty(journal)
-        .map_err(|e| Error::Other(format!("cannot encode the journal: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot encode the journal: {e}")))?;
     let mut file = File::create(&temp).at("create", &temp)?;
     file.write_all(&json).at("write", &temp)?;
     file.sync_all().at("fsync", &temp)?;
