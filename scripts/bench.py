@@ -5,12 +5,18 @@ machine's own limits, on the same data and the same kind of S3 server, in one ru
 Usage:
   scripts/bench.py [--size GIB] [--runs N] [--only media-heavy|many-small] [--workdir DIR] [--keep]
                    [--allow-load]
+  scripts/bench.py --only scale [--scale-files N,N,...] [--runs N] [--workdir DIR] [--keep] [--allow-load]
   (scripts/bench.sh runs this program with the same arguments.)
 
   --size GIB    scale of the data sets (default 1): media-heavy is GIB GiB of media, many-small
                 is 50,000 × GIB files of 2–60 KiB (at least 1,000). Fractions work (0.05).
   --runs N      how many times each measurement is repeated (default 3); median and spread
-  --only NAME   only one data set: media-heavy or many-small
+  --only NAME   only one data set: media-heavy or many-small; or `scale`, which is not part of the
+                default run: per-file costs at several numbers of tiny media files (below)
+  --scale-files N,N,...
+                with --only scale: the numbers of media files, one data set each (default
+                20000,200000; at least 100 each; the disk needs about 14 KiB per file for
+                each set and twice that per run for its restores)
   --workdir DIR where data, servers and restores go
                 (default ${TMPDIR:-/tmp}/synapse-backup-bench; needs about 5 × GIB GiB free)
   --keep        keep the work dir (generated data is reused by the next run with --keep)
@@ -40,11 +46,24 @@ time, MB/s, CPU seconds (all processes of a pipeline) and peak RSS (largest proc
 /usr/bin/time. It prints a Markdown report (tables, ratios, targets; rendered by
 scripts/bench/report.py) on stdout and writes it to docs/benchmarks.md. Progress goes to stderr.
 
+--only scale measures what grows with the number of files instead: per --scale-files N a data dir
+of N tiny media files (64–640 bytes, Synapse's sharded layout, one thumbnail per four originals;
+`example-datadir.py --profile scale`, the same database at every N) backed up to a local folder:
+a full create-backup, one with nothing changed, one after 1% new media files, and the restore of
+that third one; wall time, peak RSS and bytes stored (create-backup --json's object-bytes) of
+each. References in the same run: restic's first and nothing-changed backups of the same files
+into a local repository (bytes: what the repository grew by), and tar -c of the files the third
+backup holds into a local file, then tar -x of it into an empty dir. Its report is one section,
+written into docs/benchmarks.md between <!-- scale:begin --> and <!-- scale:end --> (replacing an
+earlier one, appended at the end if there is none); the rest of the file is left as it is, and
+a default run keeps that section when it rewrites the file.
+
 Environment knobs:
   BENCH_NO_BUILD=1        use target/release/synapse-backup and the crypto_throughput example
                           as they are (no cargo build)
   SYNAPSE_BACKUP_BIN=FILE  measure this synapse-backup binary (with BENCH_NO_BUILD=1)
-  BENCH_CMD_TIMEOUT=SECS  bound on each measured command (default 900 + 600 per GiB)
+  BENCH_CMD_TIMEOUT=SECS  bound on each measured command (default 900 + 600 per GiB; with --only
+                          scale 900 + 1 per 200 files of the largest set)
   BENCH_DOC=FILE          where the report goes (default docs/benchmarks.md)
   BENCH_QUIET_WAIT=SECS   how long a busy start waits for the load to fall (default 300)
 
@@ -66,11 +85,13 @@ import shlex
 import shutil
 import signal
 import sqlite3
+import string
 import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -87,6 +108,11 @@ DATASETS = ("media-heavy", "many-small")
 DISK_PER_GIB = {"media-heavy": 1.05, "many-small": 0.85}
 # Where the nightly change puts its new media (media ids are letters, so no generated file is there).
 NEW_MEDIA = "media_store/local_content/00"
+# --only scale: the data sets' name prefix, the default numbers of media files, and the disk one
+# tiny media file takes in a data dir or a restore (its block, its shard folders, its share of a tar).
+SCALE = "scale"
+SCALE_FILES = "20000,200000"
+SCALE_KIB_PER_FILE = 14
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -116,6 +142,7 @@ class Bench:
     command: str
     cmd_timeout: str
     doc: Path
+    scale_files: tuple[int, ...] = ()  # --only scale: the media files of each data set
     bin: Path = ROOT / "target/release/synapse-backup"
     crypto_bin: Path = ROOT / "target/release/examples/crypto_throughput"
     garage_bin: str = ""
@@ -136,6 +163,10 @@ class Bench:
         if any(c in str(work) for c in "\"\\'\n"):
             die("--workdir must not contain quotes, backslashes or newlines")
         size = float(args.size)
+        scale_files = tuple(sorted({int(n) for n in (args.scale_files or SCALE_FILES).split(",")}))
+        timeout = int(900 + 600 * size)
+        if args.only == SCALE:
+            timeout = 900 + max(scale_files) // 200  # a second per 200 files, well above any step today
         return cls(
             size=args.size,
             runs=int(args.runs),
@@ -145,9 +176,14 @@ class Bench:
             allow_load=args.allow_load,
             created_work=created,
             command=" ".join(["scripts/bench.py", *args.argv]),
-            cmd_timeout=os.environ.get("BENCH_CMD_TIMEOUT") or str(int(900 + 600 * size)),
+            cmd_timeout=os.environ.get("BENCH_CMD_TIMEOUT") or str(timeout),
             doc=Path(os.environ.get("BENCH_DOC") or ROOT / "docs/benchmarks.md"),
+            scale_files=scale_files if args.only == SCALE else (),
         )
+
+    @property
+    def scale_only(self) -> bool:
+        return self.datasets == (SCALE,)
 
     @property
     def media_mib(self) -> str:
@@ -166,6 +202,7 @@ class Bench:
     results = property(lambda self: self.work / "results.tsv")
     failures = property(lambda self: self.work / "failures.tsv")
     incremental = property(lambda self: self.work / "incremental.tsv")
+    stored = property(lambda self: self.work / "stored.tsv")  # --only scale: bytes each backup stored
     meta = property(lambda self: self.work / "meta.env")
     last_out = property(lambda self: self.scratch / "last.out")
     passphrase = property(lambda self: self.secret_dir / "passphrase")
@@ -216,6 +253,49 @@ class Measurement:
         return "\t".join("-" if f is None else str(f) for f in fields) + "\n"
 
 
+@dataclass
+class Stored:
+    """One row of stored.tsv (--only scale): the bytes one backup added to its store, as
+    scripts/bench/report.py reads them. synapse-backup's are what create-backup --json reported as
+    object-bytes, restic's what its repository's files grew by, tar's the size of its archive."""
+
+    dataset: str
+    tool: str
+    op: str
+    run: int
+    bytes: int
+
+    def tsv(self) -> str:
+        return f"{self.dataset}\t{self.tool}\t{self.op}\t{self.run}\t{self.bytes}\n"
+
+
+@dataclass
+class NewMedia:
+    """The media files the scale set's 1% step added to a data dir, and the folders made for
+    them (the topmost new one of each path), so that undo leaves the dir as it was."""
+
+    files: list[Path] = field(default_factory=list)
+    dirs: list[Path] = field(default_factory=list)
+    bytes: int = 0
+
+    def add(self, path: Path, data: bytes) -> None:
+        top, parent = None, path.parent
+        while not parent.exists():
+            top, parent = parent, parent.parent
+        if top is not None:
+            self.dirs.append(top)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self.files.append(path)
+        self.bytes += len(data)
+
+    def undo(self) -> None:
+        for path in self.files:
+            remove(path)
+        for path in reversed(self.dirs):
+            remove(path)
+
+
 # --- small helpers -------------------------------------------------------------
 
 
@@ -239,6 +319,30 @@ def remove(path: Path) -> None:
             os.unlink(path)
         except OSError:
             pass
+
+
+def remove_wide(path: Path, depth: int = 4, workers: int = 16) -> None:
+    """rm -rf of a tree of very many small files, its subtrees `depth` levels down (in the work
+    dir's data/ or restores/: the media shards) removed in parallel. On a file system mounted
+    with `discard` each freed block waits for the device (about 3 ms a file or folder here), and
+    those waits overlap. Untimed, like every removal."""
+    subtrees: list[str] = []
+
+    def collect(folder: str, level: int) -> None:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                if level == depth:
+                    subtrees.append(entry.path)
+                else:
+                    collect(entry.path, level + 1)
+
+    if os.path.isdir(path) and not os.path.islink(path):
+        collect(str(path), 1)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(functools.partial(shutil.rmtree, ignore_errors=True), subtrees))
+    remove(path)
 
 
 def show_tail(path: Path, lines: int | None = None) -> None:
@@ -548,8 +652,12 @@ def op_charm_restore(t: Step, s: Stages) -> bool:
 
 
 def restic_repo(t: Step) -> list:
+    """On the S3 server of the moment; for the scale sets, in a local folder like ours."""
     b = t.bench
-    repo = f"s3:{b.s3['S3_TEST_ENDPOINT']}/{b.s3['S3_TEST_BUCKET']}/restic/run{t.run}"
+    if is_scale(t.ds.name):
+        repo = str(scale_restic_repo(b))
+    else:
+        repo = f"s3:{b.s3['S3_TEST_ENDPOINT']}/{b.s3['S3_TEST_BUCKET']}/restic/run{t.run}"
     return ["-r", repo, "--cache-dir", b.scratch / "restic-cache"]
 
 
@@ -747,6 +855,166 @@ def tool_limits(t: Step) -> None:
     server_stop(b)
 
 
+# --- the scale sets (--only scale) --------------------------------------------------------
+
+
+def is_scale(name: str) -> bool:
+    return name.startswith(SCALE + "-")
+
+
+def scale_name(files: int) -> str:
+    return f"{SCALE}-{files}"
+
+
+def scale_store(b: Bench) -> Path:
+    return b.scratch / "store"
+
+
+def scale_restic_repo(b: Bench) -> Path:
+    return b.scratch / "restic-repo"
+
+
+def scale_tar_file(b: Bench) -> Path:
+    return b.scratch / "scale.tar"
+
+
+def restoring_into(t: Step, who: str) -> Step:
+    """t with a restore dir of its own for who and this run. The scale sets' restores are only
+    removed once every step has been timed: an ext4 without a journal (this machine's work dir is
+    on one) passes over inodes freed in the last 1–6 minutes when it allocates new ones (the
+    kernel's recently_deleted()), which made a tar -x of 20,000 files right after the removal of
+    a restore 6× slower."""
+    return replace(t, ds=replace(t.ds, restore_dir=t.bench.restores / f"{t.ds.name}-run{t.run}-{who}"))
+
+
+def write_scale_config(t: Step) -> None:
+    """synapse-backup's config for a scale set: a local folder as the store, defaults otherwise."""
+    b = t.bench
+    (b.scratch / "ours.toml").write_text(f"""[synapse]
+config = "{t.ds.data}/homeserver.yaml"
+
+[local]
+path = "{scale_store(b)}"
+
+[backup]
+passphrase-file = "{b.passphrase}"
+temp-dir = "{b.scratch}/tmp"
+""")
+    (b.scratch / "tmp").mkdir(parents=True, exist_ok=True)
+
+
+def add_scale_media(data: Path, count: int) -> NewMedia:
+    """The scale set's nightly change: count new tiny media files (seeded), as uploads land:
+    random ids spread over all shards, every fifth file a thumbnail of the upload before it."""
+    rng = random.Random(43)
+    new, mid = NewMedia(), ""
+    for i in range(count):
+        if i % 5 == 4:
+            path = data / "media_store/local_thumbnails" / mid[:2] / mid[2:4] / mid[4:] / "32-32-image-jpeg-scale"
+        else:
+            mid = "".join(rng.choice(string.ascii_letters) for _ in range(24))
+            path = data / "media_store/local_content" / mid[:2] / mid[2:4] / mid[4:]
+        new.add(path, rng.randbytes(int(64 * 10 ** rng.random())))  # 64–640 bytes, log-uniform
+    return new
+
+
+def record_stored(t: Step, tool: str, op: str, stored: int | str | None) -> bool:
+    if stored is None:
+        return False
+    append(t.bench.stored, Stored(t.ds.name, tool, op, t.run, int(stored)).tsv())
+    return True
+
+
+def scale_ours_create(t: Step, op: str) -> str | None:
+    """One create-backup --json: records what it stored and returns its backup id."""
+    if not measure(t, "ours", op, op_ours_create_json):
+        return None
+    if not record_stored(t, "ours", op, reported(t, op, "object-bytes")):
+        return None
+    return reported(t, op, "backup-id")
+
+
+def scale_ours(t: Step) -> None:
+    """On a fresh store: the full backup, one with nothing changed, then 1% new media files, the
+    third backup and its restore; tar's reference while the new files are there."""
+    b = t.bench
+    remove(scale_store(b))
+    write_scale_config(t)
+    if scale_ours_create(t, "create") is None or scale_ours_create(t, "create-same") is None:
+        remove(scale_store(b))
+        return
+    new = add_scale_media(t.ds.data, max(1, t.ds.media_files // 100))
+    try:
+        incr_id = scale_ours_create(t, "create-incr")
+        if incr_id is not None:
+            scale_restore(restoring_into(t, "ours"), incr_id, new)
+        remove(scale_store(b))
+        scale_tar(restoring_into(t, "tar"), new)
+    finally:
+        new.undo()
+
+
+def scale_restore(t: Step, backup_id: str, new: NewMedia) -> None:
+    """restore-backup --target-dir of the third backup into a new dir (see restoring_into)."""
+    if measure(t, "ours", "restore-incr", functools.partial(op_ours_restore, backup_id=backup_id)):
+        check_restore(t, "ours", t.ds.media_files + len(new.files), t.ds.media_bytes + new.bytes)
+
+
+def op_tar_create(t: Step, s: Stages) -> bool:
+    return s.run(("tar", ["tar", "-c", "-f", scale_tar_file(t.bench), "-C", t.ds.data, *t.ds.paths]))
+
+
+def op_tar_extract(t: Step, s: Stages) -> bool:
+    return s.run(("tar", ["tar", "-x", "-f", scale_tar_file(t.bench), "-C", t.ds.restore_dir]))
+
+
+def scale_tar(t: Step, new: NewMedia) -> None:
+    """The restore's reference: the same files in a local tar, extracted into an empty dir."""
+    tar = scale_tar_file(t.bench)
+    if measure(t, "tar", "create", op_tar_create):
+        record_stored(t, "tar", "create", tar.stat().st_size)
+        fresh_restore_dir(t)
+        if measure(t, "tar", "extract", op_tar_extract):
+            check_restore(t, "tar", t.ds.media_files + len(new.files), t.ds.media_bytes + new.bytes)
+    remove(tar)
+
+
+def scale_restic(t: Step) -> None:
+    """restic's first and nothing-changed backups of the same files into a new local repository;
+    what each added is the growth of the repository's files."""
+    b = t.bench
+    repo = scale_restic_repo(b)
+    remove(repo)
+    remove(b.scratch / "restic-cache")
+    os.environ["RESTIC_PASSWORD_FILE"] = str(b.passphrase)
+    if restic_init(t):
+        for op in ("backup", "backup-same"):
+            before = dirstat.count([repo])[1]
+            if not measure(t, "restic", op, op_restic_backup):
+                break
+            record_stored(t, "restic", op, dirstat.count([repo])[1] - before)
+    remove(repo)
+    remove(b.scratch / "restic-cache")
+
+
+def bench_scale(b: Bench, files: int) -> None:
+    ds = load_dataset(b, scale_name(files))
+    db_bytes = dirstat.count([ds.data / "homeserver.db", ds.data / "homeserver.db-wal"])[1]
+    key = f"scale_{files}"
+    write_meta(b.meta, {f"{key}_files": ds.files, f"{key}_bytes": ds.bytes, f"{key}_media_files": ds.media_files,
+                        f"{key}_media_bytes": ds.media_bytes, f"{key}_db_bytes": db_bytes,
+                        f"{key}_new_files": max(1, ds.media_files // 100)})
+    log(f"{ds.name}: {ds.media_files} media files, {ds.bytes} bytes; warming the page cache (untimed read)")
+    if not pipeline([tar_create(ds), ["cat"]], stdout=subprocess.DEVNULL):
+        die(f"reading {ds.data} failed")
+    tools = (scale_ours, scale_restic)
+    for run in range(1, b.runs + 1):
+        step = Step(b, ds, run)
+        # Alternate which tool goes first from run to run.
+        for i in range(2):
+            tools[(i + run - 1) % 2](step)
+
+
 # --- S3 server -------------------------------------------------------------------------
 
 
@@ -898,10 +1166,7 @@ def install_garage(b: Bench) -> None:
 def generate(b: Bench, name: str) -> None:
     """Generates a data set with scripts/example-datadir.py, unless the dir holds one made with
     the same parameters (kept by --keep)."""
-    if name == "media-heavy":
-        params = ["--profile", "media-heavy", "--size-mib", b.media_mib, "--seed", "1"]
-    else:
-        params = ["--profile", "many-small", "--files", str(b.small_files), "--seed", "2"]
+    params = generation_params(b, name)
     data, stamp = b.work / "data" / name, b.work / "data" / name / ".bench-params"
     if stamp.is_file() and stamp.read_text().rstrip("\n") == " ".join(params):
         log(f"{name}: reusing {data} ({' '.join(params)})")
@@ -914,6 +1179,18 @@ def generate(b: Bench, name: str) -> None:
             show_tail(b.logs / f"generate-{name}.log")
             die(f"generating {name} failed")
     stamp.write_text(" ".join(params) + "\n")
+
+
+def generation_params(b: Bench, name: str) -> list[str]:
+    """example-datadir.py's arguments for a data set. A scale set of N media files has 4/5 N
+    originals and one thumbnail per four of them; the same seed makes a smaller set's files the
+    first of a larger one's, and without media rows the database is the same at every N."""
+    if name == "media-heavy":
+        return ["--profile", "media-heavy", "--size-mib", b.media_mib, "--seed", "1"]
+    if name == "many-small":
+        return ["--profile", "many-small", "--files", str(b.small_files), "--seed", "2"]
+    files = int(name[len(SCALE) + 1:])
+    return ["--profile", "scale", "--files", str(files - files // 5), "--seed", "4", "--no-media-rows"]
 
 
 def backup_paths(data: Path) -> list[str]:
@@ -970,6 +1247,17 @@ def check_space(b: Bench) -> None:
     avail_kib = st.f_bavail * st.f_frsize // 1024
     if avail_kib <= need_kib:
         die(f"{b.work} has {avail_kib // 1024} MiB free; this size needs about {need_kib // 1024} MiB")
+
+
+def check_scale_space(b: Bench) -> None:
+    """Every scale set and its restores (two a run: ours and tar's) stay until the last step has
+    been timed (see restoring_into)."""
+    missing = [n for n in b.scale_files if not (b.work / "data" / scale_name(n) / ".bench-params").is_file()]
+    need_kib = (sum(missing) + 2 * b.runs * sum(b.scale_files)) * SCALE_KIB_PER_FILE + 1048576
+    st = os.statvfs(b.work)
+    avail_kib = st.f_bavail * st.f_frsize // 1024
+    if avail_kib <= need_kib:
+        die(f"{b.work} has {avail_kib // 1024} MiB free; these scale sets need about {need_kib // 1024} MiB")
 
 
 def load_busy() -> bool:
@@ -1097,14 +1385,57 @@ def write_report(b: Bench) -> None:
     write_meta(b.meta, {"load_end": " ".join(load_average()), "elapsed_s": str(elapsed)})
     b.doc.parent.mkdir(parents=True, exist_ok=True)
     text = report.render_files(b.results, b.failures, b.meta, b.incremental)
-    b.doc.write_text(text)
+    # The scale section comes from runs of its own (--only scale): keep it.
+    b.doc.write_text(report.keep_scale(b.doc.read_text() if b.doc.is_file() else "", text))
     sys.stdout.write(text)
     sys.stdout.flush()
     log(f"report written to {b.doc} (total {int(time.monotonic() - b.started)} s)")
 
 
+def write_scale_report(b: Bench) -> None:
+    """Only the scale section, put in place of the earlier one in the doc (or at its end)."""
+    write_meta(b.meta, {"elapsed_s": str(int(time.monotonic() - b.started))})
+    b.doc.parent.mkdir(parents=True, exist_ok=True)
+    section = report.render_scale_files(b.results, b.failures, b.meta, b.stored)
+    b.doc.write_text(report.splice_scale(b.doc.read_text() if b.doc.is_file() else "", section))
+    sys.stdout.write(section)
+    sys.stdout.flush()
+    log(f"scale section written to {b.doc} (total {int(time.monotonic() - b.started)} s)")
+
+
+def ensure_scale_tools(b: Bench) -> None:
+    present = {"restic": shutil.which("restic"), "time": os.access("/usr/bin/time", os.X_OK),
+               "tar": shutil.which("tar"), "util-linux": shutil.which("findmnt")}
+    missing = [package for package, found in present.items() if not found]
+    if missing and not apt_install(b, missing):
+        die(f"apt-get install {' '.join(missing)} failed (see {b.work}/apt.log)")
+
+
+def run_scale(b: Bench) -> None:
+    """--only scale: no S3 server, no charm, no limits; a local folder as the store."""
+    b.stored.write_text("")
+    log(f"scale sets of {', '.join(map(str, b.scale_files))} media files, {b.runs} run(s), work dir {b.work}")
+    ensure_scale_tools(b)
+    build_tool(b)
+    check_scale_space(b)
+    write_run_meta(b, wait_for_quiet(b))
+    write_meta(b.meta, {"scale_files": ",".join(map(str, b.scale_files))})
+    for files in b.scale_files:
+        generate(b, scale_name(files))
+    for files in b.scale_files:
+        bench_scale(b, files)
+    # The load after the last timed step: during the removals below many threads wait for the disk.
+    write_meta(b.meta, {"load_end": " ".join(load_average())})
+    log("removing the restores (untimed)")
+    remove_wide(b.restores)
+    write_scale_report(b)
+
+
 def run(b: Bench) -> None:
     prepare_work_dir(b)
+    if b.scale_only:
+        run_scale(b)
+        return
     log(f"size {b.size} GiB (media-heavy {b.media_mib} MiB, many-small {b.small_files} files), "
         f"{b.runs} run(s), work dir {b.work}")
     ensure_tools(b)
@@ -1131,8 +1462,10 @@ def clean_up(b: Bench, rc: int) -> None:
     if b.keep:
         log(f"kept {b.work}")
         return
+    # The scale sets' data dirs and restores hold up to hundreds of thousands of folders.
+    remove_tree = remove_wide if b.scale_only else remove
     for path in (b.servers, b.restores, b.scratch, b.secret_dir, b.work / "data", b.work / "ingest"):
-        remove(path)
+        remove_tree(path)
     if rc != 0:
         log(f"failed (exit {rc}); logs and partial results kept in {b.work}")
     elif b.created_work:
@@ -1142,7 +1475,7 @@ def clean_up(b: Bench, rc: int) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__, usage=argparse.SUPPRESS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    for option, default in (("--size", "1"), ("--runs", "3"), ("--only", ""), ("--workdir", "")):
+    for option, default in (("--size", "1"), ("--runs", "3"), ("--only", ""), ("--workdir", ""), ("--scale-files", "")):
         p.add_argument(option, default=default, help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--allow-load", action="store_true", help=argparse.SUPPRESS)
@@ -1153,8 +1486,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         die(f"--size must be a positive number of GiB (got '{args.size}')")
     if not re.fullmatch(r"[1-9][0-9]*", args.runs):
         die(f"--runs must be a positive integer (got '{args.runs}')")
-    if args.only not in ("", *DATASETS):
-        die(f"--only must be media-heavy or many-small (got '{args.only}')")
+    if args.only not in ("", *DATASETS, SCALE):
+        die(f"--only must be media-heavy, many-small or scale (got '{args.only}')")
+    if args.scale_files and args.only != SCALE:
+        die("--scale-files goes with --only scale")
+    if args.scale_files and not re.fullmatch(r"[0-9]+(,[0-9]+)*", args.scale_files):
+        die(f"--scale-files must be numbers of files separated by commas (got '{args.scale_files}')")
+    if any(int(n) < 100 for n in (args.scale_files or SCALE_FILES).split(",")):
+        die(f"--scale-files: each data set needs at least 100 files (got '{args.scale_files}')")
     return args
 
 

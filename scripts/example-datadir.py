@@ -5,6 +5,9 @@ The layout follows what `python -m synapse.app.homeserver --generate-config` and
 server produce: homeserver.yaml with absolute paths, a signing key, a SQLite database in WAL
 mode with event-like rows, media_store/local_content/<aa>/<bb>/<rest>, thumbnails under
 local_thumbnails/<aa>/<bb>/<rest>/<w>-<h>-<type>-<method>, and a remote media cache.
+The "scale" profile is the per-file-cost shape of scripts/bench.py --only scale: tiny media
+(64–640 bytes) with one thumbnail per four originals; with --no-media-rows its database is the
+same whatever --files is.
 
 Media bytes are random (real JPEG/MP4 do not compress either). Everything depends on --seed.
 """
@@ -17,10 +20,12 @@ import string
 import sys
 
 PROFILES = {
-    # name: (image sizes in bytes as (min, max), share of videos, thumbnails per image)
+    # name: (image sizes in bytes as (min, max), share of videos, thumbnails per image (a
+    # fraction: 0.25 is one thumbnail for every fourth image))
     "tiny": ((2_000, 60_000), 0.0, 2),
     "media-heavy": ((20 * 1024, 8 * 1024 * 1024), 0.02, 4),
     "many-small": ((2 * 1024, 60 * 1024), 0.0, 0),
+    "scale": ((64, 640), 0.0, 0.25),
 }
 
 
@@ -48,7 +53,10 @@ def main():
     p.add_argument("--server-name", default="example.test")
     p.add_argument("--profile", choices=sorted(PROFILES), default="tiny")
     p.add_argument("--size-mib", type=float, default=5, help="approximate size of local media")
-    p.add_argument("--files", type=int, default=0, help="number of media files (many-small); overrides --size-mib")
+    p.add_argument("--files", type=int, default=0,
+                   help="number of media files, thumbnails not counted (many-small, scale); overrides --size-mib")
+    p.add_argument("--no-media-rows", action="store_true",
+                   help="leave the media tables empty, so that the database does not grow with --files")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--db-rows", type=int, default=2000)
     p.add_argument("--port", type=int, default=0, help="listener port written to homeserver.yaml (0: a closed port)")
@@ -118,18 +126,21 @@ report_stats: false
         if not args.files:
             size = min(size, max(lo, target - made))
         write_random(media_path(media, "local_content", mid), size, rng)
-        db.execute("INSERT INTO local_media_repository (media_id, media_length) VALUES (?, ?)", (mid, size))
+        if not args.no_media_rows:
+            db.execute("INSERT INTO local_media_repository (media_id, media_length) VALUES (?, ?)", (mid, size))
         made += size
         count += 1
-        for t in range(thumbs):
+        # int(thumbs) per image, or for a fraction one on every 1/thumbs-th image.
+        for t in range(int(count * thumbs) - int((count - 1) * thumbs)):
             w = (32, 96, 320, 640)[t % 4]
-            tsize = max(512, min(size // (8 >> (t % 4)), 200 * 1024))
+            tsize = max(min(512, lo), min(size // (8 >> (t % 4)), 200 * 1024))
             thumb = os.path.join(media_path(media, "local_thumbnails", mid), f"{w}-{w}-image-jpeg-scale")
             write_random(thumb, tsize, rng)
-            db.execute(
-                "INSERT INTO local_media_repository_thumbnails VALUES (?, ?, ?, 'image/jpeg', 'scale', ?)",
-                (mid, w, w, tsize),
-            )
+            if not args.no_media_rows:
+                db.execute(
+                    "INSERT INTO local_media_repository_thumbnails VALUES (?, ?, ?, 'image/jpeg', 'scale', ?)",
+                    (mid, w, w, tsize),
+                )
     db.commit()
     db.close()
     # The remote cache and URL previews are skipped by default.
