@@ -1383,24 +1383,25 @@ def bench_dataset(b: Bench, name: str) -> None:
 def write_report(b: Bench) -> None:
     elapsed = int(time.monotonic() - b.started)
     write_meta(b.meta, {"load_end": " ".join(load_average()), "elapsed_s": str(elapsed)})
-    b.doc.parent.mkdir(parents=True, exist_ok=True)
     text = report.render_files(b.results, b.failures, b.meta, b.incremental)
     # The scale section comes from runs of its own (--only scale): keep it.
-    b.doc.write_text(report.keep_scale(b.doc.read_text() if b.doc.is_file() else "", text))
-    sys.stdout.write(text)
-    sys.stdout.flush()
-    log(f"report written to {b.doc} (total {int(time.monotonic() - b.started)} s)")
+    publish(b, text, lambda earlier: report.keep_scale(earlier, text), "report")
 
 
 def write_scale_report(b: Bench) -> None:
     """Only the scale section, put in place of the earlier one in the doc (or at its end)."""
     write_meta(b.meta, {"elapsed_s": str(int(time.monotonic() - b.started))})
-    b.doc.parent.mkdir(parents=True, exist_ok=True)
     section = report.render_scale_files(b.results, b.failures, b.meta, b.stored)
-    b.doc.write_text(report.splice_scale(b.doc.read_text() if b.doc.is_file() else "", section))
-    sys.stdout.write(section)
+    publish(b, section, lambda earlier: report.splice_scale(earlier, section), "scale section")
+
+
+def publish(b: Bench, text: str, merge, what: str) -> None:
+    """Writes the doc as `merge` makes it from the doc's earlier text, and `text` on stdout."""
+    b.doc.parent.mkdir(parents=True, exist_ok=True)
+    b.doc.write_text(merge(b.doc.read_text() if b.doc.is_file() else ""))
+    sys.stdout.write(text)
     sys.stdout.flush()
-    log(f"scale section written to {b.doc} (total {int(time.monotonic() - b.started)} s)")
+    log(f"{what} written to {b.doc} (total {int(time.monotonic() - b.started)} s)")
 
 
 def ensure_scale_tools(b: Bench) -> None:

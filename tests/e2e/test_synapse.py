@@ -85,13 +85,7 @@ def test_sqlite(checks, tool, make_synapse, scenario_dir):
     check_verify_backup_passes(checks, tool, sb_old, backup_id)
 
     shutil.rmtree(old.dir)  # the server is destroyed
-    new = make_synapse("new")
-    new.generate()
-    check_fresh_signing_key_differs(checks, new, rec)
-    sb_new = tool.config_for(new.config_path, os.path.join(scenario_dir, "sb-new.toml"))
-    restored, _ = tool.run_json(checks, "restore-backup onto a fresh config in another directory", sb_new, "restore-backup", backup_id)
-    timing["restore"] = restored["seconds"]
-    check_restored_files(checks, new, rec, backup_id)
+    new, sb_new = restore_onto_fresh_server(checks, tool, make_synapse, scenario_dir, rec, backup_id, timing)
     check_media_rows_have_files(checks, new, *sqlite_media_rows(new))
     check_restored_server(checks, new, rec)
     check_sqlite_integrity(checks, new.sqlite_path)
@@ -121,13 +115,8 @@ def test_postgresql(checks, tool, make_synapse, scenario_dir):
         shutil.rmtree(old.dir)  # the server is destroyed, its database too
         drop_database(old_db)
         create_database(new_db)
-        new = make_synapse("new", database=new_db)
-        new.generate()
-        check_fresh_signing_key_differs(checks, new, rec)
-        sb_new = tool.config_for(new.config_path, os.path.join(scenario_dir, "sb-new.toml"))
-        restored, _ = tool.run_json(checks, "restore-backup onto a fresh config in another directory", sb_new, "restore-backup", backup_id)
-        timing["restore"] = restored["seconds"]
-        check_restored_files(checks, new, rec, backup_id)
+        new, sb_new = restore_onto_fresh_server(
+            checks, tool, make_synapse, scenario_dir, rec, backup_id, timing, database=new_db)
         restore_files_only_into_drill_dir(checks, tool, sb_new, scenario_dir, timing)
         check_restored_database_has_synapse_tables(checks, new_db)
         check_media_rows_have_files(checks, new, *postgres_media_rows(new_db))
@@ -226,6 +215,19 @@ def test_fileprovider(checks, tool, make_synapse, scenario_dir):
 
 # --------------------------------------------------------------------------------------------
 # What is needed besides Synapse
+
+
+def restore_onto_fresh_server(checks, tool, make_synapse, scenario_dir, rec, backup_id, timing, database=None):
+    """A new server (its own, different signing key) in another directory, the backup restored
+    onto it and its files checked; the server and its synapse-backup config."""
+    new = make_synapse("new", database=database)
+    new.generate()
+    check_fresh_signing_key_differs(checks, new, rec)
+    sb_new = tool.config_for(new.config_path, os.path.join(scenario_dir, "sb-new.toml"))
+    restored, _ = tool.run_json(checks, "restore-backup onto a fresh config in another directory", sb_new, "restore-backup", backup_id)
+    timing["restore"] = restored["seconds"]
+    check_restored_files(checks, new, rec, backup_id)
+    return new, sb_new
 
 
 def require_postgres(checks):
