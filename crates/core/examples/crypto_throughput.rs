@@ -62,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         &mut sink,
         &passphrase,
+        crypto::Packing::Plain,
     )?;
     let encrypt = started.elapsed().as_secs_f64();
 
@@ -73,6 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         &mut message,
         &passphrase,
+        crypto::Packing::Plain,
     )?;
     let started = Instant::now();
     let mut reader = crypto::decrypt(

@@ -1,8 +1,11 @@
 //! Passphrase encryption as OpenPGP messages that plain `gpg --decrypt` opens.
 //!
 //! Writing: SKESK v4 with an iterated+salted SHA-256 S2K, AES-256, SEIPD v1 (integrity-protected
-//! with an MDC), no compression (media is already compressed, and ZLIB is what made the charm's
-//! pipeline slow). This is the packet layout GnuPG 2.2 itself writes, so every gpg in use reads it.
+//! with an MDC). This is the packet layout GnuPG 2.2 itself writes, so every gpg in use reads it.
+//! The caller says whether the plaintext goes into a ZLIB compressed data packet ([`Packing`]):
+//! bookkeeping (file lists, the header, SQLite, the config) shrinks several times, media do
+//! not (JPEG, PNG, MP4 are compressed already, and ZLIB over them is what made the charm's
+//! pipeline slow).
 //!
 //! Reading: the same, plus what GnuPG writes by default (ZLIB/ZIP/BZip2 compression) and GnuPG
 //! 2.4's OCB packets. Decryption streams: plaintext is released before the integrity check at the
@@ -14,7 +17,7 @@ use std::io::{self, BufRead, Read, Write};
 use pgp::composed::{DecryptionOptions, Message, MessageBuilder, TheRing};
 use pgp::crypto::hash::HashAlgorithm;
 use pgp::crypto::sym::SymmetricKeyAlgorithm;
-use pgp::types::{Password, Seipdv1ReadMode, StringToKey};
+use pgp::types::{CompressionAlgorithm, Password, Seipdv1ReadMode, StringToKey};
 use secrecy::{ExposeSecret, SecretString};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,13 +32,27 @@ const S2K_COUNT: u8 = 0xFF;
 /// OpenPGP partial body chunk; larger chunks mean fewer headers but more buffering.
 const PARTIAL_CHUNK: u32 = 1 << 20;
 
+/// Whether an object's plaintext is compressed inside the encryption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// A literal data packet: for what does not shrink (media, a custom-format pg_dump).
+    Plain,
+    /// A ZLIB compressed data packet around the literal one, which `gpg -d` undoes by itself.
+    Zlib,
+}
+
 /// Encrypts everything `plaintext` yields into `out` as one OpenPGP message.
-pub fn encrypt<R, W>(plaintext: R, out: W, passphrase: &SecretString) -> Result<()>
+pub fn encrypt<R, W>(
+    plaintext: R,
+    out: W,
+    passphrase: &SecretString,
+    packing: Packing,
+) -> Result<()>
 where
     R: Read,
     W: Write,
 {
-    encrypt_with_s2k_count(plaintext, out, passphrase, S2K_COUNT)
+    encrypt_with_s2k_count(plaintext, out, passphrase, packing, S2K_COUNT)
 }
 
 /// [`encrypt`] with another S2K count; tests use the cheapest.
@@ -43,6 +60,7 @@ pub(crate) fn encrypt_with_s2k_count<R, W>(
     plaintext: R,
     out: W,
     passphrase: &SecretString,
+    packing: Packing,
     s2k_count: u8,
 ) -> Result<()>
 where
@@ -52,6 +70,9 @@ where
     let mut rng = rand::thread_rng();
     let mut builder = MessageBuilder::from_reader("", plaintext)
         .seipd_v1(&mut rng, SymmetricKeyAlgorithm::AES256);
+    if packing == Packing::Zlib {
+        builder.compression(CompressionAlgorithm::ZLIB);
+    }
     builder
         .encrypt_with_password(
             StringToKey::new_iterated(&mut rng, HashAlgorithm::Sha256, s2k_count),
@@ -318,7 +339,7 @@ mod tests {
 
     fn encrypt_vec(data: &[u8], p: &str) -> Vec<u8> {
         let mut out = Vec::new();
-        encrypt(data, &mut out, &pass(p)).unwrap();
+        encrypt(data, &mut out, &pass(p), Packing::Plain).unwrap();
         out
     }
 
@@ -330,6 +351,40 @@ mod tests {
         let mut back = Vec::new();
         r.read_to_end(&mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn a_compressed_message_is_smaller_and_fails_like_a_plain_one() {
+        let data: Vec<u8> = (0..2_000_000u32)
+            .flat_map(|i| format!("{{\"path\":\"media/{i}\",\"size\":{}}}", i % 97).into_bytes())
+            .collect();
+        let mut enc = Vec::new();
+        encrypt(&data[..], &mut enc, &pass("p"), Packing::Zlib).unwrap();
+        assert!(
+            enc.len() * 4 < data.len(),
+            "{} of {}",
+            enc.len(),
+            data.len()
+        );
+        let mut r = decrypt(BufReader::new(&enc[..]), &pass("p"), "t").unwrap();
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+        let cut = &enc[..enc.len() - 100];
+        let mut r = decrypt(BufReader::new(cut), &pass("p"), "t").unwrap();
+        let err = r.read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(
+            classify_read_error("t", &err).corrupt_kind(),
+            Some(CorruptKind::Truncated)
+        );
+        let mid = enc.len() / 2;
+        enc[mid] ^= 0x01;
+        let mut r = decrypt(BufReader::new(&enc[..]), &pass("p"), "t").unwrap();
+        let err = r.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(
+            classify_read_error("t", &err).corrupt_kind().is_some(),
+            "{err}"
+        );
     }
 
     #[test]

@@ -292,6 +292,71 @@ done
     );
 }
 
+/// Whether gpg finds a compressed data packet in `object` (it decrypts to list the packets).
+fn gpg_sees_compression(world: &World, object: &Path) -> bool {
+    let out = Command::new("gpg")
+        .args(["--batch", "--quiet", "--list-packets", "--passphrase-file"])
+        .arg(&world.passphrase_file)
+        .arg(object)
+        .env("GNUPGHOME", gnupg_home())
+        .output()
+        .unwrap();
+    assert_success(&out, "gpg --list-packets");
+    String::from_utf8_lossy(&out.stdout).contains(":compressed packet:")
+}
+
+/// The base and the index are compressed (OpenPGP's own packet, which gpg undoes), a volume of
+/// small files too; a volume of larger media is not. All of them restore by hand.
+#[test]
+fn bookkeeping_and_volumes_of_small_files_are_compressed_and_restore_by_hand() {
+    let world = World::new();
+    let first = world.create_backup();
+    for i in 0..40u8 {
+        world.upload_media(&format!("tinymedia{i:02}AAAAAAAAAAAAAAA"), 300 + usize::from(i), i);
+    }
+    let second = world.create_backup();
+    let first_volume = format!("{first}-0000");
+    let second_volume = format!("{second}-0000");
+    assert_eq!(volumes(&world), [first_volume.clone(), second_volume.clone()]);
+    let store = &world.store;
+    assert!(gpg_sees_compression(&world, &store.join(&second)), "base");
+    assert!(gpg_sees_compression(&world, &store.join("index").join(&second)), "index");
+    assert!(
+        gpg_sees_compression(&world, &store.join("volumes").join(&second_volume)),
+        "a volume of 300-byte files"
+    );
+    assert!(
+        !gpg_sees_compression(&world, &store.join("volumes").join(&first_volume)),
+        "a volume of the example media"
+    );
+    let by_hand = world.path("by-hand");
+    fs::create_dir(&by_hand).unwrap();
+    let script = format!(
+        r#"set -euo pipefail
+gpg() {{ command gpg --batch --quiet --passphrase-file {pass} "$@"; }}
+gpg -d "{store}/{second}" | tar -x
+for list in volumes/*.list; do
+    gpg -d "{store}/volumes/$(basename "$list" .list)" | tar -x -T "$list"
+done
+"#,
+        store = store.display(),
+        pass = world.passphrase_file.display(),
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&by_hand)
+        .env("GNUPGHOME", gnupg_home())
+        .output()
+        .unwrap();
+    assert_success(&out, "the restore by hand");
+    assert_same_tree(
+        &tree_hashes(&by_hand.join("media/local_content")),
+        &local_media(&world),
+        "local_content restored by hand",
+    );
+}
+
 /// What the race test needs to see of a store: whether a create has announced itself, and
 /// which objects exist.
 trait StoreView {

@@ -222,7 +222,14 @@ mod tests {
         let tar = a_tar();
         let mut object = Vec::new();
         // The cheapest S2K, so thousands of tries take under a second.
-        crypto::encrypt_with_s2k_count(&tar[..], &mut object, &pass("right"), 0).unwrap();
+        crypto::encrypt_with_s2k_count(
+            &tar[..],
+            &mut object,
+            &pass("right"),
+            crypto::Packing::Plain,
+            0,
+        )
+        .unwrap();
         let object: std::sync::Arc<[u8]> = object.into();
         for attempt in 0..20_000 {
             let passphrase = pass(&format!("wrong {attempt}"));

@@ -32,6 +32,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::crypto::Packing;
 use crate::error::{Error, Result};
 use crate::manifest::DatabaseInfo;
 use crate::progress::Cancel;
@@ -140,9 +141,10 @@ pub async fn create_backup(
     let pending = Pending::announce(ctx.store, backup_id.as_str(), &parent_volumes).await?;
     let written = async {
         let condemned = condemned_volumes(ctx.store).await?;
-        let plan = reuse::plan_media(media.files, parent.as_ref(), &condemned);
-        // The parent's index is not needed any more: freed before the writing starts.
-        let parent = parent.map(|p| p.backup_id);
+        let parent_id = parent.as_ref().map(|p| p.backup_id.clone());
+        // The parent's entries are moved into the plan or dropped: freed before the writing.
+        let plan = reuse::plan_media(media.files, parent, &condemned);
+        let parent = parent_id;
         let contents = write::BackupContents {
             backup_id: backup_id.as_str(),
             hs: &hs,
@@ -181,12 +183,13 @@ async fn list_media(hs: &HomeserverConfig, options: &BackupOptions) -> Result<Me
         .map_err(|e| Error::task_failed("media listing", e))?
 }
 
-/// Runs `write` through the pipeline into an upload of `name`; what `write` returned and the
-/// object's size.
+/// Runs `write` through the pipeline into an upload of `name`, compressed or not as `packing`
+/// says; what `write` returned and the object's size.
 async fn stream_to_store<T: Send + 'static>(
     ctx: &OpContext<'_>,
     name: &str,
     expected_bytes: u64,
+    packing: Packing,
     write: impl FnOnce(ChunkWriter, &Cancel) -> Result<T> + Send + 'static,
 ) -> Result<(T, u64)> {
     let (sender, mut receiver) = mpsc::channel::<std::io::Result<bytes::Bytes>>(QUEUE_DEPTH);
@@ -194,7 +197,9 @@ async fn stream_to_store<T: Send + 'static>(
     let pipeline = {
         let passphrase = ctx.passphrase()?.clone();
         let cancel = ctx.cancel.clone();
-        tokio::task::spawn_blocking(move || run_pipeline(write, passphrase, sender, cancel))
+        tokio::task::spawn_blocking(move || {
+            run_pipeline(write, passphrase, packing, sender, cancel)
+        })
     };
     // Tar and OpenPGP add a little; the hint only sizes multipart parts.
     let size_hint = expected_bytes + expected_bytes / 50 + (1 << 20);

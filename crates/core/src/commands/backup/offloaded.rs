@@ -82,6 +82,7 @@ pub(super) async fn find_offloaded(
                                 role: Role::Media,
                                 size: *size,
                                 provider: Some(index as u32),
+                                stamp: None,
                             });
                             false
                         }

@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use tokio::sync::mpsc;
 
 use crate::archive::ArchiveWriter;
-use crate::crypto;
+use crate::crypto::{self, Packing};
 use crate::database::postgres::DumpProcess;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{
@@ -69,6 +69,7 @@ pub(super) enum PipelineError {
 pub(super) fn run_pipeline<T: Send + 'static>(
     write: impl FnOnce(ChunkWriter, &Cancel) -> Result<T> + Send + 'static,
     passphrase: SecretString,
+    packing: Packing,
     sender: mpsc::Sender<std::io::Result<bytes::Bytes>>,
     cancel: Cancel,
 ) -> Result<T, PipelineError> {
@@ -85,7 +86,7 @@ pub(super) fn run_pipeline<T: Send + 'static>(
             })?
     };
     let mut out = ChannelWriter::new(sender, cancel);
-    let encrypted = crypto::encrypt(pipe_reader, &mut out, &passphrase);
+    let encrypted = crypto::encrypt(pipe_reader, &mut out, &passphrase, packing);
     let archived = tar_thread
         .join()
         .map_err(|_| PipelineError::Failed(Error::task_failed("archive", "it panicked")))?;

@@ -13,10 +13,14 @@
 //! files are stored again, so it can go once the backups that still use it are pruned. Every
 //! volume the newest backup references is then at least 2/3 live, so the volumes it needs hold
 //! at most 1.5× its media.
+//!
+//! Memory: the parent's entries are one sorted list, merge-joined with the sorted listing of
+//! the media store, and an unchanged file's entry is moved into the new backup, never copied:
+//! at most one entry per file is held at a time, with no hash table beside it.
 
+use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::io::BufReader;
-use std::os::unix::fs::MetadataExt;
 
 use crate::archive::read_members;
 use crate::commands::OpContext;
@@ -38,8 +42,8 @@ pub(super) struct Parent {
     pub backup_id: String,
     /// The volumes the parent uses, by name.
     pub volumes: HashMap<String, VolumeRef>,
-    /// The parent's media entries, by member path.
-    pub entries: HashMap<String, FileEntry>,
+    /// The parent's media entries, sorted by member path, each path once.
+    pub entries: Vec<FileEntry>,
     /// Volumes the parent names that are missing from the store or not the size it recorded
     /// (a lifecycle rule, a half-finished cleanup, a disk fault): never referenced again.
     pub unusable: Vec<(String, VolumeFault)>,
@@ -132,7 +136,7 @@ fn stops_the_search(e: &Error) -> bool {
 }
 
 /// Reads the media entries of `header`'s backup from its index object.
-async fn read_index(ctx: &OpContext<'_>, header: &Header) -> Result<HashMap<String, FileEntry>> {
+async fn read_index(ctx: &OpContext<'_>, header: &Header) -> Result<Vec<FileEntry>> {
     let name = index_name(&header.backup_id);
     let backup_id = header.backup_id.clone();
     let volumes: HashSet<String> = header
@@ -142,7 +146,7 @@ async fn read_index(ctx: &OpContext<'_>, header: &Header) -> Result<HashMap<Stri
         .collect();
     let object = name.clone();
     read_object(ctx, &name, move |reader| {
-        let mut entries = HashMap::new();
+        let mut entries = Vec::new();
         let mut found = false;
         let mut listed_id = String::new();
         read_members(reader, &object, |member| {
@@ -155,7 +159,11 @@ async fn read_index(ctx: &OpContext<'_>, header: &Header) -> Result<HashMap<Stri
             }
             found = true;
             let (id, _) = read_file_list(&object, BufReader::new(member.data), |entry| {
-                entries.insert(entry.path.clone(), entry);
+                // Only entries that name a volume the header names can be taken over.
+                if entry.role == Role::Media && entry.volume().is_some_and(|v| volumes.contains(v))
+                {
+                    entries.push(entry);
+                }
             })?;
             listed_id = id;
             Ok(())
@@ -167,20 +175,28 @@ async fn read_index(ctx: &OpContext<'_>, header: &Header) -> Result<HashMap<Stri
                 format!("the index does not list the media of {backup_id}"),
             ));
         }
-        // Only entries that name a volume the header names can be taken over.
-        entries.retain(|_, entry: &mut FileEntry| {
-            entry.role == Role::Media && entry.volume().is_some_and(|v| volumes.contains(v))
-        });
+        sort_by_path(&mut entries);
         Ok(entries)
     })
     .await
 }
 
+/// Every tool writes its index sorted by path; one that is not (or names a path twice, the
+/// later entry winning as in a map) is put in order here rather than trusted.
+fn sort_by_path(entries: &mut Vec<FileEntry>) {
+    let sorted = entries.windows(2).all(|pair| pair[0].path < pair[1].path);
+    if !sorted {
+        entries.reverse();
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        entries.dedup_by(|later, first| later.path == first.path);
+    }
+}
+
 /// Decides, file by file, what to store and what to take from `parent`, leaving out the
-/// volumes in `excluded` (condemned by a prune).
+/// volumes in `excluded` (condemned by a prune). `files` is sorted by member path.
 pub(super) fn plan_media(
     files: Vec<Source>,
-    parent: Option<&Parent>,
+    parent: Option<Parent>,
     excluded: &HashSet<String>,
 ) -> MediaPlan {
     let Some(parent) = parent else {
@@ -198,18 +214,24 @@ pub(super) fn plan_media(
     let mut stored_again = vec![0usize; parent.unusable.len()];
     let mut candidates: Vec<(Source, FileEntry)> = Vec::new();
     let mut to_store = Vec::new();
+    let mut earlier = parent.entries.into_iter().peekable();
     for file in files {
-        let in_unusable = parent
-            .entries
-            .get(&file.member)
-            .and_then(|e| e.volume())
-            .and_then(|v| unusable.get(v));
-        if let Some(&i) = in_unusable {
+        // Both lists are sorted by path: the parent's entries before this file are of files
+        // gone since, dropped as they are passed.
+        while earlier
+            .next_if(|e| e.path.as_str().cmp(&file.member) == Ordering::Less)
+            .is_some()
+        {}
+        let Some(entry) = earlier.next_if(|e| e.path == file.member) else {
+            to_store.push(file);
+            continue;
+        };
+        if let Some(&i) = entry.volume().and_then(|v| unusable.get(v)) {
             stored_again[i] += 1;
             to_store.push(file);
             continue;
         }
-        match unchanged_entry(&file, parent, excluded) {
+        match unchanged_entry(&file, entry, &parent.volumes, excluded) {
             Some(entry) => candidates.push((file, entry)),
             None => to_store.push(file),
         }
@@ -263,34 +285,35 @@ pub(super) fn plan_media(
     }
 }
 
-/// The parent's entry for `file` when the file is as the parent read it.
+/// The parent's entry for `file`, updated, when the file is as the parent read it.
 fn unchanged_entry(
     file: &Source,
-    parent: &Parent,
+    entry: FileEntry,
+    volumes: &HashMap<String, VolumeRef>,
     excluded: &HashSet<String>,
 ) -> Option<FileEntry> {
-    let entry = parent.entries.get(&file.member)?;
     let volume = entry.volume()?;
-    if excluded.contains(volume) || !parent.volumes.contains_key(volume) {
+    if excluded.contains(volume) || !volumes.contains_key(volume) {
         return None;
     }
     if file.provider.is_some() {
         // Not on disk to stat: a file a provider holds is taken over when its path and size
         // are those stored, as Synapse never rewrites a media file (its name is its id). It
         // may have been stored when it was still local.
-        return (entry.size == file.size).then(|| FileEntry {
+        return (entry.size == file.size).then_some(FileEntry {
             provider: file.provider,
-            ..entry.clone()
+            ..entry
         });
     }
-    let meta = std::fs::metadata(&file.path).ok()?;
-    let same = meta.len() == entry.size
-        && meta.mtime() == entry.mtime
-        && entry.mtime_nanos == Some(meta.mtime_nsec() as u32);
-    same.then(|| FileEntry {
-        mode: meta.mode() & 0o777,
+    // The listing's own lstat: a media file is a regular file, so it is what a stat would say.
+    let stamp = file.stamp?;
+    let same = file.size == entry.size
+        && stamp.mtime == entry.mtime
+        && entry.mtime_nanos == Some(stamp.mtime_nanos);
+    same.then_some(FileEntry {
+        mode: stamp.mode,
         provider: None,
-        ..entry.clone()
+        ..entry
     })
 }
 
@@ -298,6 +321,7 @@ fn unchanged_entry(
 mod tests {
     use super::*;
     use crate::manifest::Storage;
+    use std::os::unix::fs::MetadataExt;
     use std::path::Path;
 
     fn write(dir: &Path, name: &str, bytes: usize) -> (Source, FileEntry) {
@@ -310,6 +334,7 @@ mod tests {
             role: Role::Media,
             size: bytes as u64,
             provider: None,
+            stamp: Some(super::super::sources::Stamp::of(&meta)),
         };
         let entry = FileEntry {
             role: Role::Media,
@@ -340,7 +365,7 @@ mod tests {
                 },
             )]
             .into(),
-            entries: entries.into_iter().map(|e| (e.path.clone(), e)).collect(),
+            entries,
             unusable: Vec::new(),
         }
     }
@@ -354,7 +379,7 @@ mod tests {
         b_entry.mtime_nanos = b_entry.mtime_nanos.map(|n| (n + 1) % 1_000_000_000);
         // Only "a" (100 of the volume's 150 bytes) is still as the parent read it.
         let parent = parent(vec![a_entry, b_entry], 150);
-        let plan = plan_media(vec![a, b, c], Some(&parent), &HashSet::new());
+        let plan = plan_media(vec![a, b, c], Some(parent), &HashSet::new());
         let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
         assert_eq!(stored, vec!["media/b", "media/c"]);
         assert_eq!(plan.reused.len(), 1);
@@ -368,13 +393,44 @@ mod tests {
     }
 
     #[test]
+    fn the_join_passes_over_files_gone_and_files_new_in_any_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let written: Vec<(Source, FileEntry)> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|name| write(dir.path(), name, 10))
+            .collect();
+        // The parent had a, c, d and f; the media store now holds b, c, e and f.
+        let parent_entries: Vec<FileEntry> =
+            [0, 2, 3, 5].iter().map(|&i| written[i].1.clone()).collect();
+        let files: Vec<Source> = [1, 2, 4, 5].iter().map(|&i| written[i].0.clone()).collect();
+        let plan = plan_media(files, Some(parent(parent_entries, 40)), &HashSet::new());
+        let reused: Vec<&str> = plan.reused.iter().map(|e| e.path.as_str()).collect();
+        let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
+        assert_eq!(reused, ["media/c", "media/f"]);
+        assert_eq!(stored, ["media/b", "media/e"]);
+    }
+
+    #[test]
+    fn an_index_out_of_order_is_sorted_and_the_later_entry_of_a_path_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, a) = write(dir.path(), "a", 1);
+        let (_, b) = write(dir.path(), "b", 1);
+        let mut b_again = b.clone();
+        b_again.size = 2;
+        let mut entries = vec![b, a, b_again];
+        sort_by_path(&mut entries);
+        let seen: Vec<(&str, u64)> = entries.iter().map(|e| (e.path.as_str(), e.size)).collect();
+        assert_eq!(seen, [("media/a", 1), ("media/b", 2)]);
+    }
+
+    #[test]
     fn files_in_an_unusable_volume_are_stored_again_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let (a, a_entry) = write(dir.path(), "a", 100);
         let (b, b_entry) = write(dir.path(), "b", 100);
         let mut parent = parent(vec![a_entry, b_entry], 200);
         parent.unusable = vec![("volumes/backup-1-0000".into(), VolumeFault::Missing)];
-        let plan = plan_media(vec![a, b], Some(&parent), &HashSet::new());
+        let plan = plan_media(vec![a, b], Some(parent), &HashSet::new());
         assert!(plan.reused.is_empty());
         assert!(plan.reused_volumes.is_empty());
         assert_eq!(plan.to_store.len(), 2);
@@ -391,7 +447,7 @@ mod tests {
         // The volume held 100 bytes; 60 are still live: under 2/3.
         let plan = plan_media(
             vec![a.clone()],
-            Some(&parent(vec![a_entry.clone()], 100)),
+            Some(parent(vec![a_entry.clone()], 100)),
             &HashSet::new(),
         );
         assert!(plan.reused.is_empty());
@@ -399,14 +455,14 @@ mod tests {
         // 60 of 90: exactly 2/3, still used.
         let plan = plan_media(
             vec![a.clone()],
-            Some(&parent(vec![a_entry.clone()], 90)),
+            Some(parent(vec![a_entry.clone()], 90)),
             &HashSet::new(),
         );
         assert_eq!(plan.reused.len(), 1);
         assert_eq!(plan.reused_volumes[0].used_bytes, 60);
         // A condemned volume is never used.
         let excluded: HashSet<String> = ["volumes/backup-1-0000".to_string()].into();
-        let plan = plan_media(vec![a], Some(&parent(vec![a_entry], 60)), &excluded);
+        let plan = plan_media(vec![a], Some(parent(vec![a_entry], 60)), &excluded);
         assert!(plan.reused.is_empty());
     }
 }

@@ -54,6 +54,7 @@ pub(super) async fn take(
                     role: Role::Database,
                     size,
                     provider: None,
+                    stamp: None,
                 }),
                 dump: None,
             })

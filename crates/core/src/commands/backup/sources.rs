@@ -17,6 +17,28 @@ pub(super) struct Source {
     /// The media storage provider (its place in Synapse's list) the file is read from, into
     /// `path`, because media_store_path lacks it.
     pub provider: Option<u32>,
+    /// What the listing's one `lstat` saw of a media file, so that deciding whether it changed
+    /// since the parent needs no second system call.
+    pub stamp: Option<Stamp>,
+}
+
+/// The parts of a file's status that say whether it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stamp {
+    pub mtime: i64,
+    pub mtime_nanos: u32,
+    pub mode: u32,
+}
+
+impl Stamp {
+    pub fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            mtime: meta.mtime(),
+            mtime_nanos: meta.mtime_nsec() as u32,
+            mode: meta.mode() & 0o777,
+        }
+    }
 }
 
 impl Source {
@@ -27,6 +49,7 @@ impl Source {
             path: path.to_path_buf(),
             role,
             provider: None,
+            stamp: None,
         })
     }
 }
@@ -246,6 +269,7 @@ pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListi
                 role: Role::Media,
                 size: meta.len(),
                 provider: None,
+                stamp: Some(Stamp::of(&meta)),
             });
         }
     }

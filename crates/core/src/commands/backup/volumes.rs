@@ -14,6 +14,23 @@ use crate::progress::{Cancel, Progress};
 use crate::repository::pipe::{ChunkWriter, CHUNK};
 
 use super::sources::Source;
+use crate::crypto::Packing;
+
+/// Below this mean file size a volume is compressed: each file costs a 512-byte tar header and
+/// up to 511 bytes of padding, a fifth or more of a 4 KiB file, and ZLIB removes nearly all of
+/// it even when the files themselves do not shrink. Above it, deflating media that do not
+/// shrink costs more CPU than the little it saves.
+pub(super) const COMPRESS_BELOW_MEAN_SIZE: u64 = 4096;
+
+/// How a volume of `files` is packed: compressed when its files are small on average.
+pub(super) fn packing_for(files: &[Source]) -> Packing {
+    let bytes: u64 = files.iter().map(|f| f.size).sum();
+    if (bytes / files.len().max(1) as u64) < COMPRESS_BELOW_MEAN_SIZE {
+        Packing::Zlib
+    } else {
+        Packing::Plain
+    }
+}
 
 /// What one volume ended up holding.
 pub(super) struct VolumeContents {
@@ -128,7 +145,17 @@ mod tests {
             role: Role::Media,
             size,
             provider: None,
+            stamp: None,
         }
+    }
+
+    #[test]
+    fn only_volumes_of_small_files_are_compressed() {
+        let small = vec![source("a", 100), source("b", 4000)];
+        assert_eq!(packing_for(&small), Packing::Zlib);
+        let large = vec![source("a", 100), source("b", 9000)];
+        assert_eq!(packing_for(&large), Packing::Plain);
+        assert_eq!(packing_for(&[]), Packing::Zlib);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
+use crate::crypto::Packing;
 use crate::error::Result;
 use crate::manifest::{
     index_name, volume_name, volume_owner, BackupKind, DatabaseInfo, FileEntry, Header,
@@ -149,10 +150,16 @@ async fn write_objects(
         list_path: contents.temp.join(FILES_MEMBER),
         media_entries,
     };
+    // A custom-format pg_dump is compressed already; everything else in a base shrinks.
+    let packing = if base.dump.is_some() {
+        Packing::Plain
+    } else {
+        Packing::Zlib
+    };
     let progress = Arc::clone(&ctx.progress);
     written.push(backup_id.to_string());
     let (archived, stored_base_bytes) =
-        stream_to_store(ctx, backup_id, base_bytes, move |out, cancel| {
+        stream_to_store(ctx, backup_id, base_bytes, packing, move |out, cancel| {
             pipeline::write_archive(base, out, progress.as_ref(), cancel)
         })
         .await?;
@@ -254,13 +261,14 @@ async fn write_new_volumes(
         let name = volume_name(backup_id, index);
         let fetched = offloaded::fetched_paths(&files);
         let bytes: u64 = files.iter().map(|s| s.size).sum();
+        let packing = volumes::packing_for(&files);
         let progress = Arc::clone(&ctx.progress);
         let volume = name.clone();
         written.push(name.clone());
         // The next volume's provider media download while this one is written: at most two
         // volumes of them in the temp dir.
         let (stored, following) = futures::join!(
-            stream_to_store(ctx, &name, bytes, move |out, cancel| {
+            stream_to_store(ctx, &name, bytes, packing, move |out, cancel| {
                 volumes::write_volume(&volume, files, out, progress.as_ref(), cancel)
             }),
             offloaded::fetch_volume(queue.next(), access, downloads)
@@ -296,7 +304,7 @@ async fn write_index(
     let shared = Arc::clone(&entries);
     let id = backup_id.to_string();
     written.push(index.clone());
-    let ((), size) = stream_to_store(ctx, &index, 0, move |out, _| {
+    let ((), size) = stream_to_store(ctx, &index, 0, Packing::Zlib, move |out, _| {
         volumes::write_index(&id, &shared, created.timestamp(), out)
     })
     .await?;
