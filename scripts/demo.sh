@@ -39,4 +39,4 @@ echo
 echo "Backup $id is in $work/backups; a restore drill is in $work/drill."
 echo "By hand, in an empty folder (README, \"Disaster recovery by hand\"):"
 echo "  gpg --batch --passphrase-file $work/passphrase -d $work/backups/$id | tar -x"
-echo "  for list in volumes/*.list; do gpg --batch --passphrase-file $work/passphrase -d \"$work/backups/volumes/\$(basename \"\$list\" .list)\" | tar -x -T \"\$list\"; done"
+echo "  then the loop over volumes/runs.list and the volumes that README shows (store=$work/backups)"

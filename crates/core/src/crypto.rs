@@ -29,8 +29,12 @@ use crate::store::ReadFailed;
 
 /// Encoded S2K count 0xFF: 65,011,712 bytes hashed, GnuPG's usual calibrated strength.
 const S2K_COUNT: u8 = 0xFF;
-/// OpenPGP partial body chunk; larger chunks mean fewer headers but more buffering.
-const PARTIAL_CHUNK: u32 = 1 << 20;
+/// OpenPGP partial body chunk; larger chunks mean fewer headers but more buffering. rPGP writes
+/// a message that fits in one chunk as one packet of fixed length instead, and an object cut
+/// short inside such a packet fails in a way a wrong key's garbage also can, so it could only
+/// be reported as "wrong passphrase": small chunks keep every base over 64 KiB (a signing key,
+/// a config and a database) in partial chunks, where a cut is told as one.
+const PARTIAL_CHUNK: u32 = 1 << 16;
 
 /// Whether an object's plaintext is compressed inside the encryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,12 +370,14 @@ mod tests {
             enc.len(),
             data.len()
         );
-        let mut r = decrypt(BufReader::new(&enc[..]), &pass("p"), "t").unwrap();
         let mut back = Vec::new();
-        r.read_to_end(&mut back).unwrap();
+        decrypt(BufReader::new(&enc[..]), &pass("p"), "t")
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, data);
-        let cut = &enc[..enc.len() - 100];
-        let mut r = decrypt(BufReader::new(cut), &pass("p"), "t").unwrap();
+        let cut = enc[..enc.len() - 100].to_vec();
+        let mut r = decrypt(BufReader::new(&cut[..]), &pass("p"), "t").unwrap();
         let err = r.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(
             classify_read_error("t", &err).corrupt_kind(),

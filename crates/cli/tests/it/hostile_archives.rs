@@ -1107,14 +1107,28 @@ fn a_format_1_backup_restores_and_is_never_a_parent() {
     let source = World::new();
     let id = source.create_backup();
     let base = unpack(&source, &id);
+    // Format 3: the media entries are in the runs the base lists, the files in volumes.
+    let runs = base.iter().find(|m| m.path == "volumes/runs.list").unwrap();
+    let mut media_entries = Vec::new();
+    for run in String::from_utf8(runs.data.clone()).unwrap().lines() {
+        let run = members_of(&source, &source.store.join(run));
+        for line in String::from_utf8(run[0].data.clone()).unwrap().lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            if line.starts_with('#') || f[1] == "gone" {
+                continue;
+            }
+            media_entries.push(json!({
+                "role": "media", "path": f[0], "size": f[2].parse::<u64>().unwrap(),
+                "mode": u32::from_str_radix(f[3], 8).unwrap(),
+                "mtime": f[4].parse::<i64>().unwrap(), "sha256": f[6],
+            }));
+        }
+    }
     let mut media = Vec::new();
-    for list in base.iter().filter(|m| m.path.starts_with("volumes/")) {
-        let volume = list.path.strip_prefix("volumes/").unwrap();
-        let volume = volume.strip_suffix(".list").unwrap();
-        media.extend(members_of(
-            &source,
-            &source.store.join("volumes").join(volume),
-        ));
+    let header: Value = serde_json::from_slice(&base[0].data).unwrap();
+    for volume in header["media"]["volumes"].as_array().unwrap() {
+        let volume = volume["name"].as_str().unwrap();
+        media.extend(members_of(&source, &source.store.join(volume)));
     }
     assert!(!media.is_empty());
     let mut members: Vec<RealMember> = base
@@ -1133,7 +1147,9 @@ fn a_format_1_backup_restores_and_is_never_a_parent() {
     edit_json(&mut list, |l| {
         l["format_version"] = json!(1);
         l["backup_id"] = json!(OLD);
-        for file in l["files"].as_array_mut().unwrap() {
+        let files = l["files"].as_array_mut().unwrap();
+        files.extend(media_entries);
+        for file in files {
             file["storage"] = json!({"kind": "inline"});
             file.as_object_mut().unwrap().remove("mtime_nanos");
         }

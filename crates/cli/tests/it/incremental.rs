@@ -173,7 +173,8 @@ fn deleting_the_parent_keeps_the_volumes_its_child_uses() {
     let mut condemned_now = names_in(&world.store.join(".condemned"));
     condemned_now.sort();
     assert_eq!(condemned_now, left);
-    assert!(names_in(&world.store.join("index")).is_empty());
+    // Format 3 writes no index; a format-2 index left over would have been removed.
+    assert!(!world.store.join("index").exists());
 }
 
 #[test]
@@ -265,10 +266,7 @@ fn an_incremental_backup_restores_by_hand_with_gpg_and_tar() {
 store={store}
 gpg() {{ command gpg --batch --quiet --passphrase-file {pass} "$@"; }}
 gpg -d "$store/{id}" | tar -x
-for list in volumes/*.list; do
-    gpg -d "$store/volumes/$(basename "$list" .list)" | tar -x -T "$list"
-done
-"#,
+{BY_HAND_LOOP}"#,
         store = world.store.display(),
         pass = world.passphrase_file.display(),
     );
@@ -305,22 +303,38 @@ fn gpg_sees_compression(world: &World, object: &Path) -> bool {
     String::from_utf8_lossy(&out.stdout).contains(":compressed packet:")
 }
 
-/// The base and the index are compressed (OpenPGP's own packet, which gpg undoes), a volume of
-/// small files too; a volume of larger media is not. All of them restore by hand.
+/// The run is compressed (OpenPGP's own packet, which gpg undoes), a volume of small files
+/// too; the base and a volume of larger media are not. All of them restore by hand.
 #[test]
 fn bookkeeping_and_volumes_of_small_files_are_compressed_and_restore_by_hand() {
     let world = World::new();
     let first = world.create_backup();
     for i in 0..40u8 {
-        world.upload_media(&format!("tinymedia{i:02}AAAAAAAAAAAAAAA"), 300 + usize::from(i), i);
+        world.upload_media(
+            &format!("tinymedia{i:02}AAAAAAAAAAAAAAA"),
+            300 + usize::from(i),
+            i,
+        );
     }
     let second = world.create_backup();
     let first_volume = format!("{first}-0000");
     let second_volume = format!("{second}-0000");
-    assert_eq!(volumes(&world), [first_volume.clone(), second_volume.clone()]);
+    let second_run = format!("{second}-files");
+    assert_eq!(
+        volumes(&world),
+        [
+            first_volume.clone(),
+            format!("{first}-files"),
+            second_volume.clone(),
+            second_run.clone()
+        ]
+    );
     let store = &world.store;
-    assert!(gpg_sees_compression(&world, &store.join(&second)), "base");
-    assert!(gpg_sees_compression(&world, &store.join("index").join(&second)), "index");
+    assert!(!gpg_sees_compression(&world, &store.join(&second)), "base");
+    assert!(
+        gpg_sees_compression(&world, &store.join("volumes").join(&second_run)),
+        "run"
+    );
     assert!(
         gpg_sees_compression(&world, &store.join("volumes").join(&second_volume)),
         "a volume of 300-byte files"
@@ -334,11 +348,9 @@ fn bookkeeping_and_volumes_of_small_files_are_compressed_and_restore_by_hand() {
     let script = format!(
         r#"set -euo pipefail
 gpg() {{ command gpg --batch --quiet --passphrase-file {pass} "$@"; }}
-gpg -d "{store}/{second}" | tar -x
-for list in volumes/*.list; do
-    gpg -d "{store}/volumes/$(basename "$list" .list)" | tar -x -T "$list"
-done
-"#,
+store={store}
+gpg -d "$store/{second}" | tar -x
+{BY_HAND_LOOP}"#,
         store = store.display(),
         pass = world.passphrase_file.display(),
     );
@@ -622,5 +634,117 @@ fn a_dry_run_prune_shows_the_volumes_it_would_free_and_changes_nothing() {
         String::from_utf8_lossy(&table.stderr).contains("would condemn"),
         "{}",
         String::from_utf8_lossy(&table.stderr)
+    );
+}
+
+/// The first member of `object`, decrypted with the real gpg: a base's header, a run's list.
+fn first_member(world: &World, object: &Path) -> Vec<u8> {
+    let out = gpg_decrypt(object, &world.passphrase_file);
+    assert_success(&out, "gpg -d");
+    let mut archive = tar::Archive::new(&out.stdout[..]);
+    let mut first = archive.entries().unwrap().next().unwrap().unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut first, &mut bytes).unwrap();
+    bytes
+}
+
+fn restore_exactly(world: &World, id: &str, expected: &std::collections::BTreeMap<String, String>) {
+    let drill = world.path("drill");
+    if drill.exists() {
+        fs::remove_dir_all(&drill).unwrap();
+    }
+    let drill = world.restore_drill(id, "restore-backup --target-dir");
+    assert_same_tree(&drill_media(&drill), expected, id);
+}
+
+/// Format 3: nights with files added, then deleted and others added, stack runs of the night's
+/// change (`gone` lines included) on the first night's whole list; every backup of the chain
+/// restores exactly what was there that night, by the tool and by hand, and deleting the
+/// backup in the middle keeps what the last one needs.
+#[test]
+fn a_chain_of_nights_stacks_runs_and_every_backup_restores_exactly() {
+    let world = World::with(WorldOptions {
+        extra_config: "[retention]\ndelete-grace-secs = 0\n",
+        ..WorldOptions::default()
+    });
+    let first = world.create_backup();
+    let night1 = local_media(&world);
+    let added = world.upload_media("chainAAAAAAAAAAAAAAAAAAA", 3_000, 1);
+    let second = world.create_backup();
+    let night2 = local_media(&world);
+    fs::remove_file(&added).unwrap();
+    let victim = walkdir::WalkDir::new(world.data.join("media_store/local_content"))
+        .sort_by_file_name()
+        .into_iter()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_type().is_file())
+        .unwrap();
+    fs::remove_file(victim.path()).unwrap();
+    world.upload_media("chainBBBBBBBBBBBBBBBBBBB", 3_000, 2);
+    let third = world.create_backup();
+    let night3 = local_media(&world);
+
+    let header: Value =
+        serde_json::from_slice(&first_member(&world, &world.object(&third))).unwrap();
+    let runs: Vec<&str> = header["media"]["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    // The first night's whole list, under the third night's change merged with the second's.
+    assert_eq!(
+        runs,
+        [
+            format!("volumes/{first}-files"),
+            format!("volumes/{third}-files")
+        ],
+        "{header}"
+    );
+    let own = String::from_utf8(first_member(&world, &world.store.join(runs[1]))).unwrap();
+    let gone: Vec<&str> = own.lines().filter(|l| l.ends_with("\tgone")).collect();
+    assert_eq!(gone.len(), 2, "{own}");
+
+    for (id, expected) in [(&first, &night1), (&second, &night2), (&third, &night3)] {
+        assert_success(&world.run(&["verify-backup", id]), "verify-backup");
+        restore_exactly(&world, id, expected);
+    }
+    // The second night's run and volume: nothing the third needs (its run merged the second's).
+    let deleted = json(&world.run(&["--json", "delete-backup", &second]), "delete");
+    assert_eq!(
+        deleted["volumes"]["condemned"],
+        serde_json::json!([
+            format!("volumes/{second}-0000"),
+            format!("volumes/{second}-files")
+        ]),
+        "{deleted}"
+    );
+    json(
+        &world.run(&["--json", "prune-backups", "--keep-last", "5"]),
+        "prune",
+    );
+    assert!(!world.store.join(format!("volumes/{second}-files")).exists());
+    assert_success(&world.run(&["verify-backup", &third]), "verify-backup");
+    restore_exactly(&world, &third, &night3);
+
+    let by_hand = world.path("by-hand");
+    fs::create_dir(&by_hand).unwrap();
+    let script = format!(
+        "set -euo pipefail\nstore={store}\ngpg() {{ command gpg --batch --quiet --passphrase-file {pass} \"$@\"; }}\ngpg -d \"$store/{third}\" | tar -x\n{BY_HAND_LOOP}",
+        store = world.store.display(),
+        pass = world.passphrase_file.display(),
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&by_hand)
+        .env("GNUPGHOME", gnupg_home())
+        .output()
+        .unwrap();
+    assert_success(&out, "the restore by hand");
+    assert_same_tree(
+        &tree_hashes(&by_hand.join("media/local_content")),
+        &night3,
+        "the third night restored by hand",
     );
 }

@@ -78,11 +78,11 @@ fn stored_keys_and_metadata_reveal_only_the_backup_id() {
             keys,
             vec![
                 format!("{prefix}/{id}"),
-                format!("{prefix}/index/{id}"),
                 format!("{prefix}/volumes/{id}-0000"),
+                format!("{prefix}/volumes/{id}-files"),
             ]
         );
-        // The base, the index and the volume: each named by the backup id alone, each opaque.
+        // The base, the volume and the run: each named by the backup id alone, each opaque.
         for key in keys {
             let key = Path::from(key);
             let head = client

@@ -72,12 +72,21 @@ impl Case {
         id_of(&self.create(extra).0)
     }
 
+    /// The shared objects backup `id` wrote: its media volumes and its run.
     fn volumes_of(&self, id: &str) -> Vec<String> {
         self.raw
             .names("volumes")
             .into_iter()
             .filter(|v| v.starts_with(&format!("volumes/{id}-")))
             .collect()
+    }
+
+    /// The media volumes backup `id` wrote (not its run).
+    fn media_volumes_of(&self, id: &str) -> Vec<String> {
+        let run = format!("volumes/{id}-files");
+        let mut volumes = self.volumes_of(id);
+        volumes.retain(|v| *v != run);
+        volumes
     }
 
     fn scratch(&self) -> PathBuf {
@@ -119,7 +128,7 @@ on_both_stores!(
     "",
     |case: &Case| {
         let first = case.create_id(&[]);
-        let lost = case.volumes_of(&first);
+        let lost = case.media_volumes_of(&first);
         assert_eq!(lost.len(), 1, "{lost:?}");
         case.raw.delete(&lost[0]);
 
@@ -348,23 +357,27 @@ on_both_stores!(
     }
 );
 
-// The newest backup's index replaced by another backup's: the next backup cannot build on it,
+// The newest backup's run replaced by another backup's: the next backup cannot build on it,
 // so it is full and says why.
 on_both_stores!(
-    a_parent_index_that_is_not_its_own_makes_the_next_backup_full_saying_why,
+    a_parent_run_that_is_not_its_own_makes_the_next_backup_full_saying_why,
     "",
     |case: &Case| {
         let older = case.create_id(&[]);
         case.world
             .upload_media("newDDDDDDDDDDDDDDDDDDDDD", 50_000, 0);
         let newer = case.create_id(&[]);
-        let older_index = case.raw.read(&format!("index/{older}"));
-        case.raw.write(&format!("index/{newer}"), &older_index);
+        let older_run = case.raw.read(&format!("volumes/{older}-files"));
+        case.raw
+            .write(&format!("volumes/{newer}-files"), &older_run);
 
         let (next, stderr) = case.create(&[]);
         assert_eq!(next["kind"], "full", "{next}");
         let why = next["full-reason"].as_str().unwrap();
-        assert!(why.contains(&newer) && why.contains("index"), "{why}");
+        assert!(
+            why.contains(&newer) && why.contains(&format!("written by {older}")),
+            "{why}"
+        );
         assert!(stderr.contains("full"), "{stderr}");
         assert_success(&case.world.run(&["verify-backup", &id_of(&next)]), "verify");
     }

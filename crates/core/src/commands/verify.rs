@@ -16,7 +16,8 @@ use super::OpContext;
 use crate::manifest::FileEntry;
 pub use crate::repository::content_check::ArchiveFormat;
 use crate::repository::content_check::{hash_member, unreadable_member, ContentCheck};
-use crate::repository::object_reader::read_object;
+use crate::repository::object_reader::{read_object, read_shared_object};
+use crate::repository::runs;
 use crate::repository::volumes::{by_volume, check_volumes_exist, read_volume, VOLUMES_AT_ONCE};
 use crate::repository::BackupId;
 
@@ -26,8 +27,10 @@ pub struct VerifyReport {
     pub format: ArchiveFormat,
     pub files: usize,
     pub bytes: u64,
-    /// Media volumes read (format 2).
+    /// Media volumes read (format 2 and later).
     pub volumes: usize,
+    /// File-list runs read (format 3).
+    pub runs: usize,
 }
 
 /// Checks a plaintext archive stream against its manifest, writing nothing. (A format-2
@@ -65,6 +68,7 @@ fn check_base<R: Read>(
         files: files - in_volumes.len(),
         bytes,
         volumes: 0,
+        runs: 0,
     };
     Ok((report, in_volumes))
 }
@@ -85,24 +89,28 @@ async fn verify_all(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
     ctx.progress.start("verifying", Some(info.size));
     let progress = Arc::clone(&ctx.progress);
     let backup_id = id.to_string();
-    let (mut report, in_volumes) = read_object(ctx, id, move |reader| {
+    let (mut report, listed) = read_object(ctx, id, move |reader| {
         check_base(reader, &backup_id, progress.as_ref())
     })
     .await?;
+    let mut run_entries = Vec::new();
     if let ArchiveFormat::Manifest(header) = &report.format {
         if let Some(media) = &header.media {
-            check_volumes_exist(ctx.store, id, &media.volumes).await?;
+            check_volumes_exist(ctx.store, id, media).await?;
+            run_entries = runs::run_entries_of(ctx, Some(header)).await?;
+            report.runs = media.runs.len();
             let bytes = media.volumes.iter().map(|v| v.used_bytes).sum();
             ctx.progress.start("verifying media volumes", Some(bytes));
         }
     }
+    let in_volumes = runs::in_volumes(id, listed, run_entries)?;
     let outcomes = futures::stream::iter(by_volume(in_volumes))
         .map(|want| {
             let name = want.name.clone();
             let backup_id = id.to_string();
             let progress = Arc::clone(&ctx.progress);
             async move {
-                read_object(ctx, &name, move |reader| {
+                read_shared_object(ctx, &name, move |reader| {
                     read_volume(reader, &backup_id, want, |entry, member| {
                         hash_member(member, None, progress.as_ref())
                             .map_err(|e| unreadable_member(&backup_id, &entry.path, &e))

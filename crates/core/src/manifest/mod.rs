@@ -10,20 +10,31 @@
 //! `docs/format.md` describes both for people recovering by hand.
 
 mod file_list;
+mod runs;
 
 pub use file_list::{read_file_list, FileListWriter, ListTotals};
+pub use runs::{
+    merge_keeping_gone, merge_runs, path_fits_a_run, read_run, run_name, run_owner, RunEntry,
+    RunWriter, RUN_MEMBER,
+};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CorruptKind, Error, Refusal, Result};
 
-/// Raised when the layout of the archive or of the manifest changes incompatibly. Version 2
-/// keeps media in shared volumes (`docs/format.md`); version 1 backups held them inline.
-pub const FORMAT_VERSION: u32 = 2;
-/// The folder of a format-2 base that holds one plain list of member paths per volume, for
-/// `tar -x -T` when restoring by hand.
+/// Raised when the layout of the archive or of the manifest changes incompatibly. Version 3
+/// keeps the media entries in runs shared between backups; version 2 kept media in shared
+/// volumes with the whole file list in every base; version 1 held media inline
+/// (`docs/format.md`).
+pub const FORMAT_VERSION: u32 = 3;
+/// The first version whose media entries are in runs, not in the base's file list.
+pub const FORMAT_WITH_RUNS: u32 = 3;
+/// The folder of a base that holds plain lists for restoring by hand: in format 2 one list of
+/// member paths per volume, for `tar -x -T`; in format 3 [`RUNS_LIST`] alone.
 pub const VOLUME_LISTS_FOLDER: &str = "volumes";
+/// Format 3: the member that names the backup's runs, oldest first, one per line.
+pub const RUNS_LIST: &str = "volumes/runs.list";
 pub const HEADER_MEMBER: &str = "manifest.json";
 pub const FILES_MEMBER: &str = "manifest-files.json";
 pub const TOOL_NAME: &str = "synapse-backup";
@@ -121,6 +132,53 @@ pub struct MediaVolumes {
     /// (kept only with `--allow-missing-media`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<MissingMedia>,
+    /// Format 3: the runs holding the media entries, oldest first (a later one overrides an
+    /// earlier one path by path). Empty when the backup has no media.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunRef>,
+}
+
+/// A run a format-3 backup's media entries are in: written by it or by an earlier backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRef {
+    /// The object's name in the store, `volumes/<backup-id>-files`.
+    pub name: String,
+    /// How many lines (files, and paths gone) it holds: what compaction weighs.
+    pub entries: u64,
+    /// Size of the stored object.
+    pub object_bytes: u64,
+}
+
+/// A shared object a header names with its size: a volume or a run.
+pub trait SharedObject {
+    fn name(&self) -> &str;
+    fn object_bytes(&self) -> u64;
+    /// The backup that wrote it, when the name is one this kind of object is written under.
+    fn owner(&self) -> Option<&str>;
+}
+
+impl SharedObject for VolumeRef {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn object_bytes(&self) -> u64 {
+        self.object_bytes
+    }
+    fn owner(&self) -> Option<&str> {
+        volume_owner(&self.name)
+    }
+}
+
+impl SharedObject for RunRef {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn object_bytes(&self) -> u64 {
+        self.object_bytes
+    }
+    fn owner(&self) -> Option<&str> {
+        run_owner(&self.name)
+    }
 }
 
 /// A media storage provider as a backup records it: no credential, only what tells it apart.
@@ -193,6 +251,11 @@ pub fn volume_owner(name: &str) -> Option<&str> {
     let base = name.strip_prefix("volumes/")?;
     let (owner, number) = base.rsplit_once('-')?;
     (number.len() == 4 && number.bytes().all(|b| b.is_ascii_digit())).then_some(owner)
+}
+
+/// The backup that wrote shared object `name`: a volume or (format 3) a run.
+pub fn shared_object_owner(name: &str) -> Option<&str> {
+    volume_owner(name).or_else(|| run_owner(name))
 }
 
 /// The name of the index object of backup `backup_id`: its media entries alone, so that the

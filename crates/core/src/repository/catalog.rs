@@ -7,7 +7,7 @@ use futures::StreamExt;
 use secrecy::SecretString;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::manifest::{BackupKind, Header};
+use crate::manifest::{run_owner, BackupKind, Header};
 use crate::progress::Cancel;
 use crate::repository::trust::{split_listing, Listing};
 use crate::repository::BackupId;
@@ -36,13 +36,18 @@ impl BackupListing {
         }
     }
 
-    /// Bytes this backup added to the store: its base and the volumes it wrote.
+    /// Bytes this backup added to the store: its base and the volumes and run it wrote.
     pub fn added_bytes(&self) -> Option<u64> {
         match &self.details {
             Details::Manifest(h) => Some(
                 self.size
                     + h.media.as_ref().map_or(0, |m| {
+                        let own_run = m
+                            .runs
+                            .iter()
+                            .filter(|r| run_owner(&r.name) == Some(h.backup_id.as_str()));
                         m.own(&h.backup_id).map(|v| v.object_bytes).sum::<u64>()
+                            + own_run.map(|r| r.object_bytes).sum::<u64>()
                     }),
             ),
             Details::Charm => Some(self.size),
@@ -50,14 +55,16 @@ impl BackupListing {
         }
     }
 
-    /// Bytes a restore of this backup downloads: its base and every volume it takes files from.
+    /// Bytes a restore of this backup downloads: its base, its runs and every volume it takes
+    /// files from.
     pub fn restore_bytes(&self) -> Option<u64> {
         match &self.details {
             Details::Manifest(h) => Some(
                 self.size
-                    + h.media
-                        .as_ref()
-                        .map_or(0, |m| m.volumes.iter().map(|v| v.object_bytes).sum::<u64>()),
+                    + h.media.as_ref().map_or(0, |m| {
+                        m.volumes.iter().map(|v| v.object_bytes).sum::<u64>()
+                            + m.runs.iter().map(|r| r.object_bytes).sum::<u64>()
+                    }),
             ),
             Details::Charm => Some(self.size),
             _ => None,

@@ -7,6 +7,7 @@
 //! - `pipe`: bounded buffers between blocking stages (tar, encryption) and the async store.
 //! - `content_check`: the manifest check that verify and restore share.
 //! - `volumes`: reading the media volumes a backup's files live in, and checking they exist.
+//! - `runs`: reading the file-list runs a format-3 backup's media entries are in.
 //! - [`catalog`]: every object named like a backup, whether it opens as itself, and `latest`.
 //! - [`gc`]: which volumes may be deleted and when (pending and condemned markers, sweep).
 //!
@@ -28,6 +29,7 @@ pub(crate) mod content_check;
 pub(crate) mod object_reader;
 pub(crate) mod open;
 pub(crate) mod pipe;
+pub(crate) mod runs;
 pub(crate) mod volumes;
 
 pub use content_check::ArchiveFormat;

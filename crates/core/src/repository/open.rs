@@ -73,9 +73,27 @@ pub fn check_plaintext_start<'a>(
     // Shorter than a block: not garbage from a wrong key, which goes on for the whole object; the
     // tar reader says what is wrong with it.
     if filled == TAR_BLOCK && !is_tar_header(&first) {
+        if is_damaged_tar_header(&first) {
+            return Err(Error::corrupt(
+                id,
+                CorruptKind::Integrity,
+                "the header of its first member is damaged (the object was modified or damaged)",
+            ));
+        }
         return Err(Error::WrongPassphrase { id: id.to_string() });
     }
     Ok(io::Cursor::new(first).chain(decrypted))
+}
+
+/// A tar header with a few bytes changed: a wrong key gives random bytes, of which about 3 in 8
+/// are NUL or printable ASCII, while a header is nearly all of them, and damage in CFB mode
+/// changes at most 17 bytes of it. (A small object damaged in its middle is damaged here.)
+fn is_damaged_tar_header(block: &[u8]) -> bool {
+    let textual = block
+        .iter()
+        .filter(|&&b| b == 0 || (0x20..0x7f).contains(&b))
+        .count();
+    textual * 5 >= block.len() * 4
 }
 
 /// A block of zeros (an empty archive) or a header whose checksum adds up, summed unsigned or
@@ -197,6 +215,30 @@ mod tests {
 
     fn pass(s: &str) -> SecretString {
         SecretString::from(s.to_string())
+    }
+
+    #[test]
+    fn a_damaged_header_is_told_from_random_bytes() {
+        let tar = a_tar();
+        let mut block = tar[..TAR_BLOCK].to_vec();
+        assert!(is_tar_header(&block));
+        // CFB damage: one byte flipped and the next 16-byte block garbled.
+        for (i, b) in block[100..117].iter_mut().enumerate() {
+            *b ^= 0x5a ^ (i as u8).wrapping_mul(37);
+        }
+        assert!(!is_tar_header(&block) && is_damaged_tar_header(&block));
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..1000 {
+            let random: Vec<u8> = (0..TAR_BLOCK)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 24) as u8
+                })
+                .collect();
+            assert!(!is_damaged_tar_header(&random));
+        }
     }
 
     fn a_tar() -> Vec<u8> {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use crate::error::{CorruptKind, Error, Result};
-use crate::manifest::{volume_owner, Header, VolumeRef};
+use crate::manifest::{volume_owner, Header, SharedObject};
 use crate::store::ObjectInfo;
 
 use super::BackupId;
@@ -73,33 +73,33 @@ impl std::fmt::Display for VolumeFault {
             VolumeFault::WrongSize { recorded, found } => {
                 write!(f, "{found} bytes in the store, {recorded} recorded")
             }
-            VolumeFault::ForeignName => f.write_str("not named as a media volume"),
+            VolumeFault::ForeignName => f.write_str("not named as a media volume or run"),
         }
     }
 }
 
-/// The volumes of `wanted` (named by one backup's header or index) that cannot be used, given
-/// the sizes of the volumes present in the store. Sorted by name.
-pub fn unusable_volumes<'a>(
-    wanted: impl IntoIterator<Item = &'a VolumeRef>,
+/// The shared objects of `wanted` (volumes or runs, named by one backup's header) that cannot
+/// be used, given the sizes of the objects present in the store. Sorted by name.
+pub fn unusable_volumes<'a, T: SharedObject + 'a>(
+    wanted: impl IntoIterator<Item = &'a T>,
     present: &HashMap<String, u64>,
 ) -> Vec<(String, VolumeFault)> {
     let mut faults: Vec<(String, VolumeFault)> = wanted
         .into_iter()
-        .filter_map(|volume| {
-            let fault = if !is_volume_name(&volume.name) {
+        .filter_map(|object| {
+            let fault = if !object.owner().is_some_and(BackupId::is_backup_name) {
                 VolumeFault::ForeignName
             } else {
-                match present.get(&volume.name) {
+                match present.get(object.name()) {
                     None => VolumeFault::Missing,
-                    Some(&found) if found != volume.object_bytes => VolumeFault::WrongSize {
-                        recorded: volume.object_bytes,
+                    Some(&found) if found != object.object_bytes() => VolumeFault::WrongSize {
+                        recorded: object.object_bytes(),
                         found,
                     },
                     Some(_) => return None,
                 }
             };
-            Some((volume.name.clone(), fault))
+            Some((object.name().to_string(), fault))
         })
         .collect();
     faults.sort_by(|a, b| a.0.cmp(&b.0));
@@ -125,6 +125,7 @@ pub fn describe_faults(faults: &[(String, VolumeFault)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::VolumeRef;
     use chrono::Utc;
 
     fn object(name: &str) -> ObjectInfo {

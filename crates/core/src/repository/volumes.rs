@@ -12,8 +12,9 @@ use futures::StreamExt;
 
 use crate::archive::{read_members, Member, MemberKind};
 use crate::error::{CorruptKind, Error, ErrorKind, Result};
-use crate::manifest::{FileEntry, VolumeRef};
-use crate::repository::trust::{describe_faults, is_volume_name, unusable_volumes};
+use crate::manifest::{FileEntry, MediaVolumes, SharedObject};
+use crate::repository::trust::{describe_faults, unusable_volumes};
+use crate::repository::BackupId;
 use crate::store::Store;
 
 /// HEAD requests at once when checking that a backup's volumes exist.
@@ -50,12 +51,26 @@ pub(crate) fn by_volume(entries: Vec<FileEntry>) -> Vec<VolumeWant> {
 pub(crate) async fn check_volumes_exist(
     store: &dyn Store,
     backup_id: &str,
-    volumes: &[VolumeRef],
+    media: &MediaVolumes,
 ) -> Result<()> {
-    let heads = futures::stream::iter(volumes.iter().filter(|v| is_volume_name(&v.name)))
-        .map(|volume| async move {
-            let head = store.head(&volume.name).await;
-            (volume.name.clone(), head)
+    let wanted: Vec<(&str, u64, Option<&str>)> = media
+        .volumes
+        .iter()
+        .map(|v| (v.name(), v.object_bytes(), v.owner()))
+        .chain(
+            media
+                .runs
+                .iter()
+                .map(|r| (r.name(), r.object_bytes(), r.owner())),
+        )
+        .collect();
+    let named = wanted
+        .iter()
+        .filter(|(_, _, owner)| owner.is_some_and(BackupId::is_backup_name));
+    let heads = futures::stream::iter(named)
+        .map(|&(name, _, _)| async move {
+            let head = store.head(name).await;
+            (name.to_string(), head)
         })
         .buffer_unordered(HEADS_AT_ONCE)
         .collect::<Vec<_>>()
@@ -70,7 +85,8 @@ pub(crate) async fn check_volumes_exist(
             Err(e) => return Err(e),
         }
     }
-    let faults = unusable_volumes(volumes, &present);
+    let mut faults = unusable_volumes(&media.volumes, &present);
+    faults.extend(unusable_volumes(&media.runs, &present));
     if faults.is_empty() {
         return Ok(());
     }
@@ -78,7 +94,7 @@ pub(crate) async fn check_volumes_exist(
         backup_id,
         CorruptKind::ManifestMismatch,
         format!(
-            "{} media volume(s) this backup needs are missing or damaged in {}: {}",
+            "{} media volume(s) or file-list run(s) this backup needs are missing or damaged in {}: {}",
             faults.len(),
             store.describe(),
             describe_faults(&faults)

@@ -633,3 +633,15 @@ pub fn store_renamed_copy(world: &World, id: &str, new_id: &str) {
     )
     .unwrap();
 }
+
+/// docs/format.md's loop restoring the media of a format-3 backup by hand, run in the folder
+/// where its base was unpacked, with `$store` and a `gpg` function set: the runs merged with
+/// awk (the newest line of a path wins, `gone` drops it), then each volume's files by `tar -T`.
+pub const BY_HAND_LOOP: &str = r#"while read -r run; do gpg -d "$store/$run" | tar -xO; done < volumes/runs.list \
+    | awk -F'\t' '!/^#/ { last[$1] = $2 } END { for (p in last) if (last[p] != "gone") print last[p] "\t" p }' \
+    > effective.tsv
+cut -f1 effective.tsv | sort -u | while read -r volume; do
+    awk -F'\t' -v v="$volume" '$1 == v { print $2 }' effective.tsv > list
+    gpg -d "$store/$volume" | tar -x -T list
+done
+"#;

@@ -9,8 +9,8 @@
 //!    Synapse's storage providers hold (`offloaded`);
 //! 4. decide which media the newest earlier backup already stores (`reuse`), announce the
 //!    backup (`gc::Pending`) and leave out volumes a prune has condemned;
-//! 5. stream the other media into new volumes, then the index, then the base (key, config,
-//!    database, and the file list naming every file's volume), each tar → OpenPGP → store; the
+//! 5. stream the other media into new volumes, then the night's run of the file list (`runs`),
+//!    then the base (key, config, database, and the list of runs), each → OpenPGP → store; the
 //!    base is written last, so its existence means the backup is complete (`volumes`,
 //!    `pipeline`; docs/format.md).
 
@@ -18,6 +18,7 @@ mod id;
 mod offloaded;
 mod pipeline;
 mod reuse;
+mod runs;
 mod snapshot;
 mod sources;
 mod volumes;
@@ -132,16 +133,17 @@ pub async fn create_backup(
             }
         }
     };
-    // Announced before the condemned volumes are looked at (`repository::gc`): every volume the
-    // parent uses, a superset of those this backup will take files from.
+    // Announced before the condemned volumes are looked at (`repository::gc`): every volume and
+    // run the parent uses, a superset of those this backup will name.
     let parent_volumes: Vec<String> = parent
         .as_ref()
-        .map(|p| p.volumes.keys().cloned().collect())
+        .map(|p| p.shared_objects())
         .unwrap_or_default();
     let pending = Pending::announce(ctx.store, backup_id.as_str(), &parent_volumes).await?;
     let written = async {
         let condemned = condemned_volumes(ctx.store).await?;
         let parent_id = parent.as_ref().map(|p| p.backup_id.clone());
+        let parent_runs = parent.as_ref().map(|p| p.runs.clone()).unwrap_or_default();
         // The parent's entries are moved into the plan or dropped: freed before the writing.
         let plan = reuse::plan_media(media.files, parent, &condemned);
         let parent = parent_id;
@@ -155,6 +157,8 @@ pub async fn create_backup(
             dump: snapshot.dump,
             snapshot_info: snapshot.info.clone(),
             plan,
+            parent_runs,
+            condemned: &condemned,
             providers: offloaded,
             temp: temp.path(),
         };

@@ -18,7 +18,7 @@ use crate::database::postgres::DumpProcess;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{
     FileEntry, FileListWriter, Header, ListTotals, Role, FILES_MEMBER, HEADER_MEMBER,
-    POSTGRES_DUMP_PREFIX, VOLUME_LISTS_FOLDER,
+    POSTGRES_DUMP_PREFIX,
 };
 use crate::progress::{Cancel, Progress};
 use crate::repository::pipe::{chunk_pipe, ChannelWriter, ChunkWriter, CHUNK, QUEUE_DEPTH};
@@ -39,15 +39,8 @@ pub(super) struct ArchiveContents {
     pub dump: Option<Dump>,
     /// Where the file list is built before it goes in as the last member.
     pub list_path: PathBuf,
-    /// Format 2: per volume, the member paths the backup takes from it, one per line.
-    pub volume_lists: Vec<(String, Vec<u8>)>,
-    /// Format 2: the media, already stored in volumes; listed, not archived.
-    pub media_entries: Vec<FileEntry>,
-}
-
-/// `volumes/backup-…-0000` → `backup-…-0000`.
-pub(super) fn volume_base_name(volume: &str) -> &str {
-    volume.rsplit('/').next().unwrap_or(volume)
+    /// Plain lists for restoring by hand, by member path (format 3: the runs, oldest first).
+    pub lists: Vec<(String, Vec<u8>)>,
 }
 
 pub(super) struct Archived {
@@ -120,8 +113,7 @@ pub(super) fn write_archive(
         sources,
         mut dump,
         list_path,
-        volume_lists,
-        media_entries,
+        lists,
     } = contents;
     let mtime = header.created.timestamp();
     let mut archive = ArchiveWriter::new(BufWriter::with_capacity(CHUNK, out));
@@ -164,11 +156,9 @@ pub(super) fn write_archive(
     if let Some(dump) = dump.take() {
         files.push_all(write_dump(&mut archive, dump, mtime, progress, cancel)?)?;
     }
-    for (volume, list) in &volume_lists {
-        let member = format!("{VOLUME_LISTS_FOLDER}/{}.list", volume_base_name(volume));
-        archive.append_bytes(&member, list, mtime)?;
+    for (member, list) in &lists {
+        archive.append_bytes(member, list, mtime)?;
     }
-    files.push_all(media_entries)?;
     let totals = files.finish()?;
     archive.append_generated_file(FILES_MEMBER, &list_path, mtime)?;
     let out = archive.finish()?;

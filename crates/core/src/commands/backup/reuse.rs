@@ -26,10 +26,12 @@ use crate::archive::read_members;
 use crate::commands::OpContext;
 use crate::error::{CorruptKind, Error, ErrorKind, Result};
 use crate::manifest::{
-    index_name, read_file_list, FileEntry, Header, Role, VolumeRef, FILES_MEMBER,
+    index_name, read_file_list, FileEntry, Header, Role, RunRef, VolumeRef, FILES_MEMBER,
+    FORMAT_WITH_RUNS,
 };
-use crate::repository::object_reader::read_object;
+use crate::repository::object_reader::read_shared_object;
 use crate::repository::open::read_header;
+use crate::repository::runs;
 use crate::repository::trust::{split_listing, unusable_volumes, VolumeFault};
 
 use super::sources::Source;
@@ -47,6 +49,19 @@ pub(super) struct Parent {
     /// Volumes the parent names that are missing from the store or not the size it recorded
     /// (a lifecycle rule, a half-finished cleanup, a disk fault): never referenced again.
     pub unusable: Vec<(String, VolumeFault)>,
+    /// Format 3: the runs its entries were read from, oldest first; empty for format 2.
+    pub runs: Vec<RunRef>,
+}
+
+impl Parent {
+    /// Every shared object the parent names: what a create announces it may use.
+    pub fn shared_objects(&self) -> Vec<String> {
+        self.volumes
+            .keys()
+            .cloned()
+            .chain(self.runs.iter().map(|r| r.name.clone()))
+            .collect()
+    }
 }
 
 /// A parent, or why there is none and the backup is full.
@@ -68,6 +83,21 @@ pub(super) struct MediaPlan {
     pub reused_volumes: Vec<VolumeRef>,
     /// Per unusable parent volume, the files read and stored again that it held.
     pub stored_again: Vec<(String, VolumeFault, usize)>,
+    /// What the next run must say beside the new entries (format 3).
+    pub change: ChangeSinceParent,
+}
+
+/// How the media differ from the parent's, beyond the files stored anew: what a run of the
+/// night's change holds besides the new entries. All sorted by path.
+#[derive(Default, Debug)]
+pub(super) struct ChangeSinceParent {
+    /// The parent's paths that are gone from the media store.
+    pub gone: Vec<String>,
+    /// The parent's paths whose file is stored anew: gone too if the file vanishes before it
+    /// is read.
+    pub stored_anew: Vec<String>,
+    /// Paths taken from the parent whose entry changed all the same (mode, provider).
+    pub retouched: HashSet<String>,
 }
 
 /// The newest backup of `server_name` that opens as itself, if it is of format 2 and its index
@@ -98,12 +128,17 @@ pub(super) async fn find_parent(ctx: &OpContext<'_>, server_name: &str) -> Resul
             // Format 1: its media are inline, nothing to refer to.
             return Ok(ParentChoice::None);
         };
-        let entries = match read_index(ctx, &header).await {
+        let read = if header.format_version >= FORMAT_WITH_RUNS {
+            runs::media_entries(ctx, &header).await
+        } else {
+            read_index(ctx, &header).await
+        };
+        let entries = match read {
             Ok(entries) => entries,
             Err(e) if stops_the_search(&e) => return Err(e),
             Err(e) => {
                 return Ok(ParentChoice::Unusable(format!(
-                    "the index of {id}, the newest backup, cannot be read: {e}"
+                    "the file list of {id}, the newest backup, cannot be read: {e}"
                 )))
             }
         };
@@ -124,6 +159,7 @@ pub(super) async fn find_parent(ctx: &OpContext<'_>, server_name: &str) -> Resul
                 .collect(),
             entries,
             unusable,
+            runs: media.runs,
         }));
     }
     Ok(ParentChoice::None)
@@ -145,7 +181,7 @@ async fn read_index(ctx: &OpContext<'_>, header: &Header) -> Result<Vec<FileEntr
         .flat_map(|m| m.volumes.iter().map(|v| v.name.clone()))
         .collect();
     let object = name.clone();
-    read_object(ctx, &name, move |reader| {
+    read_shared_object(ctx, &name, move |reader| {
         let mut entries = Vec::new();
         let mut found = false;
         let mut listed_id = String::new();
@@ -214,62 +250,52 @@ pub(super) fn plan_media(
     let mut stored_again = vec![0usize; parent.unusable.len()];
     let mut candidates: Vec<(Source, FileEntry)> = Vec::new();
     let mut to_store = Vec::new();
+    let mut change = ChangeSinceParent::default();
     let mut earlier = parent.entries.into_iter().peekable();
     for file in files {
         // Both lists are sorted by path: the parent's entries before this file are of files
         // gone since, dropped as they are passed.
-        while earlier
-            .next_if(|e| e.path.as_str().cmp(&file.member) == Ordering::Less)
-            .is_some()
-        {}
+        while let Some(gone) =
+            earlier.next_if(|e| e.path.as_str().cmp(&file.member) == Ordering::Less)
+        {
+            change.gone.push(gone.path);
+        }
         let Some(entry) = earlier.next_if(|e| e.path == file.member) else {
             to_store.push(file);
             continue;
         };
         if let Some(&i) = entry.volume().and_then(|v| unusable.get(v)) {
             stored_again[i] += 1;
+            change.stored_anew.push(file.member.clone());
             to_store.push(file);
             continue;
         }
         match unchanged_entry(&file, entry, &parent.volumes, excluded) {
-            Some(entry) => candidates.push((file, entry)),
-            None => to_store.push(file),
+            Some((entry, retouched)) => {
+                if retouched {
+                    change.retouched.insert(entry.path.clone());
+                }
+                candidates.push((file, entry))
+            }
+            None => {
+                change.stored_anew.push(file.member.clone());
+                to_store.push(file)
+            }
         }
     }
-    let mut used: HashMap<String, u64> = HashMap::new();
-    for (_, entry) in &candidates {
-        if let Some(volume) = entry.volume() {
-            *used.entry(volume.to_string()).or_default() += entry.size;
-        }
-    }
-    let (live, whole) = MIN_LIVE_FRACTION;
-    let kept: HashSet<String> = used
-        .iter()
-        .filter(|(name, used)| {
-            let total = parent.volumes.get(*name).map_or(0, |v| v.file_bytes);
-            **used * whole >= total * live
-        })
-        .map(|(name, _)| name.clone())
-        .collect();
+    change.gone.extend(earlier.map(|e| e.path));
+    let (kept, reused_volumes) = live_volumes(&candidates, &parent.volumes);
     let mut reused = Vec::new();
     for (file, entry) in candidates {
         if entry.volume().is_some_and(|v| kept.contains(v)) {
             reused.push(entry);
         } else {
+            change.retouched.remove(&entry.path);
+            change.stored_anew.push(entry.path);
             to_store.push(file);
         }
     }
-    let mut reused_volumes: Vec<VolumeRef> = kept
-        .iter()
-        .filter_map(|name| {
-            let volume = parent.volumes.get(name)?;
-            Some(VolumeRef {
-                used_bytes: used.get(name).copied().unwrap_or(0),
-                ..volume.clone()
-            })
-        })
-        .collect();
-    reused_volumes.sort_by(|a, b| a.name.cmp(&b.name));
+    change.stored_anew.sort();
     // Stored in listing order, as a full backup stores them.
     to_store.sort_by(|a, b| a.member.cmp(&b.member));
     MediaPlan {
@@ -282,16 +308,53 @@ pub(super) fn plan_media(
             .zip(stored_again)
             .map(|((name, fault), files)| (name.clone(), fault.clone(), files))
             .collect(),
+        change,
     }
 }
 
-/// The parent's entry for `file`, updated, when the file is as the parent read it.
+/// The parent volumes still worth using: those of which the candidates take at least
+/// [`MIN_LIVE_FRACTION`] of the bytes; by name, and as the new header names them (sorted).
+fn live_volumes(
+    candidates: &[(Source, FileEntry)],
+    volumes: &HashMap<String, VolumeRef>,
+) -> (HashSet<String>, Vec<VolumeRef>) {
+    let mut used: HashMap<String, u64> = HashMap::new();
+    for (_, entry) in candidates {
+        if let Some(volume) = entry.volume() {
+            *used.entry(volume.to_string()).or_default() += entry.size;
+        }
+    }
+    let (live, whole) = MIN_LIVE_FRACTION;
+    let kept: HashSet<String> = used
+        .iter()
+        .filter(|(name, used)| {
+            let total = volumes.get(*name).map_or(0, |v| v.file_bytes);
+            **used * whole >= total * live
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut refs: Vec<VolumeRef> = kept
+        .iter()
+        .filter_map(|name| {
+            let volume = volumes.get(name)?;
+            Some(VolumeRef {
+                used_bytes: used.get(name).copied().unwrap_or(0),
+                ..volume.clone()
+            })
+        })
+        .collect();
+    refs.sort_by(|a, b| a.name.cmp(&b.name));
+    (kept, refs)
+}
+
+/// The parent's entry for `file`, updated, when the file is as the parent read it; and whether
+/// the update changed it (its mode, or where it was read from).
 fn unchanged_entry(
     file: &Source,
     entry: FileEntry,
     volumes: &HashMap<String, VolumeRef>,
     excluded: &HashSet<String>,
-) -> Option<FileEntry> {
+) -> Option<(FileEntry, bool)> {
     let volume = entry.volume()?;
     if excluded.contains(volume) || !volumes.contains_key(volume) {
         return None;
@@ -300,21 +363,29 @@ fn unchanged_entry(
         // Not on disk to stat: a file a provider holds is taken over when its path and size
         // are those stored, as Synapse never rewrites a media file (its name is its id). It
         // may have been stored when it was still local.
-        return (entry.size == file.size).then_some(FileEntry {
-            provider: file.provider,
-            ..entry
-        });
+        let retouched = entry.provider != file.provider;
+        return (entry.size == file.size).then_some((
+            FileEntry {
+                provider: file.provider,
+                ..entry
+            },
+            retouched,
+        ));
     }
     // The listing's own lstat: a media file is a regular file, so it is what a stat would say.
     let stamp = file.stamp?;
     let same = file.size == entry.size
         && stamp.mtime == entry.mtime
         && entry.mtime_nanos == Some(stamp.mtime_nanos);
-    same.then_some(FileEntry {
-        mode: stamp.mode,
-        provider: None,
-        ..entry
-    })
+    let retouched = entry.mode != stamp.mode || entry.provider.is_some();
+    same.then_some((
+        FileEntry {
+            mode: stamp.mode,
+            provider: None,
+            ..entry
+        },
+        retouched,
+    ))
 }
 
 #[cfg(test)]
@@ -367,6 +438,7 @@ mod tests {
             .into(),
             entries,
             unusable: Vec::new(),
+            runs: Vec::new(),
         }
     }
 
@@ -382,6 +454,7 @@ mod tests {
         let plan = plan_media(vec![a, b, c], Some(parent), &HashSet::new());
         let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
         assert_eq!(stored, vec!["media/b", "media/c"]);
+        assert_eq!(plan.change.stored_anew, ["media/b"]);
         assert_eq!(plan.reused.len(), 1);
         assert_eq!(plan.reused[0].path, "media/a");
         let used: Vec<&str> = plan
@@ -403,11 +476,14 @@ mod tests {
         let parent_entries: Vec<FileEntry> =
             [0, 2, 3, 5].iter().map(|&i| written[i].1.clone()).collect();
         let files: Vec<Source> = [1, 2, 4, 5].iter().map(|&i| written[i].0.clone()).collect();
-        let plan = plan_media(files, Some(parent(parent_entries, 40)), &HashSet::new());
+        let plan = plan_media(files, Some(parent(parent_entries, 30)), &HashSet::new());
         let reused: Vec<&str> = plan.reused.iter().map(|e| e.path.as_str()).collect();
         let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
         assert_eq!(reused, ["media/c", "media/f"]);
         assert_eq!(stored, ["media/b", "media/e"]);
+        assert_eq!(plan.change.gone, ["media/a", "media/d"]);
+        assert!(plan.change.stored_anew.is_empty());
+        assert!(plan.change.retouched.is_empty());
     }
 
     #[test]

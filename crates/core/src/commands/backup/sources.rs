@@ -196,11 +196,15 @@ pub(super) fn file_size(path: &Path) -> Result<u64> {
         .map_err(|e| Error::io("stat", path, e))
 }
 
-/// Lists regular files and folders under each media folder, sorted so archives are
-/// reproducible.
+/// Lists regular files under each media folder, sorted so archives are reproducible, and the
+/// folders whose mode a restore could not guess: each media folder itself, and any folder
+/// whose mode is not its parent's (a restore gives an unlisted folder its parent's mode). A
+/// media store has about as many folders as files, and almost all share one mode.
 pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListing> {
     let mut out = MediaListing::default();
     let mut skipped = Vec::new();
+    // The modes of the folders above the entry being looked at, by depth.
+    let mut modes: Vec<u32> = Vec::new();
     for dir in dirs {
         let root = media_store.join(dir);
         if !root.exists() {
@@ -256,11 +260,16 @@ pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListi
             };
             let member = format!("media/{relative}");
             if is_dir {
-                out.folders.push(Folder {
-                    member,
-                    mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()),
-                    mtime: std::os::unix::fs::MetadataExt::mtime(&meta),
-                });
+                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+                modes.truncate(entry.depth());
+                if modes.last() != Some(&mode) {
+                    out.folders.push(Folder {
+                        member,
+                        mode,
+                        mtime: std::os::unix::fs::MetadataExt::mtime(&meta),
+                    });
+                }
+                modes.push(mode);
                 continue;
             }
             out.files.push(Source {

@@ -1,15 +1,13 @@
-//! Format 2's media volumes and index, as plaintext archives for the pipeline to encrypt.
+//! Media volumes, as plaintext archives for the pipeline to encrypt.
 //!
 //! A volume is a tar of `media/...` members and nothing else, so that `gpg -d | tar -x -T list`
-//! restores from it by hand. The index is a tar of one member, the backup's media entries in
-//! the file-list format: the next backup reads it to learn what is stored, without downloading
-//! this backup's base or volumes.
+//! restores from it by hand.
 
 use std::io::{BufWriter, Write};
 
 use crate::archive::ArchiveWriter;
 use crate::error::{Error, Result};
-use crate::manifest::{FileEntry, FileListWriter, Storage, FILES_MEMBER};
+use crate::manifest::{FileEntry, Storage};
 use crate::progress::{Cancel, Progress};
 use crate::repository::pipe::{ChunkWriter, CHUNK};
 
@@ -95,24 +93,6 @@ pub(super) fn write_volume(
     Ok(VolumeContents { entries, vanished })
 }
 
-/// Writes the index of backup `backup_id`: its media entries, sorted by path.
-pub(super) fn write_index(
-    backup_id: &str,
-    entries: &[FileEntry],
-    mtime: i64,
-    out: ChunkWriter,
-) -> Result<()> {
-    let list_error = |e: std::io::Error| Error::Internal(format!("cannot encode the index: {e}"));
-    let mut list = FileListWriter::new(Vec::new(), backup_id).map_err(list_error)?;
-    for entry in entries {
-        list.push(entry).map_err(list_error)?;
-    }
-    let (bytes, _) = list.finish().map_err(list_error)?;
-    let mut archive = ArchiveWriter::new(BufWriter::with_capacity(CHUNK, out));
-    archive.append_bytes(FILES_MEMBER, &bytes, mtime)?;
-    finish(archive)
-}
-
 fn finish(archive: ArchiveWriter<BufWriter<ChunkWriter>>) -> Result<()> {
     let mut out = archive.finish()?;
     out.flush()
@@ -121,16 +101,6 @@ fn finish(archive: ArchiveWriter<BufWriter<ChunkWriter>>) -> Result<()> {
         .map_err(|e| Error::Other(format!("cannot write the archive: {}", e.error())))?
         .finish()
         .map_err(|e| Error::Other(format!("cannot write the archive: {e}")))
-}
-
-/// The member paths of `entries` held in `volume`, one per line, for `tar -x -T`.
-pub(super) fn volume_list(volume: &str, entries: &[FileEntry]) -> Vec<u8> {
-    let mut list = Vec::new();
-    for entry in entries.iter().filter(|e| e.volume() == Some(volume)) {
-        list.extend_from_slice(entry.path.as_bytes());
-        list.push(b'\n');
-    }
-    list
 }
 
 #[cfg(test)]

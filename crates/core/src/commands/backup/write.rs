@@ -1,18 +1,19 @@
-//! Step 5 of a create: the new volumes, then the index, then the base, each tar → OpenPGP →
+//! Step 5 of a create: the new volumes, then the new run, then the base, each → OpenPGP →
 //! store. The base goes last, so its existence means the backup is complete; on a failure,
 //! what was written is removed again (no other backup can name it yet).
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use crate::config::Config;
 use crate::crypto::Packing;
 use crate::error::Result;
 use crate::manifest::{
-    index_name, volume_name, volume_owner, BackupKind, DatabaseInfo, FileEntry, Header,
-    MediaVolumes, MissingMedia, VolumeRef, FILES_MEMBER, FORMAT_VERSION, TOOL_NAME,
+    run_name, volume_name, volume_owner, BackupKind, DatabaseInfo, FileEntry, Header, MediaVolumes,
+    MissingMedia, RunEntry, RunRef, VolumeRef, FILES_MEMBER, FORMAT_VERSION, RUNS_LIST, TOOL_NAME,
 };
 use crate::synapse::HomeserverConfig;
 
@@ -20,9 +21,9 @@ use crate::provider::ProviderAccess;
 
 use super::offloaded;
 use super::pipeline::{self, ArchiveContents};
-use super::reuse::MediaPlan;
+use super::reuse::{ChangeSinceParent, MediaPlan};
 use super::sources::{self, Source};
-use super::{stream_to_store, volumes, BackupOptions, OpContext, StoredAgain};
+use super::{runs, stream_to_store, volumes, BackupOptions, OpContext, StoredAgain};
 
 /// Everything one backup stores, decided.
 pub(super) struct BackupContents<'a> {
@@ -35,6 +36,10 @@ pub(super) struct BackupContents<'a> {
     pub dump: Option<pipeline::Dump>,
     pub snapshot_info: DatabaseInfo,
     pub plan: MediaPlan,
+    /// Format 3: the parent's runs, oldest first (none for a format-2 parent, or none at all).
+    pub parent_runs: Vec<RunRef>,
+    /// Volumes and runs a prune has condemned: never named again.
+    pub condemned: &'a HashSet<String>,
     /// The storage providers, how to read them, and what none of them had.
     pub providers: offloaded::Offloaded,
     pub temp: &'a Path,
@@ -62,7 +67,7 @@ pub struct Stored {
     pub stored_again: Vec<StoredAgain>,
 }
 
-/// Writes the new volumes, the index and the base; on failure removes what it wrote.
+/// Writes the new volumes, the new run and the base; on failure removes what it wrote.
 pub(super) async fn write_backup(
     config: &Config,
     ctx: &OpContext<'_>,
@@ -110,18 +115,25 @@ async fn write_objects(
         written,
     )
     .await?;
-    let mut media_entries = plan.reused;
-    media_entries.extend(new.entries);
-    media_entries.sort_by(|a, b| a.path.cmp(&b.path));
     let mut volume_refs = plan.reused_volumes;
     volume_refs.extend(new.refs);
-
     let created = Utc::now();
-    let (media_entries, index_bytes) =
-        write_index(ctx, backup_id, media_entries, created, written).await?;
+    let listed = MediaList {
+        reused: plan.reused,
+        new: new.entries,
+        change: plan.change,
+        parent_runs: contents.parent_runs,
+        condemned: contents.condemned,
+    }
+    .write(
+        ctx,
+        backup_id,
+        (contents.temp, created.timestamp()),
+        written,
+    )
+    .await?;
     let kind = kind_of(backup_id, &volume_refs);
     let parent = contents.parent.filter(|_| kind == BackupKind::Incremental);
-    let (provider_files, provider_bytes) = provider_totals(&media_entries);
     let header = Header {
         format_version: FORMAT_VERSION,
         tool: TOOL_NAME.into(),
@@ -131,7 +143,7 @@ async fn write_objects(
         created,
         database: contents.snapshot_info,
         include_remote_media: contents.options.include_remote_media,
-        expected_bytes: base_bytes + media_entries.iter().map(|e| e.size).sum::<u64>(),
+        expected_bytes: base_bytes + listed.bytes,
         files_member: FILES_MEMBER.into(),
         media: Some(MediaVolumes {
             kind,
@@ -139,47 +151,59 @@ async fn write_objects(
             volumes: volume_refs,
             providers: providers.providers,
             missing: providers.missing.clone(),
+            runs: listed.runs,
         }),
     };
     let base = ArchiveContents {
-        volume_lists: volume_lists(&header, &media_entries),
+        lists: vec![(RUNS_LIST.to_string(), runs_list(&header))],
         header,
         folders: contents.folders,
         sources: contents.sources,
         dump: contents.dump,
         list_path: contents.temp.join(FILES_MEMBER),
-        media_entries,
     };
-    // A custom-format pg_dump is compressed already; everything else in a base shrinks.
-    let packing = if base.dump.is_some() {
-        Packing::Plain
-    } else {
-        Packing::Zlib
-    };
-    let progress = Arc::clone(&ctx.progress);
-    written.push(backup_id.to_string());
     let (archived, stored_base_bytes) =
-        stream_to_store(ctx, backup_id, base_bytes, packing, move |out, cancel| {
-            pipeline::write_archive(base, out, progress.as_ref(), cancel)
-        })
-        .await?;
+        write_base(ctx, backup_id, base_bytes, base, written).await?;
     ctx.progress.finish();
     let mut vanished = new.vanished;
     vanished.extend(archived.vanished);
     Ok(Stored {
         kind,
         parent,
-        files: archived.totals.files,
-        file_bytes: archived.totals.file_bytes,
+        files: archived.totals.files + listed.files,
+        file_bytes: archived.totals.file_bytes + listed.bytes,
         reused_files,
         reused_bytes,
-        object_bytes: new.object_bytes + index_bytes + stored_base_bytes,
-        provider_files,
-        provider_bytes,
+        object_bytes: new.object_bytes + listed.run_bytes + stored_base_bytes,
+        provider_files: listed.provider_files,
+        provider_bytes: listed.provider_bytes,
         missing: providers.missing,
         vanished,
         stored_again,
     })
+}
+
+/// Writes the base, last: what it archived and the object's size.
+async fn write_base(
+    ctx: &OpContext<'_>,
+    backup_id: &str,
+    base_bytes: u64,
+    base: ArchiveContents,
+    written: &mut Vec<String>,
+) -> Result<(pipeline::Archived, u64)> {
+    // Not compressed: a compressed object fails in its first bytes when it is damaged anywhere
+    // near them, which for the base (read first, with nothing yet proving the passphrase)
+    // could not be told from a wrong passphrase. Its big parts moved out in format 3 anyway.
+    let progress = Arc::clone(&ctx.progress);
+    written.push(backup_id.to_string());
+    stream_to_store(
+        ctx,
+        backup_id,
+        base_bytes,
+        Packing::Plain,
+        move |out, cancel| pipeline::write_archive(base, out, progress.as_ref(), cancel),
+    )
+    .await
 }
 
 /// The parent's unusable volumes, each said loudly: their files are stored anew.
@@ -290,36 +314,109 @@ async fn write_new_volumes(
     Ok(new)
 }
 
-/// Writes the index (the media entries alone, for the next backup); the entries back, and the
-/// object's size.
-async fn write_index(
-    ctx: &OpContext<'_>,
-    backup_id: &str,
-    media_entries: Vec<FileEntry>,
-    created: DateTime<Utc>,
-    written: &mut Vec<String>,
-) -> Result<(Vec<FileEntry>, u64)> {
-    let index = index_name(backup_id);
-    let entries = Arc::new(media_entries);
-    let shared = Arc::clone(&entries);
-    let id = backup_id.to_string();
-    written.push(index.clone());
-    let ((), size) = stream_to_store(ctx, &index, 0, Packing::Zlib, move |out, _| {
-        volumes::write_index(&id, &shared, created.timestamp(), out)
-    })
-    .await?;
-    let entries = Arc::try_unwrap(entries).unwrap_or_else(|shared| (*shared).clone());
-    Ok((entries, size))
+/// The media entries of the new backup, and what its run is made from.
+struct MediaList<'a> {
+    /// Taken over from the parent.
+    reused: Vec<FileEntry>,
+    /// Stored anew in this backup's volumes.
+    new: Vec<FileEntry>,
+    change: ChangeSinceParent,
+    parent_runs: Vec<RunRef>,
+    condemned: &'a HashSet<String>,
 }
 
-/// Each volume's own list of what it holds, kept in the base.
-fn volume_lists(header: &Header, media_entries: &[FileEntry]) -> Vec<(String, Vec<u8>)> {
+/// What the media list came to: the runs the header names and the totals it records.
+struct MediaListed {
+    runs: Vec<RunRef>,
+    run_bytes: u64,
+    files: usize,
+    bytes: u64,
+    provider_files: usize,
+    provider_bytes: u64,
+}
+
+impl MediaList<'_> {
+    /// Writes the night's run (if anything changed, or runs are merged) on the parent's stack.
+    async fn write(
+        self,
+        ctx: &OpContext<'_>,
+        backup_id: &str,
+        temp_and_mtime: (&Path, i64),
+        written: &mut Vec<String>,
+    ) -> Result<MediaListed> {
+        let new_paths: HashSet<String> = self.new.iter().map(|e| e.path.clone()).collect();
+        let mut entries = self.reused;
+        entries.extend(self.new);
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let change = runs::change_lines(&entries, &new_paths, &self.change);
+        drop(new_paths);
+        let stacking = runs::stack_runs(&self.parent_runs, change.len() as u64, self.condemned);
+        let (provider_files, provider_bytes) = provider_totals(&entries);
+        let files = entries.len();
+        let bytes = entries.iter().map(|e| e.size).sum();
+        let entries = Arc::new(entries);
+        let (runs, run_bytes) = write_runs(
+            ctx,
+            backup_id,
+            stacking,
+            entries,
+            change,
+            temp_and_mtime,
+            written,
+        )
+        .await?;
+        Ok(MediaListed {
+            runs,
+            run_bytes,
+            files,
+            bytes,
+            provider_files,
+            provider_bytes,
+        })
+    }
+}
+
+/// Writes the new run if the stacking asks for one; the runs the backup names, oldest first,
+/// and the new run's size.
+async fn write_runs(
+    ctx: &OpContext<'_>,
+    backup_id: &str,
+    stacking: runs::Stacking,
+    media_entries: Arc<Vec<FileEntry>>,
+    change: Vec<RunEntry>,
+    (temp, mtime): (&Path, i64),
+    written: &mut Vec<String>,
+) -> Result<(Vec<RunRef>, u64)> {
+    let mut refs = stacking.keep.clone();
+    if !stacking.write || (stacking.whole && media_entries.is_empty()) {
+        return Ok((refs, 0));
+    }
+    let lines = runs::new_run_lines(ctx, &stacking, media_entries, change).await?;
+    let name = run_name(backup_id);
+    let id = backup_id.to_string();
+    let temp = temp.to_path_buf();
+    written.push(name.clone());
+    let (entries, object_bytes) = stream_to_store(ctx, &name, 0, Packing::Zlib, move |out, _| {
+        runs::write_run(&id, &lines, &temp, mtime, out)
+    })
+    .await?;
+    refs.push(RunRef {
+        name,
+        entries: entries as u64,
+        object_bytes,
+    });
+    Ok((refs, object_bytes))
+}
+
+/// The base's list of its runs, oldest first, one name per line, for restoring by hand.
+fn runs_list(header: &Header) -> Vec<u8> {
     header
         .media
         .iter()
-        .flat_map(|m| &m.volumes)
-        .map(|v| (v.name.clone(), volumes::volume_list(&v.name, media_entries)))
-        .collect()
+        .flat_map(|m| &m.runs)
+        .map(|r| format!("{}\n", r.name))
+        .collect::<String>()
+        .into_bytes()
 }
 
 /// How many of the media files live in a storage provider, and their bytes.

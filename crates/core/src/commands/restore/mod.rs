@@ -44,6 +44,7 @@ use crate::repository::content_check::{
 use crate::repository::open::read_header;
 use crate::repository::open_backup;
 use crate::repository::pipe::{read_ahead, QUEUE_DEPTH};
+use crate::repository::runs;
 use crate::repository::volumes::check_volumes_exist;
 use crate::repository::BackupId;
 
@@ -178,10 +179,12 @@ pub async fn restore_backup(
         preflight::check_free_space(plan.live_paths(), needed)?;
     }
 
-    // Every volume the backup needs is there, before Synapse is stopped.
+    // Every volume and run the backup needs is there, and its runs read, before Synapse is
+    // stopped.
     if let Some(media) = header.as_ref().and_then(|h| h.media.as_ref()) {
-        check_volumes_exist(ctx.store, id, &media.volumes).await?;
+        check_volumes_exist(ctx.store, id, media).await?;
     }
+    let run_entries = runs::run_entries_of(ctx, header.as_ref()).await?;
     let live = match &destination {
         Destination::Live(hs) => Some(hs.as_ref()),
         Destination::Directory(_) => None,
@@ -204,7 +207,7 @@ pub async fn restore_backup(
         Some(hs) => hooks::stop_synapse_if_running(config, hs, &ctx.cancel).await?,
         None => false,
     };
-    let outcome = stage_and_swap(ctx, id, plan, &state, options, sink).await;
+    let outcome = stage_and_swap(ctx, id, plan, &state, options, sink, run_entries).await;
     let health = match live {
         Some(hs) if stopped => Some(hooks::start_synapse(config, hs, &ctx.cancel).await),
         _ => None,
@@ -238,18 +241,20 @@ async fn stage_and_swap(
     state: &StateDir,
     options: &RestoreOptions,
     sink: Option<Arc<ProviderSink>>,
+    run_entries: Vec<FileEntry>,
 ) -> Result<RestoreReport> {
     let stream = ctx.store.get(id).await?;
     let staging = StagingTransaction::begin(state, &plan.journal(Phase::Staging))?;
-    let (plan, (format, files, bytes)) = stage_everything(ctx, id, stream, plan, sink.as_ref())
-        .await
-        .map_err(|e| {
-            if ctx.cancel.is_cancelled() {
-                Error::Interrupted
-            } else {
-                e
-            }
-        })?;
+    let (plan, (format, files, bytes)) =
+        stage_everything(ctx, id, stream, plan, sink.as_ref(), run_entries)
+            .await
+            .map_err(|e| {
+                if ctx.cancel.is_cancelled() {
+                    Error::Interrupted
+                } else {
+                    e
+                }
+            })?;
     // The provider's media before anything live changes; a failure leaves the live data as
     // it was (`to_provider`).
     let provider_files = match &sink {
@@ -297,17 +302,19 @@ async fn stage_and_swap(
 
 type Staged = (ArchiveFormat, usize, u64);
 
-/// Stages the base's members, then the media its volumes hold; the plan, with every target
-/// staged, and what was staged.
+/// Stages the base's members, then the media its volumes hold (listed in the base, or in the
+/// runs, `run_entries`); the plan, with every target staged, and what was staged.
 async fn stage_everything(
     ctx: &OpContext<'_>,
     id: &str,
     stream: ByteStream,
     plan: Plan,
     sink: Option<&Arc<ProviderSink>>,
+    run_entries: Vec<FileEntry>,
 ) -> Result<(Plan, Staged)> {
-    let (plan, ((format, files, bytes), in_volumes)) =
+    let (plan, ((format, files, bytes), listed)) =
         stage_in_background(ctx, id, stream, plan).await?;
+    let in_volumes = runs::in_volumes(id, listed, run_entries)?;
     let (plan, (more_files, more_bytes)) =
         volumes::stage_volumes(ctx, id, plan, in_volumes, sink.cloned()).await?;
     plan.apply_folder_modes()?;

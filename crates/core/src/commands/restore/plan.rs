@@ -340,10 +340,42 @@ impl Plan {
     }
 
     /// Gives the staged folders their modes, from the backup or else from the live folder
-    /// they replace.
+    /// they replace; a folder the backup does not list takes its parent's (format 3 lists a
+    /// folder only when its mode is not its parent's).
     pub fn apply_folder_modes(&self) -> Result<()> {
+        for target in self.targets.iter().filter(|t| t.is_dir && t.staged) {
+            self.inherit_modes(&target.staging)?;
+        }
         for (path, (mode, mtime)) in &self.folder_modes {
             files::set_folder_mode(path, *mode, *mtime)?;
+        }
+        Ok(())
+    }
+
+    fn inherit_modes(&self, root: &Path) -> Result<()> {
+        let Some(&(root_mode, _)) = self.folder_modes.get(root) else {
+            return Ok(());
+        };
+        // The modes of the folders above the entry being looked at, by depth.
+        let mut modes: Vec<u32> = vec![root_mode];
+        for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+            let entry = entry.map_err(|e| {
+                let path = e.path().unwrap_or(root).to_path_buf();
+                Error::io("read the staged folder", path, e.into())
+            })?;
+            if !entry.file_type().is_dir() {
+                continue;
+            }
+            modes.truncate(entry.depth());
+            let parent = modes.last().copied().unwrap_or(root_mode);
+            let mode = match self.folder_modes.get(entry.path()) {
+                Some(&(listed, _)) => listed,
+                None => {
+                    files::set_folder_mode(entry.path(), parent, None)?;
+                    parent
+                }
+            };
+            modes.push(mode);
         }
         Ok(())
     }

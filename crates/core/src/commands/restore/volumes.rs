@@ -15,7 +15,7 @@ use super::plan::{Placement, Plan};
 use super::to_provider::ProviderSink;
 use crate::commands::OpContext;
 use crate::repository::content_check::{hash_member, unreadable_member, WriteFailed};
-use crate::repository::object_reader::read_object;
+use crate::repository::object_reader::read_shared_object;
 use crate::repository::pipe::{read_ahead, QUEUE_DEPTH};
 use crate::repository::volumes::{by_volume, read_volume, VolumeWant, VOLUMES_AT_ONCE};
 
@@ -60,7 +60,7 @@ async fn stage_one(
     let name = want.name.clone();
     let backup_id = id.to_string();
     let progress = Arc::clone(&ctx.progress);
-    read_object(ctx, &name, move |reader| {
+    read_shared_object(ctx, &name, move |reader| {
         let reader = read_ahead(reader, QUEUE_DEPTH)
             .map_err(|e| Error::Other(format!("cannot start the read-ahead thread: {e}")))?;
         read_volume(reader, &backup_id, want, |entry, member| {

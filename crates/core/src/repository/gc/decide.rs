@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{index_name, volume_owner};
+use crate::manifest::{index_name, shared_object_owner};
 use crate::repository::BackupId;
 use crate::store::owner::FOREIGN_STALE_AFTER;
 use crate::store::ObjectInfo;
@@ -67,11 +67,11 @@ pub struct InUse {
 }
 
 impl InUse {
-    /// Whether something still needs `volume`: a base or a pending marker names it, or it is
-    /// one of a backup's (or a running create's) own volumes.
+    /// Whether something still needs `volume` (or run): a base or a pending marker names it,
+    /// or it is one of a backup's (or a running create's) own volumes or its run.
     pub fn needs(&self, volume: &str) -> bool {
         self.volumes.contains(volume)
-            || volume_owner(volume).is_some_and(|owner| self.owners.contains(owner))
+            || shared_object_owner(volume).is_some_and(|owner| self.owners.contains(owner))
     }
 }
 
@@ -232,6 +232,9 @@ mod tests {
         let owners = in_use(&[], &["backup-20261205000000000000"]);
         assert!(!owners.needs(odd));
         assert!(owners.needs(MINE));
+        // A running create's own run (format 3) is protected like its volumes.
+        assert!(owners.needs("volumes/backup-20261205000000000000-files"));
+        assert!(!owners.needs("volumes/backup-20261205000000000001-files"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Which media volumes may be deleted, and when. Volumes are shared between backups, so
+//! Which media volumes (and format 3's file-list runs, which sit among them under `volumes/`
+//! and are treated exactly alike) may be deleted, and when. Volumes are shared between backups, so
 //! deleting a backup deletes only what no other backup (kept, or being made right now on this
 //! or another host) needs. Without a lock, in two steps:
 //!
@@ -129,7 +130,9 @@ pub async fn sweep(
     leaving: &HashSet<BackupId>,
 ) -> Result<SweepReport> {
     let store = ctx.store;
-    let volumes = store.list_folder("volumes").await?;
+    let mut volumes = store.list_folder("volumes").await?;
+    // Reported in name order, whatever order the store lists in.
+    volumes.sort_by(|a, b| a.name.cmp(&b.name));
     let condemned: HashMap<String, ObjectInfo> = store
         .list_folder(CONDEMNED)
         .await?
@@ -252,9 +255,13 @@ async fn volumes_in_use(
         match header {
             Ok(Some(header)) => {
                 if let Some(media) = header.media {
+                    // Runs sit among the volumes and are kept by the same rules.
                     in_use
                         .volumes
                         .extend(media.volumes.into_iter().map(|v| v.name));
+                    in_use
+                        .volumes
+                        .extend(media.runs.into_iter().map(|r| r.name));
                 }
                 in_use.owners.insert(id);
             }

@@ -1,0 +1,260 @@
+//! Format 3: the runs a new backup names, and the one it writes (docs/format.md, "Runs").
+//!
+//! A night writes one run with its change (files stored anew, paths gone, entries retouched)
+//! on top of its parent's stack, or none when nothing changed. To keep the stack short it
+//! merges the newest runs into its own while the newest is not [`SIZE_RATIO`] times the size
+//! of what is being merged: each run then outweighs all later ones together by that factor,
+//! so a stack holds about log₄(files) runs, and an entry is rewritten that many times over
+//! its life. Merging down to the bottom writes the whole list, with no `gone` lines.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::archive::ArchiveWriter;
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{merge_keeping_gone, FileEntry, RunEntry, RunRef, RunWriter, RUN_MEMBER};
+use crate::repository::pipe::{ChunkWriter, CHUNK};
+use crate::repository::runs::read_runs;
+
+use super::reuse::ChangeSinceParent;
+use super::OpContext;
+
+/// A run is kept under a newer one only while it is at least this many times as large.
+pub(super) const SIZE_RATIO: u64 = 4;
+
+/// Which of the parent's runs the new backup names as they are, and which it merges into its
+/// own run.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Stacking {
+    pub keep: Vec<RunRef>,
+    /// Oldest first; merged with the night's change into the new run.
+    pub merge: Vec<RunRef>,
+    /// Whether the new run is the bottom of the stack: it is then the whole list.
+    pub whole: bool,
+    /// Whether a run is written at all (not on a night without change and without merge).
+    pub write: bool,
+}
+
+/// Decides the stack for a night of `changed` lines on top of `parent_runs`. A parent run
+/// that is `excluded` (condemned by a prune) cannot be named: the whole list is written anew.
+pub(super) fn stack_runs(
+    parent_runs: &[RunRef],
+    changed: u64,
+    excluded: &HashSet<String>,
+) -> Stacking {
+    if parent_runs.is_empty() || parent_runs.iter().any(|r| excluded.contains(&r.name)) {
+        return Stacking {
+            keep: Vec::new(),
+            merge: Vec::new(),
+            whole: true,
+            write: true,
+        };
+    }
+    let mut keep = parent_runs.to_vec();
+    let mut merge = Vec::new();
+    let mut weight = changed;
+    while let Some(top) = keep.last() {
+        if changed == 0 || top.entries >= SIZE_RATIO * weight {
+            break;
+        }
+        weight += top.entries;
+        merge.extend(keep.pop());
+    }
+    merge.reverse();
+    Stacking {
+        whole: keep.is_empty(),
+        write: changed > 0,
+        keep,
+        merge,
+    }
+}
+
+/// The night's change as run lines, sorted by path: the entries stored anew, the retouched
+/// ones, and `gone` for the parent's paths that have no entry any more.
+pub(super) fn change_lines(
+    effective: &[FileEntry],
+    new_paths: &HashSet<String>,
+    change: &ChangeSinceParent,
+) -> Vec<RunEntry> {
+    let mut lines: Vec<RunEntry> = effective
+        .iter()
+        .filter(|e| new_paths.contains(&e.path) || change.retouched.contains(&e.path))
+        .cloned()
+        .map(RunEntry::File)
+        .collect();
+    let present = |path: &str| {
+        effective
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .is_ok()
+    };
+    lines.extend(
+        change
+            .gone
+            .iter()
+            .chain(change.stored_anew.iter().filter(|p| !present(p)))
+            .map(|p| RunEntry::Gone(p.clone())),
+    );
+    lines.sort_by(|a, b| a.path().cmp(b.path()));
+    lines
+}
+
+/// What the new run holds.
+pub(super) enum RunLines {
+    /// The whole list: the bottom of the stack.
+    Whole(Arc<Vec<FileEntry>>),
+    /// Merged runs with the night's change on top, `gone` lines kept.
+    Merged(Vec<RunEntry>),
+}
+
+/// The lines of the new run: the whole list, or the merged runs with the change on top.
+pub(super) async fn new_run_lines(
+    ctx: &OpContext<'_>,
+    stacking: &Stacking,
+    effective: Arc<Vec<FileEntry>>,
+    change: Vec<RunEntry>,
+) -> Result<RunLines> {
+    if stacking.whole {
+        return Ok(RunLines::Whole(effective));
+    }
+    let mut runs = read_runs(ctx, &stacking.merge).await?;
+    runs.push(change);
+    Ok(RunLines::Merged(merge_keeping_gone(runs)))
+}
+
+/// Writes `lines` as the run of `backup_id`: a tar of one member, [`RUN_MEMBER`], built in
+/// `temp` first (a tar member declares its size before its content), for the pipeline to
+/// compress and encrypt. Returns the number of lines.
+pub(super) fn write_run(
+    backup_id: &str,
+    lines: &RunLines,
+    temp: &Path,
+    mtime: i64,
+    out: ChunkWriter,
+) -> Result<usize> {
+    let list = temp.join(RUN_MEMBER);
+    let count = write_lines(backup_id, lines, &list)?;
+    let mut archive = ArchiveWriter::new(std::io::BufWriter::with_capacity(CHUNK, out));
+    archive.append_generated_file(RUN_MEMBER, &list, mtime)?;
+    let failed = |e: std::io::Error| Error::Other(format!("cannot write the archive: {e}"));
+    archive
+        .finish()?
+        .into_inner()
+        .map_err(|e| failed(e.into_error()))?
+        .finish()
+        .map_err(failed)?;
+    std::fs::remove_file(&list).at("remove", &list)?;
+    Ok(count)
+}
+
+fn write_lines(backup_id: &str, lines: &RunLines, path: &Path) -> Result<usize> {
+    let file = std::fs::File::create(path).at("create", path)?;
+    let failed = |e: std::io::Error| Error::io("write", path, e);
+    let mut writer = RunWriter::new(std::io::BufWriter::new(file), backup_id).map_err(failed)?;
+    match lines {
+        RunLines::Whole(entries) => {
+            for entry in entries.iter() {
+                writer.push_file(entry).map_err(failed)?;
+            }
+        }
+        RunLines::Merged(lines) => {
+            for line in lines {
+                writer.push(line).map_err(failed)?;
+            }
+        }
+    }
+    let (_, count) = writer.finish().map_err(failed)?;
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(name: &str, entries: u64) -> RunRef {
+        RunRef {
+            name: format!("volumes/{name}-files"),
+            entries,
+            object_bytes: entries * 50,
+        }
+    }
+
+    #[test]
+    fn small_nights_stack_and_large_ones_merge_down() {
+        let none = HashSet::new();
+        let parent = vec![run("a", 100_000), run("b", 2_000), run("c", 100)];
+        // Nothing changed: nothing written, the parent's runs named as they are.
+        let quiet = stack_runs(&parent, 0, &none);
+        assert_eq!(
+            (quiet.write, quiet.keep.len(), quiet.merge.len()),
+            (false, 3, 0)
+        );
+        // 10 lines: "c" (100) outweighs them four times; a run of its own.
+        let small = stack_runs(&parent, 10, &none);
+        assert_eq!(
+            (small.keep.len(), small.merge.len(), small.whole),
+            (3, 0, false)
+        );
+        // 30 lines: "c" does not outweigh them; 130 against "b" does not merge it.
+        let merged = stack_runs(&parent, 30, &none);
+        assert_eq!(merged.merge, [run("c", 100)]);
+        assert_eq!(merged.keep.len(), 2);
+        // 30,000 lines: everything merges into one whole list.
+        let large = stack_runs(&parent, 30_000, &none);
+        assert!(large.whole && large.keep.is_empty());
+        assert_eq!(large.merge.len(), 3);
+    }
+
+    #[test]
+    fn a_condemned_or_absent_parent_stack_means_a_whole_list() {
+        let parent = vec![run("a", 100_000), run("b", 10)];
+        let condemned: HashSet<String> = [run("b", 10).name].into();
+        assert!(stack_runs(&parent, 0, &condemned).whole);
+        assert!(stack_runs(&[], 0, &HashSet::new()).whole);
+        assert!(stack_runs(&[], 0, &HashSet::new()).write);
+    }
+
+    fn entry(path: &str) -> FileEntry {
+        FileEntry {
+            role: crate::manifest::Role::Media,
+            path: path.into(),
+            size: 1,
+            mode: 0o600,
+            mtime: 0,
+            mtime_nanos: Some(0),
+            sha256: "00".repeat(32),
+            storage: crate::manifest::Storage::Volume {
+                volume: "volumes/backup-1-0000".into(),
+            },
+            provider: None,
+        }
+    }
+
+    #[test]
+    fn the_change_names_new_retouched_gone_and_vanished_paths() {
+        let effective = vec![entry("media/a"), entry("media/b"), entry("media/c")];
+        let new_paths: HashSet<String> = ["media/b".to_string()].into();
+        let change = ChangeSinceParent {
+            gone: vec!["media/0".into()],
+            // "d" was to be stored anew but vanished before it was read.
+            stored_anew: vec!["media/b".into(), "media/d".into()],
+            retouched: ["media/c".to_string()].into(),
+        };
+        let lines: Vec<String> = change_lines(&effective, &new_paths, &change)
+            .iter()
+            .map(|l| match l {
+                RunEntry::File(e) => format!("file {}", e.path),
+                RunEntry::Gone(p) => format!("gone {p}"),
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "gone media/0",
+                "file media/b",
+                "file media/c",
+                "gone media/d"
+            ]
+        );
+    }
+}

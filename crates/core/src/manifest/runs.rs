@@ -1,0 +1,372 @@
+//! Format 3's file-list runs: a backup's media entries as a short stack of sorted lists shared
+//! between backups, the way volumes are, so that a night stores only the night's change.
+//!
+//! A run object is a tar of one member, [`RUN_MEMBER`]: plain text, one line per media file,
+//! tab-separated, sorted by path, each path once:
+//!
+//! ```text
+//! # synapse-backup run 3 backup-20261206040000000000
+//! media/local_content/ab/cd/ef<TAB>volumes/backup-…-0000<TAB>size<TAB>mode<TAB>mtime<TAB>mtime_nanos<TAB>sha256<TAB>provider
+//! media/local_content/ab/cd/gh<TAB>gone
+//! ```
+//!
+//! `mode` is octal, `provider` is `-` for a file read locally. A later run overrides an earlier
+//! one path by path, and `gone` removes the path. The first line names the backup that wrote the
+//! run, so a run copied over another's name is refused. Text rather than JSON so that awk can
+//! merge runs when restoring by hand (docs/format.md).
+
+use std::cmp::Ordering;
+use std::io::{BufRead, Write};
+
+use crate::archive::member_path::check_member_path;
+use crate::error::{CorruptKind, Error, Result};
+
+use super::{FileEntry, Role, Storage};
+
+const FIRST_LINE_PREFIX: &str = "# synapse-backup run 3 ";
+/// The one member of a run object (a tar, as every object is): `gpg -d RUN | tar -xO` prints it.
+pub const RUN_MEMBER: &str = "files.tsv";
+/// The mark, in the volume column, of a path removed since an earlier run.
+pub const GONE: &str = "gone";
+
+/// The object name of the run written by backup `backup_id`. Runs sit beside the volumes so
+/// that garbage collection keeps and deletes them by the same rules, unchanged.
+pub fn run_name(backup_id: &str) -> String {
+    format!("volumes/{backup_id}-files")
+}
+
+/// The backup that wrote run `name`.
+pub fn run_owner(name: &str) -> Option<&str> {
+    name.strip_prefix("volumes/")?.strip_suffix("-files")
+}
+
+/// One line of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEntry {
+    File(FileEntry),
+    Gone(String),
+}
+
+impl RunEntry {
+    pub fn path(&self) -> &str {
+        match self {
+            RunEntry::File(entry) => &entry.path,
+            RunEntry::Gone(path) => path,
+        }
+    }
+}
+
+/// Whether `path` can be written in a run (and in a `tar -T` list): no tab, no line break.
+pub fn path_fits_a_run(path: &str) -> bool {
+    !path.contains(['\t', '\n', '\r'])
+}
+
+/// Writes a run one entry at a time; entries must come sorted by path, each path once.
+pub struct RunWriter<W: Write> {
+    out: W,
+    last: Option<String>,
+    entries: usize,
+}
+
+impl<W: Write> RunWriter<W> {
+    pub fn new(mut out: W, backup_id: &str) -> std::io::Result<Self> {
+        writeln!(out, "{FIRST_LINE_PREFIX}{backup_id}")?;
+        Ok(RunWriter {
+            out,
+            last: None,
+            entries: 0,
+        })
+    }
+
+    pub fn push(&mut self, entry: &RunEntry) -> std::io::Result<()> {
+        match entry {
+            RunEntry::Gone(path) => self.push_gone(path),
+            RunEntry::File(e) => self.push_file(e),
+        }
+    }
+
+    pub fn push_gone(&mut self, path: &str) -> std::io::Result<()> {
+        self.check_order(path)?;
+        writeln!(self.out, "{path}\t{GONE}")?;
+        self.counted(path)
+    }
+
+    pub fn push_file(&mut self, e: &FileEntry) -> std::io::Result<()> {
+        self.check_order(&e.path)?;
+        let Storage::Volume { volume } = &e.storage else {
+            return Err(std::io::Error::other(format!(
+                "{:?} is not in a volume and cannot be in a run",
+                e.path
+            )));
+        };
+        let provider = e.provider.map_or("-".to_string(), |p| p.to_string());
+        writeln!(
+            self.out,
+            "{}\t{volume}\t{}\t{:o}\t{}\t{}\t{}\t{provider}",
+            e.path,
+            e.size,
+            e.mode,
+            e.mtime,
+            e.mtime_nanos.unwrap_or(0),
+            e.sha256
+        )?;
+        self.counted(&e.path)
+    }
+
+    fn check_order(&self, path: &str) -> std::io::Result<()> {
+        if !path_fits_a_run(path) || self.last.as_deref().is_some_and(|last| last >= path) {
+            return Err(std::io::Error::other(format!(
+                "a run's entries must be sorted, each path once, with no tab or line break: {path:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn counted(&mut self, path: &str) -> std::io::Result<()> {
+        self.last = Some(path.to_string());
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// The writer back, and how many entries the run holds.
+    pub fn finish(mut self) -> std::io::Result<(W, usize)> {
+        self.out.flush()?;
+        Ok((self.out, self.entries))
+    }
+}
+
+/// Reads run `name`, written by `backup_id`, handing each entry to `visit` in order; checks
+/// the first line, every field, and the order. Returns the number of entries.
+pub fn read_run<R: BufRead>(
+    name: &str,
+    backup_id: &str,
+    reader: R,
+    mut visit: impl FnMut(RunEntry) -> Result<()>,
+) -> Result<usize> {
+    let bad = |why: String| Error::corrupt(name, CorruptKind::Malformed, why);
+    let mut lines = reader.lines();
+    let first = lines
+        .next()
+        .transpose()
+        .map_err(|e| bad(format!("cannot read the run: {e}")))?
+        .unwrap_or_default();
+    match first.strip_prefix(FIRST_LINE_PREFIX) {
+        Some(id) if id == backup_id => {}
+        Some(id) => {
+            return Err(Error::corrupt(
+                name,
+                CorruptKind::ManifestMismatch,
+                format!("the run was written by {id}, not {backup_id}"),
+            ))
+        }
+        None => return Err(bad("it does not start as a run of format 3".into())),
+    }
+    let mut last: Option<String> = None;
+    let mut count = 0;
+    for (number, line) in lines.enumerate() {
+        let line = line.map_err(|e| bad(format!("cannot read the run: {e}")))?;
+        let entry = parse_line(&line).map_err(|why| bad(format!("line {}: {why}", number + 2)))?;
+        if last.as_deref().is_some_and(|last| last >= entry.path()) {
+            return Err(bad(format!(
+                "line {}: {:?} is out of order or repeated",
+                number + 2,
+                entry.path()
+            )));
+        }
+        last = Some(entry.path().to_string());
+        visit(entry)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn parse_line(line: &str) -> std::result::Result<RunEntry, String> {
+    let fields: Vec<&str> = line.split('\t').collect();
+    let path = fields[0];
+    check_member_path(path).map_err(|why| why.to_string())?;
+    if Role::of_member(path) != Some(Role::Media) {
+        return Err(format!("{path:?} is not a media path"));
+    }
+    match fields[1..] {
+        [GONE] => Ok(RunEntry::Gone(path.to_string())),
+        [volume, size, mode, mtime, nanos, sha256, provider] => {
+            let number = |what: &str, text: &str| format!("{what} {text:?} is not a number");
+            if !volume.starts_with("volumes/") {
+                return Err(format!("{volume:?} is not a volume"));
+            }
+            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("{sha256:?} is not a SHA-256"));
+            }
+            Ok(RunEntry::File(FileEntry {
+                role: Role::Media,
+                path: path.to_string(),
+                size: size.parse().map_err(|_| number("size", size))?,
+                mode: u32::from_str_radix(mode, 8).map_err(|_| number("mode", mode))?,
+                mtime: mtime.parse().map_err(|_| number("mtime", mtime))?,
+                mtime_nanos: Some(nanos.parse().map_err(|_| number("mtime_nanos", nanos))?),
+                sha256: sha256.to_string(),
+                storage: Storage::Volume {
+                    volume: volume.to_string(),
+                },
+                provider: match provider {
+                    "-" => None,
+                    p => Some(p.parse().map_err(|_| number("provider", p))?),
+                },
+            }))
+        }
+        _ => Err(format!("{} fields, not 2 or 8", fields.len())),
+    }
+}
+
+/// Merges runs, each sorted by path, into the effective entries, oldest run first: for each
+/// path the entry of the newest run that names it, unless that one says it is gone.
+pub fn merge_runs(runs: Vec<Vec<RunEntry>>) -> Vec<FileEntry> {
+    merge_keeping_gone(runs)
+        .into_iter()
+        .filter_map(|entry| match entry {
+            RunEntry::File(file) => Some(file),
+            RunEntry::Gone(_) => None,
+        })
+        .collect()
+}
+
+/// Merges runs as [`merge_runs`] does, keeping the `gone` marks (for a run that is not the
+/// bottom of its stack: an earlier run below it may still name the path).
+pub fn merge_keeping_gone(runs: Vec<Vec<RunEntry>>) -> Vec<RunEntry> {
+    let mut merged: Vec<RunEntry> = Vec::new();
+    for run in runs {
+        let older = std::mem::take(&mut merged);
+        merged.reserve(older.len() + run.len());
+        let mut older = older.into_iter().peekable();
+        let mut newer = run.into_iter().peekable();
+        loop {
+            let order = match (older.peek(), newer.peek()) {
+                (Some(a), Some(b)) => a.path().cmp(b.path()),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => break,
+            };
+            match order {
+                Ordering::Less => merged.extend(older.next()),
+                Ordering::Greater => merged.extend(newer.next()),
+                Ordering::Equal => {
+                    older.next();
+                    merged.extend(newer.next());
+                }
+            }
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, size: u64) -> RunEntry {
+        RunEntry::File(FileEntry {
+            role: Role::Media,
+            path: path.into(),
+            size,
+            mode: 0o640,
+            mtime: 1_767_268_800,
+            mtime_nanos: Some(123),
+            sha256: "ab".repeat(32),
+            storage: Storage::Volume {
+                volume: "volumes/backup-20260101000000000000-0000".into(),
+            },
+            provider: (size == 7).then_some(1),
+        })
+    }
+
+    fn write(entries: &[RunEntry]) -> Vec<u8> {
+        let mut writer = RunWriter::new(Vec::new(), "backup-1").unwrap();
+        for entry in entries {
+            writer.push(entry).unwrap();
+        }
+        writer.finish().unwrap().0
+    }
+
+    fn read(bytes: &[u8]) -> Result<Vec<RunEntry>> {
+        let mut entries = Vec::new();
+        read_run("r", "backup-1", bytes, |e| {
+            entries.push(e);
+            Ok(())
+        })?;
+        Ok(entries)
+    }
+
+    #[test]
+    fn a_run_reads_back_as_written() {
+        let entries = vec![
+            file("media/a", 1),
+            RunEntry::Gone("media/b".into()),
+            file("media/c", 7),
+        ];
+        let bytes = write(&entries);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains("media/b\tgone\n"), "{text}");
+        assert!(text.contains("\t640\t"), "{text}");
+        assert_eq!(read(&bytes).unwrap(), entries);
+    }
+
+    #[test]
+    fn a_run_out_of_order_or_of_another_backup_is_refused() {
+        let mut writer = RunWriter::new(Vec::new(), "backup-1").unwrap();
+        writer.push(&file("media/b", 1)).unwrap();
+        assert!(writer.push(&file("media/a", 1)).is_err());
+        assert!(writer.push(&file("media/b", 1)).is_err());
+        assert!(writer.push(&file("media/x\ty", 1)).is_err());
+        let good = write(&[file("media/a", 1)]);
+        let swapped = String::from_utf8(good.clone())
+            .unwrap()
+            .replace("backup-1", "backup-2");
+        let err = read(swapped.as_bytes()).unwrap_err();
+        assert_eq!(err.corrupt_kind(), Some(CorruptKind::ManifestMismatch));
+        let text = String::from_utf8(good).unwrap();
+        for broken in [
+            format!("{text}media/0\tgone\n"),
+            text.replace("\t640\t", "\t9x\t"),
+            text.replace("media/a", "../etc/passwd"),
+            text.replace("media/a", "config/a"),
+            text.replace(&"ab".repeat(32), "zz"),
+            format!("{text}media/b\n"),
+            "not a run\n".to_string(),
+        ] {
+            assert_eq!(
+                read(broken.as_bytes()).unwrap_err().corrupt_kind(),
+                Some(CorruptKind::Malformed),
+                "{broken}"
+            );
+        }
+    }
+
+    #[test]
+    fn later_runs_win_and_gone_removes() {
+        let runs = vec![
+            vec![file("media/a", 1), file("media/b", 1), file("media/d", 1)],
+            vec![RunEntry::Gone("media/b".into()), file("media/c", 2)],
+            vec![file("media/a", 3), RunEntry::Gone("media/e".into())],
+        ];
+        let merged: Vec<(String, u64)> = merge_runs(runs.clone())
+            .into_iter()
+            .map(|e| (e.path, e.size))
+            .collect();
+        assert_eq!(
+            merged,
+            [
+                ("media/a".to_string(), 3),
+                ("media/c".to_string(), 2),
+                ("media/d".to_string(), 1)
+            ]
+        );
+        let kept: Vec<String> = merge_keeping_gone(runs)
+            .iter()
+            .map(|e| e.path().to_string())
+            .collect();
+        assert_eq!(
+            kept,
+            ["media/a", "media/b", "media/c", "media/d", "media/e"]
+        );
+    }
+}
