@@ -1095,6 +1095,146 @@ fn huge_declared_lengths_are_truncation_not_allocation() {
     }
 }
 
+/// The media entries of a format-3 backup whose base is `base`, as format 2's file list has
+/// them: its runs (decrypted with the real gpg) merged, the newest line of a path winning.
+fn media_entries_of(world: &World, base: &[RealMember]) -> Vec<Value> {
+    let runs = base.iter().find(|m| m.path == "volumes/runs.list").unwrap();
+    let mut entries = std::collections::BTreeMap::new();
+    for run in String::from_utf8(runs.data.clone()).unwrap().lines() {
+        let run = members_of(world, &world.store.join(run));
+        for line in String::from_utf8(run[0].data.clone()).unwrap().lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            if line.starts_with('#') {
+                continue;
+            }
+            if f[1] == "gone" {
+                entries.remove(f[0]);
+                continue;
+            }
+            entries.insert(
+                f[0].to_string(),
+                json!({
+                    "role": "media", "path": f[0], "size": f[2].parse::<u64>().unwrap(),
+                    "mode": u32::from_str_radix(f[3], 8).unwrap(),
+                    "mtime": f[4].parse::<i64>().unwrap(),
+                    "mtime_nanos": f[5].parse::<u32>().unwrap(), "sha256": f[6],
+                    "storage": {"kind": "volume", "volume": f[1]},
+                }),
+            );
+        }
+    }
+    entries.into_values().collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Format 2, as the last release wrote it
+// ---------------------------------------------------------------------------------------------
+
+/// A format-2 backup (the whole file list in its base and in its index, one list per volume),
+/// built from a real format-3 one in place: it verifies and restores as before, it is the
+/// parent of the next backup, which takes its media over and writes its whole list as one
+/// run, and deleting it keeps the volume the new backup uses.
+#[test]
+fn a_format_2_backup_restores_and_is_the_parent_of_a_format_3_one() {
+    let world = World::with(WorldOptions {
+        extra_config: "[retention]\ndelete-grace-secs = 0\n",
+        ..WorldOptions::default()
+    });
+    let id = world.create_backup();
+    let base = unpack(&world, &id);
+    let media_entries = media_entries_of(&world, &base);
+    assert!(!media_entries.is_empty());
+    let mut members: Vec<RealMember> = base
+        .into_iter()
+        .filter(|m| !m.path.starts_with("volumes/"))
+        .collect();
+    let mut list = members.pop().unwrap();
+    let mut volumes = Vec::new();
+    edit_json(&mut members[0], |h| {
+        h["format_version"] = json!(2);
+        let media = h["media"].as_object_mut().unwrap();
+        media.remove("runs");
+        for volume in media["volumes"].as_array().unwrap() {
+            volumes.push(volume["name"].as_str().unwrap().to_string());
+        }
+    });
+    for volume in &volumes {
+        let paths: String = media_entries
+            .iter()
+            .filter(|e| e["storage"]["volume"] == volume.as_str())
+            .map(|e| format!("{}\n", e["path"].as_str().unwrap()))
+            .collect();
+        let mut header = members[1].header.clone();
+        header.set_size(paths.len() as u64);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o600);
+        members.push(RealMember {
+            path: format!("{volume}.list"),
+            header,
+            data: paths.into_bytes(),
+        });
+    }
+    edit_json(&mut list, |l| {
+        l["format_version"] = json!(2);
+        l["files"]
+            .as_array_mut()
+            .unwrap()
+            .extend(media_entries.clone());
+    });
+    members.push(list);
+    store_encrypted(&world, &id, &repack(&members));
+    let index = json!({"format_version": 2, "backup_id": id, "files": media_entries});
+    let mut index_header = tar::Header::new_gnu();
+    index_header.set_mode(0o600);
+    index_header.set_entry_type(tar::EntryType::Regular);
+    let index_tar = repack(&[RealMember {
+        path: "manifest-files.json".into(),
+        header: index_header,
+        data: serde_json::to_vec(&index).unwrap(),
+    }]);
+    fs::create_dir_all(world.store.join("index")).unwrap();
+    fs::write(
+        world.store.join("index").join(&id),
+        gpg_encrypt(&index_tar, &world.passphrase_file, &[]),
+    )
+    .unwrap();
+    fs::remove_file(world.store.join(format!("volumes/{id}-files"))).unwrap();
+
+    assert_success(
+        &world.run(&["verify-backup", &id]),
+        "verify the format-2 backup",
+    );
+    let drill = world.restore_drill(&id, "restore the format-2 backup");
+    let media = |root: &Path| tree_hashes(&root.join("local_content"));
+    assert_eq!(
+        media(&drill.join("media")),
+        media(&world.data.join("media_store"))
+    );
+    fs::remove_dir_all(&drill).unwrap();
+
+    world.upload_media("aftertheupgradeAAAAAAAAA", 5_000, 9);
+    let out = world.run(&["--json", "create-backup"]);
+    assert_success(&out, "create-backup on a format-2 parent");
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["kind"], "incremental", "{created}");
+    assert_eq!(created["parent"], id.as_str(), "{created}");
+    assert!(created["reused-files"].as_u64().unwrap() > 0, "{created}");
+    let next = created["backup-id"].as_str().unwrap().to_string();
+    assert!(world.store.join(format!("volumes/{next}-files")).exists());
+    let deleted = world.run(&["--json", "delete-backup", &id]);
+    assert_success(&deleted, "delete the format-2 backup");
+    assert!(world.store.join(&volumes[0]).exists());
+    assert_success(
+        &world.run(&["verify-backup", &next]),
+        "verify the format-3 child",
+    );
+    let drill = world.restore_drill(&next, "restore the format-3 child");
+    assert_eq!(
+        media(&drill.join("media")),
+        media(&world.data.join("media_store"))
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Format 1, as the first release wrote it
 // ---------------------------------------------------------------------------------------------
@@ -1107,23 +1247,7 @@ fn a_format_1_backup_restores_and_is_never_a_parent() {
     let source = World::new();
     let id = source.create_backup();
     let base = unpack(&source, &id);
-    // Format 3: the media entries are in the runs the base lists, the files in volumes.
-    let runs = base.iter().find(|m| m.path == "volumes/runs.list").unwrap();
-    let mut media_entries = Vec::new();
-    for run in String::from_utf8(runs.data.clone()).unwrap().lines() {
-        let run = members_of(&source, &source.store.join(run));
-        for line in String::from_utf8(run[0].data.clone()).unwrap().lines() {
-            let f: Vec<&str> = line.split('\t').collect();
-            if line.starts_with('#') || f[1] == "gone" {
-                continue;
-            }
-            media_entries.push(json!({
-                "role": "media", "path": f[0], "size": f[2].parse::<u64>().unwrap(),
-                "mode": u32::from_str_radix(f[3], 8).unwrap(),
-                "mtime": f[4].parse::<i64>().unwrap(), "sha256": f[6],
-            }));
-        }
-    }
+    let media_entries = media_entries_of(&source, &base);
     let mut media = Vec::new();
     let header: Value = serde_json::from_slice(&base[0].data).unwrap();
     for volume in header["media"]["volumes"].as_array().unwrap() {

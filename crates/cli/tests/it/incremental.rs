@@ -220,6 +220,51 @@ fn a_missing_volume_is_named_and_nothing_live_is_touched() {
     assert_no_staging_left(&world);
 }
 
+/// A run the backup names, missing, cut short, damaged or replaced by another backup's run:
+/// verify and restore name it, exit 5, and nothing live is touched.
+#[test]
+fn a_missing_or_damaged_run_is_named_and_nothing_live_is_touched() {
+    let world = World::new();
+    let first = world.create_backup();
+    world.upload_media("newmediaRRRRRRRRRRRRRRRR", 10_000, 6);
+    let second = world.create_backup();
+    let run = world.store.join(format!("volumes/{first}-files"));
+    let other = fs::read(world.store.join(format!("volumes/{second}-files"))).unwrap();
+    let original = fs::read(&run).unwrap();
+    let mut flipped = original.clone();
+    let third = flipped.len() / 3;
+    flipped[third] ^= 0x55;
+    let damages: [(&str, Option<Vec<u8>>); 4] = [
+        ("missing", None),
+        ("cut short", Some(original[..original.len() / 2].to_vec())),
+        ("a byte changed", Some(flipped)),
+        ("another backup's run", Some(other)),
+    ];
+    let before = live_state(&world.data);
+    for (what, damaged) in damages {
+        match damaged {
+            None => fs::remove_file(&run).unwrap(),
+            Some(bytes) => fs::write(&run, bytes).unwrap(),
+        }
+        for args in [
+            vec!["verify-backup", second.as_str()],
+            vec!["restore-backup", second.as_str()],
+        ] {
+            let out = world.run(&args);
+            let name = format!("{first}-files");
+            assert_fails(&out, exit::CORRUPT, &[name.as_str()]);
+            assert!(
+                !String::from_utf8_lossy(&out.stderr).contains("passphrase"),
+                "{what}"
+            );
+        }
+        assert_same_tree(&live_state(&world.data), &before, what);
+        assert_no_staging_left(&world);
+    }
+    fs::write(&run, original).unwrap();
+    assert_success(&world.run(&["verify-backup", &second]), "verify-backup");
+}
+
 #[test]
 fn a_damaged_volume_fails_the_restore_before_the_swap() {
     let world = World::new();
