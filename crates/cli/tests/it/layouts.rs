@@ -397,7 +397,8 @@ fn a_dangling_media_link_is_an_error() {
 }
 
 /// Folder modes come back as they were: a 0700 media folder is 0700 after a restore, in a
-/// live restore and into a fresh `--target-dir`.
+/// live restore and into a fresh `--target-dir`; a folder of its parent's mode (which the
+/// backup does not list) gets that mode again, not the umask's.
 #[test]
 fn folder_modes_are_restored() {
     let world = World::new();
@@ -407,8 +408,14 @@ fn folder_modes_are_restored() {
         .map(|e| e.unwrap().path())
         .find(|p| p.is_dir())
         .expect("a media subfolder");
+    let grandchild = fs::read_dir(&some_subfolder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("a media folder two levels down");
     fs::set_permissions(&local_content, fs::Permissions::from_mode(0o700)).unwrap();
     fs::set_permissions(&some_subfolder, fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(&grandchild, fs::Permissions::from_mode(0o750)).unwrap();
     let id = world.create_backup();
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
 
@@ -417,11 +424,16 @@ fn folder_modes_are_restored() {
     assert_success(&out, "live restore");
     assert_eq!(mode(&local_content), 0o700);
     assert_eq!(mode(&some_subfolder), 0o750);
+    assert_eq!(mode(&grandchild), 0o750);
 
     let drill = world.restore_drill(&id, "restore into a fresh folder");
     let rel = some_subfolder
         .strip_prefix(world.data.join("media_store"))
         .unwrap();
     assert_eq!(mode(&drill.join("media/local_content")), 0o700);
+    assert_eq!(mode(&drill.join("media").join(rel)), 0o750);
+    let rel = grandchild
+        .strip_prefix(world.data.join("media_store"))
+        .unwrap();
     assert_eq!(mode(&drill.join("media").join(rel)), 0o750);
 }

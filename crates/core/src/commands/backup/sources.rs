@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::manifest::Role;
+use crate::manifest::{path_fits_a_run, Role};
 use crate::synapse::{Database, HomeserverConfig};
 
 /// One file to archive.
@@ -249,6 +249,14 @@ pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListi
                 skipped.push(format!("{} (name not UTF-8)", entry.path().display()));
                 continue;
             };
+            // A run's line and a `tar -T` list are one path per line, tab-separated.
+            if !path_fits_a_run(relative) {
+                skipped.push(format!(
+                    "{:?} (a tab or line break in its name)",
+                    entry.path()
+                ));
+                continue;
+            }
             let meta = match entry.metadata() {
                 Ok(meta) => meta,
                 Err(e)
@@ -294,8 +302,47 @@ pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListi
 
 #[cfg(test)]
 mod tests {
-    use super::config_members;
+    use super::{config_members, list_media};
     use std::path::PathBuf;
+
+    #[test]
+    fn only_folders_whose_mode_is_not_their_parents_are_listed() {
+        use std::os::unix::fs::PermissionsExt;
+        let store = tempfile::tempdir().unwrap();
+        let root = store.path().join("local_content");
+        for dir in ["ab/cd", "ab/ce", "xy/zz"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::write(root.join(dir).join("f"), b"x").unwrap();
+        }
+        let mode = |path: &str, mode: u32| {
+            std::fs::set_permissions(root.join(path), std::fs::Permissions::from_mode(mode))
+                .unwrap()
+        };
+        for dir in ["", "ab", "ab/cd", "ab/ce", "xy"] {
+            mode(dir, 0o750);
+        }
+        mode("xy/zz", 0o700);
+        let listed = list_media(store.path(), &["local_content"]).unwrap();
+        let folders: Vec<&str> = listed.folders.iter().map(|f| f.member.as_str()).collect();
+        assert_eq!(
+            folders,
+            ["media/local_content", "media/local_content/xy/zz"]
+        );
+        assert_eq!(listed.files.len(), 3);
+    }
+
+    #[test]
+    fn a_name_with_a_tab_or_line_break_is_skipped_and_the_rest_listed() {
+        let store = tempfile::tempdir().unwrap();
+        let shard = store.path().join("local_content/ab");
+        std::fs::create_dir_all(&shard).unwrap();
+        for name in ["good", "tab\there", "line\nbreak"] {
+            std::fs::write(shard.join(name), b"x").unwrap();
+        }
+        let listed = list_media(store.path(), &["local_content"]).unwrap();
+        let members: Vec<&str> = listed.files.iter().map(|f| f.member.as_str()).collect();
+        assert_eq!(members, ["media/local_content/ab/good"]);
+    }
 
     #[test]
     fn config_files_keep_their_place_beside_the_main_one() {

@@ -353,11 +353,9 @@ impl Plan {
     }
 
     fn inherit_modes(&self, root: &Path) -> Result<()> {
-        let Some(&(root_mode, _)) = self.folder_modes.get(root) else {
-            return Ok(());
-        };
-        // The modes of the folders above the entry being looked at, by depth.
-        let mut modes: Vec<u32> = vec![root_mode];
+        // The modes of the folders above the entry being looked at, by depth; `None` where
+        // neither the backup nor the live data says one (a folder keeps what it was made with).
+        let mut modes: Vec<Option<u32>> = vec![self.folder_modes.get(root).map(|m| m.0)];
         for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
             let entry = entry.map_err(|e| {
                 let path = e.path().unwrap_or(root).to_path_buf();
@@ -367,13 +365,14 @@ impl Plan {
                 continue;
             }
             modes.truncate(entry.depth());
-            let parent = modes.last().copied().unwrap_or(root_mode);
-            let mode = match self.folder_modes.get(entry.path()) {
-                Some(&(listed, _)) => listed,
-                None => {
+            let parent = modes.last().copied().flatten();
+            let mode = match (self.folder_modes.get(entry.path()), parent) {
+                (Some(&(listed, _)), _) => Some(listed),
+                (None, Some(parent)) => {
                     files::set_folder_mode(entry.path(), parent, None)?;
-                    parent
+                    Some(parent)
                 }
+                (None, None) => None,
             };
             modes.push(mode);
         }
