@@ -110,19 +110,7 @@ fn gpg_and_tar_open_a_backup_by_hand() {
     );
     // Format 3: the media are in volumes, and which file is in which in the runs the base
     // names (volumes/runs.list); docs/format.md's loop merges them with awk.
-    let script = format!(
-        "set -euo pipefail\nstore={store}\ngpg() {{ command gpg --batch --quiet --passphrase-file {pass} \"$@\"; }}\n{BY_HAND_LOOP}",
-        store = world.store.display(),
-        pass = world.passphrase_file.display(),
-    );
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(&unpacked)
-        .env("GNUPGHOME", gnupg_home())
-        .output()
-        .unwrap();
-    assert_success(&out, "the media restored by hand");
+    restore_by_hand(&world, &unpacked, "");
     assert_eq!(
         tree_hashes(&unpacked.join("media/local_content")),
         tree_hashes(&world.data.join("media_store/local_content"))

@@ -306,23 +306,11 @@ fn an_incremental_backup_restores_by_hand_with_gpg_and_tar() {
     assert!(volumes(&world).len() >= 3, "{:?}", volumes(&world));
     let by_hand = world.path("by-hand");
     fs::create_dir(&by_hand).unwrap();
-    let script = format!(
-        r#"set -euo pipefail
-store={store}
-gpg() {{ command gpg --batch --quiet --passphrase-file {pass} "$@"; }}
-gpg -d "$store/{id}" | tar -x
-{BY_HAND_LOOP}"#,
-        store = world.store.display(),
-        pass = world.passphrase_file.display(),
+    restore_by_hand(
+        &world,
+        &by_hand,
+        &format!("gpg -d \"$store/{id}\" | tar -x"),
     );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(&by_hand)
-        .env("GNUPGHOME", gnupg_home())
-        .output()
-        .unwrap();
-    assert_success(&out, "the restore by hand");
     assert_same_tree(
         &tree_hashes(&by_hand.join("media/local_content")),
         &local_media(&world),
@@ -390,23 +378,11 @@ fn bookkeeping_and_volumes_of_small_files_are_compressed_and_restore_by_hand() {
     );
     let by_hand = world.path("by-hand");
     fs::create_dir(&by_hand).unwrap();
-    let script = format!(
-        r#"set -euo pipefail
-gpg() {{ command gpg --batch --quiet --passphrase-file {pass} "$@"; }}
-store={store}
-gpg -d "$store/{second}" | tar -x
-{BY_HAND_LOOP}"#,
-        store = store.display(),
-        pass = world.passphrase_file.display(),
+    restore_by_hand(
+        &world,
+        &by_hand,
+        &format!("gpg -d \"$store/{second}\" | tar -x"),
     );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(&by_hand)
-        .env("GNUPGHOME", gnupg_home())
-        .output()
-        .unwrap();
-    assert_success(&out, "the restore by hand");
     assert_same_tree(
         &tree_hashes(&by_hand.join("media/local_content")),
         &local_media(&world),
@@ -774,19 +750,11 @@ fn a_chain_of_nights_stacks_runs_and_every_backup_restores_exactly() {
 
     let by_hand = world.path("by-hand");
     fs::create_dir(&by_hand).unwrap();
-    let script = format!(
-        "set -euo pipefail\nstore={store}\ngpg() {{ command gpg --batch --quiet --passphrase-file {pass} \"$@\"; }}\ngpg -d \"$store/{third}\" | tar -x\n{BY_HAND_LOOP}",
-        store = world.store.display(),
-        pass = world.passphrase_file.display(),
+    restore_by_hand(
+        &world,
+        &by_hand,
+        &format!("gpg -d \"$store/{third}\" | tar -x"),
     );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(&by_hand)
-        .env("GNUPGHOME", gnupg_home())
-        .output()
-        .unwrap();
-    assert_success(&out, "the restore by hand");
     assert_same_tree(
         &tree_hashes(&by_hand.join("media/local_content")),
         &night3,

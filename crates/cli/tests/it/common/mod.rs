@@ -645,3 +645,21 @@ cut -f1 effective.tsv | sort -u | while read -r volume; do
     gpg -d "$store/$volume" | tar -x -T list
 done
 "#;
+
+/// Restores the media of a backup by hand into `dir`, as docs/format.md says, with the real gpg,
+/// tar and awk: `first` (run first, e.g. unpacking the base) then [`BY_HAND_LOOP`].
+pub fn restore_by_hand(world: &World, dir: &Path, first: &str) {
+    let script = format!(
+        "set -euo pipefail\nstore={store}\ngpg() {{ command gpg --batch --quiet --passphrase-file {pass} \"$@\"; }}\n{first}\n{BY_HAND_LOOP}",
+        store = world.store.display(),
+        pass = world.passphrase_file.display(),
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir)
+        .env("GNUPGHOME", gnupg_home())
+        .output()
+        .unwrap();
+    assert_success(&out, "the restore by hand");
+}
