@@ -7,7 +7,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::error::{DatabaseTool, Error, IoContext, Result};
-use crate::manifest::{FileEntry, Role, Storage};
+use crate::manifest::{FileEntry, Role, Sha256Digest, Storage};
 use crate::progress::{is_cancelled_error, Cancel, Progress};
 
 /// Only permission bits travel; set-id and sticky bits never do.
@@ -116,7 +116,7 @@ impl<W: Write> ArchiveWriter<W> {
             mode,
             mtime: meta.mtime(),
             mtime_nanos: Some(meta.mtime_nsec() as u32),
-            sha256: reader.finish_hex(),
+            sha256: reader.finish(),
             storage: Storage::Inline,
             provider: None,
         }))
@@ -160,7 +160,7 @@ impl<W: Write> ArchiveWriter<W> {
                 size: buffer.len() as u64,
                 mode: 0o600,
                 mtime,
-                sha256: hex::encode(Sha256::digest(&buffer)),
+                sha256: Sha256::digest(&buffer).into(),
                 mtime_nanos: None,
                 storage: Storage::Inline,
                 provider: None,
@@ -207,8 +207,8 @@ impl<'p, R: Read> HashingReader<'p, R> {
         }
     }
 
-    pub fn finish_hex(self) -> String {
-        hex::encode(self.hasher.finalize())
+    pub fn finish(self) -> Sha256Digest {
+        self.hasher.finalize().into()
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{check_version, FileEntry, FILES_MEMBER, FORMAT_VERSION};
+use super::{check_version, FileEntry, VolumeNames, FILES_MEMBER, FORMAT_VERSION};
 use crate::archive::member_path::check_member_path;
 use crate::error::{CorruptKind, Error, Result};
 
@@ -126,6 +126,7 @@ impl<'de, F: FnMut(FileEntry)> Visitor<'de> for ListSeed<'_, F> {
             .next_element_seed(EntriesSeed {
                 visit: &mut *self.visit,
                 unsafe_path: &mut *self.unsafe_path,
+                names: VolumeNames::default(),
             })?
             .ok_or_else(|| de::Error::invalid_length(2, &self))?;
         if seq.next_element::<IgnoredAny>()?.is_some() {
@@ -146,6 +147,7 @@ impl<'de, F: FnMut(FileEntry)> Visitor<'de> for ListSeed<'_, F> {
                     count = Some(map.next_value_seed(EntriesSeed {
                         visit: &mut *self.visit,
                         unsafe_path: &mut *self.unsafe_path,
+                        names: VolumeNames::default(),
                     })?)
                 }
                 "format_version" | "backup_id" | "files" => {
@@ -167,6 +169,7 @@ impl<'de, F: FnMut(FileEntry)> Visitor<'de> for ListSeed<'_, F> {
 struct EntriesSeed<'a, F> {
     visit: &'a mut F,
     unsafe_path: &'a mut Option<String>,
+    names: VolumeNames,
 }
 
 impl<'de, F: FnMut(FileEntry)> DeserializeSeed<'de> for EntriesSeed<'_, F> {
@@ -184,7 +187,7 @@ impl<'de, F: FnMut(FileEntry)> Visitor<'de> for EntriesSeed<'_, F> {
         f.write_str("a list of files")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<usize, A::Error> {
         let mut count = 0;
         while let Some(entry) = seq.next_element::<FileEntry>()? {
             if let Err(why) = check_member_path(&entry.path) {
@@ -192,6 +195,8 @@ impl<'de, F: FnMut(FileEntry)> Visitor<'de> for EntriesSeed<'_, F> {
                 *self.unsafe_path = Some(why.to_string());
                 return Err(de::Error::custom("unsafe path"));
             }
+            let mut entry = entry;
+            self.names.share(&mut entry.storage);
             (self.visit)(entry);
             count += 1;
         }
@@ -213,7 +218,7 @@ mod tests {
             size,
             mode: 0o644,
             mtime: 1_767_268_800,
-            sha256: "ab".repeat(32),
+            sha256: crate::manifest::Sha256Digest::from_hex(&"ab".repeat(32)).unwrap(),
             mtime_nanos: None,
             storage: Storage::Inline,
             provider: None,
@@ -258,7 +263,7 @@ mod tests {
             size: 5,
             mode: 0o600,
             mtime: 0,
-            sha256: "00".repeat(32),
+            sha256: crate::manifest::Sha256Digest::from_hex(&"00".repeat(32)).unwrap(),
             mtime_nanos: None,
             storage: Storage::Inline,
             provider: None,

@@ -9,14 +9,19 @@
 //!
 //! `docs/format.md` describes both for people recovering by hand.
 
+mod digest;
 mod file_list;
 mod runs;
 
+pub use digest::Sha256Digest;
 pub use file_list::{read_file_list, FileListWriter, ListTotals};
 pub use runs::{
     merge_keeping_gone, merge_runs, path_fits_a_run, read_run, run_name, run_owner, RunEntry,
     RunWriter, RUN_MEMBER,
 };
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -270,7 +275,41 @@ pub fn index_name(backup_id: &str) -> String {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Storage {
     Inline,
-    Volume { volume: String },
+    /// Shared by every entry of the volume read from one list ([`VolumeNames`]): a backup's
+    /// list names a few volumes hundreds of thousands of times.
+    Volume {
+        volume: Arc<str>,
+    },
+}
+
+impl Storage {
+    pub fn volume(name: &str) -> Storage {
+        Storage::Volume {
+            volume: Arc::from(name),
+        }
+    }
+}
+
+/// The volume names of one list, each held once, for its entries to share.
+#[derive(Default)]
+pub struct VolumeNames(HashSet<Arc<str>>);
+
+impl VolumeNames {
+    pub fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(name) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.0.insert(Arc::clone(&shared));
+        shared
+    }
+
+    /// Makes `storage` share this list's copy of its volume name.
+    pub fn share(&mut self, storage: &mut Storage) {
+        if let Storage::Volume { volume } = storage {
+            *volume = self.get(volume);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,7 +324,7 @@ pub struct FileEntry {
     /// second is not taken for unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime_nanos: Option<u32>,
-    pub sha256: String,
+    pub sha256: Sha256Digest,
     #[serde(default = "inline")]
     pub storage: Storage,
     /// The media storage provider (its place in [`MediaVolumes::providers`]) the file was read
@@ -407,7 +446,7 @@ mod tests {
 
     #[test]
     fn file_list_rejects_escaping_paths() {
-        let json = br#"{"format_version":1,"backup_id":"b","files":[{"role":"media","path":"../etc/passwd","size":1,"mode":420,"mtime":0,"sha256":"00"}]}"#;
+        let json = br#"{"format_version":1,"backup_id":"b","files":[{"role":"media","path":"../etc/passwd","size":1,"mode":420,"mtime":0,"sha256":"0000000000000000000000000000000000000000000000000000000000000000"}]}"#;
         assert!(FileList::from_json("b", json).is_err());
     }
 

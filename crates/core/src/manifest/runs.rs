@@ -15,13 +15,12 @@
 //! run, so a run copied over another's name is refused. Text rather than JSON so that awk can
 //! merge runs when restoring by hand (docs/format.md).
 
-use std::cmp::Ordering;
 use std::io::{BufRead, Write};
 
 use crate::archive::member_path::check_member_path;
 use crate::error::{CorruptKind, Error, Result};
 
-use super::{FileEntry, Role, Storage};
+use super::{FileEntry, Role, Sha256Digest, Storage, VolumeNames};
 
 const FIRST_LINE_PREFIX: &str = "# synapse-backup run 3 ";
 /// The one member of a run object (a tar, as every object is): `gpg -d RUN | tar -xO` prints it.
@@ -163,9 +162,11 @@ pub fn read_run<R: BufRead>(
     }
     let mut last: Option<String> = None;
     let mut count = 0;
+    let mut names = VolumeNames::default();
     for (number, line) in lines.enumerate() {
         let line = line.map_err(|e| bad(format!("cannot read the run: {e}")))?;
-        let entry = parse_line(&line).map_err(|why| bad(format!("line {}: {why}", number + 2)))?;
+        let entry = parse_line(&line, &mut names)
+            .map_err(|why| bad(format!("line {}: {why}", number + 2)))?;
         if last.as_deref().is_some_and(|last| last >= entry.path()) {
             return Err(bad(format!(
                 "line {}: {:?} is out of order or repeated",
@@ -180,7 +181,7 @@ pub fn read_run<R: BufRead>(
     Ok(count)
 }
 
-fn parse_line(line: &str) -> std::result::Result<RunEntry, String> {
+fn parse_line(line: &str, names: &mut VolumeNames) -> std::result::Result<RunEntry, String> {
     let fields: Vec<&str> = line.split('\t').collect();
     let path = fields[0];
     check_member_path(path).map_err(|why| why.to_string())?;
@@ -194,9 +195,9 @@ fn parse_line(line: &str) -> std::result::Result<RunEntry, String> {
             if !volume.starts_with("volumes/") {
                 return Err(format!("{volume:?} is not a volume"));
             }
-            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let Some(sha256) = Sha256Digest::from_hex(sha256) else {
                 return Err(format!("{sha256:?} is not a SHA-256"));
-            }
+            };
             Ok(RunEntry::File(FileEntry {
                 role: Role::Media,
                 path: path.to_string(),
@@ -204,9 +205,9 @@ fn parse_line(line: &str) -> std::result::Result<RunEntry, String> {
                 mode: u32::from_str_radix(mode, 8).map_err(|_| number("mode", mode))?,
                 mtime: mtime.parse().map_err(|_| number("mtime", mtime))?,
                 mtime_nanos: Some(nanos.parse().map_err(|_| number("mtime_nanos", nanos))?),
-                sha256: sha256.to_string(),
+                sha256,
                 storage: Storage::Volume {
-                    volume: volume.to_string(),
+                    volume: names.get(volume),
                 },
                 provider: match provider {
                     "-" => None,
@@ -232,31 +233,33 @@ pub fn merge_runs(runs: Vec<Vec<RunEntry>>) -> Vec<FileEntry> {
 
 /// Merges runs as [`merge_runs`] does, keeping the `gone` marks (for a run that is not the
 /// bottom of its stack: an earlier run below it may still name the path).
+///
+/// In place on the oldest run, the largest by far (each run outweighs all later ones), so that
+/// merging never holds a second copy of it.
 pub fn merge_keeping_gone(runs: Vec<Vec<RunEntry>>) -> Vec<RunEntry> {
-    let mut merged: Vec<RunEntry> = Vec::new();
-    for run in runs {
-        let older = std::mem::take(&mut merged);
-        merged.reserve(older.len() + run.len());
-        let mut older = older.into_iter().peekable();
-        let mut newer = run.into_iter().peekable();
-        loop {
-            let order = match (older.peek(), newer.peek()) {
-                (Some(a), Some(b)) => a.path().cmp(b.path()),
-                (Some(_), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (None, None) => break,
-            };
-            match order {
-                Ordering::Less => merged.extend(older.next()),
-                Ordering::Greater => merged.extend(newer.next()),
-                Ordering::Equal => {
-                    older.next();
-                    merged.extend(newer.next());
-                }
-            }
-        }
+    let mut runs = runs.into_iter();
+    let mut merged = runs.next().unwrap_or_default();
+    for newer in runs {
+        overlay(&mut merged, newer);
     }
     merged
+}
+
+/// Lays `newer` over `older`, both sorted by path: a path in both takes `newer`'s line.
+fn overlay(older: &mut Vec<RunEntry>, newer: Vec<RunEntry>) {
+    let mut added = Vec::new();
+    for line in newer {
+        match older.binary_search_by(|e| e.path().cmp(line.path())) {
+            Ok(i) => older[i] = line,
+            Err(_) => added.push(line),
+        }
+    }
+    if !added.is_empty() {
+        older.reserve_exact(added.len());
+        older.extend(added);
+        // Each path once: no two lines compare equal, so the unstable sort is exact.
+        older.sort_unstable_by(|a, b| a.path().cmp(b.path()));
+    }
 }
 
 #[cfg(test)]
@@ -271,7 +274,7 @@ mod tests {
             mode: 0o640,
             mtime: 1_767_268_800,
             mtime_nanos: Some(123),
-            sha256: "ab".repeat(32),
+            sha256: crate::manifest::Sha256Digest::from_hex(&"ab".repeat(32)).unwrap(),
             storage: Storage::Volume {
                 volume: "volumes/backup-20260101000000000000-0000".into(),
             },

@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use crate::archive::{Member, MemberKind};
 use crate::error::{CorruptKind, Error, Result};
 use crate::manifest::{
-    read_file_list, FileEntry, Header, Role, FILES_MEMBER, HEADER_MEMBER, VOLUME_LISTS_FOLDER,
+    read_file_list, FileEntry, Header, Role, Sha256Digest, FILES_MEMBER, HEADER_MEMBER,
+    VOLUME_LISTS_FOLDER,
 };
 use crate::progress::Progress;
 use crate::repository::trust::check_header_names;
@@ -32,7 +33,7 @@ pub enum ArchiveFormat {
 pub(crate) struct ContentCheck {
     id: String,
     format: Option<ArchiveFormat>,
-    seen: HashMap<String, (u64, String)>,
+    seen: HashMap<String, (u64, Sha256Digest)>,
     /// Paths claimed but not yet recorded (their content is being read).
     claimed: HashSet<String>,
     /// Every folder that some member lies in.
@@ -233,7 +234,7 @@ impl ContentCheck {
     }
 
     /// Records a claimed data member's size and hash once its content was read.
-    pub fn record(&mut self, path: &str, size: u64, sha256: String) -> Result<()> {
+    pub fn record(&mut self, path: &str, size: u64, sha256: Sha256Digest) -> Result<()> {
         self.bytes += size;
         self.claimed.remove(path);
         self.seen.insert(path.to_string(), (size, sha256));
@@ -279,7 +280,10 @@ impl ContentCheck {
 
 /// Checks one file-list entry against the members read (and removes it from them), describing
 /// how they disagree.
-fn disagreement(seen: &mut HashMap<String, (u64, String)>, entry: &FileEntry) -> Option<String> {
+fn disagreement(
+    seen: &mut HashMap<String, (u64, Sha256Digest)>,
+    entry: &FileEntry,
+) -> Option<String> {
     match seen.remove(&entry.path) {
         None => Some(format!(
             "{:?} is in the manifest but not in the archive",
@@ -331,7 +335,7 @@ pub(crate) fn hash_member(
     member: &mut Member<'_>,
     mut out: Option<&mut dyn std::io::Write>,
     progress: &dyn Progress,
-) -> std::io::Result<(String, u64)> {
+) -> std::io::Result<(Sha256Digest, u64)> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 256 * 1024];
     let mut total = 0u64;
@@ -350,7 +354,7 @@ pub(crate) fn hash_member(
         total += n as u64;
         progress.advance(n as u64);
     }
-    Ok((hex::encode(hasher.finalize()), total))
+    Ok((hasher.finalize().into(), total))
 }
 
 /// Marks an error that came from writing locally, not from the backup stream.
@@ -388,7 +392,7 @@ mod tests {
         assert_eq!(check.format(), Some(&ArchiveFormat::Charm));
         for path in paths {
             check.claim(path)?;
-            check.record(path, 3, "hash".into())?;
+            check.record(path, 3, Sha256Digest::from_bytes([0; 32]))?;
         }
         Ok(check)
     }

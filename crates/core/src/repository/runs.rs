@@ -20,6 +20,8 @@ use super::OpContext;
 
 /// Runs downloaded at once: a stack holds a handful, each one stream and one decryption thread.
 const RUNS_AT_ONCE: usize = 4;
+/// The most entries a run's list is given room for before it is read.
+const MAX_PRESIZED: u64 = 1 << 22;
 
 /// The lines of run `run`, in order.
 pub(crate) async fn read_one_run(ctx: &OpContext<'_>, run: &RunRef) -> Result<Vec<RunEntry>> {
@@ -33,7 +35,9 @@ pub(crate) async fn read_one_run(ctx: &OpContext<'_>, run: &RunRef) -> Result<Ve
     };
     let expected = run.entries;
     read_shared_object(ctx, &run.name, move |reader| {
-        let mut entries = Vec::new();
+        // Sized by the count its backup recorded (a list grown by doubling holds up to twice
+        // the room), within reason should that count be wrong.
+        let mut entries = Vec::with_capacity(expected.min(MAX_PRESIZED) as usize);
         let mut count = None;
         read_members(reader, &name, |member| {
             if member.path != RUN_MEMBER || count.is_some() {

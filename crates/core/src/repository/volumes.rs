@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 use crate::archive::{read_members, Member, MemberKind};
 use crate::error::{CorruptKind, Error, ErrorKind, Result};
-use crate::manifest::{FileEntry, MediaVolumes, SharedObject};
+use crate::manifest::{FileEntry, MediaVolumes, Sha256Digest, SharedObject};
 use crate::repository::trust::{describe_faults, unusable_volumes};
 use crate::repository::BackupId;
 use crate::store::Store;
@@ -23,26 +23,73 @@ const HEADS_AT_ONCE: usize = 8;
 /// and one decryption thread, so several keep both the network and the cores busy.
 pub(crate) const VOLUMES_AT_ONCE: usize = 4;
 
-/// The entries a backup takes from one volume, by member path.
+/// The entries a backup takes from one volume: sorted by member path, each path once, and
+/// whether each was found yet. A sorted list rather than a map by path: a backup's volumes
+/// hold one entry per media file between them, and a map's table and keys would double that.
 pub(crate) struct VolumeWant {
     pub name: String,
-    pub entries: HashMap<String, FileEntry>,
+    entries: Vec<FileEntry>,
+    found: Vec<bool>,
 }
 
-/// Groups `entries` (each naming its volume) by volume, in volume name order.
-pub(crate) fn by_volume(entries: Vec<FileEntry>) -> Vec<VolumeWant> {
-    let mut volumes: BTreeMap<String, HashMap<String, FileEntry>> = BTreeMap::new();
-    for entry in entries {
-        if let Some(volume) = entry.volume() {
-            volumes
-                .entry(volume.to_string())
-                .or_default()
-                .insert(entry.path.clone(), entry);
+impl VolumeWant {
+    /// The entry of `path`, the first time it is asked for; `None` if the backup does not list
+    /// it here or it was found already.
+    fn take(&mut self, path: &str) -> Option<&FileEntry> {
+        let i = self
+            .entries
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()?;
+        if std::mem::replace(&mut self.found[i], true) {
+            return None;
         }
+        Some(&self.entries[i])
+    }
+
+    /// The paths never found, sorted.
+    fn absent(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .zip(&self.found)
+            .filter(|(_, found)| !**found)
+            .map(|(e, _)| e.path.as_str())
+    }
+}
+
+/// Groups `entries` (each naming its volume) by volume, in volume name order; of a path listed
+/// twice, the later entry counts.
+pub(crate) fn by_volume(entries: Vec<FileEntry>) -> Vec<VolumeWant> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for volume in entries.iter().filter_map(FileEntry::volume) {
+        *counts.entry(volume).or_default() += 1;
+    }
+    // Sized exactly, so that the entries moved in take no more room than they left.
+    let mut volumes: BTreeMap<String, Vec<FileEntry>> = counts
+        .into_iter()
+        .map(|(name, count)| (name.to_string(), Vec::with_capacity(count)))
+        .collect();
+    for entry in entries {
+        let Some(list) = entry.volume().and_then(|v| volumes.get_mut(v)) else {
+            continue;
+        };
+        list.push(entry);
     }
     volumes
         .into_iter()
-        .map(|(name, entries)| VolumeWant { name, entries })
+        .map(|(name, mut entries)| {
+            // Lists come sorted (a tool writes them so); anything else is put in order here.
+            if !entries.windows(2).all(|pair| pair[0].path < pair[1].path) {
+                entries.reverse();
+                entries.sort_by(|a, b| a.path.cmp(&b.path));
+                entries.dedup_by(|later, first| later.path == first.path);
+            }
+            let found = vec![false; entries.len()];
+            VolumeWant {
+                name,
+                entries,
+                found,
+            }
+        })
         .collect()
 }
 
@@ -109,9 +156,10 @@ pub(crate) fn read_volume<R: Read>(
     reader: R,
     backup_id: &str,
     want: VolumeWant,
-    mut take: impl FnMut(&FileEntry, &mut Member<'_>) -> Result<(String, u64)>,
+    mut take: impl FnMut(&FileEntry, &mut Member<'_>) -> Result<(Sha256Digest, u64)>,
 ) -> Result<(usize, u64)> {
-    let VolumeWant { name, mut entries } = want;
+    let mut want = want;
+    let name = want.name.clone();
     let mut files = 0usize;
     let mut bytes = 0u64;
     read_members(reader, &name, |mut member| {
@@ -119,10 +167,10 @@ pub(crate) fn read_volume<R: Read>(
             return Ok(());
         }
         // Not in this backup: media purged after the volume was written.
-        let Some(entry) = entries.remove(&member.path) else {
+        let Some(entry) = want.take(&member.path) else {
             return Ok(());
         };
-        let (hash, size) = take(&entry, &mut member)?;
+        let (hash, size) = take(entry, &mut member)?;
         if size != entry.size || hash != entry.sha256 {
             return Err(Error::corrupt(
                 backup_id,
@@ -137,17 +185,15 @@ pub(crate) fn read_volume<R: Read>(
         bytes += size;
         Ok(())
     })?;
-    if !entries.is_empty() {
-        let mut absent: Vec<&str> = entries.keys().map(String::as_str).collect();
-        absent.sort_unstable();
-        absent.truncate(5);
+    let absent = want.absent().count();
+    if absent > 0 {
+        let first: Vec<&str> = want.absent().take(5).collect();
         return Err(Error::corrupt(
             backup_id,
             CorruptKind::ManifestMismatch,
             format!(
-                "{} file(s) the backup lists are not in {name}, e.g. {}",
-                entries.len(),
-                absent.join(", ")
+                "{absent} file(s) the backup lists are not in {name}, e.g. {}",
+                first.join(", ")
             ),
         ));
     }

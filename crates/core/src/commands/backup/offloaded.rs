@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 
@@ -18,7 +19,7 @@ use crate::manifest::{MissingMedia, ProviderRecord, Role, MISSING_RECORDED};
 use crate::provider::ProviderAccess;
 use crate::synapse::{Database, HomeserverConfig, MediaProvider};
 
-use super::sources::Source;
+use super::sources::{Location, Source};
 
 /// How many missing media an error message names.
 const MISSING_NAMED: usize = 5;
@@ -62,6 +63,7 @@ pub(super) async fn find_offloaded(
     let concurrency = config.backup.provider_downloads;
     let mut offloaded = Offloaded::default();
     let mut reasons = Vec::new();
+    let copies: Arc<Path> = Arc::from(provider_copies(temp));
     for (index, provider) in hs.media_providers.iter().enumerate() {
         offloaded.providers.push(ProviderRecord {
             module: provider.module.clone(),
@@ -78,7 +80,7 @@ pub(super) async fn find_offloaded(
                         Some(size) => {
                             offloaded.files.push(Source {
                                 member: format!("media/{}", row.path),
-                                path: temp.join("provider").join(&row.path),
+                                location: Location::Under(Arc::clone(&copies)),
                                 role: Role::Media,
                                 size: *size,
                                 provider: Some(index as u32),
@@ -184,6 +186,11 @@ async fn media_rows(
     Ok(rows)
 }
 
+/// Where the files read from storage providers are copied, in the backup's temp folder.
+pub(super) fn provider_copies(temp: &Path) -> PathBuf {
+    temp.join("provider")
+}
+
 /// Reads the provider files among `files` into their temp paths, several at once. Files a
 /// provider no longer holds are dropped and named in the returned list (deleted meanwhile).
 async fn fetch_from_providers(
@@ -196,7 +203,7 @@ async fn fetch_from_providers(
         .enumerate()
         .filter_map(|(i, f)| {
             let rel = f.member.strip_prefix("media/")?.to_string();
-            Some((i, f.provider?, rel, f.path.clone()))
+            Some((i, f.provider?, rel, f.path().into_owned()))
         })
         .collect();
     if wanted.is_empty() {
@@ -280,7 +287,7 @@ pub(super) fn fetched_paths(files: &[Source]) -> Vec<PathBuf> {
     files
         .iter()
         .filter(|f| f.provider.is_some())
-        .map(|f| f.path.clone())
+        .map(|f| f.path().into_owned())
         .collect()
 }
 

@@ -135,19 +135,25 @@ pub(super) fn write_archive(
                 files.push_all(write_dump(&mut archive, dump, mtime, progress, cancel)?)?;
             }
         }
-        match archive.append_file(&source.member, &source.path, source.role, progress, cancel)? {
+        match archive.append_file(
+            &source.member,
+            &source.path(),
+            source.role,
+            progress,
+            cancel,
+        )? {
             Some(entry) => files.push(&entry)?,
             None if source.role == Role::Media => {
                 tracing::info!(
                     "{} was deleted during the backup; skipped",
-                    source.path.display()
+                    source.path().display()
                 );
                 vanished.push(source.member);
             }
             None => {
                 return Err(Error::io(
                     "read (it disappeared during the backup)",
-                    &source.path,
+                    source.path().into_owned(),
                     std::io::ErrorKind::NotFound.into(),
                 ))
             }

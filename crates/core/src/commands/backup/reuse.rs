@@ -18,9 +18,10 @@
 //! the media store, and an unchanged file's entry is moved into the new backup, never copied:
 //! at most one entry per file is held at a time, with no hash table beside it.
 
-use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::archive::read_members;
 use crate::commands::OpContext;
@@ -34,7 +35,7 @@ use crate::repository::open::read_header;
 use crate::repository::runs;
 use crate::repository::trust::{split_listing, unusable_volumes, VolumeFault};
 
-use super::sources::Source;
+use super::sources::{Location, Source};
 
 /// A volume is used only while at least this share of its bytes belongs to the backup.
 pub const MIN_LIVE_FRACTION: (u64, u64) = (2, 3);
@@ -230,10 +231,14 @@ fn sort_by_path(entries: &mut Vec<FileEntry>) {
 
 /// Decides, file by file, what to store and what to take from `parent`, leaving out the
 /// volumes in `excluded` (condemned by a prune). `files` is sorted by member path.
+///
+/// The parent's entries are filtered in place: those taken stay where they are (updated), the
+/// others are dropped as the join passes them, so no second list of them is ever built.
 pub(super) fn plan_media(
     files: Vec<Source>,
     parent: Option<Parent>,
     excluded: &HashSet<String>,
+    folders: &MediaFolders,
 ) -> MediaPlan {
     let Some(parent) = parent else {
         return MediaPlan {
@@ -241,69 +246,70 @@ pub(super) fn plan_media(
             ..MediaPlan::default()
         };
     };
-    let unusable: HashMap<&str, usize> = parent
-        .unusable
+    let Parent {
+        volumes,
+        mut entries,
+        unusable,
+        ..
+    } = parent;
+    let unusable_index: HashMap<&str, usize> = unusable
         .iter()
         .enumerate()
         .map(|(i, (name, _))| (name.as_str(), i))
         .collect();
-    let mut stored_again = vec![0usize; parent.unusable.len()];
-    let mut candidates: Vec<(Source, FileEntry)> = Vec::new();
+    let mut stored_again = vec![0usize; unusable.len()];
     let mut to_store = Vec::new();
     let mut change = ChangeSinceParent::default();
-    let mut earlier = parent.entries.into_iter().peekable();
-    for file in files {
-        // Both lists are sorted by path: the parent's entries before this file are of files
-        // gone since, dropped as they are passed.
-        while let Some(gone) =
-            earlier.next_if(|e| e.path.as_str().cmp(&file.member) == Ordering::Less)
-        {
-            change.gone.push(gone.path);
+    let mut listing = files.into_iter().peekable();
+    entries.retain_mut(|entry| {
+        // Both lists are sorted by path: files before this entry are new since the parent.
+        while let Some(new) = listing.next_if(|f| f.member < entry.path) {
+            to_store.push(new);
         }
-        let Some(entry) = earlier.next_if(|e| e.path == file.member) else {
-            to_store.push(file);
-            continue;
+        let Some(file) = listing.next_if(|f| f.member == entry.path) else {
+            change.gone.push(std::mem::take(&mut entry.path));
+            return false;
         };
-        if let Some(&i) = entry.volume().and_then(|v| unusable.get(v)) {
+        if let Some(&i) = entry.volume().and_then(|v| unusable_index.get(v)) {
             stored_again[i] += 1;
             change.stored_anew.push(file.member.clone());
             to_store.push(file);
-            continue;
+            return false;
         }
-        match unchanged_entry(&file, entry, &parent.volumes, excluded) {
-            Some((entry, retouched)) => {
+        match take_unchanged(&file, entry, &volumes, excluded) {
+            Some(retouched) => {
                 if retouched {
                     change.retouched.insert(entry.path.clone());
                 }
-                candidates.push((file, entry))
+                true
             }
             None => {
                 change.stored_anew.push(file.member.clone());
-                to_store.push(file)
+                to_store.push(file);
+                false
             }
         }
-    }
-    change.gone.extend(earlier.map(|e| e.path));
-    let (kept, reused_volumes) = live_volumes(&candidates, &parent.volumes);
-    let mut reused = Vec::new();
-    for (file, entry) in candidates {
+    });
+    to_store.extend(listing);
+    let (kept, reused_volumes) = live_volumes(&entries, &volumes);
+    entries.retain_mut(|entry| {
         if entry.volume().is_some_and(|v| kept.contains(v)) {
-            reused.push(entry);
-        } else {
-            change.retouched.remove(&entry.path);
-            change.stored_anew.push(entry.path);
-            to_store.push(file);
+            return true;
         }
-    }
+        // Its volume is mostly dead: the file is stored again, from where it is now.
+        change.retouched.remove(&entry.path);
+        change.stored_anew.push(entry.path.clone());
+        to_store.push(folders.source_of(entry));
+        false
+    });
     change.stored_anew.sort();
     // Stored in listing order, as a full backup stores them.
-    to_store.sort_by(|a, b| a.member.cmp(&b.member));
+    to_store.sort_unstable_by(|a, b| a.member.cmp(&b.member));
     MediaPlan {
         to_store,
-        reused,
+        reused: entries,
         reused_volumes,
-        stored_again: parent
-            .unusable
+        stored_again: unusable
             .iter()
             .zip(stored_again)
             .map(|((name, fault), files)| (name.clone(), fault.clone(), files))
@@ -315,11 +321,11 @@ pub(super) fn plan_media(
 /// The parent volumes still worth using: those of which the candidates take at least
 /// [`MIN_LIVE_FRACTION`] of the bytes; by name, and as the new header names them (sorted).
 fn live_volumes(
-    candidates: &[(Source, FileEntry)],
+    candidates: &[FileEntry],
     volumes: &HashMap<String, VolumeRef>,
 ) -> (HashSet<String>, Vec<VolumeRef>) {
     let mut used: HashMap<String, u64> = HashMap::new();
-    for (_, entry) in candidates {
+    for entry in candidates {
         if let Some(volume) = entry.volume() {
             *used.entry(volume.to_string()).or_default() += entry.size;
         }
@@ -347,14 +353,14 @@ fn live_volumes(
     (kept, refs)
 }
 
-/// The parent's entry for `file`, updated, when the file is as the parent read it; and whether
-/// the update changed it (its mode, or where it was read from).
-fn unchanged_entry(
+/// Updates the parent's `entry` for `file` and says whether that changed it (its mode, or
+/// where it was read from), when the file is as the parent read it; `None` when it is not.
+fn take_unchanged(
     file: &Source,
-    entry: FileEntry,
+    entry: &mut FileEntry,
     volumes: &HashMap<String, VolumeRef>,
     excluded: &HashSet<String>,
-) -> Option<(FileEntry, bool)> {
+) -> Option<bool> {
     let volume = entry.volume()?;
     if excluded.contains(volume) || !volumes.contains_key(volume) {
         return None;
@@ -363,29 +369,49 @@ fn unchanged_entry(
         // Not on disk to stat: a file a provider holds is taken over when its path and size
         // are those stored, as Synapse never rewrites a media file (its name is its id). It
         // may have been stored when it was still local.
+        if entry.size != file.size {
+            return None;
+        }
         let retouched = entry.provider != file.provider;
-        return (entry.size == file.size).then_some((
-            FileEntry {
-                provider: file.provider,
-                ..entry
-            },
-            retouched,
-        ));
+        entry.provider = file.provider;
+        return Some(retouched);
     }
     // The listing's own lstat: a media file is a regular file, so it is what a stat would say.
     let stamp = file.stamp?;
     let same = file.size == entry.size
         && stamp.mtime == entry.mtime
         && entry.mtime_nanos == Some(stamp.mtime_nanos);
+    if !same {
+        return None;
+    }
     let retouched = entry.mode != stamp.mode || entry.provider.is_some();
-    same.then_some((
-        FileEntry {
-            mode: stamp.mode,
-            provider: None,
-            ..entry
-        },
-        retouched,
-    ))
+    entry.mode = stamp.mode;
+    entry.provider = None;
+    Some(retouched)
+}
+
+/// The folders media files are read from, for a file taken from the parent at first and then
+/// stored again after all (its volume mostly dead).
+pub(super) struct MediaFolders {
+    pub media_store: Arc<Path>,
+    pub provider_copies: Arc<Path>,
+}
+
+impl MediaFolders {
+    fn source_of(&self, entry: &FileEntry) -> Source {
+        let folder = match entry.provider {
+            Some(_) => &self.provider_copies,
+            None => &self.media_store,
+        };
+        Source {
+            member: entry.path.clone(),
+            location: Location::Under(Arc::clone(folder)),
+            role: Role::Media,
+            size: entry.size,
+            provider: entry.provider,
+            stamp: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -401,7 +427,7 @@ mod tests {
         let meta = std::fs::metadata(&path).unwrap();
         let source = Source {
             member: format!("media/{name}"),
-            path,
+            location: super::super::sources::Location::At(path),
             role: Role::Media,
             size: bytes as u64,
             provider: None,
@@ -414,13 +440,20 @@ mod tests {
             mode: 0o644,
             mtime: meta.mtime(),
             mtime_nanos: Some(meta.mtime_nsec() as u32),
-            sha256: "00".repeat(32),
+            sha256: crate::manifest::Sha256Digest::from_hex(&"00".repeat(32)).unwrap(),
             storage: Storage::Volume {
                 volume: "volumes/backup-1-0000".into(),
             },
             provider: None,
         };
         (source, entry)
+    }
+
+    fn folders() -> MediaFolders {
+        MediaFolders {
+            media_store: Arc::from(Path::new("/media_store")),
+            provider_copies: Arc::from(Path::new("/tmp/provider")),
+        }
     }
 
     fn parent(entries: Vec<FileEntry>, file_bytes: u64) -> Parent {
@@ -451,7 +484,7 @@ mod tests {
         b_entry.mtime_nanos = b_entry.mtime_nanos.map(|n| (n + 1) % 1_000_000_000);
         // Only "a" (100 of the volume's 150 bytes) is still as the parent read it.
         let parent = parent(vec![a_entry, b_entry], 150);
-        let plan = plan_media(vec![a, b, c], Some(parent), &HashSet::new());
+        let plan = plan_media(vec![a, b, c], Some(parent), &HashSet::new(), &folders());
         let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
         assert_eq!(stored, vec!["media/b", "media/c"]);
         assert_eq!(plan.change.stored_anew, ["media/b"]);
@@ -476,7 +509,12 @@ mod tests {
         let parent_entries: Vec<FileEntry> =
             [0, 2, 3, 5].iter().map(|&i| written[i].1.clone()).collect();
         let files: Vec<Source> = [1, 2, 4, 5].iter().map(|&i| written[i].0.clone()).collect();
-        let plan = plan_media(files, Some(parent(parent_entries, 30)), &HashSet::new());
+        let plan = plan_media(
+            files,
+            Some(parent(parent_entries, 30)),
+            &HashSet::new(),
+            &folders(),
+        );
         let reused: Vec<&str> = plan.reused.iter().map(|e| e.path.as_str()).collect();
         let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
         assert_eq!(reused, ["media/c", "media/f"]);
@@ -506,7 +544,7 @@ mod tests {
         let (b, b_entry) = write(dir.path(), "b", 100);
         let mut parent = parent(vec![a_entry, b_entry], 200);
         parent.unusable = vec![("volumes/backup-1-0000".into(), VolumeFault::Missing)];
-        let plan = plan_media(vec![a, b], Some(parent), &HashSet::new());
+        let plan = plan_media(vec![a, b], Some(parent), &HashSet::new(), &folders());
         assert!(plan.reused.is_empty());
         assert!(plan.reused_volumes.is_empty());
         assert_eq!(plan.to_store.len(), 2);
@@ -525,20 +563,29 @@ mod tests {
             vec![a.clone()],
             Some(parent(vec![a_entry.clone()], 100)),
             &HashSet::new(),
+            &folders(),
         );
         assert!(plan.reused.is_empty());
         assert_eq!(plan.to_store.len(), 1);
+        assert_eq!(plan.to_store[0].path(), Path::new("/media_store/a"));
+        assert_eq!(plan.change.stored_anew, ["media/a"]);
         // 60 of 90: exactly 2/3, still used.
         let plan = plan_media(
             vec![a.clone()],
             Some(parent(vec![a_entry.clone()], 90)),
             &HashSet::new(),
+            &folders(),
         );
         assert_eq!(plan.reused.len(), 1);
         assert_eq!(plan.reused_volumes[0].used_bytes, 60);
         // A condemned volume is never used.
         let excluded: HashSet<String> = ["volumes/backup-1-0000".to_string()].into();
-        let plan = plan_media(vec![a], Some(parent(vec![a_entry], 60)), &excluded);
+        let plan = plan_media(
+            vec![a],
+            Some(parent(vec![a_entry], 60)),
+            &excluded,
+            &folders(),
+        );
         assert!(plan.reused.is_empty());
     }
 }

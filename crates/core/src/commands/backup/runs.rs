@@ -36,6 +36,12 @@ pub(super) struct Stacking {
     pub write: bool,
 }
 
+/// Whether the new run is the whole list whatever the night's change: there is no parent's
+/// stack to build on, or a prune has condemned part of it.
+pub(super) fn builds_anew(parent_runs: &[RunRef], excluded: &HashSet<String>) -> bool {
+    parent_runs.is_empty() || parent_runs.iter().any(|r| excluded.contains(&r.name))
+}
+
 /// Decides the stack for a night of `changed` lines on top of `parent_runs`. A parent run
 /// that is `excluded` (condemned by a prune) cannot be named: the whole list is written anew.
 pub(super) fn stack_runs(
@@ -43,7 +49,7 @@ pub(super) fn stack_runs(
     changed: u64,
     excluded: &HashSet<String>,
 ) -> Stacking {
-    if parent_runs.is_empty() || parent_runs.iter().any(|r| excluded.contains(&r.name)) {
+    if builds_anew(parent_runs, excluded) {
         return Stacking {
             keep: Vec::new(),
             merge: Vec::new(),
@@ -70,32 +76,30 @@ pub(super) fn stack_runs(
     }
 }
 
-/// The night's change as run lines, sorted by path: the entries stored anew, the retouched
-/// ones, and `gone` for the parent's paths that have no entry any more.
+/// The night's change as run lines, sorted by path: the entries stored anew (`new`), the
+/// retouched ones among those taken from the parent (`reused`), and `gone` for the parent's
+/// paths that have no entry any more. `reused` and `new` are each sorted by path.
 pub(super) fn change_lines(
-    effective: &[FileEntry],
-    new_paths: &HashSet<String>,
+    reused: &[FileEntry],
+    new: &[FileEntry],
     change: &ChangeSinceParent,
 ) -> Vec<RunEntry> {
-    let mut lines: Vec<RunEntry> = effective
+    let mut lines: Vec<RunEntry> = new
         .iter()
-        .filter(|e| new_paths.contains(&e.path) || change.retouched.contains(&e.path))
+        .chain(reused.iter().filter(|e| change.retouched.contains(&e.path)))
         .cloned()
         .map(RunEntry::File)
         .collect();
-    let present = |path: &str| {
-        effective
-            .binary_search_by(|e| e.path.as_str().cmp(path))
-            .is_ok()
-    };
+    // A file to store anew that is not among the new entries vanished before it was read.
+    let stored = |path: &str| new.binary_search_by(|e| e.path.as_str().cmp(path)).is_ok();
     lines.extend(
         change
             .gone
             .iter()
-            .chain(change.stored_anew.iter().filter(|p| !present(p)))
+            .chain(change.stored_anew.iter().filter(|p| !stored(p)))
             .map(|p| RunEntry::Gone(p.clone())),
     );
-    lines.sort_by(|a, b| a.path().cmp(b.path()));
+    lines.sort_unstable_by(|a, b| a.path().cmp(b.path()));
     lines
 }
 
@@ -222,7 +226,7 @@ mod tests {
             mode: 0o600,
             mtime: 0,
             mtime_nanos: Some(0),
-            sha256: "00".repeat(32),
+            sha256: crate::manifest::Sha256Digest::from_hex(&"00".repeat(32)).unwrap(),
             storage: crate::manifest::Storage::Volume {
                 volume: "volumes/backup-1-0000".into(),
             },
@@ -232,15 +236,15 @@ mod tests {
 
     #[test]
     fn the_change_names_new_retouched_gone_and_vanished_paths() {
-        let effective = vec![entry("media/a"), entry("media/b"), entry("media/c")];
-        let new_paths: HashSet<String> = ["media/b".to_string()].into();
+        let reused = vec![entry("media/a"), entry("media/c")];
+        let new = vec![entry("media/b")];
         let change = ChangeSinceParent {
             gone: vec!["media/0".into()],
             // "d" was to be stored anew but vanished before it was read.
             stored_anew: vec!["media/b".into(), "media/d".into()],
             retouched: ["media/c".to_string()].into(),
         };
-        let lines: Vec<String> = change_lines(&effective, &new_paths, &change)
+        let lines: Vec<String> = change_lines(&reused, &new, &change)
             .iter()
             .map(|l| match l {
                 RunEntry::File(e) => format!("file {}", e.path),

@@ -13,7 +13,7 @@ use crate::repository::pipe::CHUNK;
 use crate::synapse::{Database, HomeserverConfig};
 
 use super::pipeline::Dump;
-use super::sources::{file_size, Source};
+use super::sources::{file_size, Location, Source};
 use super::BackupOptions;
 
 pub(super) struct Snapshot {
@@ -50,7 +50,7 @@ pub(super) async fn take(
                 },
                 file: Some(Source {
                     member: "database/homeserver.db".into(),
-                    path: snapshot_path,
+                    location: Location::At(snapshot_path),
                     role: Role::Database,
                     size,
                     provider: None,

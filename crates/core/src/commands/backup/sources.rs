@@ -1,7 +1,9 @@
 //! What a backup reads from the homeserver: the signing key, the config files it names, and
 //! the media files, each as a [`Source`] with the member name it is archived under.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::manifest::{path_fits_a_run, Role};
@@ -11,7 +13,7 @@ use crate::synapse::{Database, HomeserverConfig};
 #[derive(Debug, Clone)]
 pub(super) struct Source {
     pub member: String,
-    pub path: PathBuf,
+    pub location: Location,
     pub role: Role,
     pub size: u64,
     /// The media storage provider (its place in Synapse's list) the file is read from, into
@@ -20,6 +22,17 @@ pub(super) struct Source {
     /// What the listing's one `lstat` saw of a media file, so that deciding whether it changed
     /// since the parent needs no second system call.
     pub stamp: Option<Stamp>,
+}
+
+/// Where a [`Source`] is read from.
+#[derive(Debug, Clone)]
+pub(super) enum Location {
+    /// Its own path: the key, a config file, the database snapshot.
+    At(PathBuf),
+    /// Its member's place under a folder that `media/` stands for (the media store, or the temp
+    /// folder of copies read from a storage provider), which every media file shares: a
+    /// listing holds one per file, and a path of its own would double its memory.
+    Under(Arc<Path>),
 }
 
 /// The parts of a file's status that say whether it changed.
@@ -46,11 +59,24 @@ impl Source {
         Ok(Source {
             size: file_size(path)?,
             member,
-            path: path.to_path_buf(),
+            location: Location::At(path.to_path_buf()),
             role,
             provider: None,
             stamp: None,
         })
+    }
+}
+
+impl Source {
+    /// The path the file is read from.
+    pub fn path(&self) -> Cow<'_, Path> {
+        match &self.location {
+            Location::At(path) => Cow::Borrowed(path),
+            Location::Under(folder) => {
+                let relative = self.member.strip_prefix("media/").unwrap_or(&self.member);
+                Cow::Owned(folder.join(relative))
+            }
+        }
     }
 }
 
@@ -205,6 +231,7 @@ pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListi
     let mut skipped = Vec::new();
     // The modes of the folders above the entry being looked at, by depth.
     let mut modes: Vec<u32> = Vec::new();
+    let media_store_folder: Arc<Path> = Arc::from(media_store);
     for dir in dirs {
         let root = media_store.join(dir);
         if !root.exists() {
@@ -282,7 +309,7 @@ pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListi
             }
             out.files.push(Source {
                 member,
-                path: entry.path().to_path_buf(),
+                location: Location::Under(Arc::clone(&media_store_folder)),
                 role: Role::Media,
                 size: meta.len(),
                 provider: None,

@@ -68,14 +68,15 @@ pub(super) fn write_volume(
     let mut archive = ArchiveWriter::new(BufWriter::with_capacity(CHUNK, out));
     let mut entries = Vec::with_capacity(files.len());
     let mut vanished = Vec::new();
+    let volume: std::sync::Arc<str> = name.into();
     for file in files {
         if cancel.is_cancelled() {
             return Err(Error::Interrupted);
         }
-        match archive.append_file(&file.member, &file.path, file.role, progress, cancel)? {
+        match archive.append_file(&file.member, &file.path(), file.role, progress, cancel)? {
             Some(mut entry) => {
                 entry.storage = Storage::Volume {
-                    volume: name.to_string(),
+                    volume: volume.clone(),
                 };
                 entry.provider = file.provider;
                 entries.push(entry);
@@ -83,7 +84,7 @@ pub(super) fn write_volume(
             None => {
                 tracing::info!(
                     "{} was deleted during the backup; skipped",
-                    file.path.display()
+                    file.path().display()
                 );
                 vanished.push(file.member);
             }
@@ -111,7 +112,7 @@ mod tests {
     fn source(name: &str, size: u64) -> Source {
         Source {
             member: format!("media/{name}"),
-            path: name.into(),
+            location: crate::commands::backup::sources::Location::At(name.into()),
             role: Role::Media,
             size,
             provider: None,

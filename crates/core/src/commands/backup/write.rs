@@ -344,13 +344,18 @@ impl MediaList<'_> {
         temp_and_mtime: (&Path, i64),
         written: &mut Vec<String>,
     ) -> Result<MediaListed> {
-        let new_paths: HashSet<String> = self.new.iter().map(|e| e.path.clone()).collect();
-        let mut entries = self.reused;
-        entries.extend(self.new);
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let change = runs::change_lines(&entries, &new_paths, &self.change);
-        drop(new_paths);
+        // The change is only worth listing when a parent's stack is built on.
+        let change = if runs::builds_anew(&self.parent_runs, self.condemned) {
+            Vec::new()
+        } else {
+            runs::change_lines(&self.reused, &self.new, &self.change)
+        };
         let stacking = runs::stack_runs(&self.parent_runs, change.len() as u64, self.condemned);
+        // Both sorted and apart: sorted again in place, with no second list of them.
+        let mut entries = self.reused;
+        entries.reserve_exact(self.new.len());
+        entries.extend(self.new);
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         let (provider_files, provider_bytes) = provider_totals(&entries);
         let files = entries.len();
         let bytes = entries.iter().map(|e| e.size).sum();

@@ -8,7 +8,7 @@ use futures::StreamExt;
 
 use crate::archive::{Member, MemberKind};
 use crate::error::{find_cause, Error, Result};
-use crate::manifest::FileEntry;
+use crate::manifest::{FileEntry, Sha256Digest};
 use crate::progress::Progress;
 
 use super::plan::{Placement, Plan};
@@ -86,7 +86,7 @@ fn stage_member(
     entry: &FileEntry,
     member: &mut Member<'_>,
     progress: &dyn Progress,
-) -> Result<(String, u64)> {
+) -> Result<(Sha256Digest, u64)> {
     if let Some((path, mut file)) = sink.map(|s| s.create(entry)).transpose()?.flatten() {
         let hashed = hash_member(member, Some(&mut file), progress).map_err(|e| {
             if find_cause::<WriteFailed>(&e).is_some() {
