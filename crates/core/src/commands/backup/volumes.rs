@@ -38,22 +38,27 @@ pub(super) struct VolumeContents {
 }
 
 /// Cuts the files to store into volumes of at most `volume_size` bytes each (a larger file gets
-/// a volume of its own), keeping their order.
-pub(super) fn split_into_volumes(files: Vec<Source>, volume_size: u64) -> Vec<Vec<Source>> {
-    let mut volumes: Vec<Vec<Source>> = Vec::new();
-    let mut current: Vec<Source> = Vec::new();
+/// a volume of its own), keeping their order. Cut from the end, each tail moved out and the rest
+/// shrunk, so the files are never held twice (a full backup's are all of the media store's).
+pub(super) fn split_into_volumes(mut files: Vec<Source>, volume_size: u64) -> Vec<Vec<Source>> {
+    let mut cuts = Vec::new();
     let mut bytes = 0u64;
-    for file in files {
-        if !current.is_empty() && bytes + file.size > volume_size {
-            volumes.push(std::mem::take(&mut current));
+    for (i, file) in files.iter().enumerate() {
+        if i > 0 && bytes + file.size > volume_size {
+            cuts.push(i);
             bytes = 0;
         }
         bytes += file.size;
-        current.push(file);
     }
-    if !current.is_empty() {
-        volumes.push(current);
+    let mut volumes: Vec<Vec<Source>> = Vec::with_capacity(cuts.len() + 1);
+    for &cut in cuts.iter().rev() {
+        volumes.push(files.split_off(cut));
+        files.shrink_to_fit();
     }
+    if !files.is_empty() {
+        volumes.push(files);
+    }
+    volumes.reverse();
     volumes
 }
 
