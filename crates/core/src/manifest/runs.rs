@@ -372,4 +372,49 @@ mod tests {
             ["media/a", "media/b", "media/c", "media/d", "media/e"]
         );
     }
+
+    #[test]
+    fn merging_in_place_agrees_with_a_map_of_the_runs_laid_over_each_other() {
+        // Runs of pseudo-random paths, sizes and gone marks, as nights stack them.
+        let mut state = 7u64;
+        let mut next = move |n: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        let runs: Vec<Vec<RunEntry>> = [400u64, 90, 20, 5]
+            .iter()
+            .map(|&lines| {
+                let mut paths: Vec<String> = (0..lines)
+                    .map(|_| format!("media/{:04}", next(600)))
+                    .collect();
+                paths.sort();
+                paths.dedup();
+                paths
+                    .into_iter()
+                    .map(|path| match next(4) {
+                        0 => RunEntry::Gone(path),
+                        _ => file(&path, next(1000)),
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut model = std::collections::BTreeMap::new();
+        for run in &runs {
+            for line in run {
+                model.insert(line.path().to_string(), line.clone());
+            }
+        }
+        let expected: Vec<RunEntry> = model.into_values().collect();
+        assert_eq!(merge_keeping_gone(runs.clone()), expected);
+        let files: Vec<FileEntry> = expected
+            .into_iter()
+            .filter_map(|line| match line {
+                RunEntry::File(entry) => Some(entry),
+                RunEntry::Gone(_) => None,
+            })
+            .collect();
+        assert_eq!(merge_runs(runs), files);
+    }
 }

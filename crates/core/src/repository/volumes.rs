@@ -199,3 +199,112 @@ pub(crate) fn read_volume<R: Read>(
     }
     Ok((files, bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Role, Storage};
+    use sha2::{Digest, Sha256};
+
+    fn entry(volume: &str, path: &str, bytes: &[u8]) -> FileEntry {
+        FileEntry {
+            role: Role::Media,
+            path: path.into(),
+            size: bytes.len() as u64,
+            mode: 0o600,
+            mtime: 0,
+            mtime_nanos: Some(0),
+            sha256: Sha256::digest(bytes).into(),
+            storage: Storage::volume(volume),
+            provider: None,
+        }
+    }
+
+    fn volume_tar(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, bytes) in members {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o600);
+            header.set_cksum();
+            builder.append_data(&mut header, path, *bytes).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn hash(member: &mut Member<'_>) -> Result<(Sha256Digest, u64)> {
+        let mut bytes = Vec::new();
+        member.data.read_to_end(&mut bytes).unwrap();
+        Ok((Sha256::digest(&bytes).into(), bytes.len() as u64))
+    }
+
+    #[test]
+    fn entries_are_grouped_by_volume_sorted_with_the_later_of_a_path_winning() {
+        let wants = by_volume(vec![
+            entry("volumes/v2", "media/b", b"1"),
+            entry("volumes/v1", "media/z", b"1"),
+            entry("volumes/v2", "media/a", b"1"),
+            entry("volumes/v2", "media/b", b"22"),
+        ]);
+        let names: Vec<&str> = wants.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["volumes/v1", "volumes/v2"]);
+        let v2: Vec<(&str, u64)> = wants[1]
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.size))
+            .collect();
+        assert_eq!(v2, [("media/a", 1), ("media/b", 2)]);
+    }
+
+    #[test]
+    fn a_volume_hands_over_each_listed_member_once_and_names_those_it_lacks() {
+        let tar = volume_tar(&[
+            ("media/a", b"alpha"),
+            ("media/purged", b"not listed"),
+            ("media/b", b"beta"),
+            ("media/b", b"beta"),
+        ]);
+        let listed = |paths: &[&str]| {
+            let all = [
+                ("media/a", &b"alpha"[..]),
+                ("media/b", b"beta"),
+                ("media/c", b"c"),
+            ];
+            let entries = all
+                .iter()
+                .filter(|(p, _)| paths.contains(p))
+                .map(|(p, bytes)| entry("volumes/v", p, bytes))
+                .collect();
+            by_volume(entries).pop().unwrap()
+        };
+        let mut taken = Vec::new();
+        let read = read_volume(
+            &tar[..],
+            "backup-1",
+            listed(&["media/a", "media/b"]),
+            |e, m| {
+                taken.push(e.path.clone());
+                hash(m)
+            },
+        );
+        assert_eq!(read.unwrap(), (2, 9));
+        assert_eq!(
+            taken,
+            ["media/a", "media/b"],
+            "a member twice is taken once"
+        );
+        let lacking = read_volume(
+            &tar[..],
+            "backup-1",
+            listed(&["media/a", "media/c"]),
+            |_, m| hash(m),
+        )
+        .unwrap_err();
+        assert_eq!(lacking.corrupt_kind(), Some(CorruptKind::ManifestMismatch));
+        assert!(lacking.to_string().contains("media/c"), "{lacking}");
+        let mut changed = listed(&["media/a"]);
+        changed.entries[0].sha256 = Sha256::digest(b"other").into();
+        let err = read_volume(&tar[..], "backup-1", changed, |_, m| hash(m)).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+}
