@@ -108,6 +108,11 @@ report_stats: false
         "CREATE TABLE IF NOT EXISTS local_media_repository_thumbnails (media_id TEXT, thumbnail_width INTEGER,"
         " thumbnail_height INTEGER, thumbnail_type TEXT, thumbnail_method TEXT, thumbnail_length INTEGER)"
     )
+    # Synapse's users and rooms, counted into a backup's header for drills.
+    db.execute("CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY)")
+    db.execute("CREATE TABLE IF NOT EXISTS rooms (room_id TEXT PRIMARY KEY)")
+    db.executemany("INSERT OR IGNORE INTO users (name) VALUES (?)", [(f"@user{i}:{name}",) for i in range(3)])
+    db.executemany("INSERT OR IGNORE INTO rooms (room_id) VALUES (?)", [(f"!room{i}:{name}",) for i in range(17)])
     rows = [(f"${media_id(rng)}", f"!room{i % 17}:{name}", '{"body":"' + "x" * rng.randint(20, 400) + '"}') for i in range(args.db_rows)]
     db.executemany("INSERT INTO events (event_id, room_id, json) VALUES (?, ?, ?)", rows)
     db.commit()

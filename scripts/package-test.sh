@@ -31,6 +31,7 @@ contents=$(dpkg-deb --contents "$deb")
 for path in ./usr/bin/synapse-backup ./etc/synapse-backup/config.toml \
     ./usr/lib/systemd/system/synapse-backup.service ./usr/lib/systemd/system/synapse-backup.timer \
     ./usr/lib/systemd/system/synapse-backup-verify.service ./usr/lib/systemd/system/synapse-backup-verify.timer \
+    ./usr/lib/systemd/system/synapse-backup-drill.service ./usr/lib/systemd/system/synapse-backup-drill.timer \
     ./usr/share/bash-completion/completions/synapse-backup ./usr/share/zsh/vendor-completions/_synapse-backup \
     ./usr/share/fish/vendor_completions.d/synapse-backup.fish ./usr/share/doc/synapse-backup/README.md; do
     grep -qF " $path" <<<"$contents" || fail "the package lacks $path"
@@ -68,7 +69,7 @@ complete_fn=$(complete -p synapse-backup | sed -n "s/.*-F \([^ ]*\) .*/\1/p")
 "$complete_fn" synapse-backup res synapse-backup; printf "%s\n" "${COMPREPLY[@]}"')
 grep -qx restore-backup <<<"$words" || fail "bash completion of 'res' gave: $words"
 if command -v systemd-analyze >/dev/null; then
-    systemd-analyze verify /usr/lib/systemd/system/synapse-backup{,-verify}.{service,timer} \
+    systemd-analyze verify /usr/lib/systemd/system/synapse-backup{,-verify,-drill}.{service,timer} \
         || fail "systemd-analyze verify rejects the installed units"
 fi
 

@@ -19,6 +19,11 @@ WORKDIR -k sqlite` runs one scenario). Scenarios:
               place makes create-backup refuse unless --allow-missing-media (skipped without
               S3_TEST_* unless SYNAPSE_BACKUP_REQUIRE_S3=1)
   fileprovider  the same with Synapse's file-system provider (local copies deleted by the test)
+  drill       `synapse-backup drill` while a live SQLite homeserver keeps serving: a good backup
+              passes every check, --keep leaves a folder whose Synapse starts by the printed
+              command, a backup of another server's data fails `identity`, a backup whose media
+              volume was swapped for another backup's fails `restore`; the live server is
+              unchanged (the PostgreSQL scenario drills its backup too)
 
 A scenario makes many named checks (`checks.check`, and `checks.require` for one the rest
 depends on); each is printed as `ok` or `FAIL`, and any failed check fails the scenario's test.
@@ -31,11 +36,15 @@ import json
 import os
 import shutil
 import sqlite3
+import signal
 import subprocess
+import sys
+import threading
 import time
 
 import pytest
 import requests
+import yaml
 
 from synapse_harness import (
     CHARM_ID,
@@ -122,6 +131,7 @@ def test_postgresql(checks, tool, make_synapse, scenario_dir):
         check_media_rows_have_files(checks, new, *postgres_media_rows(new_db))
         check_restored_server(checks, new, rec)
         check_restore_refused_while_running(checks, tool, sb_new, new, timing["skip-id"])
+        drill_postgres_backup(checks, tool, new, scenario_dir, backup_id, timing)
     finally:
         for name in (old_db, new_db):
             try:
@@ -129,6 +139,37 @@ def test_postgresql(checks, tool, make_synapse, scenario_dir):
             except Exception as e:  # noqa: BLE001
                 log(f"could not drop {name}: {e}")
     checks.timing(live_timing_line("postgresql", timing, database=True))
+
+
+def test_drill(checks, tool, make_synapse, scenario_dir):
+    """drill: a good backup boots (every check passes) while the live server keeps serving and
+    stays unchanged; --keep leaves a folder Synapse starts on again; another server's data and a
+    swapped media volume fail, naming the check."""
+    timing = {}
+    other_id = back_up_another_server(checks, tool, make_synapse, scenario_dir)
+    rec = Recorded()
+    live = make_synapse("live")
+    live.generate()
+    textfiles = os.path.join(scenario_dir, "textfiles")
+    os.makedirs(textfiles)
+    sb_live = tool.config_for(live.config_path, os.path.join(scenario_dir, "sb-live.toml"), drill_extra(scenario_dir, textfiles))
+    with running(checks, live):
+        populate(checks, live, rec)
+        first, _ = tool.run_json(checks, "create-backup of the live server", sb_live, "create-backup")
+        before = live_state(live)
+        with HealthWatch(live.base) as watch:
+            report, elapsed = tool.run_json(checks, "drill of a good backup passes", sb_live, "drill", first["backup-id"], timeout=DRILL_TIMEOUT)
+            timing["drill"] = elapsed
+            check_drill_passed(checks, report, scenario_dir)
+            check_drill_metric(checks, textfiles)
+            check_kept_drill_starts(checks, tool, sb_live, scenario_dir, timing)
+            check_drill_fails(checks, tool, sb_live, other_id, "identity", "a backup of another server's data")
+            swapped = back_up_with_swapped_volume(checks, tool, sb_live, live, rec, first["backup-id"])
+            check_drill_fails(checks, tool, sb_live, swapped, "restore", "a backup whose media volume is another backup's")
+        checks.check("the live Synapse answered /health all through the drills", watch.failures == [] and watch.polls > 0,
+                     f"{watch.polls} polls, failures: {watch.failures[:5]}")
+        check_live_unchanged(checks, live, before)
+    checks.timing(f"E2E-TIMING drill: drill of a {len(rec.media)}-media SQLite homeserver took {timing['drill']:.1f}s (--keep {timing['keep']:.1f}s)")
 
 
 def test_charm(checks, tool, make_synapse, scenario_dir):
@@ -211,6 +252,181 @@ def test_fileprovider(checks, tool, make_synapse, scenario_dir):
     finally:
         provider.close()
     checks.timing(provider_timing_line(checks.scenario, timing))
+
+
+# --------------------------------------------------------------------------------------------
+# Drills
+
+DRILL_TIMEOUT = 900
+DRILL_CHECKS = ["restore", "identity", "database", "isolation", "health", "signing-key", "admin-user", "media", "client-api"]
+
+
+def drill_extra(scenario_dir, textfiles=None, synapse_command=None):
+    """[drill] and [monitoring] settings for a tool config (after [synapse])."""
+    text = f'\n[drill]\nwork-dir = "{os.path.join(scenario_dir, "drills")}"\nmedia-sample = 5\n'
+    if synapse_command:
+        text += f'synapse-command = "{synapse_command}"\n'
+    if textfiles:
+        text += f'\n[monitoring]\ntextfile-dir = "{textfiles}"\n'
+    return text
+
+
+def back_up_another_server(checks, tool, make_synapse, scenario_dir):
+    """A server with the same name but its own key and data, backed up into the same store."""
+    other = make_synapse("other")
+    other.generate()
+    sb_other = tool.config_for(other.config_path, os.path.join(scenario_dir, "sb-other.toml"))
+    with running(checks, other, "the other server stops cleanly"):
+        other.register("mallory", "mallory-password")
+        result, _ = tool.run_json(checks, "create-backup of another server", sb_other, "create-backup")
+    return result["backup-id"]
+
+
+def drill_postgres_backup(checks, tool, hs, scenario_dir, backup_id, timing):
+    """The PostgreSQL backup drilled into a throwaway database on the same server, dropped after."""
+    sb_drill = tool.config_for(hs.config_path, os.path.join(scenario_dir, "sb-drill.toml"),
+                               drill_extra(scenario_dir, synapse_command=f"{sys.executable} -m synapse.app.homeserver"))
+    report, elapsed = tool.run_json(checks, "drill of the PostgreSQL backup passes", sb_drill, "drill", backup_id, timeout=DRILL_TIMEOUT)
+    timing["drill"] = elapsed
+    check_drill_passed(checks, report, scenario_dir)
+    leftover = psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'synapse_drill_%'").strip()
+    checks.check("the drill dropped its throwaway database", leftover == "0", f"{leftover} synapse_drill_ databases remain")
+
+
+def live_state(hs):
+    """What a drill must not change: the media, the key, the config files, the users."""
+    with open(hs.config_path, "rb") as f:
+        config = f.read()
+    with open(hs.signing_key_path, "rb") as f:
+        key = f.read()
+    db = sqlite3.connect(f"file:{hs.sqlite_path}?mode=ro", uri=True)
+    try:
+        users = sorted(row[0] for row in db.execute("SELECT name FROM users"))
+    finally:
+        db.close()
+    return {"media": media_tree(hs), "config": config, "key": key, "users": users}
+
+
+def check_live_unchanged(checks, hs, before):
+    after = live_state(hs)
+    for what in ("media", "config", "key", "users"):
+        checks.check(f"the live server's {what} are unchanged by the drills", after[what] == before[what],
+                     f"before {str(before[what])[:300]}, after {str(after[what])[:300]}")
+
+
+class HealthWatch:
+    """Polls the live server's /health in a thread while the block runs."""
+
+    def __init__(self, base):
+        self.base = base
+        self.polls = 0
+        self.failures = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                r = requests.get(self.base + "/health", timeout=10)
+                if r.status_code != 200:
+                    self.failures.append(f"HTTP {r.status_code}")
+            except requests.RequestException as e:
+                self.failures.append(str(e))
+            self.polls += 1
+            self._stop.wait(0.5)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=30)
+        return False
+
+
+def check_drill_passed(checks, report, scenario_dir):
+    """Every named check passed (the database one too: the backup recorded its row counts), and
+    nothing is left in the drills' work dir."""
+    statuses = {c["name"]: c["status"] for c in report.get("checks", [])}
+    checks.check("the drill reports ok", report.get("ok") is True, json.dumps(report)[:2000])
+    for name in DRILL_CHECKS:
+        detail = next((c["detail"] for c in report["checks"] if c["name"] == name), "not run")
+        checks.check(f"drill check {name} passed", statuses.get(name) == "passed", f"{statuses.get(name)}: {detail}")
+    drills = os.path.join(scenario_dir, "drills")
+    leftovers = os.listdir(drills) if os.path.isdir(drills) else []
+    checks.check("the drill removed its scratch folder", leftovers == [], str(leftovers))
+
+
+def check_drill_metric(checks, textfiles):
+    path = os.path.join(textfiles, "synapse_backup_drill.prom")
+    text = open(path).read() if os.path.exists(path) else ""
+    checks.check("the drill wrote synapse_backup_last_drill_success_timestamp_seconds",
+                 "synapse_backup_last_drill_success_timestamp_seconds{" in text and "synapse_backup_last_drill_duration_seconds{" in text,
+                 text[:1000])
+
+
+def check_kept_drill_starts(checks, tool, sb_config, scenario_dir, timing):
+    """drill --keep: the folder stays, and Synapse starts on it again by the printed command."""
+    report, elapsed = tool.run_json(checks, "drill --keep passes", sb_config, "drill", "latest", "--keep", timeout=DRILL_TIMEOUT)
+    timing["keep"] = elapsed
+    kept = report.get("kept") or {}
+    folder, command = kept.get("folder"), kept.get("start-command")
+    checks.require("drill --keep names the folder and the command", bool(folder) and bool(command), json.dumps(report)[:1000])
+    with open(os.path.join(folder, "homeserver-drill.yaml")) as f:
+        port = yaml.safe_load(f)["listeners"][0]["port"]
+    out = open(os.path.join(folder, "started-by-hand.log"), "ab")
+    proc = subprocess.Popen(["bash", "-c", command], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    out.close()
+    try:
+        healthy, last = False, ""
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                if r.status_code == 200 and r.text.strip() == "OK":
+                    healthy = True
+                    break
+            except requests.RequestException as e:
+                last = str(e)
+            time.sleep(0.3)
+        checks.check("Synapse starts on the kept drill folder by the printed command", healthy, f"exit {proc.poll()}; {last}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    shutil.rmtree(folder)
+
+
+def check_drill_fails(checks, tool, sb_config, backup_id, check_name, what):
+    code, out, err, _ = tool.run(sb_config, "--json", "drill", backup_id, timeout=DRILL_TIMEOUT)
+    try:
+        report = json.loads(out)
+    except ValueError:
+        report = {}
+    failed = [c["name"] for c in report.get("checks", []) if c["status"] == "failed"]
+    checks.check(f"the drill of {what} exits 5", code == 5, f"exit {code}; {err[-2000:]}")
+    checks.check(f"the drill of {what} names the failed check {check_name}", failed[:1] == [check_name] and check_name in err,
+                 f"failed checks {failed}; stderr {err[-1000:]}")
+
+
+def back_up_with_swapped_volume(checks, tool, sb_config, hs, rec, first_id):
+    """A full backup whose media volume is replaced by the first backup's (same passphrase):
+    every object opens, but the media are not the ones its lists name."""
+    alice = rec.users["alice"]
+    alice.upload(png_bytes(120, 90, seed=99), "image/png", "late.png")
+    result, _ = tool.run_json(checks, "create-backup --full for the swapped-volume case", sb_config, "create-backup", "--full")
+    second = result["backup-id"]
+    volumes = os.path.join(tool.store, "volumes")
+    mine = sorted(n for n in os.listdir(volumes) if n.startswith(second + "-") and not n.endswith("-files"))
+    theirs = sorted(n for n in os.listdir(volumes) if n.startswith(first_id + "-") and not n.endswith("-files"))
+    checks.require("both backups have a media volume", bool(mine) and bool(theirs), f"{mine} {theirs}")
+    shutil.copyfile(os.path.join(volumes, theirs[0]), os.path.join(volumes, mine[0]))
+    return second
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,6 +46,10 @@ pub enum Command {
     DeleteBackup(IdArg),
     /// Delete the backups a retention policy does not keep (the newest is always kept)
     PruneBackups(PruneArgs),
+    /// Prove that a backup boots as a homeserver: restore it into a scratch folder, boot the
+    /// installed Synapse on it (loopback only, no federation) and check it answers with the
+    /// backup's key, database and media; touches nothing live
+    Drill(DrillArgs),
     /// Check, changing nothing, that a backup would work: config, sources, database, store
     /// access (a probe object written and removed), passphrase, Synapse
     Check,
@@ -64,6 +68,7 @@ impl Command {
             Command::CreateBackup(_) => Some("create-backup"),
             Command::VerifyBackup(_) => Some("verify-backup"),
             Command::PruneBackups(_) => Some("prune-backups"),
+            Command::Drill(_) => Some("drill"),
             _ => None,
         }
     }
@@ -146,6 +151,23 @@ pub struct VerifyArgs {
     /// for the newest backup
     #[arg(value_name = "BACKUP_ID")]
     pub backup_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// The backup id, as list-backups shows it, or `latest` for the newest backup
+    #[arg(value_name = "BACKUP_ID", default_value = "latest")]
+    pub backup_id: String,
+
+    /// Keep the scratch folder (and PostgreSQL database) and print how to start Synapse on it
+    #[arg(long)]
+    pub keep: bool,
+}
+
+impl DrillArgs {
+    pub fn id(&self) -> &str {
+        without_charm_prefix(&self.backup_id)
+    }
 }
 
 impl VerifyArgs {

@@ -97,6 +97,8 @@ pub enum Refusal {
     MissingMedia,
     /// A file belongs to a storage provider that is not configured now.
     ProviderNotConfigured,
+    /// A drill cannot prove that the Synapse it would boot reaches nothing live.
+    DrillIsolation,
 }
 
 /// Which database program (or library) failed.
@@ -217,6 +219,10 @@ pub enum Error {
         cause: std::io::Error,
     },
 
+    /// A drill ran and a check failed: the backup did not prove to boot as a homeserver.
+    #[error("drill of backup {id} failed: {checks}")]
+    DrillFailed { id: String, checks: String },
+
     /// What should not happen: a worker thread that panicked or was cancelled.
     #[error("internal error: {0}")]
     Internal(String),
@@ -232,7 +238,7 @@ impl Error {
             Error::Config(_) => ErrorKind::Config,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::WrongPassphrase { .. } => ErrorKind::WrongPassphrase,
-            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Corrupt { .. } | Error::DrillFailed { .. } => ErrorKind::Corrupt,
             Error::Refused { .. } => ErrorKind::Refused,
             Error::Storage { .. } => ErrorKind::Storage,
             Error::Interrupted => ErrorKind::Interrupted,
@@ -269,6 +275,7 @@ impl Error {
                 Leftover::BothLiveAndPrevious { .. } => "inspect both and remove the wrong one, then run the restore again",
                 Leftover::Staging => "remove it and run the restore again",
             },
+            Error::DrillFailed { .. } => "nothing live was touched; read each failed check's detail above, run drill --keep to look at the restored homeserver, and drill an older backup (list-backups)",
             Error::Internal(_) => "this is a bug in synapse-backup; please report it with the output of the same command run with -vv",
             _ => return None,
         };

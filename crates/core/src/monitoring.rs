@@ -144,6 +144,23 @@ fn write_textfile(
             format!("{success}"),
         ));
     }
+    // The drill's own names, for alerts that read as what they mean.
+    if command == "drill" {
+        if let Some(success) =
+            previous_or(last_success, &file, "last_drill_success_timestamp_seconds")
+        {
+            metrics.push((
+                "last_drill_success_timestamp_seconds",
+                "When a drill last proved a backup boots as a homeserver (Unix time).",
+                format!("{success}"),
+            ));
+        }
+        metrics.push((
+            "last_drill_duration_seconds",
+            "How long the last drill took.",
+            format!("{duration:.3}"),
+        ));
+    }
     if let Some(bytes) = facts.bytes {
         metrics.push((
             "last_size_bytes",
@@ -170,6 +187,11 @@ fn write_textfile(
         let _ = std::fs::remove_file(&temp);
         Error::io("rename into place", &file, e)
     })
+}
+
+/// `value`, else the earlier textfile's value of `metric`.
+fn previous_or(value: Option<u64>, file: &Path, metric: &str) -> Option<u64> {
+    value.or_else(|| previous_value(file, metric))
 }
 
 /// The value of `metric` in an earlier textfile, if there is one.
@@ -230,5 +252,30 @@ mod tests {
         assert_eq!(previous_value(&file, "last_exit_code"), Some(7));
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temp file left");
+    }
+
+    #[test]
+    fn a_drill_reports_its_success_time_and_duration_under_its_own_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let facts = RunFacts::default();
+        write_textfile(dir.path(), "drill", SystemTime::now(), &facts, None).unwrap();
+        let file = dir.path().join("synapse_backup_drill.prom");
+        let success = previous_value(&file, "last_drill_success_timestamp_seconds").unwrap();
+        assert!(std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("synapse_backup_last_drill_duration_seconds{"));
+        write_textfile(
+            dir.path(),
+            "drill",
+            SystemTime::now(),
+            &facts,
+            Some(("media failed", 5)),
+        )
+        .unwrap();
+        assert_eq!(
+            previous_value(&file, "last_drill_success_timestamp_seconds"),
+            Some(success)
+        );
+        assert_eq!(previous_value(&file, "last_exit_code"), Some(5));
     }
 }

@@ -4,6 +4,7 @@ mod check;
 mod config;
 mod create;
 mod delete;
+mod drill;
 mod generate;
 mod list;
 mod prune;
@@ -74,6 +75,7 @@ pub async fn run(context: &Context, command: &Command) -> Result<RunFacts> {
         Command::RestoreBackup(args) => restore::run(context, args).await.map(nothing),
         Command::DeleteBackup(args) => delete::run(context, args.id()).await.map(nothing),
         Command::PruneBackups(args) => prune::run(context, args).await.map(nothing),
+        Command::Drill(args) => drill::run(context, args).await,
         // Handled before the configuration is read (main.rs); kept here so the match stays
         // exhaustive.
         Command::Generate(args) => generate(args, context.json).map(nothing),

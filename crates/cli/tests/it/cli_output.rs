@@ -131,7 +131,11 @@ fn listed_commands() -> Vec<String> {
 /// under `--json`; logs and progress stay on stderr.
 #[test]
 fn every_command_prints_exactly_one_json_document() {
-    let world = World::new();
+    // The drill's Synapse is a program that exits at once: the drill fails its health check.
+    let world = World::with(WorldOptions {
+        extra_config: "[drill]\nsynapse-command = \"/bin/false\"\n",
+        ..Default::default()
+    });
     let id = world.create_backup();
     let second = world.create_backup();
     let out_dir = world.path("generated");
@@ -174,6 +178,12 @@ fn every_command_prints_exactly_one_json_document() {
             assert!(written.len() >= 4, "man page + 3 completions: {document}");
         }
     }
+    // A failed drill: its report (each check) is the one document, exit 5.
+    let out = world.run(&["--json", "drill", "latest"]);
+    assert_eq!(out.status.code(), Some(exit::CORRUPT.into()), "{out:?}");
+    let document = one_json_document(&out, "drill");
+    assert_eq!(document["ok"], false, "{document}");
+    covered.insert("drill".to_string());
     let missing: Vec<_> = listed_commands()
         .into_iter()
         .filter(|name| !covered.contains(name))

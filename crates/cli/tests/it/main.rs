@@ -16,6 +16,7 @@ mod exit;
 mod backup_restore;
 mod check;
 mod cli_output;
+mod drill;
 mod environment;
 mod exit_codes;
 mod golden;

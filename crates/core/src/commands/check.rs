@@ -133,7 +133,47 @@ pub async fn run_checks(config: &Config, store: &dyn Store, cancel: &Cancel) -> 
     if let Some(hs) = &hs {
         check_synapse_version(&mut report, hs).await;
     }
+    check_drill(&mut report, config, hs.as_ref());
     report
+}
+
+/// Whether `drill` can run here: a Synapse to boot, a free loopback port, room in the work
+/// dir; and the leftovers of killed drills, cleaned. Only warnings: drills are optional.
+fn check_drill(report: &mut CheckReport, config: &Config, hs: Option<&HomeserverConfig>) {
+    use crate::host::drills;
+    use crate::synapse::launch;
+    let cleaned = drills::clean_leftovers(config);
+    if !cleaned.is_empty() {
+        report.warn("drill-leftovers", cleaned.join("; "));
+    }
+    let command = match launch::find_synapse_command(config, hs) {
+        Ok(command) => command,
+        Err(e) => return report.warn("drill", format!("a drill cannot run here: {e}")),
+    };
+    let port = match launch::free_loopback_port() {
+        Ok(port) => port,
+        Err(e) => return report.warn("drill", format!("a drill cannot run here: {e}")),
+    };
+    let work_dir = drills::work_dir(config);
+    let free = match free_bytes(&work_dir) {
+        Ok(free) => free,
+        Err(e) => {
+            return report.warn(
+                "drill",
+                format!("a drill cannot run here: [drill] work-dir: {e}"),
+            )
+        }
+    };
+    report.ok(
+        "drill",
+        format!(
+            "a drill can run here: Synapse by `{}` ({}), 127.0.0.1:{port} free, {:.1} GiB free in {} (a drill needs about a backup's size)",
+            command.display(),
+            command.found_by,
+            free as f64 / f64::from(1u32 << 30),
+            work_dir.display()
+        ),
+    );
 }
 
 /// Every media storage provider can be read, since a backup reads the media only they hold.

@@ -10,6 +10,7 @@
 pub mod backup;
 pub mod check;
 pub mod delete;
+pub mod drill;
 pub mod prune;
 pub mod restore;
 pub mod verify;

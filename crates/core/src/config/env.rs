@@ -19,7 +19,7 @@ enum Kind {
 }
 
 /// Every setting of the config file, by section.
-const SETTINGS: [(&str, &[(&str, Kind)]); 7] = [
+const SETTINGS: [(&str, &[(&str, Kind)]); 8] = [
     (
         "synapse",
         &[("config", Kind::Paths), ("working-dir", Kind::Text)],
@@ -45,6 +45,16 @@ const SETTINGS: [(&str, &[(&str, Kind)]); 7] = [
         ],
     ),
     ("local", &[("path", Kind::Text)]),
+    (
+        "drill",
+        &[
+            ("work-dir", Kind::Text),
+            ("synapse-command", Kind::Text),
+            ("postgres", Kind::Text),
+            ("media-sample", Kind::Integer),
+            ("start-timeout-secs", Kind::Integer),
+        ],
+    ),
     (
         "backup",
         &[

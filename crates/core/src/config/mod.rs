@@ -39,6 +39,18 @@ struct RawConfig {
     monitoring: RawMonitoring,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default)]
+    drill: RawDrill,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDrill {
+    work_dir: Option<PathBuf>,
+    synapse_command: Option<String>,
+    postgres: Option<String>,
+    media_sample: Option<usize>,
+    start_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +275,22 @@ pub struct RestoreSettings {
     pub health_timeout_secs: u64,
 }
 
+/// `[drill]`: where and with what `drill` boots a backup.
+#[derive(Debug, Clone)]
+pub struct DrillSettings {
+    /// Where the scratch folders go (default: `[backup] temp-dir`).
+    pub work_dir: Option<PathBuf>,
+    /// The command that precedes Synapse's `--config-path` (default: found).
+    pub synapse_command: Option<String>,
+    /// The PostgreSQL server for the throwaway database, a libpq connection string (default:
+    /// homeserver.yaml's); parsed where it is used (`host::drills`).
+    pub postgres: Option<String>,
+    /// How many local media the media check downloads.
+    pub media_sample: usize,
+    /// How long Synapse may take to answer /health.
+    pub start_timeout_secs: u64,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -282,6 +310,7 @@ pub struct Config {
     pub monitoring: MonitoringSettings,
     /// What `prune-backups` keeps when no `--keep-*` flag is given.
     pub retention: RetentionSettings,
+    pub drill: DrillSettings,
 }
 
 /// `[retention]`: the `prune-backups` policy, and how long unused volumes wait.
@@ -426,6 +455,13 @@ impl Config {
                 delete_grace: std::time::Duration::from_secs(
                     raw.retention.delete_grace_secs.unwrap_or(24 * 3600),
                 ),
+            },
+            drill: DrillSettings {
+                work_dir: raw.drill.work_dir.map(|p| base.join(p)),
+                synapse_command: raw.drill.synapse_command.filter(|c| !c.trim().is_empty()),
+                postgres: raw.drill.postgres.filter(|c| !c.trim().is_empty()),
+                media_sample: raw.drill.media_sample.unwrap_or(20).clamp(1, 10_000),
+                start_timeout_secs: raw.drill.start_timeout_secs.unwrap_or(300).clamp(10, 3600),
             },
             monitoring: MonitoringSettings {
                 textfile_dir: raw.monitoring.textfile_dir.map(|p| base.join(p)),

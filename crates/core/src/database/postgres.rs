@@ -72,6 +72,69 @@ impl Postgres {
         self.query_in(None, sql)
     }
 
+    /// `psql` with this database's connection settings, no arguments yet.
+    pub(crate) fn psql_command(&self) -> Command {
+        self.command("psql")
+    }
+
+    /// Runs `sql` in `database` (default: the configured one); the unaligned output.
+    pub fn query_in_database(&self, database: Option<&str>, sql: &str) -> Result<String> {
+        self.query_in(database, sql)
+    }
+
+    /// The same server and user with another database name.
+    pub fn with_dbname(&self, dbname: &str) -> Postgres {
+        let mut args = self.args.clone();
+        args.dbname = Some(dbname.to_string());
+        Postgres { args }
+    }
+
+    pub fn args(&self) -> &PostgresArgs {
+        &self.args
+    }
+
+    /// Creates the empty database `name` (UTF8, C collation, as Synapse wants), owned by the
+    /// connecting user. Needs CREATEDB.
+    pub fn create_database(&self, name: &str) -> Result<()> {
+        self.query_in(
+            Some("postgres"),
+            &format!(
+                "CREATE DATABASE {} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+                quote(name)
+            ),
+        )
+        .map(|_| ())
+    }
+
+    /// Drops the database `name` if it exists, ending its sessions first.
+    pub fn drop_database(&self, name: &str) -> Result<()> {
+        self.query_in(
+            Some("postgres"),
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote(name)),
+        )
+        .map(|_| ())
+    }
+
+    /// The names of the databases on the server that start with `prefix`.
+    pub fn databases_starting_with(&self, prefix: &str) -> Result<Vec<String>> {
+        let escaped = prefix
+            .replace('\\', "\\\\")
+            .replace('_', "\\_")
+            .replace('%', "\\%");
+        let rows = self.query_in(
+            Some("postgres"),
+            &format!(
+                "SELECT datname FROM pg_database WHERE datname LIKE '{}%'",
+                escaped.replace('\'', "''")
+            ),
+        )?;
+        Ok(rows
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+
     /// Runs `sql` in `database` (default: the configured one) and returns the unaligned output.
     fn query_in(&self, database: Option<&str>, sql: &str) -> Result<String> {
         self.psql(database, &[], sql)
@@ -223,9 +286,12 @@ impl Postgres {
     }
 
     /// Starts `pg_dump --format=custom` writing to a pipe.
-    pub fn start_dump(&self) -> Result<DumpProcess> {
+    pub fn start_dump(&self, snapshot: Option<&str>) -> Result<DumpProcess> {
         let mut command = self.command("pg_dump");
         command.args(["--format=custom", "--no-owner"]);
+        if let Some(snapshot) = snapshot {
+            command.arg(format!("--snapshot={snapshot}"));
+        }
         for table in EXCLUDED_TABLE_DATA {
             command.arg(format!("--exclude-table-data={table}"));
         }
@@ -279,7 +345,7 @@ fn quote(identifier: &str) -> String {
 
 /// A program that would not start: not installed (or not on PATH) is its own kind of failure,
 /// with its own exit code and advice ([`Error::hint`]).
-fn missing_program(tool: DatabaseTool, e: std::io::Error) -> Error {
+pub(crate) fn missing_program(tool: DatabaseTool, e: std::io::Error) -> Error {
     let program = match tool {
         DatabaseTool::Psql => "psql",
         DatabaseTool::PgRestore => "pg_restore",

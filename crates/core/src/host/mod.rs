@@ -2,6 +2,7 @@
 //! ([`state_dir`]), a create's private scratch folder and the removal of those a kill left
 //! ([`scratch`]), and how much room a filesystem has.
 
+pub mod drills;
 pub mod scratch;
 pub mod state_dir;
 

@@ -46,15 +46,17 @@ pub fn create(parent: &Path) -> Result<tempfile::TempDir> {
         .map_err(|e| Error::io("create a scratch folder in", parent, e))
 }
 
-/// Removes the scratch folders in `[backup] temp-dir` whose create-backup is gone, warning
-/// about each; returns them. Never fails: what cannot be removed is warned about.
-pub fn remove_leftovers(config: &Config) -> Vec<Leftover> {
-    let parent = scratch_parent(config);
-    let Ok(entries) = fs::read_dir(&parent) else {
+/// A drill's scratch folder holds this file: such a folder may have a Synapse running on it
+/// and a database beside it, so only `drill` and `check` clean it (`commands::drill`).
+pub const DRILL_MARKER: &str = "drill.json";
+
+/// The scratch folders in `parent` whose process is gone.
+pub fn abandoned_in(parent: &Path) -> Vec<Leftover> {
+    let Ok(entries) = fs::read_dir(parent) else {
         return Vec::new();
     };
     let now = SystemTime::now();
-    let mut removed = Vec::new();
+    let mut found = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         let Some(owner) = owner_of(&name) else {
@@ -71,10 +73,24 @@ pub fn remove_leftovers(config: &Config) -> Vec<Leftover> {
             .ok()
             .and_then(|m| now.duration_since(m).ok())
             .unwrap_or_default();
-        if !is_abandoned(owner, age) {
+        if is_abandoned(owner, age) {
+            found.push(Leftover {
+                path: entry.path(),
+                age,
+            });
+        }
+    }
+    found
+}
+
+/// Removes the scratch folders in `[backup] temp-dir` whose create-backup is gone, warning
+/// about each; returns them. Never fails: what cannot be removed is warned about.
+pub fn remove_leftovers(config: &Config) -> Vec<Leftover> {
+    let mut removed = Vec::new();
+    for Leftover { path, age } in abandoned_in(&scratch_parent(config)) {
+        if path.join(DRILL_MARKER).exists() {
             continue;
         }
-        let path = entry.path();
         match fs::remove_dir_all(&path) {
             Ok(()) => {
                 tracing::warn!(

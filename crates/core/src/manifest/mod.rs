@@ -91,6 +91,10 @@ pub struct DatabaseInfo {
     /// Server version, encoding and collation of a PostgreSQL database when it was dumped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<crate::database::postgres::PostgresInfo>,
+    /// Users, rooms, events and local media rows in the database's snapshot (from 0.1.x
+    /// releases that run drills; `drill` compares the restored database with them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<crate::database::counts::RowCounts>,
 }
 
 /// Prefix of the members holding a PostgreSQL custom-format dump, cut into parts because a tar
@@ -420,6 +424,7 @@ mod tests {
                 included: true,
                 note: None,
                 postgres: None,
+                counts: None,
             },
             include_remote_media: false,
             expected_bytes: 3,

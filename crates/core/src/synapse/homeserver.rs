@@ -35,6 +35,60 @@ impl PostgresArgs {
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref()
     }
+
+    /// Parses a libpq key/value connection string (`host=db port=5432 user=synapse`, values
+    /// optionally in single quotes); the keys host, port, user, password, dbname and sslmode.
+    pub fn from_conninfo(text: &str) -> std::result::Result<PostgresArgs, String> {
+        let mut args = PostgresArgs {
+            dbname: None,
+            user: None,
+            host: None,
+            port: None,
+            sslmode: None,
+            password: None,
+        };
+        let mut rest = text.trim();
+        while !rest.is_empty() {
+            let (key, after) = rest
+                .split_once('=')
+                .ok_or_else(|| format!("expected key=value at {rest:?}"))?;
+            let key = key.trim();
+            let after = after.trim_start();
+            let (value, next) = match after.strip_prefix('\'') {
+                Some(quoted) => {
+                    let end = quoted
+                        .find('\'')
+                        .ok_or_else(|| format!("the value of {key} has no closing quote"))?;
+                    (&quoted[..end], &quoted[end + 1..])
+                }
+                None => after.split_at(after.find(char::is_whitespace).unwrap_or(after.len())),
+            };
+            let value = Some(value.to_string());
+            match key {
+                "host" | "hostaddr" => args.host = value,
+                "port" => {
+                    args.port = Some(
+                        value
+                            .as_deref()
+                            .unwrap_or_default()
+                            .parse()
+                            .map_err(|_| format!("port {value:?} is not a number"))?,
+                    )
+                }
+                "user" => args.user = value,
+                "password" => args.password = value,
+                "dbname" => args.dbname = value,
+                "sslmode" => args.sslmode = value,
+                other => {
+                    return Err(format!(
+                        "unknown key {other:?} (host, port, user, password, dbname, sslmode)"
+                    ))
+                }
+            }
+            rest = next.trim_start();
+        }
+        Ok(args)
+    }
 }
 
 impl std::fmt::Debug for PostgresArgs {

@@ -4,6 +4,7 @@
 
 mod config_files;
 mod homeserver;
+pub mod launch;
 pub mod media;
 mod providers;
 mod running;
@@ -11,4 +12,6 @@ mod running;
 pub use config_files::{find_config_files, MergedConfig};
 pub use homeserver::{Database, HomeserverConfig, Listener, PostgresArgs, WorkingDir};
 pub use providers::{MediaProvider, ProviderKind, S3Provider, S3_MODULE};
-pub use running::{check_working_dir, is_running, server_version, wait_for_health, RunningState};
+pub use running::{
+    check_working_dir, is_running, published_keys, server_version, wait_for_health, RunningState,
+};

@@ -190,6 +190,46 @@ pub async fn server_version(hs: &HomeserverConfig) -> Result<String, String> {
     Err(last)
 }
 
+/// The key ids and public keys the running homeserver publishes at `/_matrix/key/v2/server`,
+/// current and former (`old_verify_keys`), asked of its plain-HTTP listeners.
+pub async fn published_keys(hs: &HomeserverConfig) -> Result<Vec<(String, String)>, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut last = format!("{} has no plain HTTP listener", hs.describe_files());
+    for address in listener_addresses(hs) {
+        let url = format!("http://{address}/_matrix/key/v2/server");
+        let body = match client.get(&url).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                resp.text().await.map_err(|e| e.to_string())?
+            }
+            Ok(resp) => {
+                last = format!("{url}: HTTP {}", resp.status());
+                continue;
+            }
+            Err(e) => {
+                last = format!("Synapse does not answer on {address} ({e})");
+                continue;
+            }
+        };
+        let body: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("{url}: {e}"))?;
+        let mut keys = Vec::new();
+        for field in ["verify_keys", "old_verify_keys"] {
+            if let Some(map) = body.get(field).and_then(|v| v.as_object()) {
+                for (id, value) in map {
+                    if let Some(key) = value.get("key").and_then(|k| k.as_str()) {
+                        keys.push((id.clone(), key.to_string()));
+                    }
+                }
+            }
+        }
+        return Ok(keys);
+    }
+    Err(last)
+}
+
 /// Polls `GET /health` on the first plain-HTTP listener until it answers `OK` or `timeout` ends.
 pub async fn wait_for_health(hs: &HomeserverConfig, timeout: Duration) -> Result<String, String> {
     let address = listener_addresses(hs)

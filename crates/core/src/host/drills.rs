@@ -1,0 +1,142 @@
+//! A drill's footprint on this host: its work dir, the names of its database and config, and
+//! what a drill killed part-way leaves, and its cleaning. The drill's scratch folder holds a
+//! marker (`drill.json`) naming the backup, the Synapse it started and the throwaway database;
+//! the next drill or `check` stops that Synapse (only if it still runs on this folder's
+//! config), drops that database (only a `synapse_drill_` one) and removes the folder, naming
+//! each.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::database::postgres::Postgres;
+use crate::error::{Error, Result};
+use crate::manifest::Header;
+use crate::synapse::launch::stop_leftover;
+use crate::synapse::{Database, HomeserverConfig, PostgresArgs};
+
+use super::scratch::{abandoned_in, describe_age, scratch_parent, DRILL_MARKER};
+
+/// Every drill database is named so; nothing else is ever dropped by a drill.
+pub const DRILL_DATABASE_PREFIX: &str = "synapse_drill_";
+/// The drill's config file in its scratch folder.
+pub const DRILL_CONFIG: &str = "homeserver-drill.yaml";
+
+/// `[drill] work-dir`, else `[backup] temp-dir`, else the system's.
+pub fn work_dir(config: &Config) -> PathBuf {
+    config
+        .drill
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| scratch_parent(config))
+}
+
+/// The server a drill's PostgreSQL database is made on: `[drill] postgres`, else the live
+/// homeserver.yaml's connection, else the backup's own config's.
+pub fn drill_server(
+    configured: Option<&str>,
+    live: Option<&HomeserverConfig>,
+    restored: Option<&PostgresArgs>,
+) -> Result<PostgresArgs> {
+    if let Some(conninfo) = configured {
+        return PostgresArgs::from_conninfo(conninfo)
+            .map_err(|e| Error::config(format!("[drill] postgres: {e}")));
+    }
+    if let Some(Database::Postgres(args)) = live.map(|hs| &hs.database) {
+        return Ok(args.clone());
+    }
+    restored.cloned().ok_or_else(|| {
+        Error::config("the backup's database is PostgreSQL but no server is known to drill it on: set [drill] postgres (a libpq connection string)")
+    })
+}
+
+/// The name of the drill's database for backup `id`.
+pub fn drill_database_name(id: &str) -> String {
+    let digits: String = id.chars().filter(char::is_ascii_digit).collect();
+    format!("{DRILL_DATABASE_PREFIX}{digits}")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Marker {
+    pub backup_id: String,
+    pub server_name: String,
+    pub synapse_pid: Option<i32>,
+    pub database: Option<String>,
+}
+
+impl Marker {
+    pub fn new(id: &str, header: &Header) -> Marker {
+        Marker {
+            backup_id: id.to_string(),
+            server_name: header.server_name.clone(),
+            synapse_pid: None,
+            database: None,
+        }
+    }
+
+    /// Written through a temp file, so a kill never leaves half a marker.
+    pub fn write(&self, folder: &Path) -> Result<()> {
+        let text = serde_json::to_string(self)
+            .map_err(|e| Error::Other(format!("cannot encode the drill marker: {e}")))?;
+        let temp = folder.join(".drill.json.tmp");
+        let path = folder.join(DRILL_MARKER);
+        std::fs::write(&temp, text).map_err(|e| Error::io("write", &temp, e))?;
+        std::fs::rename(&temp, &path).map_err(|e| Error::io("rename into place", &path, e))
+    }
+}
+
+/// Cleans every drill folder in the work dir whose drill is gone; returns what it did, one
+/// line each (never fails: what cannot be cleaned is said).
+pub fn clean_leftovers(config: &Config) -> Vec<String> {
+    let mut said = Vec::new();
+    for leftover in abandoned_in(&work_dir(config)) {
+        let marker_path = leftover.path.join(DRILL_MARKER);
+        let Ok(text) = std::fs::read_to_string(&marker_path) else {
+            continue;
+        };
+        let marker: Option<Marker> = serde_json::from_str(&text).ok();
+        let age = describe_age(leftover.age);
+        let mut parts = Vec::new();
+        if let Some(pid) = marker.as_ref().and_then(|m| m.synapse_pid) {
+            if stop_leftover(pid, &leftover.path.join(DRILL_CONFIG)) {
+                parts.push(format!("stopped its Synapse (pid {pid})"));
+            }
+        }
+        if let Some(name) = marker.as_ref().and_then(|m| m.database.clone()) {
+            parts.push(drop_leftover_database(config, &name));
+        }
+        match std::fs::remove_dir_all(&leftover.path) {
+            Ok(()) => parts.push("removed the folder".into()),
+            Err(e) => parts.push(format!(
+                "could not remove the folder ({e}); remove it by hand"
+            )),
+        }
+        let line = format!(
+            "a drill killed {age} ago left {}: {}",
+            leftover.path.display(),
+            parts.join(", ")
+        );
+        tracing::warn!("{line}");
+        said.push(line);
+    }
+    said
+}
+
+fn drop_leftover_database(config: &Config, name: &str) -> String {
+    if !name.starts_with(DRILL_DATABASE_PREFIX) {
+        return format!("left the database {name} alone (not a drill's)");
+    }
+    let live = HomeserverConfig::load(&config.synapse).ok();
+    match drill_server(config.drill.postgres.as_deref(), live.as_ref(), None) {
+        Ok(server) => match Postgres::new(&server).drop_database(name) {
+            Ok(()) => format!("dropped its database {name}"),
+            Err(e) => format!("could not drop its database {name} ({e}); drop it by hand"),
+        },
+        Err(_) => {
+            format!("its database {name} is on a server not configured here; drop it by hand")
+        }
+    }
+}
