@@ -156,15 +156,15 @@ def test_drill(checks, tool, make_synapse, scenario_dir):
     with running(checks, live):
         populate(checks, live, rec)
         first, _ = tool.run_json(checks, "create-backup of the live server", sb_live, "create-backup")
+        swapped = back_up_with_swapped_volume(checks, tool, sb_live, live, rec, first["backup-id"])
         before = live_state(live)
         with HealthWatch(live.base) as watch:
             report, elapsed = tool.run_json(checks, "drill of a good backup passes", sb_live, "drill", first["backup-id"], timeout=DRILL_TIMEOUT)
             timing["drill"] = elapsed
             check_drill_passed(checks, report, scenario_dir)
             check_drill_metric(checks, textfiles)
-            check_kept_drill_starts(checks, tool, sb_live, scenario_dir, timing)
+            check_kept_drill_starts(checks, tool, sb_live, scenario_dir, first["backup-id"], timing)
             check_drill_fails(checks, tool, sb_live, other_id, "identity", "a backup of another server's data")
-            swapped = back_up_with_swapped_volume(checks, tool, sb_live, live, rec, first["backup-id"])
             check_drill_fails(checks, tool, sb_live, swapped, "restore", "a backup whose media volume is another backup's")
         checks.check("the live Synapse answered /health all through the drills", watch.failures == [] and watch.polls > 0,
                      f"{watch.polls} polls, failures: {watch.failures[:5]}")
@@ -287,7 +287,7 @@ def drill_postgres_backup(checks, tool, hs, scenario_dir, backup_id, timing):
     sb_drill = tool.config_for(hs.config_path, os.path.join(scenario_dir, "sb-drill.toml"),
                                drill_extra(scenario_dir, synapse_command=f"{sys.executable} -m synapse.app.homeserver"))
     report, elapsed = tool.run_json(checks, "drill of the PostgreSQL backup passes", sb_drill, "drill", backup_id, timeout=DRILL_TIMEOUT)
-    timing["drill"] = elapsed
+    checks.timing(f"E2E-TIMING postgresql-drill: the drill of the PostgreSQL backup took {elapsed:.1f}s")
     check_drill_passed(checks, report, scenario_dir)
     leftover = psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'synapse_drill_%'").strip()
     checks.check("the drill dropped its throwaway database", leftover == "0", f"{leftover} synapse_drill_ databases remain")
@@ -366,9 +366,9 @@ def check_drill_metric(checks, textfiles):
                  text[:1000])
 
 
-def check_kept_drill_starts(checks, tool, sb_config, scenario_dir, timing):
+def check_kept_drill_starts(checks, tool, sb_config, scenario_dir, backup_id, timing):
     """drill --keep: the folder stays, and Synapse starts on it again by the printed command."""
-    report, elapsed = tool.run_json(checks, "drill --keep passes", sb_config, "drill", "latest", "--keep", timeout=DRILL_TIMEOUT)
+    report, elapsed = tool.run_json(checks, "drill --keep passes", sb_config, "drill", backup_id, "--keep", timeout=DRILL_TIMEOUT)
     timing["keep"] = elapsed
     kept = report.get("kept") or {}
     folder, command = kept.get("folder"), kept.get("start-command")

@@ -31,7 +31,7 @@ impl SynapseCommand {
 const DEBIAN_PYTHON: &str = "/opt/venvs/matrix-synapse/bin/python";
 
 /// `[drill] synapse-command`; else the interpreter and module the running Synapse uses
-/// (`/proc/PID/cmdline` of its pid file); else the Debian package's virtualenv; else a
+/// (its `/proc/PID/cmdline`); else the Debian package's virtualenv; else a
 /// `python3` that imports synapse.
 pub fn find_synapse_command(
     config: &Config,
@@ -78,32 +78,92 @@ pub fn find_synapse_command(
         });
     }
     Err(Error::config(
-        "no Synapse to boot for the drill: Synapse is not running (its pid_file names no process), /opt/venvs/matrix-synapse is not installed and python3 cannot import synapse; set [drill] synapse-command, e.g. \"/path/to/venv/bin/python -m synapse.app.homeserver\"",
+        "no Synapse to boot for the drill: no running Synapse was found for this homeserver.yaml, /opt/venvs/matrix-synapse is not installed and python3 cannot import synapse; set [drill] synapse-command, e.g. \"/path/to/venv/bin/python -m synapse.app.homeserver\"",
     ))
 }
 
-/// The words before `--config-path`/`-c` in the running Synapse's command line.
+/// The words before `--config-path`/`-c` in the running Synapse's command line: the process
+/// its pid file names (synctl's daemon), else a `synapse.app.homeserver` process started on
+/// this homeserver's main config file (systemd's, a container's).
 fn running_synapse_command(hs: &HomeserverConfig) -> Option<SynapseCommand> {
-    let pid: i32 = std::fs::read_to_string(hs.pid_file.as_ref()?)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let mut words = command_before_config(&args)?;
-    if !Path::new(&words[0]).is_absolute() {
-        // A relative interpreter resolves against the running Synapse's PATH, not ours.
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-        words[0] = exe.to_string_lossy().into_owned();
+    let from_pid_file = hs
+        .pid_file
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| t.trim().parse::<i32>().ok());
+    let candidates = from_pid_file.into_iter().chain(homeserver_processes());
+    for pid in candidates {
+        let Some(args) = command_line(pid) else {
+            continue;
+        };
+        if from_pid_file != Some(pid) && !runs_config(pid, &args, hs.main_file()) {
+            continue;
+        }
+        let Some(mut words) = command_before_config(&args) else {
+            continue;
+        };
+        if !Path::new(&words[0]).is_absolute() {
+            // A relative interpreter resolves against the running Synapse's PATH, not ours.
+            let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+                continue;
+            };
+            words[0] = exe.to_string_lossy().into_owned();
+        }
+        return Some(SynapseCommand {
+            words,
+            found_by: format!("the running Synapse (pid {pid})"),
+        });
     }
-    Some(SynapseCommand {
-        words,
-        found_by: format!("the running Synapse (pid {pid})"),
+    None
+}
+
+fn command_line(pid: i32) -> Option<Vec<String>> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// Processes whose command line runs Synapse's main process.
+fn homeserver_processes() -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            command_line(*pid).is_some_and(|args| {
+                args.iter()
+                    .any(|a| a == "synapse.app.homeserver" || a.ends_with("/synapse_homeserver"))
+            })
+        })
+        .collect()
+}
+
+/// Whether `args` (of process `pid`) name `main_file` as a config path.
+fn runs_config(pid: i32, args: &[String], main_file: &Path) -> bool {
+    let want = std::fs::canonicalize(main_file).unwrap_or_else(|_| main_file.to_path_buf());
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+    let mut paths = Vec::new();
+    let mut next_is_path = false;
+    for arg in args {
+        if next_is_path {
+            paths.push(arg.as_str());
+            next_is_path = false;
+        } else if arg == "-c" || arg == "--config-path" {
+            next_is_path = true;
+        } else if let Some(path) = arg.strip_prefix("--config-path=") {
+            paths.push(path);
+        }
+    }
+    paths.iter().any(|p| {
+        let path = cwd.join(p);
+        std::fs::canonicalize(&path).unwrap_or(path) == want
     })
 }
 
@@ -201,11 +261,13 @@ impl SynapseProcess {
         self.exited.lock().ok().and_then(|s| s.clone())
     }
 
-    /// Polls `/health` until it answers OK, Synapse exits, or `timeout` passes.
+    /// Polls `/health` until it answers OK, Synapse exits, `timeout` passes or the user
+    /// interrupts.
     pub async fn wait_healthy(
         &self,
         base: &str,
         timeout: Duration,
+        cancel: &crate::progress::Cancel,
     ) -> std::result::Result<(), String> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -214,6 +276,9 @@ impl SynapseProcess {
         let started = Instant::now();
         let mut last;
         loop {
+            if cancel.is_cancelled() {
+                return Err("interrupted while waiting for Synapse to start".into());
+            }
             if let Some(status) = self.exit_status() {
                 return Err(format!(
                     "Synapse exited ({status}) before answering; {}",

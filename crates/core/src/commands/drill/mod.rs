@@ -192,15 +192,11 @@ pub async fn run_drill(
     };
     let outcome = drill.run(&mut checks).await;
     let database = drill.database.take();
-    let kept = finish(
-        scratch,
-        database,
-        options,
-        &command,
-        &mut notes,
-        &mut checks,
-    )?;
+    let kept = finish(scratch, database, options, &command, &mut notes)?;
     outcome?;
+    if ctx.cancel.is_cancelled() {
+        return Err(Error::Interrupted);
+    }
     Ok(DrillReport {
         backup_id: id.to_string(),
         server_name: header.server_name.clone(),
@@ -220,9 +216,7 @@ fn finish(
     options: &DrillOptions,
     command: &SynapseCommand,
     notes: &mut Vec<String>,
-    checks: &mut Checks,
 ) -> Result<Option<KeptDrill>> {
-    let _ = checks;
     if !options.keep {
         if let Some(warning) = database.as_ref().and_then(ScratchDatabase::drop_throwaway) {
             notes.push(warning);
@@ -237,11 +231,7 @@ fn finish(
         return Ok(None);
     }
     let from = scratch.keep();
-    let name = format!(
-        "synapse-drill-kept-{}",
-        chrono::Utc::now().format("%Y%m%d%H%M%S")
-    );
-    let folder = from.with_file_name(name);
+    let folder = kept_folder_name(&from);
     std::fs::rename(&from, &folder).at("keep the drill folder as", &folder)?;
     let _ = std::fs::remove_file(folder.join(crate::host::scratch::DRILL_MARKER));
     let config_file = folder.join(DRILL_CONFIG);
@@ -255,13 +245,44 @@ fn finish(
     Ok(Some(KeptDrill {
         start_command: format!(
             "cd {} && {} --config-path {}",
-            folder.display(),
-            command.display(),
-            config_file.display()
+            shell_quote(&folder.to_string_lossy()),
+            command
+                .words
+                .iter()
+                .map(|w| shell_quote(w))
+                .collect::<Vec<_>>()
+                .join(" "),
+            shell_quote(&config_file.to_string_lossy())
         ),
         database: database.and_then(|d| d.throwaway.and_then(|p| p.args().dbname.clone())),
         folder,
     }))
+}
+
+/// `synapse-drill-kept-<time>` beside the scratch folder (out of the scratch names, so no
+/// cleaning ever takes it), `-2`, `-3`… when that is taken.
+fn kept_folder_name(scratch: &Path) -> PathBuf {
+    let base = format!(
+        "synapse-drill-kept-{}",
+        chrono::Utc::now().format("%Y%m%d%H%M%S")
+    );
+    let mut folder = scratch.with_file_name(&base);
+    let mut n = 1;
+    while folder.exists() {
+        n += 1;
+        folder = scratch.with_file_name(format!("{base}-{n}"));
+    }
+    folder
+}
+
+/// `word` as one shell word: as it is when it is plain, else in single quotes.
+fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// One drill run's state.
@@ -302,7 +323,9 @@ impl Drill<'_, '_> {
         self.marker.write(self.scratch)?;
         let mut probe = Probe::new(port).map_err(Error::Other)?;
         let timeout = Duration::from_secs(self.config.drill.start_timeout_secs);
-        let healthy = synapse.wait_healthy(&probe.base, timeout).await;
+        let healthy = synapse
+            .wait_healthy(&probe.base, timeout, &self.ctx.cancel)
+            .await;
         let healthy = checks.record(
             "health",
             t,
@@ -387,10 +410,10 @@ impl Drill<'_, '_> {
             }
             crate::manifest::DatabaseKind::Sqlite => None,
         };
-        if let Some(server) = &server {
+        if server.is_some() {
+            // Named before it exists: a drill killed while loading it leaves a name to drop.
             self.marker.database = Some(drill_database_name(self.id));
             self.marker.write(self.scratch)?;
-            let _ = server;
         }
         let db = match database::prepare(self.header, restored, server, self.id) {
             Ok(db) => db,
@@ -673,4 +696,17 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .open(path)
         .at("create", path)?;
     file.write_all(text.as_bytes()).at("write", path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn start_commands_quote_what_a_shell_would_split() {
+        assert_eq!(shell_quote("/opt/venv/bin/python"), "/opt/venv/bin/python");
+        assert_eq!(shell_quote("/srv/my drills/x"), "'/srv/my drills/x'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
 }
