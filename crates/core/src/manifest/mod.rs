@@ -287,6 +287,7 @@ pub enum Storage {
 }
 
 impl Storage {
+    #[cfg(test)]
     pub fn volume(name: &str) -> Storage {
         Storage::Volume {
             volume: Arc::from(name),
@@ -388,6 +389,19 @@ impl FileList {
             })?;
         }
         Ok(list)
+    }
+}
+
+/// Puts a file list in path order, one entry per path, the later entry of a path winning (as
+/// in a map). Every tool writes its lists sorted; one that is not is put in order rather than
+/// trusted.
+pub fn sort_by_path(entries: &mut Vec<FileEntry>) {
+    let sorted = entries.windows(2).all(|pair| pair[0].path < pair[1].path);
+    if !sorted {
+        // Reversed, the stable sort puts a path's later entry first, and dedup keeps the first.
+        entries.reverse();
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        entries.dedup_by(|later, first| later.path == first.path);
     }
 }
 

@@ -20,8 +20,9 @@ use super::OpContext;
 
 /// Runs downloaded at once: a stack holds a handful, each one stream and one decryption thread.
 const RUNS_AT_ONCE: usize = 4;
-/// The most entries a run's list is given room for before it is read.
-const MAX_PRESIZED: u64 = 1 << 22;
+/// The most entries a run's list is given room for before it is read (a header's count is
+/// not trusted with more; a larger run grows as it is read).
+const MAX_PRESIZED: u64 = 1 << 20;
 
 /// The lines of run `run`, in order.
 pub(crate) async fn read_one_run(ctx: &OpContext<'_>, run: &RunRef) -> Result<Vec<RunEntry>> {

@@ -77,12 +77,7 @@ pub(crate) fn by_volume(entries: Vec<FileEntry>) -> Vec<VolumeWant> {
     volumes
         .into_iter()
         .map(|(name, mut entries)| {
-            // Lists come sorted (a tool writes them so); anything else is put in order here.
-            if !entries.windows(2).all(|pair| pair[0].path < pair[1].path) {
-                entries.reverse();
-                entries.sort_by(|a, b| a.path.cmp(&b.path));
-                entries.dedup_by(|later, first| later.path == first.path);
-            }
+            crate::manifest::sort_by_path(&mut entries);
             let found = vec![false; entries.len()];
             VolumeWant {
                 name,
@@ -155,10 +150,9 @@ pub(crate) async fn check_volumes_exist(
 pub(crate) fn read_volume<R: Read>(
     reader: R,
     backup_id: &str,
-    want: VolumeWant,
+    mut want: VolumeWant,
     mut take: impl FnMut(&FileEntry, &mut Member<'_>) -> Result<(Sha256Digest, u64)>,
 ) -> Result<(usize, u64)> {
-    let mut want = want;
     let name = want.name.clone();
     let mut files = 0usize;
     let mut bytes = 0u64;

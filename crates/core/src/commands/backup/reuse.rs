@@ -27,8 +27,8 @@ use crate::archive::read_members;
 use crate::commands::OpContext;
 use crate::error::{CorruptKind, Error, ErrorKind, Result};
 use crate::manifest::{
-    index_name, read_file_list, FileEntry, Header, Role, RunRef, VolumeRef, FILES_MEMBER,
-    FORMAT_WITH_RUNS,
+    index_name, read_file_list, sort_by_path, FileEntry, Header, Role, RunRef, VolumeRef,
+    FILES_MEMBER, FORMAT_WITH_RUNS,
 };
 use crate::repository::object_reader::read_shared_object;
 use crate::repository::open::read_header;
@@ -216,17 +216,6 @@ async fn read_index(ctx: &OpContext<'_>, header: &Header) -> Result<Vec<FileEntr
         Ok(entries)
     })
     .await
-}
-
-/// Every tool writes its index sorted by path; one that is not (or names a path twice, the
-/// later entry winning as in a map) is put in order here rather than trusted.
-fn sort_by_path(entries: &mut Vec<FileEntry>) {
-    let sorted = entries.windows(2).all(|pair| pair[0].path < pair[1].path);
-    if !sorted {
-        entries.reverse();
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
-        entries.dedup_by(|later, first| later.path == first.path);
-    }
 }
 
 /// Decides, file by file, what to store and what to take from `parent`, leaving out the
