@@ -161,3 +161,27 @@ fn wait_for_synapse_pid(drills: &Path) -> (std::path::PathBuf, i32) {
     }
     panic!("no drill recorded a Synapse pid in {}", drills.display());
 }
+
+#[test]
+fn check_says_whether_a_drill_can_run_here() {
+    let world = drill_world("/opt/some/python -m synapse.app.homeserver");
+    let out = world.run(&["--json", "check"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let item = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "drill")
+        .unwrap_or_else(|| panic!("no drill item: {report}"));
+    assert_eq!(item["status"], "ok", "{item}");
+    let detail = item["detail"].as_str().unwrap();
+    for needle in [
+        "a drill can run here",
+        "/opt/some/python -m synapse.app.homeserver",
+        "[drill] synapse-command",
+        "127.0.0.1:",
+        "GiB free in",
+    ] {
+        assert!(detail.contains(needle), "{needle:?} not in {detail}");
+    }
+}

@@ -155,7 +155,13 @@ fn check_drill(report: &mut CheckReport, config: &Config, hs: Option<&Homeserver
         Err(e) => return report.warn("drill", format!("a drill cannot run here: {e}")),
     };
     let work_dir = drills::work_dir(config);
-    let free = match free_bytes(&work_dir) {
+    // A drill makes the work dir when it does not exist yet: the space is its parent's.
+    let existing = work_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(&work_dir)
+        .to_path_buf();
+    let free = match free_bytes(&existing) {
         Ok(free) => free,
         Err(e) => {
             return report.warn(
