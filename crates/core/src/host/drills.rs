@@ -53,10 +53,11 @@ pub fn drill_server(
     })
 }
 
-/// The name of the drill's database for backup `id`.
+/// The name of this drill's database for backup `id`: the id's digits and this process's
+/// pid, so that two drills at once (the timer's and an admin's) never share one.
 pub fn drill_database_name(id: &str) -> String {
     let digits: String = id.chars().filter(char::is_ascii_digit).collect();
-    format!("{DRILL_DATABASE_PREFIX}{digits}")
+    format!("{DRILL_DATABASE_PREFIX}{digits}_{}", std::process::id())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! The drill's database: the restored SQLite file, or a throwaway PostgreSQL database
-//! (`synapse_drill_<digits of the id>`) the restored dump is loaded into and that is dropped
+//! (`synapse_drill_<digits of the id>_<pid>`) the restored dump is loaded into and that is dropped
 //! afterwards. Never the live one.
 
 use std::io::Write;
@@ -48,7 +48,8 @@ pub fn prepare(
                 server.ok_or_else(|| Error::config("no PostgreSQL server for the drill"))?;
             let name = drill_database_name(id);
             let postgres = Postgres::new(&server).with_dbname(&name);
-            // A database of this name is a killed drill's leftover: never anything else.
+            // Named after this process: one of this name is a leftover of a killed drill that
+            // ran under the same pid, never another drill's.
             postgres.drop_database(&name)?;
             postgres.create_database(&name)?;
             let scratch = ScratchDatabase {
