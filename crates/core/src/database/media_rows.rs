@@ -72,6 +72,91 @@ pub fn postgres_media_rows(postgres: &Postgres) -> Result<(Vec<MediaRow>, usize)
     Ok((rows.found, rows.unusable))
 }
 
+const CONTENT_COUNT: &str = "SELECT count(*) FROM local_media_repository WHERE url_cache IS NULL AND media_length IS NOT NULL";
+
+/// A random `n` of the content rows (`ORDER BY random()`, in SQLite and PostgreSQL alike).
+fn content_sample_sql(n: usize) -> String {
+    format!("{CONTENT_ROWS} ORDER BY random() LIMIT {n}")
+}
+
+/// The thumbnail rows of the media `ids`.
+fn thumbnails_of_sql(ids: &[String]) -> String {
+    let quoted: Vec<String> = ids
+        .iter()
+        .map(|id| format!("'{}'", id.replace('\'', "''")))
+        .collect();
+    format!("{THUMBNAIL_ROWS} AND t.media_id IN ({})", quoted.join(", "))
+}
+
+/// A random `n` of the local media rows of the SQLite database at `path`, with their
+/// thumbnail rows, and how many content rows it has in all: what a drill samples, without
+/// holding every row.
+pub fn sqlite_media_sample(path: &Path, n: usize) -> Result<(Vec<MediaRow>, u64)> {
+    let fail = |e: rusqlite::Error| {
+        Error::database(
+            DatabaseTool::Sqlite,
+            format!("cannot sample the media rows of {}: {e}", path.display()),
+        )
+    };
+    let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
+    let total: i64 = db
+        .query_row(CONTENT_COUNT, [], |row| row.get(0))
+        .map_err(fail)?;
+    let mut rows = Rows::default();
+    let mut content = db.prepare(&content_sample_sql(n)).map_err(fail)?;
+    let mut found = content.query([]).map_err(fail)?;
+    while let Some(row) = found.next().map_err(fail)? {
+        rows.content(row.get(0).map_err(fail)?);
+    }
+    let ids: Vec<String> = rows.found.iter().map(|r| r.media_id.clone()).collect();
+    if !ids.is_empty() {
+        let mut thumbnails = db.prepare(&thumbnails_of_sql(&ids)).map_err(fail)?;
+        let mut found = thumbnails.query([]).map_err(fail)?;
+        while let Some(row) = found.next().map_err(fail)? {
+            rows.thumbnail(
+                row.get(0).map_err(fail)?,
+                row.get::<_, i64>(1).map_err(fail)?.to_string(),
+                row.get::<_, i64>(2).map_err(fail)?.to_string(),
+                &row.get::<_, String>(3).map_err(fail)?,
+                &row.get::<_, String>(4).map_err(fail)?,
+            );
+        }
+    }
+    Ok((rows.found, total.max(0) as u64))
+}
+
+/// The same of a PostgreSQL database, read with `psql`.
+pub fn postgres_media_sample(postgres: &Postgres, n: usize) -> Result<(Vec<MediaRow>, u64)> {
+    let total = postgres.rows(CONTENT_COUNT)?;
+    let total: u64 = total.trim().parse().map_err(|_| {
+        Error::database(
+            DatabaseTool::Psql,
+            format!("unexpected media row count {total:?}"),
+        )
+    })?;
+    let mut rows = Rows::default();
+    for line in postgres.rows(&content_sample_sql(n))?.lines() {
+        rows.content(line.to_string());
+    }
+    let ids: Vec<String> = rows.found.iter().map(|r| r.media_id.clone()).collect();
+    if !ids.is_empty() {
+        for line in postgres.rows(&thumbnails_of_sql(&ids))?.lines() {
+            if let [id, width, height, kind, method] =
+                line.split('\t').collect::<Vec<_>>().as_slice()
+            {
+                rows.thumbnail(
+                    id.to_string(),
+                    width.to_string(),
+                    height.to_string(),
+                    kind,
+                    method,
+                );
+            }
+        }
+    }
+    Ok((rows.found, total))
+}
+
 #[derive(Default)]
 struct Rows {
     found: Vec<MediaRow>,
@@ -165,5 +250,17 @@ mod tests {
         );
         assert_eq!(rows[1].media_id, "abcdEFGH");
         assert_eq!(unusable, 1);
+
+        // A sample of one: the one usable content row, its thumbnail, of two content rows.
+        let (sample, total) = sqlite_media_sample(&path, 5).unwrap();
+        assert_eq!(total, 2);
+        let paths: Vec<&str> = sample.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "local_content/ab/cd/EFGH",
+                "local_thumbnails/ab/cd/EFGH/32-24-image-jpeg-scale"
+            ]
+        );
     }
 }

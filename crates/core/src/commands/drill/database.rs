@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::database::counts::{postgres_counts, sqlite_counts, RowCounts};
+use crate::database::media_rows::{self, MediaRow};
 use crate::database::postgres::Postgres;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{DatabaseKind, Header, POSTGRES_DUMP_PREFIX};
@@ -106,16 +107,14 @@ impl ScratchDatabase {
         }
     }
 
-    /// The local media rows (content and thumbnails) of the restored database.
-    pub fn media_rows(&self) -> Result<Vec<crate::database::media_rows::MediaRow>> {
-        let (rows, _) = match (&self.database, &self.throwaway) {
-            (DrillDatabase::Sqlite(path), _) => {
-                crate::database::media_rows::sqlite_media_rows(path)?
-            }
-            (_, Some(postgres)) => crate::database::media_rows::postgres_media_rows(postgres)?,
-            (_, None) => (Vec::new(), 0),
-        };
-        Ok(rows)
+    /// A random `n` of the restored database's local media rows with their thumbnail rows,
+    /// and how many local media it lists in all.
+    pub fn media_sample(&self, n: usize) -> Result<(Vec<MediaRow>, u64)> {
+        match (&self.database, &self.throwaway) {
+            (DrillDatabase::Sqlite(path), _) => media_rows::sqlite_media_sample(path, n),
+            (_, Some(postgres)) => media_rows::postgres_media_sample(postgres, n),
+            (_, None) => Ok((Vec::new(), 0)),
+        }
     }
 
     /// Drops the throwaway database; a failure is a warning with the name to drop by hand.

@@ -1,4 +1,5 @@
-//! The media check: a random sample of the local media rows of the restored database, each
+//! The media check: a random sample of the local media rows of the restored database (drawn by
+//! the database, so a drill never holds every row), each
 //! downloaded from the drill's Synapse (with one of its thumbnails) and compared with the
 //! restored file, whose SHA-256 the restore already matched against the manifest.
 
@@ -19,9 +20,9 @@ pub async fn check_sample(
     server_name: &str,
     sample: usize,
 ) -> Result<Option<String>, String> {
-    let rows = db.media_rows().map_err(|e| e.to_string())?;
+    let (rows, total) = db.media_sample(sample.max(1)).map_err(|e| e.to_string())?;
     let mut thumbnails: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    let mut content = Vec::new();
+    let mut chosen = Vec::new();
     for row in &rows {
         if row.path.starts_with("local_thumbnails/") {
             thumbnails
@@ -29,14 +30,13 @@ pub async fn check_sample(
                 .or_default()
                 .push(row.path.as_str());
         } else {
-            content.push(row);
+            chosen.push(row);
         }
     }
-    if content.is_empty() {
+    if chosen.is_empty() {
         return Ok(None);
     }
     let mut rng = rand::thread_rng();
-    let chosen: Vec<_> = content.choose_multiple(&mut rng, sample.max(1)).collect();
     let mut failures = Vec::new();
     let (mut files, mut thumbs) = (0, 0);
     for row in &chosen {
@@ -74,7 +74,7 @@ pub async fn check_sample(
         Ok(Some(format!(
             "{files} media files and {thumbs} thumbnails (a random {} of {} local media rows) served with the bytes of the backup",
             chosen.len(),
-            content.len()
+            total
         )))
     } else {
         let first: Vec<String> = failures.iter().take(5).cloned().collect();
