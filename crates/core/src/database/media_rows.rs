@@ -24,51 +24,19 @@ const THUMBNAIL_ROWS: &str = "SELECT t.media_id, t.thumbnail_width, t.thumbnail_
 /// The rows of the SQLite database at `path` (the backup's own snapshot, so that they match
 /// the database the backup holds). The second value counts rows whose id cannot be a path.
 pub fn sqlite_media_rows(path: &Path) -> Result<(Vec<MediaRow>, usize)> {
-    let fail = |e: rusqlite::Error| {
-        Error::database(
-            DatabaseTool::Sqlite,
-            format!("cannot list the media rows of {}: {e}", path.display()),
-        )
-    };
+    let fail = sqlite_failure(path, "list");
     let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
     let mut rows = Rows::default();
-    let mut content = db.prepare(CONTENT_ROWS).map_err(fail)?;
-    let mut found = content.query([]).map_err(fail)?;
-    while let Some(row) = found.next().map_err(fail)? {
-        rows.content(row.get(0).map_err(fail)?);
-    }
-    let mut thumbnails = db.prepare(THUMBNAIL_ROWS).map_err(fail)?;
-    let mut found = thumbnails.query([]).map_err(fail)?;
-    while let Some(row) = found.next().map_err(fail)? {
-        rows.thumbnail(
-            row.get(0).map_err(fail)?,
-            row.get::<_, i64>(1).map_err(fail)?.to_string(),
-            row.get::<_, i64>(2).map_err(fail)?.to_string(),
-            &row.get::<_, String>(3).map_err(fail)?,
-            &row.get::<_, String>(4).map_err(fail)?,
-        );
-    }
+    rows.sqlite_content(&db, CONTENT_ROWS).map_err(fail)?;
+    rows.sqlite_thumbnails(&db, THUMBNAIL_ROWS).map_err(fail)?;
     Ok((rows.found, rows.unusable))
 }
 
 /// The rows of the PostgreSQL database, read with `psql`.
 pub fn postgres_media_rows(postgres: &Postgres) -> Result<(Vec<MediaRow>, usize)> {
     let mut rows = Rows::default();
-    for line in postgres.rows(CONTENT_ROWS)?.lines() {
-        rows.content(line.to_string());
-    }
-    for line in postgres.rows(THUMBNAIL_ROWS)?.lines() {
-        match line.split('\t').collect::<Vec<_>>().as_slice() {
-            [id, width, height, kind, method] => rows.thumbnail(
-                id.to_string(),
-                width.to_string(),
-                height.to_string(),
-                kind,
-                method,
-            ),
-            _ => rows.unusable += 1,
-        }
-    }
+    rows.psql_content(&postgres.rows(CONTENT_ROWS)?);
+    rows.psql_thumbnails(&postgres.rows(THUMBNAIL_ROWS)?);
     Ok((rows.found, rows.unusable))
 }
 
@@ -79,11 +47,11 @@ fn content_sample_sql(n: usize) -> String {
     format!("{CONTENT_ROWS} ORDER BY random() LIMIT {n}")
 }
 
-/// The thumbnail rows of the media `ids`.
-fn thumbnails_of_sql(ids: &[String]) -> String {
-    let quoted: Vec<String> = ids
+/// The thumbnail rows of the media `rows` found.
+fn thumbnails_of_sql(rows: &[MediaRow]) -> String {
+    let quoted: Vec<String> = rows
         .iter()
-        .map(|id| format!("'{}'", id.replace('\'', "''")))
+        .map(|row| format!("'{}'", row.media_id.replace('\'', "''")))
         .collect();
     format!("{THUMBNAIL_ROWS} AND t.media_id IN ({})", quoted.join(", "))
 }
@@ -92,35 +60,17 @@ fn thumbnails_of_sql(ids: &[String]) -> String {
 /// thumbnail rows, and how many content rows it has in all: what a drill samples, without
 /// holding every row.
 pub fn sqlite_media_sample(path: &Path, n: usize) -> Result<(Vec<MediaRow>, u64)> {
-    let fail = |e: rusqlite::Error| {
-        Error::database(
-            DatabaseTool::Sqlite,
-            format!("cannot sample the media rows of {}: {e}", path.display()),
-        )
-    };
+    let fail = sqlite_failure(path, "sample");
     let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
     let total: i64 = db
         .query_row(CONTENT_COUNT, [], |row| row.get(0))
         .map_err(fail)?;
     let mut rows = Rows::default();
-    let mut content = db.prepare(&content_sample_sql(n)).map_err(fail)?;
-    let mut found = content.query([]).map_err(fail)?;
-    while let Some(row) = found.next().map_err(fail)? {
-        rows.content(row.get(0).map_err(fail)?);
-    }
-    let ids: Vec<String> = rows.found.iter().map(|r| r.media_id.clone()).collect();
-    if !ids.is_empty() {
-        let mut thumbnails = db.prepare(&thumbnails_of_sql(&ids)).map_err(fail)?;
-        let mut found = thumbnails.query([]).map_err(fail)?;
-        while let Some(row) = found.next().map_err(fail)? {
-            rows.thumbnail(
-                row.get(0).map_err(fail)?,
-                row.get::<_, i64>(1).map_err(fail)?.to_string(),
-                row.get::<_, i64>(2).map_err(fail)?.to_string(),
-                &row.get::<_, String>(3).map_err(fail)?,
-                &row.get::<_, String>(4).map_err(fail)?,
-            );
-        }
+    rows.sqlite_content(&db, &content_sample_sql(n))
+        .map_err(fail)?;
+    if !rows.found.is_empty() {
+        let sql = thumbnails_of_sql(&rows.found);
+        rows.sqlite_thumbnails(&db, &sql).map_err(fail)?;
     }
     Ok((rows.found, total.max(0) as u64))
 }
@@ -135,26 +85,24 @@ pub fn postgres_media_sample(postgres: &Postgres, n: usize) -> Result<(Vec<Media
         )
     })?;
     let mut rows = Rows::default();
-    for line in postgres.rows(&content_sample_sql(n))?.lines() {
-        rows.content(line.to_string());
-    }
-    let ids: Vec<String> = rows.found.iter().map(|r| r.media_id.clone()).collect();
-    if !ids.is_empty() {
-        for line in postgres.rows(&thumbnails_of_sql(&ids))?.lines() {
-            if let [id, width, height, kind, method] =
-                line.split('\t').collect::<Vec<_>>().as_slice()
-            {
-                rows.thumbnail(
-                    id.to_string(),
-                    width.to_string(),
-                    height.to_string(),
-                    kind,
-                    method,
-                );
-            }
-        }
+    rows.psql_content(&postgres.rows(&content_sample_sql(n))?);
+    if !rows.found.is_empty() {
+        let sql = thumbnails_of_sql(&rows.found);
+        rows.psql_thumbnails(&postgres.rows(&sql)?);
     }
     Ok((rows.found, total))
+}
+
+fn sqlite_failure<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl Fn(rusqlite::Error) -> Error + Copy + 'a {
+    move |e| {
+        Error::database(
+            DatabaseTool::Sqlite,
+            format!("cannot {what} the media rows of {}: {e}", path.display()),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -164,6 +112,53 @@ struct Rows {
 }
 
 impl Rows {
+    fn sqlite_content(&mut self, db: &Connection, sql: &str) -> rusqlite::Result<()> {
+        let mut statement = db.prepare(sql)?;
+        let mut found = statement.query([])?;
+        while let Some(row) = found.next()? {
+            self.content(row.get(0)?);
+        }
+        Ok(())
+    }
+
+    fn sqlite_thumbnails(&mut self, db: &Connection, sql: &str) -> rusqlite::Result<()> {
+        let mut statement = db.prepare(sql)?;
+        let mut found = statement.query([])?;
+        while let Some(row) = found.next()? {
+            self.thumbnail(
+                row.get(0)?,
+                row.get::<_, i64>(1)?.to_string(),
+                row.get::<_, i64>(2)?.to_string(),
+                &row.get::<_, String>(3)?,
+                &row.get::<_, String>(4)?,
+            );
+        }
+        Ok(())
+    }
+
+    /// `psql`'s unaligned output of the content query: one media id a line.
+    fn psql_content(&mut self, text: &str) {
+        for line in text.lines() {
+            self.content(line.to_string());
+        }
+    }
+
+    /// `psql`'s output of a thumbnail query, fields separated by tabs.
+    fn psql_thumbnails(&mut self, text: &str) {
+        for line in text.lines() {
+            match line.split('\t').collect::<Vec<_>>().as_slice() {
+                [id, width, height, kind, method] => self.thumbnail(
+                    id.to_string(),
+                    width.to_string(),
+                    height.to_string(),
+                    kind,
+                    method,
+                ),
+                _ => self.unusable += 1,
+            }
+        }
+    }
+
     fn content(&mut self, media_id: String) {
         match content_path(&media_id) {
             Some(path) => self.found.push(MediaRow { media_id, path }),
