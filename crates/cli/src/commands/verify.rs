@@ -12,6 +12,7 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
     let passphrase = context.config.passphrase()?;
     let store = context.store()?;
     remove_leftovers(&context.config);
+    synapse_backup_core::host::drills::clean_leftovers(&context.config);
     let id = if id == "latest" {
         newest_backup(store.as_ref(), &passphrase, &context.cancel).await?
     } else {

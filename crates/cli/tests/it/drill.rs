@@ -101,8 +101,9 @@ fn a_config_naming_a_live_path_is_refused_before_anything_starts() {
     assert_eq!(names_in(&world.path("drills")), Vec::<String>::new());
 }
 
-#[test]
-fn a_killed_drill_leaves_no_synapse_running_and_check_cleans_its_folder() {
+/// A world whose drill "Synapse" never answers, with a drill killed while it runs: the
+/// killed drill's folder and its "Synapse" pid.
+fn world_with_a_killed_drill() -> (World, std::path::PathBuf, i32) {
     let world = World::new();
     let fake = world.path("fake-synapse");
     std::fs::write(&fake, "#!/bin/sh\nexec sleep 600\n").unwrap();
@@ -118,6 +119,14 @@ fn a_killed_drill_leaves_no_synapse_running_and_check_cleans_its_folder() {
     let drill = Kill(spawn(&world, &["drill", "latest"], &[]));
     let (folder, pid) = wait_for_synapse_pid(&world.path("drills"));
     signal(&drill.0, "KILL");
+    // Reaped, so that its pid is gone as the cleaning asks.
+    drop(drill);
+    (world, folder, pid)
+}
+
+#[test]
+fn a_killed_drill_leaves_no_synapse_running_and_check_cleans_its_folder() {
+    let (world, folder, pid) = world_with_a_killed_drill();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -130,7 +139,6 @@ fn a_killed_drill_leaves_no_synapse_running_and_check_cleans_its_folder() {
         folder.exists(),
         "the killed drill's folder is left for check to clean"
     );
-    drop(drill);
     let out = world.run(&["check"]);
     let said =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -139,6 +147,23 @@ fn a_killed_drill_leaves_no_synapse_running_and_check_cleans_its_folder() {
         "{said}"
     );
     assert!(!folder.exists(), "check removed {}", folder.display());
+}
+
+#[test]
+fn the_next_backup_cleans_a_killed_drills_folder_too() {
+    let (world, folder, _) = world_with_a_killed_drill();
+    let out = world.run(&["create-backup"]);
+    assert_success(&out, "create-backup after a killed drill");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a drill killed") && stderr.contains(&folder.display().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        !folder.exists(),
+        "create-backup removed {}",
+        folder.display()
+    );
 }
 
 /// Waits until a drill in `drills` has recorded the pid of the Synapse it started.

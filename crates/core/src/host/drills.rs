@@ -1,9 +1,9 @@
 //! A drill's footprint on this host: its work dir, the names of its database and config, and
 //! what a drill killed part-way leaves, and its cleaning. The drill's scratch folder holds a
-//! marker (`drill.json`) naming the backup, the Synapse it started and the throwaway database;
-//! the next drill or `check` stops that Synapse (only if it still runs on this folder's
-//! config), drops that database (only a `synapse_drill_` one) and removes the folder, naming
-//! each.
+//! marker (`drill.json`) naming the backup, the Synapse it started and the throwaway database.
+//! The next drill, `check`, create-backup, verify-backup or restore-backup stops that Synapse
+//! (only if it still runs on this folder's config), drops that database (only a
+//! `synapse_drill_` one) and removes the folder, naming each: the folder holds plaintext.
 
 use std::path::Path;
 

@@ -102,6 +102,8 @@ pub async fn create_backup(
     remove_interrupted_uploads(ctx.store).await;
     let backup_id = id::unused_backup_id(ctx.store, &state).await?;
     let leftovers = scratch::remove_leftovers(config);
+    // A killed drill's folder holds plaintext too: the night's backup cleans it as well.
+    crate::host::drills::clean_leftovers(config);
     let temp = scratch::create(&scratch::scratch_parent(config))?;
 
     let mut sources = sources::key_and_config_sources(&hs)?;

@@ -130,6 +130,7 @@ pub async fn restore_backup(
     let id = id.as_str();
     let started = Instant::now();
     crate::host::scratch::remove_leftovers(config);
+    crate::host::drills::clean_leftovers(config);
     let object = ctx.store.head(id).await?;
     let destination = match &options.target_dir {
         Some(dir) => Destination::Directory(absolute(dir)?),
