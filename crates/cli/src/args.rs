@@ -50,6 +50,13 @@ pub enum Command {
     /// installed Synapse on it (loopback only, no federation) and check it answers with the
     /// backup's key, database and media; touches nothing live
     Drill(DrillArgs),
+    /// PostgreSQL's archive_command: store one WAL file, encrypted, under wal/ in the store
+    /// (archive_command = 'synapse-backup --config FILE wal-push %p'); exits 0 only once it
+    /// is stored
+    WalPush(WalPushArgs),
+    /// PostgreSQL's restore_command: write one archived WAL file, or exit 3 when the store does
+    /// not hold it (restore_command = 'synapse-backup --config FILE wal-fetch %f %p')
+    WalFetch(WalFetchArgs),
     /// Check, changing nothing, that a backup would work: config, sources, database, store
     /// access (a probe object written and removed), passphrase, Synapse
     Check,
@@ -136,6 +143,25 @@ pub struct CreateArgs {
     /// nor in a storage provider (they are reported and recorded; without this it refuses)
     #[arg(long)]
     pub allow_missing_media: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// The file, as PostgreSQL's %p gives it (relative to the data directory, the working
+    /// directory of archive_command)
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// The WAL file name, as PostgreSQL's %f gives it
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Where to write it, as PostgreSQL's %p gives it
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
 }
 
 #[derive(Debug, Args)]

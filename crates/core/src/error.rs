@@ -99,6 +99,8 @@ pub enum Refusal {
     ProviderNotConfigured,
     /// A drill cannot prove that the Synapse it would boot reaches nothing live.
     DrillIsolation,
+    /// A WAL file is already archived with other content: nothing is overwritten.
+    WalConflict,
 }
 
 /// Which database program (or library) failed.
@@ -159,6 +161,11 @@ pub enum Error {
 
     #[error("backup {id} was not found in {store}")]
     NotFound { id: String, store: String },
+
+    /// `wal-fetch` was asked for a WAL file the store does not hold: expected at the end of a
+    /// recovery (PostgreSQL asks for the next segment and for history files that may not exist).
+    #[error("WAL file {name} is not in {store}")]
+    WalMissing { name: String, store: String },
 
     #[error("the passphrase does not open backup {id} (wrong passphrase, not an OpenPGP backup made with a passphrase, or damaged in its first bytes)")]
     WrongPassphrase { id: String },
@@ -236,7 +243,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config(_) => ErrorKind::Config,
-            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::NotFound { .. } | Error::WalMissing { .. } => ErrorKind::NotFound,
             Error::WrongPassphrase { .. } => ErrorKind::WrongPassphrase,
             Error::Corrupt { .. } | Error::DrillFailed { .. } => ErrorKind::Corrupt,
             Error::Refused { .. } => ErrorKind::Refused,
@@ -260,6 +267,7 @@ impl Error {
             Error::WrongPassphrase { .. } => "check [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE: it must be the passphrase the backup was made with",
             Error::Corrupt { .. } => "nothing was changed; try an older backup (list-backups) and run verify-backup on it",
             Error::NotFound { .. } => "run list-backups to see the backup ids in this store",
+            Error::WalMissing { .. } => "normal at the end of a recovery, where PostgreSQL asks for files past the last one archived; otherwise check archive_command and the store settings of the config wal-fetch was given",
             Error::Storage { cause, .. } => match cause {
                 StorageCause::Access => "check [s3] endpoint, bucket, region, access-key and the secret key, and that the endpoint is reachable",
                 StorageCause::PartWay => "the store stopped answering part-way through; run the command again once it answers (a backup or restore that failed this way left nothing half-done)",

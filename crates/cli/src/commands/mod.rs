@@ -10,6 +10,7 @@ mod list;
 mod prune;
 mod restore;
 mod verify;
+mod wal;
 
 use std::sync::Arc;
 
@@ -76,6 +77,8 @@ pub async fn run(context: &Context, command: &Command) -> Result<RunFacts> {
         Command::DeleteBackup(args) => delete::run(context, args.id()).await.map(nothing),
         Command::PruneBackups(args) => prune::run(context, args).await.map(nothing),
         Command::Drill(args) => drill::run(context, args).await,
+        Command::WalPush(args) => wal::push(context, args).await.map(nothing),
+        Command::WalFetch(args) => wal::fetch(context, args).await.map(nothing),
         // Handled before the configuration is read (main.rs); kept here so the match stays
         // exhaustive.
         Command::Generate(args) => generate(args, context.json).map(nothing),

@@ -31,3 +31,4 @@ mod s3_faults;
 mod s3_store;
 mod store_integrity;
 mod units;
+mod wal;

@@ -4,6 +4,7 @@
 //! - `backup` (create-backup), `restore`, `verify`, `delete`, `prune`; list-backups is the
 //!   repository's catalog ([`crate::repository::catalog`]) shown as it is.
 //! - `check`: the preflight (`synapse-backup check`).
+//! - `wal`: `wal-push` and `wal-fetch`, PostgreSQL's archive and restore commands.
 //!
 //! The commands never import each other.
 
@@ -14,5 +15,6 @@ pub mod drill;
 pub mod prune;
 pub mod restore;
 pub mod verify;
+pub mod wal;
 
 pub use crate::repository::OpContext;

@@ -4,3 +4,4 @@ pub mod counts;
 pub mod media_rows;
 pub mod postgres;
 pub mod sqlite;
+pub mod wal_names;

@@ -3,11 +3,12 @@
 //! - [`context`]: what every operation is given (store, passphrase, progress, cancel).
 //! - [`id`]: which objects are backups; [`trust`]: how much a listing of the store may be trusted.
 //! - `open`, `object_reader`: store stream → decryption → plaintext, with the wrong-passphrase
-//!   and header-name checks.
+//!   and header-name checks; `object_writer`: plaintext → encryption → store.
 //! - `pipe`: bounded buffers between blocking stages (tar, encryption) and the async store.
 //! - `content_check`: the manifest check that verify and restore share.
 //! - `volumes`: reading the media volumes a backup's files live in, and checking they exist.
 //! - `runs`: reading the file-list runs a format-3 backup's media entries are in.
+//! - [`wal`]: PostgreSQL's archived WAL files, one object each under `wal/`.
 //! - [`catalog`]: every object named like a backup, whether it opens as itself, and `latest`.
 //! - [`gc`]: which volumes may be deleted and when (pending and condemned markers, sweep).
 //!
@@ -27,10 +28,12 @@ pub mod trust;
 
 pub(crate) mod content_check;
 pub(crate) mod object_reader;
+pub(crate) mod object_writer;
 pub(crate) mod open;
 pub(crate) mod pipe;
 pub(crate) mod runs;
 pub(crate) mod volumes;
+pub mod wal;
 
 pub use content_check::ArchiveFormat;
 pub use context::OpContext;

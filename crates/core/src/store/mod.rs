@@ -116,8 +116,9 @@ pub fn open(config: &StoreConfig) -> Result<Box<dyn Store>> {
 }
 
 /// The folders a store keeps besides its top level: media volumes and file indexes of
-/// incremental backups, and the markers that make prune safe against a running create.
-pub const FOLDERS: [&str; 4] = ["volumes", "index", ".pending", ".condemned"];
+/// incremental backups, PostgreSQL's archived WAL, and the markers that make prune safe
+/// against a running create.
+pub const FOLDERS: [&str; 5] = ["volumes", "index", "wal", ".pending", ".condemned"];
 
 /// Rejects names that could escape the store's prefix or collide with its temp files.
 pub fn check_name(name: &str) -> Result<()> {

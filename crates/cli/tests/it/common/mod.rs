@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
 
+pub mod pg_cluster;
 mod raw_store;
 pub use raw_store::{Backend, RawStore};
 

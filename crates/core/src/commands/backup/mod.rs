@@ -30,15 +30,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use tokio::sync::mpsc;
-
 use crate::config::Config;
-use crate::crypto::Packing;
 use crate::error::{Error, Result};
 use crate::manifest::DatabaseInfo;
-use crate::progress::Cancel;
-use crate::store::{ByteStream, Store};
+use crate::store::Store;
 use crate::synapse::media::backed_up_media_dirs;
 use crate::synapse::{check_working_dir, HomeserverConfig};
 
@@ -46,10 +41,9 @@ use super::OpContext;
 use crate::host::scratch;
 use crate::host::state_dir::StateDir;
 use crate::repository::gc::{condemned_volumes, Pending};
-use crate::repository::pipe::{ChunkWriter, QUEUE_DEPTH};
+use crate::repository::object_writer::write_object as stream_to_store;
 use crate::repository::BackupId;
 
-use pipeline::{run_pipeline, PipelineError};
 use reuse::ParentChoice;
 use sources::MediaListing;
 
@@ -195,45 +189,6 @@ async fn list_media(hs: &HomeserverConfig, options: &BackupOptions) -> Result<Me
     tokio::task::spawn_blocking(move || sources::list_media(&media_store, &dirs))
         .await
         .map_err(|e| Error::task_failed("media listing", e))?
-}
-
-/// Runs `write` through the pipeline into an upload of `name`, compressed or not as `packing`
-/// says; what `write` returned and the object's size.
-async fn stream_to_store<T: Send + 'static>(
-    ctx: &OpContext<'_>,
-    name: &str,
-    expected_bytes: u64,
-    packing: Packing,
-    write: impl FnOnce(ChunkWriter, &Cancel) -> Result<T> + Send + 'static,
-) -> Result<(T, u64)> {
-    let (sender, mut receiver) = mpsc::channel::<std::io::Result<bytes::Bytes>>(QUEUE_DEPTH);
-    let body: ByteStream = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed();
-    let pipeline = {
-        let passphrase = ctx.passphrase()?.clone();
-        let cancel = ctx.cancel.clone();
-        tokio::task::spawn_blocking(move || {
-            run_pipeline(write, passphrase, packing, sender, cancel)
-        })
-    };
-    // Tar and OpenPGP add a little; the hint only sizes multipart parts.
-    let size_hint = expected_bytes + expected_bytes / 50 + (1 << 20);
-    let uploaded = ctx.store.put(name, body, Some(size_hint)).await;
-    let archived = pipeline
-        .await
-        .map_err(|e| Error::task_failed("backup", e))?;
-    if ctx.cancel.is_cancelled() {
-        return Err(Error::Interrupted);
-    }
-    // The root cause: a store failure stops the pipeline, and a pipeline failure makes the
-    // upload fail; each side's error names the other one only as a symptom.
-    match (archived, uploaded) {
-        (Ok(archived), Ok(object_bytes)) => Ok((archived, object_bytes)),
-        (Err(PipelineError::Failed(e)), _) => Err(e),
-        (Err(PipelineError::UploadStopped), Err(e)) | (Ok(_), Err(e)) => Err(e),
-        (Err(PipelineError::UploadStopped), Ok(_)) => Err(Error::Other(format!(
-            "the upload of {name} ended before the whole object was written"
-        ))),
-    }
 }
 
 /// Cleans up after create-backups that were killed or lost the store half-way. Never fatal:

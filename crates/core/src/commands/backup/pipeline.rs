@@ -9,11 +9,7 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use secrecy::SecretString;
-use tokio::sync::mpsc;
-
 use crate::archive::ArchiveWriter;
-use crate::crypto::{self, Packing};
 use crate::database::postgres::DumpProcess;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{
@@ -21,7 +17,7 @@ use crate::manifest::{
     POSTGRES_DUMP_PREFIX,
 };
 use crate::progress::{Cancel, Progress};
-use crate::repository::pipe::{chunk_pipe, ChannelWriter, ChunkWriter, CHUNK, QUEUE_DEPTH};
+use crate::repository::pipe::{ChunkWriter, CHUNK};
 
 use super::sources::{Folder, Source};
 
@@ -47,56 +43,6 @@ pub(super) struct Archived {
     pub totals: ListTotals,
     /// Media deleted between listing and reading (a purge running meanwhile).
     pub vanished: Vec<String>,
-}
-
-/// How the pipeline ended when it did not complete.
-pub(super) enum PipelineError {
-    /// The uploader stopped taking data: its own error is the cause.
-    UploadStopped,
-    /// The pipeline failed by itself (a file, pg_dump, encryption, Ctrl-C).
-    Failed(Error),
-}
-
-/// Runs `write` (which writes a plaintext archive) on one thread and encrypts what it writes
-/// into `sender` on this one.
-pub(super) fn run_pipeline<T: Send + 'static>(
-    write: impl FnOnce(ChunkWriter, &Cancel) -> Result<T> + Send + 'static,
-    passphrase: SecretString,
-    packing: Packing,
-    sender: mpsc::Sender<std::io::Result<bytes::Bytes>>,
-    cancel: Cancel,
-) -> Result<T, PipelineError> {
-    let (pipe_writer, pipe_reader) = chunk_pipe(QUEUE_DEPTH);
-    let tar_thread = {
-        let cancel = cancel.clone();
-        std::thread::Builder::new()
-            .name("archive".into())
-            .spawn(move || write(pipe_writer, &cancel))
-            .map_err(|e| {
-                PipelineError::Failed(Error::Other(format!(
-                    "cannot start the archive thread: {e}"
-                )))
-            })?
-    };
-    let mut out = ChannelWriter::new(sender, cancel);
-    let encrypted = crypto::encrypt(pipe_reader, &mut out, &passphrase, packing);
-    let archived = tar_thread
-        .join()
-        .map_err(|_| PipelineError::Failed(Error::task_failed("archive", "it panicked")))?;
-    let failed = match (archived, encrypted) {
-        (Ok(archived), Ok(())) => match out.flush() {
-            Ok(()) => return Ok(archived),
-            Err(_) if out.consumer_gone() => return Err(PipelineError::UploadStopped),
-            Err(e) => Error::Other(format!("the upload stopped: {e}")),
-        },
-        (Err(e), _) | (Ok(_), Err(e)) => e,
-    };
-    if out.consumer_gone() {
-        return Err(PipelineError::UploadStopped);
-    }
-    // Makes the upload abort instead of completing a half backup.
-    out.fail(std::io::Error::other(failed.to_string()));
-    Err(PipelineError::Failed(failed))
 }
 
 /// Writes the whole archive; the file list is built in a temp file as members are written,

@@ -1,0 +1,357 @@
+//! PostgreSQL's continuous archiving through `wal-push` and `wal-fetch`: on files laid out as
+//! PostgreSQL lays them (pg_wal and its archive_status marks), then with a private cluster
+//! whose archive_command and restore_command are the built binary, on the local folder and on
+//! Garage.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::common::pg_cluster::{self, Cluster};
+use crate::common::*;
+use crate::exit;
+
+const SEGMENT: usize = 16 << 20;
+
+fn segment_name(n: u32) -> String {
+    format!("0000000100000000{n:08X}")
+}
+
+/// A segment as a busy server writes it: records that compress, some bytes that do not.
+fn segment_bytes(seed: u32) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..SEGMENT)
+        .map(|i| {
+            if (i / 4096) % 4 == 0 {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            } else {
+                (i % 251) as u8
+            }
+        })
+        .collect()
+}
+
+/// Runs the tool as PostgreSQL does: in the data directory, with `%p` relative to it.
+fn run_in(dir: &Path, config: &Path, args: &[&str]) -> Output {
+    Command::new(binary())
+        .current_dir(dir)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("SYNAPSE_BACKUP_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run synapse-backup")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A data directory with segments 1–5 in pg_wal, all marked ready.
+fn lay_out_segments(data: &Path) {
+    let status = data.join("pg_wal/archive_status");
+    fs::create_dir_all(&status).unwrap();
+    for n in 1..=5 {
+        fs::write(data.join("pg_wal").join(segment_name(n)), segment_bytes(n)).unwrap();
+        fs::write(status.join(format!("{}.ready", segment_name(n))), b"").unwrap();
+    }
+}
+
+fn wal_files_round_trip_and_are_never_overwritten(backend: Backend) {
+    let _s3 = s3_shared();
+    let s3 = match backend {
+        Backend::Local => None,
+        Backend::Garage => match S3Env::from_env() {
+            Some(s3) => Some(s3),
+            None => return,
+        },
+    };
+    let world = World::with(WorldOptions {
+        s3: s3.clone(),
+        ..Default::default()
+    });
+    let raw = RawStore::of(&world, s3.as_ref());
+    let pgdata = world.path("pgdata");
+    lay_out_segments(&pgdata);
+    let first = format!("pg_wal/{}", segment_name(1));
+
+    // The first call stores its file and the next three ready ones, in parallel.
+    let out = run_in(&pgdata, &world.config, &["--json", "wal-push", &first]);
+    assert_success(&out, "wal-push");
+    let report = json(&out);
+    assert_eq!(report["file"]["name"], segment_name(1));
+    assert_eq!(report["file"]["stored"], true);
+    let ahead: Vec<&str> = report["ahead"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ahead, [segment_name(2), segment_name(3), segment_name(4)]);
+    for n in 1..=4 {
+        assert!(
+            raw.exists(&format!("wal/{}", segment_name(n))),
+            "segment {n}"
+        );
+    }
+    assert!(!raw.exists(&format!("wal/{}", segment_name(5))));
+    // WAL compresses, and the object says nothing in clear.
+    let object = raw.read(&format!("wal/{}", segment_name(1)));
+    assert!(object.len() < SEGMENT * 3 / 4, "{} bytes", object.len());
+    assert_no_plaintext(&object, &[&segment_bytes(1)[4096..4096 + 64]]);
+
+    // PostgreSQL's next call finds its segment stored ahead: nothing is uploaded again.
+    let second = format!("pg_wal/{}", segment_name(2));
+    let out = run_in(&pgdata, &world.config, &["--json", "wal-push", &second]);
+    assert_success(&out, "wal-push of a segment stored ahead");
+    assert_eq!(json(&out)["file"]["stored"], false);
+
+    // A retry of a file already stored (no record of it any more) compares the content.
+    let out = run_in(&pgdata, &world.config, &["--json", "wal-push", &first]);
+    assert_success(&out, "wal-push again");
+    assert_eq!(json(&out)["file"]["stored"], false);
+
+    // Another cluster's segment 3 (other content, same name) is refused, nothing overwritten.
+    let before = raw.read(&format!("wal/{}", segment_name(3)));
+    fs::write(
+        pgdata.join("pg_wal").join(segment_name(3)),
+        segment_bytes(99),
+    )
+    .unwrap();
+    let third = format!("pg_wal/{}", segment_name(3));
+    let out = run_in(&pgdata, &world.config, &["wal-push", &third]);
+    assert_fails(
+        &out,
+        exit::REFUSED,
+        &["other content", "nothing was overwritten", &segment_name(3)],
+    );
+    assert_eq!(raw.read(&format!("wal/{}", segment_name(3))), before);
+
+    // wal-fetch writes the file as it was archived.
+    let dest = pgdata.join("pg_wal/RECOVERYXLOG");
+    let out = run_in(
+        &pgdata,
+        &world.config,
+        &["wal-fetch", &segment_name(3), "pg_wal/RECOVERYXLOG"],
+    );
+    assert_success(&out, "wal-fetch");
+    assert_eq!(fs::read(&dest).unwrap(), segment_bytes(3));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+
+    // A file the store does not hold: exit 3, which recovery takes as "not archived".
+    let out = run_in(
+        &pgdata,
+        &world.config,
+        &["wal-fetch", "00000002.history", "pg_wal/RECOVERYHISTORY"],
+    );
+    assert_fails(&out, exit::NOT_FOUND, &["00000002.history", "is not in"]);
+    assert!(!pgdata.join("pg_wal/RECOVERYHISTORY").exists());
+
+    // Names that are not WAL files are configuration errors, never objects.
+    let out = run_in(&pgdata, &world.config, &["wal-push", "pg_wal/RECOVERYXLOG"]);
+    assert_fails(&out, exit::CONFIG, &["not a WAL file name", "wal-push %p"]);
+    let out = run_in(&pgdata, &world.config, &["wal-fetch", "../x", "pg_wal/x"]);
+    assert_fails(
+        &out,
+        exit::CONFIG,
+        &["not a WAL file name", "wal-fetch %f %p"],
+    );
+
+    // A damaged object is named, and nothing is written in place of the file.
+    let mut damaged = raw.read(&format!("wal/{}", segment_name(4)));
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x55;
+    raw.write(&format!("wal/{}", segment_name(4)), &damaged);
+    let out = run_in(
+        &pgdata,
+        &world.config,
+        &["wal-fetch", &segment_name(4), "pg_wal/RECOVERYXLOG4"],
+    );
+    assert_fails(&out, exit::CORRUPT, &[&segment_name(4)]);
+    assert!(!pgdata.join("pg_wal/RECOVERYXLOG4").exists());
+    assert!(names_in(&pgdata.join("pg_wal"))
+        .iter()
+        .all(|n| !n.starts_with('.')));
+}
+
+#[test]
+fn wal_files_round_trip_and_are_never_overwritten_in_a_local_folder() {
+    wal_files_round_trip_and_are_never_overwritten(Backend::Local);
+}
+
+#[test]
+fn wal_files_round_trip_and_are_never_overwritten_in_garage() {
+    wal_files_round_trip_and_are_never_overwritten(Backend::Garage);
+}
+
+#[test]
+fn gpg_and_tar_open_a_wal_object_by_hand() {
+    let world = World::new();
+    let pgdata = world.path("pgdata");
+    lay_out_segments(&pgdata);
+    let history = pgdata.join("pg_wal/00000002.history");
+    fs::write(&history, b"1\t0/3000000\tbefore 2026-12-07 08:00:00+00\n").unwrap();
+    for file in [
+        format!("pg_wal/{}", segment_name(5)),
+        "pg_wal/00000002.history".to_string(),
+    ] {
+        assert_success(
+            &run_in(&pgdata, &world.config, &["wal-push", &file]),
+            "wal-push",
+        );
+    }
+    let out_dir = world.path("by-hand");
+    fs::create_dir_all(&out_dir).unwrap();
+    for name in [segment_name(5), "00000002.history".to_string()] {
+        let decrypted = gpg_decrypt(&world.store.join("wal").join(&name), &world.passphrase_file);
+        assert_success(&decrypted, "gpg --decrypt");
+        let mut tar = Command::new("tar")
+            .arg("-x")
+            .current_dir(&out_dir)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        tar.stdin
+            .take()
+            .unwrap()
+            .write_all(&decrypted.stdout)
+            .unwrap();
+        assert!(tar.wait().unwrap().success());
+        assert_eq!(
+            fs::read(out_dir.join(&name)).unwrap(),
+            fs::read(pgdata.join("pg_wal").join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+/// A real cluster archives through wal-push; a base backup restored with wal-fetch as its
+/// restore_command recovers to a named restore point: the rows before it, none after.
+fn a_cluster_archives_and_recovers_to_a_restore_point(backend: Backend) {
+    let Some(bin) = pg_cluster::available() else {
+        return;
+    };
+    let _s3 = s3_shared();
+    let s3 = match backend {
+        Backend::Local => None,
+        Backend::Garage => match S3Env::from_env() {
+            Some(s3) => Some(s3),
+            None => return,
+        },
+    };
+    let world = World::with(WorldOptions {
+        s3: s3.clone(),
+        ..Default::default()
+    });
+    pg_cluster::open_folder(world.dir.path());
+    fs::create_dir_all(&world.store).unwrap();
+    for path in [&world.config, &world.passphrase_file, &world.store] {
+        pg_cluster::give_to_postgres(path);
+    }
+    if s3.is_some() {
+        pg_cluster::give_to_postgres(&world.path("s3-secret"));
+    }
+    let scratch = world.path("scratch");
+    fs::create_dir_all(&scratch).unwrap();
+    pg_cluster::give_to_postgres(&scratch);
+    let mut config = fs::read_to_string(&world.config).unwrap();
+    config = config.replace(
+        "[backup]\n",
+        &format!("[backup]\ntemp-dir = \"{}\"\n", scratch.display()),
+    );
+    fs::write(&world.config, config).unwrap();
+    let tool = format!("{} --config {}", binary().display(), world.config.display());
+
+    let cluster = Cluster::init(
+        &bin,
+        world.dir.path(),
+        "primary",
+        &format!("archive_mode = on\narchive_command = '{tool} wal-push %p'\n"),
+    );
+    cluster.start();
+    cluster.sql("CREATE TABLE t (i int, phase text)");
+    cluster.sql("INSERT INTO t SELECT g, 'before-base' FROM generate_series(1, 1000) g");
+    let base = world.path("base");
+    cluster.base_backup(&base);
+    cluster.sql("INSERT INTO t SELECT g, 'after-base' FROM generate_series(1, 500) g");
+    cluster.sql("SELECT pg_create_restore_point('nightly')");
+    cluster.sql("INSERT INTO t SELECT g, 'after-point' FROM generate_series(1, 200) g");
+    let last = cluster.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    cluster.sql("SELECT pg_switch_wal()");
+    cluster.wait_for(
+        &format!("SELECT coalesce(last_archived_wal >= '{last}', false) FROM pg_stat_archiver"),
+        "t",
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        cluster.sql("SELECT failed_count FROM pg_stat_archiver"),
+        "0",
+        "{}",
+        cluster.log_text()
+    );
+    cluster.stop();
+
+    // The base backup, recovered from the store alone.
+    fs::write(base.join("recovery.signal"), b"").unwrap();
+    pg_cluster::append(
+        &base.join("postgresql.auto.conf"),
+        &format!(
+            "restore_command = '{tool} wal-fetch %f %p'\nrecovery_target_name = 'nightly'\n\
+             recovery_target_action = 'promote'\narchive_mode = off\n"
+        ),
+    );
+    pg_cluster::give_to_postgres(&base);
+    let socket = world.path("restored-socket");
+    fs::create_dir_all(&socket).unwrap();
+    pg_cluster::give_to_postgres(&socket);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    pg_cluster::append(
+        &base.join("postgresql.auto.conf"),
+        &format!(
+            "port = {port}\nunix_socket_directories = '{}'\n",
+            socket.display()
+        ),
+    );
+    let restored = Cluster::at(&bin, base, socket, port, world.path("restored.log"));
+    restored.start();
+    restored.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(120));
+    assert_eq!(
+        restored.sql("SELECT phase || '=' || count(*) FROM t GROUP BY phase ORDER BY phase"),
+        "after-base=500\nbefore-base=1000",
+        "{}",
+        restored.log_text()
+    );
+    assert!(
+        restored
+            .log_text()
+            .contains("recovery stopping at restore point \"nightly\""),
+        "{}",
+        restored.log_text()
+    );
+}
+
+#[test]
+fn a_cluster_archives_and_recovers_to_a_restore_point_in_a_local_folder() {
+    a_cluster_archives_and_recovers_to_a_restore_point(Backend::Local);
+}
+
+#[test]
+fn a_cluster_archives_and_recovers_to_a_restore_point_in_garage() {
+    a_cluster_archives_and_recovers_to_a_restore_point(Backend::Garage);
+}

@@ -1,0 +1,236 @@
+//! PostgreSQL's archived WAL files in the store: `wal/<name>`, each an encrypted tar of one
+//! member named as the file, so `gpg -d wal/NAME | tar -x` gives the file back by hand, and every
+//! object in the store still starts as a tar (how a wrong passphrase is told from damage).
+//!
+//! WAL compresses well (often 3–5×, and a segment switched early is mostly zeros), so a file
+//! whose first MiB deflates to less than 90 % goes into OpenPGP's ZLIB packet; one that does
+//! not (a segment full of already-compressed media rows) is stored plain, with no CPU spent.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::write::DeflateEncoder;
+use sha2::{Digest, Sha256};
+
+use crate::archive::{read_members, ArchiveWriter, MemberKind};
+use crate::crypto::Packing;
+use crate::database::wal_names::WalFileName;
+use crate::error::{CorruptKind, Error, IoContext, Result};
+use crate::manifest::{Role, Sha256Digest};
+use crate::progress::NoProgress;
+use crate::repository::pipe::CHUNK;
+
+use super::object_reader::read_object;
+use super::object_writer::write_object;
+use super::OpContext;
+
+/// The store folder of WAL files.
+pub const WAL_FOLDER: &str = "wal";
+/// How much of a file is deflated to decide whether compressing it pays.
+const SAMPLE: usize = 1 << 20;
+
+/// The object name of WAL file `name`.
+pub fn wal_object(name: &WalFileName) -> String {
+    format!("{WAL_FOLDER}/{name}")
+}
+
+/// A WAL file as stored: its plaintext's size and SHA-256, and the object's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredWal {
+    pub size: u64,
+    pub sha256: Sha256Digest,
+    pub object_bytes: u64,
+}
+
+/// Encrypts the file at `path` into `wal/<name>`; returns once the store holds it durably (the
+/// store's `put` returns only then). Overwrites: the caller checks first.
+pub async fn put_wal_file(
+    ctx: &OpContext<'_>,
+    name: &WalFileName,
+    path: &Path,
+) -> Result<StoredWal> {
+    let size = std::fs::metadata(path).at("stat", path)?.len();
+    let packing = if compression_pays(path)? {
+        Packing::Zlib
+    } else {
+        Packing::Plain
+    };
+    let member = name.to_string();
+    let source = path.to_path_buf();
+    let (entry, object_bytes) =
+        write_object(ctx, &wal_object(name), size, packing, move |out, cancel| {
+            let mut archive = ArchiveWriter::new(std::io::BufWriter::with_capacity(CHUNK, out));
+            let entry = archive
+                .append_file(&member, &source, Role::Database, &NoProgress, cancel)?
+                .ok_or_else(|| {
+                    Error::io(
+                        "read (it disappeared while being archived)",
+                        &source,
+                        std::io::ErrorKind::NotFound.into(),
+                    )
+                })?;
+            let failed = |e: std::io::Error| Error::Other(format!("cannot write the archive: {e}"));
+            archive
+                .finish()?
+                .into_inner()
+                .map_err(|e| failed(e.into_error()))?
+                .finish()
+                .map_err(failed)?;
+            Ok(entry)
+        })
+        .await?;
+    if entry.size != size {
+        return Err(Error::Other(format!(
+            "{} changed size while it was archived ({size} then {} bytes); PostgreSQL hands \
+             archive_command only finished files: is the path right?",
+            path.display(),
+            entry.size
+        )));
+    }
+    Ok(StoredWal {
+        size,
+        sha256: entry.sha256,
+        object_bytes,
+    })
+}
+
+/// Whether deflating the file's first MiB takes it below 90 %.
+fn compression_pays(path: &Path) -> Result<bool> {
+    let mut sample = Vec::with_capacity(SAMPLE);
+    std::fs::File::open(path)
+        .at("open", path)?
+        .take(SAMPLE as u64)
+        .read_to_end(&mut sample)
+        .at("read", path)?;
+    if sample.is_empty() {
+        return Ok(false);
+    }
+    let mut encoder = DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    let deflated = encoder
+        .write_all(&sample)
+        .and_then(|()| encoder.finish())
+        .map(|out| out.len())
+        .unwrap_or(usize::MAX);
+    Ok(deflated.saturating_mul(10) < sample.len().saturating_mul(9))
+}
+
+/// Reads `wal/<name>` to its end (so its integrity check runs) and returns its file's size and
+/// SHA-256; with `dest`, also writes the file there (through a temp file beside it, renamed
+/// into place only once the whole object checked out).
+pub async fn read_wal_file(
+    ctx: &OpContext<'_>,
+    name: &WalFileName,
+    dest: Option<&Path>,
+) -> Result<(u64, Sha256Digest)> {
+    let object = wal_object(name);
+    let member = name.to_string();
+    let temp = dest.map(temp_beside);
+    let temp_for_read = temp.clone();
+    let outcome = read_object(ctx, &object, {
+        let object = object.clone();
+        move |reader| read_the_member(reader, &object, &member, temp_for_read.as_deref())
+    })
+    .await;
+    let (size, sha256) = match outcome {
+        Ok(found) => found,
+        Err(e) => {
+            if let Some(temp) = &temp {
+                let _ = std::fs::remove_file(temp);
+            }
+            return Err(e);
+        }
+    };
+    if let (Some(temp), Some(dest)) = (&temp, dest) {
+        std::fs::rename(temp, dest).at("rename into place", dest)?;
+    }
+    Ok((size, sha256))
+}
+
+fn temp_beside(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.synapse-backup-{}", std::process::id()))
+}
+
+/// The one member `member` of the object's tar, hashed and (with `temp`) written out.
+fn read_the_member(
+    reader: impl Read,
+    object: &str,
+    member: &str,
+    temp: Option<&Path>,
+) -> Result<(u64, Sha256Digest)> {
+    let mut found = None;
+    read_members(reader, object, |entry| {
+        if found.is_some() || entry.kind != MemberKind::File || entry.path != member {
+            return Err(Error::corrupt(
+                object,
+                CorruptKind::Malformed,
+                format!(
+                    "it holds {:?} where only the WAL file {member} belongs",
+                    entry.path
+                ),
+            ));
+        }
+        let mut out = match temp {
+            Some(temp) => Some(std::io::BufWriter::with_capacity(
+                CHUNK,
+                std::fs::File::create(temp).at("create", temp)?,
+            )),
+            None => None,
+        };
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = entry
+                .data
+                .read(&mut buffer)
+                .map_err(|e| crate::crypto::classify_read_error(object, &e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            if let (Some(out), Some(temp)) = (out.as_mut(), temp) {
+                out.write_all(&buffer[..n]).at("write", temp)?;
+            }
+            size += n as u64;
+        }
+        if let (Some(out), Some(temp)) = (out, temp) {
+            out.into_inner()
+                .map_err(|e| Error::io("write", temp, e.into_error()))?
+                .sync_all()
+                .at("fsync", temp)?;
+        }
+        found = Some((size, Sha256Digest::from_bytes(hasher.finalize().into())));
+        Ok(())
+    })?;
+    found.ok_or_else(|| {
+        Error::corrupt(
+            object,
+            CorruptKind::Malformed,
+            format!("it does not hold the WAL file {member}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_is_chosen_by_what_a_sample_gains() {
+        let dir = tempfile::tempdir().unwrap();
+        let zeros = dir.path().join("zeros");
+        std::fs::write(&zeros, vec![0u8; 3 << 20]).unwrap();
+        assert!(compression_pays(&zeros).unwrap());
+        let random = dir.path().join("random");
+        let bytes: Vec<u8> = (0..(2 << 20)).map(|_| rand::random::<u8>()).collect();
+        std::fs::write(&random, bytes).unwrap();
+        assert!(!compression_pays(&random).unwrap());
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(!compression_pays(&empty).unwrap());
+    }
+}
