@@ -76,8 +76,15 @@ impl Command {
             Command::VerifyBackup(_) => Some("verify-backup"),
             Command::PruneBackups(_) => Some("prune-backups"),
             Command::Drill(_) => Some("drill"),
+            Command::WalPush(_) => Some("wal-push"),
             _ => None,
         }
+    }
+
+    /// Whether its runs ping `[monitoring] ping-url`: not wal-push, which PostgreSQL runs for
+    /// every WAL file (several a second on a busy server); its textfile says how archiving goes.
+    pub fn pings(&self) -> bool {
+        !matches!(self, Command::WalPush(_))
     }
 }
 

@@ -74,7 +74,9 @@ async fn run(cli: Cli) -> u8 {
     };
     // The commands a timer runs report to monitoring; a failure to report never fails them.
     let monitor = match cli.command.monitored_as() {
-        Some(name) => Some(Monitor::start(&context.config.monitoring, name).await),
+        Some(name) => {
+            Some(Monitor::start(&context.config.monitoring, name, cli.command.pings()).await)
+        }
         None => None,
     };
     let (mut facts, failure) = match commands::run(&context, &cli.command).await {

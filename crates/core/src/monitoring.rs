@@ -34,9 +34,13 @@ pub struct Monitor<'a> {
 }
 
 impl<'a> Monitor<'a> {
-    /// Sends the start ping, if any.
-    pub async fn start(settings: &'a MonitoringSettings, command: &'static str) -> Monitor<'a> {
-        let client = settings.ping_url.as_ref().and_then(|_| {
+    /// Sends the start ping, if any (and if `pings`: a command run for every WAL file does not).
+    pub async fn start(
+        settings: &'a MonitoringSettings,
+        command: &'static str,
+        pings: bool,
+    ) -> Monitor<'a> {
+        let client = settings.ping_url.as_ref().filter(|_| pings).and_then(|_| {
             reqwest::Client::builder()
                 .timeout(settings.ping_timeout)
                 .build()
@@ -160,6 +164,17 @@ fn write_textfile(
             "How long the last drill took.",
             format!("{duration:.3}"),
         ));
+    }
+    // PostgreSQL's archiving: alert on the age of this (the archive is behind), not on a
+    // single failure, which PostgreSQL retries.
+    if command == "wal-push" {
+        if let Some(success) = last_success {
+            metrics.push((
+                "last_wal_archived_timestamp_seconds",
+                "When wal-push last stored a WAL file PostgreSQL handed it (Unix time).",
+                format!("{success}"),
+            ));
+        }
     }
     if let Some(bytes) = facts.bytes {
         metrics.push((

@@ -218,3 +218,50 @@ fn node_exporter_reads_the_textfile() {
         "{metrics}"
     );
 }
+
+/// wal-push runs for every WAL file: its textfile says when archiving last succeeded, and it
+/// never pings (a ping per file would drown the check).
+#[test]
+fn wal_push_writes_the_archive_time_and_never_pings() {
+    let server = PingServer::start();
+    let textfiles = tempfile::tempdir().unwrap();
+    let world = monitored_world(&server.url, textfiles.path());
+    let pgdata = world.path("pgdata");
+    fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
+    fs::write(
+        pgdata.join("pg_wal/000000010000000000000001"),
+        vec![7u8; 65536],
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary())
+        .current_dir(&pgdata)
+        .arg("--config")
+        .arg(&world.config)
+        .args(["wal-push", "pg_wal/000000010000000000000001"])
+        .output()
+        .unwrap();
+    assert_success(&out, "wal-push");
+    let text = fs::read_to_string(textfiles.path().join("synapse_backup_wal_push.prom")).unwrap();
+    assert_eq!(metric(&text, "last_exit_code"), Some(0.0), "{text}");
+    let archived = metric(&text, "last_wal_archived_timestamp_seconds").unwrap();
+    assert_eq!(
+        metric(&text, "last_success_timestamp_seconds"),
+        Some(archived)
+    );
+    // The next pings the server sees are create-backup's own: wal-push sent none before them.
+    world.create_backup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.seen().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = server.seen();
+    assert_eq!(
+        seen.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["POST /ping/abc/start", "POST /ping/abc"],
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(_, body)| !body.contains("wal-push")),
+        "{seen:?}"
+    );
+}

@@ -301,6 +301,9 @@ fn a_cluster_archives_and_recovers_to_a_restore_point(backend: Backend) {
         "{}",
         cluster.log_text()
     );
+    if backend == Backend::Local {
+        check_reports_the_archiver(&world, &cluster, &tool);
+    }
     cluster.stop();
 
     // The base backup, recovered from the store alone.
@@ -354,4 +357,76 @@ fn a_cluster_archives_and_recovers_to_a_restore_point_in_a_local_folder() {
 #[test]
 fn a_cluster_archives_and_recovers_to_a_restore_point_in_garage() {
     a_cluster_archives_and_recovers_to_a_restore_point(Backend::Garage);
+}
+
+/// `check` on a homeserver whose database is `cluster`: archiving through wal-push is reported
+/// healthy, then, with an archive_command that fails, as failing (exit non-zero).
+fn check_reports_the_archiver(world: &World, cluster: &Cluster, tool: &str) {
+    let yaml_path = world.data.join("homeserver.yaml");
+    let yaml = fs::read_to_string(&yaml_path).unwrap();
+    let start = yaml.find("database:").unwrap();
+    let end = yaml[start..].find("log_config").unwrap() + start;
+    let database = format!(
+        "database:\n  name: psycopg2\n  args:\n    user: postgres\n    dbname: postgres\n    host: {}\n    port: {}\n",
+        cluster.socket_dir.display(),
+        cluster.port
+    );
+    fs::write(
+        &yaml_path,
+        format!("{}{database}{}", &yaml[..start], &yaml[end..]),
+    )
+    .unwrap();
+    let archiving = || {
+        let out = world.run(&["--json", "check"]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let item = doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "wal-archiving")
+            .unwrap_or_else(|| panic!("no wal-archiving check: {doc}"))
+            .clone();
+        (out, item)
+    };
+    let (_, item) = archiving();
+    assert_eq!(item["status"], "ok", "{item}");
+    assert!(
+        item["detail"]
+            .as_str()
+            .unwrap()
+            .contains("through wal-push, last archived"),
+        "{item}"
+    );
+
+    let broken = tool.replace("--config ", "--config /nonexistent/");
+    cluster.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{broken} wal-push %p'"
+    ));
+    cluster.sql("SELECT pg_reload_conf()");
+    cluster.sql("INSERT INTO t VALUES (0, 'switch')");
+    cluster.sql("SELECT pg_switch_wal()");
+    cluster.wait_for(
+        "SELECT failed_count > 0 FROM pg_stat_archiver",
+        "t",
+        Duration::from_secs(120),
+    );
+    let (out, item) = archiving();
+    assert_eq!(item["status"], "fail", "{item}");
+    assert!(
+        item["detail"].as_str().unwrap().contains("is failing"),
+        "{item}"
+    );
+    assert!(!out.status.success());
+    // Put right, the archive catches up.
+    cluster.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{tool} wal-push %p'"
+    ));
+    cluster.sql("SELECT pg_reload_conf()");
+    cluster.wait_for(
+        "SELECT last_archived_time > last_failed_time FROM pg_stat_archiver",
+        "t",
+        Duration::from_secs(120),
+    );
+    let (_, item) = archiving();
+    assert_eq!(item["status"], "ok", "{item}");
 }

@@ -18,6 +18,7 @@ use crate::store::{ByteStream, Store};
 use crate::synapse::media::LOCAL_MEDIA_DIRS;
 use crate::synapse::{check_working_dir, Database, HomeserverConfig};
 
+use crate::database::archiver::{ArchiverState, ArchiverVerdict};
 use crate::host::free_bytes;
 use crate::host::scratch::{describe_age, remove_leftovers, scratch_parent};
 use crate::repository::catalog::{list_backups, BackupListing, Catalog, Details};
@@ -341,6 +342,10 @@ async fn check_database(report: &mut CheckReport, hs: &HomeserverConfig, config:
         Database::Postgres(args) => {
             let postgres = Postgres::new(args);
             let described = postgres.describe();
+            let archiver = {
+                let postgres = Postgres::new(args);
+                tokio::task::spawn_blocking(move || ArchiverState::read(&postgres))
+            };
             let info = tokio::task::spawn_blocking(move || postgres.info())
                 .await
                 .map_err(|e| Error::task_failed("database check", e))
@@ -355,6 +360,25 @@ async fn check_database(report: &mut CheckReport, hs: &HomeserverConfig, config:
                 }
                 Err(e) => return report.fail("database", e),
             };
+            match archiver
+                .await
+                .map_err(|e| Error::task_failed("archiver check", e))
+                .and_then(|r| r)
+            {
+                Ok(state) => match state.verdict() {
+                    ArchiverVerdict::Off(detail) | ArchiverVerdict::Healthy(detail) => {
+                        report.ok("wal-archiving", detail)
+                    }
+                    ArchiverVerdict::Elsewhere(detail) => report.warn("wal-archiving", detail),
+                    ArchiverVerdict::Failing(detail) => {
+                        report.fail("wal-archiving", Error::Other(detail))
+                    }
+                },
+                Err(e) => report.warn(
+                    "wal-archiving",
+                    format!("the archiver's state cannot be read: {e}"),
+                ),
+            }
             let server_major = major_version(&server_version);
             for tool in ["pg_dump", "pg_restore"] {
                 match client_version(tool) {

@@ -1,5 +1,6 @@
 //! Consistent copies of Synapse's database.
 
+pub mod archiver;
 pub mod counts;
 pub mod media_rows;
 pub mod postgres;
