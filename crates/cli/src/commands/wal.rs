@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 use serde::Serialize;
-use synapse_backup_core::commands::wal::{wal_fetch, wal_push, PushOutcome, PUSH_AHEAD};
+use synapse_backup_core::commands::wal::{
+    push_parallelism, wal_fetch, wal_push, PushOutcome, PUSH_AHEAD,
+};
 use synapse_backup_core::database::wal_names::WalFileName;
 use synapse_backup_core::host::scratch::scratch_parent;
 use synapse_backup_core::host::wal_records::WalRecords;
@@ -17,7 +19,7 @@ pub async fn push(context: &Context, args: &WalPushArgs) -> Result<()> {
     let store = context.store()?;
     let ctx = context.op(store.as_ref(), Some(passphrase));
     let records = WalRecords::open(&scratch_parent(&context.config));
-    let report = wal_push(&ctx, &args.path, &records, PUSH_AHEAD).await?;
+    let report = wal_push(&ctx, &args.path, &records, (PUSH_AHEAD, push_parallelism())).await?;
     let describe = |outcome: &PushOutcome| match outcome {
         PushOutcome::Stored(stored) => Pushed {
             name: String::new(),

@@ -6,4 +6,4 @@ mod fetch;
 mod push;
 
 pub use fetch::wal_fetch;
-pub use push::{wal_push, PushOutcome, PushReport, PUSH_AHEAD};
+pub use push::{push_parallelism, wal_push, PushOutcome, PushReport, PUSH_AHEAD};
