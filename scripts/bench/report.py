@@ -855,17 +855,18 @@ class ScaleReport(Report):
         return "\n".join(self.lines).rstrip() + "\n"
 
 
-def scale_span(doc):
-    """(start, end) of the scale block in doc, its markers included, or None."""
-    start = doc.find(SCALE_BEGIN)
-    end = doc.find(SCALE_END, start) if start >= 0 else -1
-    return (start, end + len(SCALE_END)) if end >= 0 else None
+def block_span(doc, name):
+    """(start, end) of the `name` block in doc, its markers included, or None."""
+    begin, finish = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    start = doc.find(begin)
+    end = doc.find(finish, start) if start >= 0 else -1
+    return (start, end + len(finish)) if end >= 0 else None
 
 
-def splice_scale(doc, section):
-    """doc with its scale block replaced by section (or section appended as one), the rest as it was."""
-    block = f"{SCALE_BEGIN}\n\n{section.strip()}\n\n{SCALE_END}"
-    span = scale_span(doc)
+def splice_block(doc, section, name):
+    """doc with its `name` block replaced by section (or section appended as one), the rest as it was."""
+    block = f"<!-- {name}:begin -->\n\n{section.strip()}\n\n<!-- {name}:end -->"
+    span = block_span(doc, name)
     if span:
         return doc[: span[0]] + block + doc[span[1]:]
     if not doc:
@@ -873,12 +874,27 @@ def splice_scale(doc, section):
     return doc + ("" if doc.endswith("\n") else "\n") + "\n" + block + "\n"
 
 
+# Sections written by runs of their own (`--only scale`, `--only wal`), kept by a default run.
+OWN_RUN_BLOCKS = ("scale", "wal")
+
+
+def scale_span(doc):
+    """(start, end) of the scale block in doc, its markers included, or None."""
+    return block_span(doc, "scale")
+
+
+def splice_scale(doc, section):
+    """doc with its scale block replaced by section (or section appended as one), the rest as it was."""
+    return splice_block(doc, section, "scale")
+
+
 def keep_scale(old_doc, new_doc):
-    """A default run's new_doc, followed by the scale block old_doc had (if any)."""
-    span = scale_span(old_doc)
-    if not span:
-        return new_doc
-    return new_doc.rstrip("\n") + "\n\n" + old_doc[span[0]: span[1]] + "\n"
+    """A default run's new_doc, followed by the blocks of their own runs old_doc had (if any)."""
+    for name in OWN_RUN_BLOCKS:
+        span = block_span(old_doc, name)
+        if span:
+            new_doc = new_doc.rstrip("\n") + "\n\n" + old_doc[span[0]: span[1]] + "\n"
+    return new_doc
 
 
 def render_scale_files(results, failures, meta, stored):

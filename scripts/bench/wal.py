@@ -19,8 +19,10 @@ production, in the same run:
   - reference: `gpg --symmetric` of each segment into a local folder (the charm's encryption,
     per segment, with no upload).
 
-Prints a Markdown table (MB/s of WAL, seconds, stored bytes, peak RSS of one call) and the
-ratio to the 64 MB/s target. Needs root, the postgres user, gpg and GNU time.
+Prints a Markdown section (MB/s of WAL, seconds, stored bytes, peak RSS of one wal-fetch, the
+ratio to the 64 MB/s target) and puts it in docs/benchmarks.md between `<!-- wal:begin -->` and
+`<!-- wal:end -->` (a default run of bench.py keeps it). Needs root, the postgres user, gpg and
+GNU time.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402  (the doc's blocks: splice_block)
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET_MBS = 64.0
@@ -152,6 +157,11 @@ def measure(bin_dir: Path, backlog: Path, ready: list[str], work: Path, name: st
     return {"name": name, "seconds": seconds, "mbs": mib * 1048576 / 1e6 / seconds}
 
 
+def git_commit() -> str:
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -221,17 +231,36 @@ def main() -> None:
                           "wal-fetch", ready[0], str(work / "fetched")], capture_output=True, text=True)
     fetch_kib = rss.stderr.strip().splitlines()[-1] if rss.returncode == 0 else "?"
     wal_bytes = len(ready) * 16 * 1048576
-    print(f"\nWAL archived by PostgreSQL's archiver: {len(ready)} segments, {wal_bytes / 1e6:.0f} MB "
-          f"(`scripts/bench/wal.py --wal-mib {args.wal_mib}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"load average {os.getloadavg()[0]:.2f})\n")
-    print("| archive_command | seconds | MB/s of WAL | vs 64 MB/s target |")
-    print("| --- | ---: | ---: | ---: |")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [
+        "## WAL archiving: PostgreSQL's archiver through wal-push",
+        "",
+        f"Written by `scripts/bench.sh --only wal --wal-mib {args.wal_mib}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} ({os.cpu_count()} CPUs, load average at the end "
+        f"{load}; commit {git_commit()}), in a run of its own: a default run keeps this section. Do not edit by "
+        "hand: run the script again.",
+        "",
+        f"A backlog of {len(ready)} WAL segments ({wal_bytes / 1e6:,.0f} MB; rows shaped like Synapse's event_json) "
+        "archived by PostgreSQL's own archiver, one file at a time, with each archive_command; the time from the "
+        "reload that set it until pg_stat_archiver's last archived file is the last segment.",
+        "",
+        "| archive_command | seconds | MB/s of WAL | vs the 64 MB/s target |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for r in results:
-        print(f"| {r['name']} | {r['seconds']:.1f} | {r['mbs']:.1f} | {r['mbs'] / TARGET_MBS:.2f}× |")
-    print(f"\nStored: wal-push {stored_local / 1e6:.0f} MB ({stored_local / wal_bytes:.2f}× the WAL), "
-          f"gpg --symmetric {stored_gpg / 1e6:.0f} MB ({stored_gpg / wal_bytes:.2f}×). "
-          f"Peak RSS of one wal-fetch: {fetch_kib} KiB. Segment {seg.name} fetched back: "
-          f"{'identical' if (work / 'fetched').read_bytes() == seg.read_bytes() else 'DIFFERENT'}.")
+        lines.append(f"| {r['name']} | {r['seconds']:.1f} | {r['mbs']:.1f} | {r['mbs'] / TARGET_MBS:.2f}× |")
+    same = (work / "fetched").read_bytes() == seg.read_bytes()
+    lines += [
+        "",
+        f"Stored: wal-push {stored_local / 1e6:,.0f} MB ({stored_local / wal_bytes:.2f}× the WAL), "
+        f"gpg --symmetric {stored_gpg / 1e6:,.0f} MB ({stored_gpg / wal_bytes:.2f}×). Peak RSS of one wal-fetch: "
+        f"{fetch_kib} KiB; segment {seg.name} fetched back {'identical' if same else 'DIFFERENT'}.",
+    ]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    doc = ROOT / "docs/benchmarks.md"
+    doc.write_text(report.splice_block(doc.read_text() if doc.is_file() else "", section, "wal"))
+    log(f"section written to {doc}")
     if garage:
         run([str(ROOT / "scripts/s3-test-server.sh"), "stop", str(work / "garage")])
 
