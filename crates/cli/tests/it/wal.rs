@@ -431,3 +431,38 @@ fn check_reports_the_archiver(world: &World, cluster: &Cluster, tool: &str) {
     let (_, item) = archiving();
     assert_eq!(item["status"], "ok", "{item}");
 }
+
+/// Backups come and go around the WAL archive: list-backups, prune-backups and delete-backup
+/// never show, count or delete anything under wal/.
+#[test]
+fn prune_and_delete_leave_the_wal_archive_alone() {
+    let world = World::new();
+    let pgdata = world.path("pgdata");
+    lay_out_segments(&pgdata);
+    let first = format!("pg_wal/{}", segment_name(1));
+    assert_success(
+        &run_in(&pgdata, &world.config, &["wal-push", &first]),
+        "wal-push",
+    );
+    let archived = names_in(&world.store.join("wal"));
+    assert_eq!(archived.len(), 8, "{archived:?}");
+    let older = world.create_backup();
+    world.create_backup();
+    let listed = world.run(&["list-backups"]);
+    assert_success(&listed, "list-backups");
+    let text = String::from_utf8_lossy(&listed.stdout).to_string()
+        + &String::from_utf8_lossy(&listed.stderr);
+    assert!(
+        !text.contains("wal") && !text.contains("not a backup"),
+        "{text}"
+    );
+    assert_success(&world.run(&["prune-backups", "--keep-last", "1"]), "prune");
+    assert!(!world.object(&older).exists());
+    let newest = backups_in_store(&world);
+    assert_success(&world.run(&["delete-backup", &newest[0]]), "delete-backup");
+    assert_success(
+        &world.run(&["prune-backups", "--keep-last", "1"]),
+        "prune of nothing",
+    );
+    assert_eq!(names_in(&world.store.join("wal")), archived);
+}
