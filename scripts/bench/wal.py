@@ -19,6 +19,10 @@ production, in the same run:
   - reference: `gpg --symmetric` of each segment into a local folder (the charm's encryption,
     per segment, with no upload).
 
+Then recovery: a base backup taken (pg_basebackup -X none) before the backlog is recovered to
+the end of the archive with `wal-fetch` (read-ahead on) from the local folder as its
+restore_command, beside `cp` from a plain folder: from the server's start until it promoted.
+
 Prints a Markdown section (MB/s of WAL, seconds, stored bytes, peak RSS of one wal-fetch, the
 ratio to the 64 MB/s target) and puts it in docs/benchmarks.md between `<!-- wal:begin -->` and
 `<!-- wal:end -->` (a default run of bench.py keeps it). Needs root, the postgres user, gpg and
@@ -107,6 +111,11 @@ def build_backlog(bin_dir: Path, work: Path, wal_mib: int) -> tuple[Path, list[s
                       "max_wal_size = '64GB'\ncheckpoint_timeout = '1h'\nsynchronous_commit = off\n")
     cluster.ctl("start")
     cluster.sql("CREATE TABLE event_json (event_id text PRIMARY KEY, room_id text, json text)")
+    base = work / "base"
+    base.mkdir(mode=0o700)
+    chown_pg(base)
+    as_postgres([str(bin_dir / "pg_basebackup"), "-h", str(cluster.sock), "-p", str(cluster.port), "-U", "postgres",
+                 "-D", str(base), "-X", "none", "-c", "fast", "--no-sync"])
     batch = 0
     while True:
         # Rows like Synapse's event_json: ids, a room, a JSON body with a random part.
@@ -160,6 +169,29 @@ def measure(bin_dir: Path, backlog: Path, ready: list[str], work: Path, name: st
 def git_commit() -> str:
     out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return out.stdout.strip() or "unknown"
+
+
+def measure_recovery(bin_dir: Path, work: Path, name: str, restore_command: str) -> dict:
+    """A copy of the base backup taken before the backlog, recovered to the end of the archive."""
+    data = work / f"recovery-{name}"
+    shutil.copytree(work / "base", data, symlinks=True)
+    (data / "recovery.signal").write_text("")
+    chown_pg(data)
+    os.chmod(data, 0o700)
+    cluster = Cluster(bin_dir, data, free_port())
+    cluster.configure(f"listen_addresses = ''\narchive_mode = off\nrestore_command = '{restore_command}'\n")
+    start = time.monotonic()
+    cluster.ctl("start")
+    deadline = start + 1800
+    while cluster.sql("SELECT pg_is_in_recovery()") != "f":
+        if time.monotonic() > deadline:
+            sys.exit(f"wal-bench: recovery {name} not done within 30 min")
+        time.sleep(0.05)
+    seconds = time.monotonic() - start
+    rows = cluster.sql("SELECT count(*) FROM event_json")
+    cluster.ctl("-m", "immediate", "stop")
+    shutil.rmtree(data)
+    return {"name": name, "seconds": seconds, "rows": rows}
 
 
 def dir_bytes(path: Path) -> int:
@@ -223,6 +255,13 @@ def main() -> None:
         r = measure(bin_dir, backlog, ready, work, f"m{i}", command)
         r["name"] = name
         results.append(r)
+    recoveries = []
+    for name, command in {
+        "wal-fetch (local folder), with read-ahead": f"{tool} --config {work / 'local.toml'} wal-fetch %f %p",
+        "(reference) cp from a local folder": f"cp {work / 'cp'}/%f %p",
+    }.items():
+        log(f"measuring recovery: {name}")
+        recoveries.append(measure_recovery(bin_dir, work, name, command))
     stored_local = dir_bytes(work / "store" / "wal")
     stored_gpg = dir_bytes(work / "gpg")
     # One call's peak RSS: a segment pushed again by hand, with its look-ahead.
@@ -250,6 +289,16 @@ def main() -> None:
     for r in results:
         lines.append(f"| {r['name']} | {r['seconds']:.1f} | {r['mbs']:.1f} | {r['mbs'] / TARGET_MBS:.2f}× |")
     same = (work / "fetched").read_bytes() == seg.read_bytes()
+    lines += [
+        "",
+        "Recovery of a base backup taken before the backlog, replaying all of it (restore_command, no target: to the "
+        "end of the archive), from the start of the server until it promoted:",
+        "",
+        "| restore_command | seconds | MB/s of WAL replayed | rows recovered |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for r in recoveries:
+        lines.append(f"| {r['name']} | {r['seconds']:.1f} | {wal_bytes / 1e6 / r['seconds']:.1f} | {int(r['rows']):,} |")
     lines += [
         "",
         f"Stored: wal-push {stored_local / 1e6:,.0f} MB ({stored_local / wal_bytes:.2f}× the WAL), "

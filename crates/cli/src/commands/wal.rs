@@ -4,7 +4,7 @@
 use anyhow::Result;
 use serde::Serialize;
 use synapse_backup_core::commands::wal::{
-    push_parallelism, wal_fetch, wal_push, PushOutcome, PUSH_AHEAD,
+    push_parallelism, wal_fetch, wal_push, PushOutcome, FETCH_AHEAD, PUSH_AHEAD,
 };
 use synapse_backup_core::database::wal_names::WalFileName;
 use synapse_backup_core::host::scratch::scratch_parent;
@@ -66,15 +66,27 @@ pub async fn fetch(context: &Context, args: &WalFetchArgs) -> Result<()> {
     let passphrase = context.config.passphrase()?;
     let store = context.store()?;
     let ctx = context.op(store.as_ref(), Some(passphrase));
-    let bytes = wal_fetch(&ctx, &name, &args.dest).await?;
-    tracing::info!("wrote {name} ({bytes} bytes) to {}", args.dest.display());
+    let report = wal_fetch(&ctx, &name, &args.dest, (FETCH_AHEAD, push_parallelism())).await?;
+    tracing::info!(
+        "wrote {name} ({} bytes{}) to {}; {} segment(s) read ahead",
+        report.bytes,
+        if report.from_read_ahead {
+            ", read ahead earlier"
+        } else {
+            ""
+        },
+        args.dest.display(),
+        report.read_ahead
+    );
     if context.json {
         emit(
             true,
             &Fetched {
                 ok: true,
                 name: name.as_str(),
-                bytes,
+                bytes: report.bytes,
+                from_read_ahead: report.from_read_ahead,
+                read_ahead: report.read_ahead,
             },
         )?;
     }
@@ -122,6 +134,10 @@ struct Fetched<'a> {
     ok: bool,
     name: &'a str,
     bytes: u64,
+    /// Served from what an earlier call read ahead.
+    from_read_ahead: bool,
+    /// Segments this call downloaded ahead.
+    read_ahead: usize,
 }
 
 impl CommandOutput for Fetched<'_> {

@@ -139,16 +139,67 @@ fn wal_files_round_trip_and_are_never_overwritten(backend: Backend) {
     );
     assert_eq!(raw.read(&format!("wal/{}", segment_name(3))), before);
 
-    // wal-fetch writes the file as it was archived.
+    // wal-fetch writes the file as it was archived, and reads the next segments ahead, each
+    // checked in full first: segment 6, damaged in the store, is not among them.
+    let mut damaged = raw.read(&format!("wal/{}", segment_name(6)));
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x55;
+    raw.write(&format!("wal/{}", segment_name(6)), &damaged);
     let dest = pgdata.join("pg_wal/RECOVERYXLOG");
     let out = run_in(
         &pgdata,
         &world.config,
-        &["wal-fetch", &segment_name(3), "pg_wal/RECOVERYXLOG"],
+        &[
+            "--json",
+            "wal-fetch",
+            &segment_name(3),
+            "pg_wal/RECOVERYXLOG",
+        ],
     );
     assert_success(&out, "wal-fetch");
     assert_eq!(fs::read(&dest).unwrap(), segment_bytes(3));
-    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    let fetched = json(&out);
+    assert_eq!(fetched["from-read-ahead"], false);
+    assert_eq!(fetched["read-ahead"], 4, "{fetched}");
+    let prefetch = pgdata.join("pg_wal/.synapse-backup-prefetch");
+    let mut read_ahead = names_in(&prefetch);
+    read_ahead.sort();
+    assert_eq!(
+        read_ahead,
+        [4, 5, 7, 8].map(segment_name).to_vec(),
+        "segment 9 is not archived, 6 is damaged"
+    );
+    let out = run_in(
+        &pgdata,
+        &world.config,
+        &[
+            "--json",
+            "wal-fetch",
+            &segment_name(4),
+            "pg_wal/RECOVERYXLOG",
+        ],
+    );
+    assert_success(&out, "wal-fetch of a segment read ahead");
+    assert_eq!(json(&out)["from-read-ahead"], true);
+    assert_eq!(fs::read(&dest).unwrap(), segment_bytes(4));
+    assert!(out.stderr.is_empty(), "{out:?}");
+
+    // The damaged segment, asked for: named, exit 5, nothing written in place of the file.
+    let out = run_in(
+        &pgdata,
+        &world.config,
+        &["wal-fetch", &segment_name(6), "pg_wal/RECOVERYXLOG6"],
+    );
+    assert_fails(&out, exit::CORRUPT, &[&segment_name(6)]);
+    assert!(!pgdata.join("pg_wal/RECOVERYXLOG6").exists());
+    let temp_left = |dir: &Path| {
+        names_in(dir)
+            .into_iter()
+            .filter(|n| n.starts_with('.') && n != ".synapse-backup-prefetch")
+            .collect::<Vec<_>>()
+    };
+    assert!(temp_left(&pgdata.join("pg_wal")).is_empty());
+    assert!(temp_left(&prefetch).is_empty());
 
     // A file the store does not hold: exit 3, which recovery takes as "not archived".
     let out = run_in(
@@ -168,22 +219,6 @@ fn wal_files_round_trip_and_are_never_overwritten(backend: Backend) {
         exit::CONFIG,
         &["not a WAL file name", "wal-fetch %f %p"],
     );
-
-    // A damaged object is named, and nothing is written in place of the file.
-    let mut damaged = raw.read(&format!("wal/{}", segment_name(4)));
-    let middle = damaged.len() / 2;
-    damaged[middle] ^= 0x55;
-    raw.write(&format!("wal/{}", segment_name(4)), &damaged);
-    let out = run_in(
-        &pgdata,
-        &world.config,
-        &["wal-fetch", &segment_name(4), "pg_wal/RECOVERYXLOG4"],
-    );
-    assert_fails(&out, exit::CORRUPT, &[&segment_name(4)]);
-    assert!(!pgdata.join("pg_wal/RECOVERYXLOG4").exists());
-    assert!(names_in(&pgdata.join("pg_wal"))
-        .iter()
-        .all(|n| !n.starts_with('.')));
 }
 
 #[test]

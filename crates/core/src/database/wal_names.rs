@@ -71,6 +71,30 @@ impl WalFileName {
     pub fn timeline(&self) -> u32 {
         u32::from_str_radix(&self.0[..8], 16).unwrap_or(0)
     }
+
+    /// The segment after this one on the same timeline, for segments of `segment_bytes` (a
+    /// power of two, 1 MiB to 1 GiB, as `initdb --wal-segsize` allows); `None` for anything
+    /// that is not a segment or a size PostgreSQL cannot have.
+    pub fn next_segment(&self, segment_bytes: u64) -> Option<WalFileName> {
+        if self.kind() != WalFileKind::Segment
+            || !segment_bytes.is_power_of_two()
+            || !((1 << 20)..=(1 << 30)).contains(&segment_bytes)
+        {
+            return None;
+        }
+        let per_log = (1u64 << 32) / segment_bytes;
+        let field = |range: std::ops::Range<usize>| u64::from_str_radix(&self.0[range], 16).ok();
+        let (log, seg) = (field(8..16)?, field(16..24)?);
+        let (log, seg) = if seg + 1 >= per_log {
+            (log.checked_add(1).filter(|l| *l <= u64::from(u32::MAX))?, 0)
+        } else {
+            (log, seg + 1)
+        };
+        Some(WalFileName(format!(
+            "{:08X}{log:08X}{seg:08X}",
+            self.timeline()
+        )))
+    }
 }
 
 impl fmt::Display for WalFileName {
@@ -110,6 +134,31 @@ mod tests {
             let error = WalFileName::parse(bad).expect_err(bad);
             assert!(error.contains("not a WAL file name"), "{error}");
         }
+    }
+
+    #[test]
+    fn the_next_segment_follows_the_segment_size() {
+        let next = |name: &str, size: u64| {
+            WalFileName::parse(name)
+                .unwrap()
+                .next_segment(size)
+                .map(|n| n.to_string())
+        };
+        let mib16 = 16 << 20;
+        assert_eq!(
+            next("000000010000000000000003", mib16).as_deref(),
+            Some("000000010000000000000004")
+        );
+        assert_eq!(
+            next("0000000200000000000000FF", mib16).as_deref(),
+            Some("000000020000000100000000")
+        );
+        assert_eq!(
+            next("00000001000000000000003F", 64 << 20).as_deref(),
+            Some("000000010000000100000000")
+        );
+        assert_eq!(next("000000010000000000000003", 3 << 20), None);
+        assert_eq!(next("00000002.history", mib16), None);
     }
 
     #[test]

@@ -5,5 +5,5 @@
 mod fetch;
 mod push;
 
-pub use fetch::wal_fetch;
+pub use fetch::{wal_fetch, FetchReport, FETCH_AHEAD, PREFETCH_FOLDER};
 pub use push::{push_parallelism, wal_push, PushOutcome, PushReport, PUSH_AHEAD};
