@@ -19,7 +19,7 @@ production, in the same run:
   - reference: `gpg --symmetric` of each segment into a local folder (the charm's encryption,
     per segment, with no upload).
 
-Then recovery: a base backup taken (pg_basebackup -X none) before the backlog is recovered to
+Then recovery: a base backup taken (pg_basebackup -X stream) before the backlog is recovered to
 the end of the archive with `wal-fetch` (read-ahead on) from the local folder as its
 restore_command, beside `cp` from a plain folder: from the server's start until it promoted.
 
@@ -115,7 +115,7 @@ def build_backlog(bin_dir: Path, work: Path, wal_mib: int) -> tuple[Path, list[s
     base.mkdir(mode=0o700)
     chown_pg(base)
     as_postgres([str(bin_dir / "pg_basebackup"), "-h", str(cluster.sock), "-p", str(cluster.port), "-U", "postgres",
-                 "-D", str(base), "-X", "none", "-c", "fast", "--no-sync"])
+                 "-D", str(base), "-X", "stream", "-c", "fast", "--no-sync"])  # -X none would wait for the paused archive
     batch = 0
     while True:
         # Rows like Synapse's event_json: ids, a room, a JSON body with a random part.
@@ -171,9 +171,9 @@ def git_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def measure_recovery(bin_dir: Path, work: Path, name: str, restore_command: str) -> dict:
+def measure_recovery(bin_dir: Path, work: Path, name: str, restore_command: str, index: int) -> dict:
     """A copy of the base backup taken before the backlog, recovered to the end of the archive."""
-    data = work / f"recovery-{name}"
+    data = work / f"recovery-{index}"
     shutil.copytree(work / "base", data, symlinks=True)
     (data / "recovery.signal").write_text("")
     chown_pg(data)
@@ -256,12 +256,12 @@ def main() -> None:
         r["name"] = name
         results.append(r)
     recoveries = []
-    for name, command in {
+    for index, (name, command) in enumerate({
         "wal-fetch (local folder), with read-ahead": f"{tool} --config {work / 'local.toml'} wal-fetch %f %p",
         "(reference) cp from a local folder": f"cp {work / 'cp'}/%f %p",
-    }.items():
+    }.items()):
         log(f"measuring recovery: {name}")
-        recoveries.append(measure_recovery(bin_dir, work, name, command))
+        recoveries.append(measure_recovery(bin_dir, work, name, command, index))
     stored_local = dir_bytes(work / "store" / "wal")
     stored_gpg = dir_bytes(work / "gpg")
     # One call's peak RSS: a segment pushed again by hand, with its look-ahead.

@@ -360,25 +360,13 @@ async fn check_database(report: &mut CheckReport, hs: &HomeserverConfig, config:
                 }
                 Err(e) => return report.fail("database", e),
             };
-            match archiver
-                .await
-                .map_err(|e| Error::task_failed("archiver check", e))
-                .and_then(|r| r)
-            {
-                Ok(state) => match state.verdict() {
-                    ArchiverVerdict::Off(detail) | ArchiverVerdict::Healthy(detail) => {
-                        report.ok("wal-archiving", detail)
-                    }
-                    ArchiverVerdict::Elsewhere(detail) => report.warn("wal-archiving", detail),
-                    ArchiverVerdict::Failing(detail) => {
-                        report.fail("wal-archiving", Error::Other(detail))
-                    }
-                },
-                Err(e) => report.warn(
-                    "wal-archiving",
-                    format!("the archiver's state cannot be read: {e}"),
-                ),
-            }
+            report_archiver(
+                report,
+                archiver
+                    .await
+                    .map_err(|e| Error::task_failed("archiver check", e))
+                    .and_then(|r| r),
+            );
             let server_major = major_version(&server_version);
             for tool in ["pg_dump", "pg_restore"] {
                 match client_version(tool) {
@@ -395,6 +383,24 @@ async fn check_database(report: &mut CheckReport, hs: &HomeserverConfig, config:
                 }
             }
         }
+    }
+}
+
+/// PostgreSQL's WAL archiver: off or healthy is fine, archiving elsewhere a warning, failing a
+/// failure (its disk fills); a state that cannot be read (a user without the rights) a warning.
+fn report_archiver(report: &mut CheckReport, state: Result<ArchiverState>) {
+    match state {
+        Ok(state) => match state.verdict() {
+            ArchiverVerdict::Off(detail) | ArchiverVerdict::Healthy(detail) => {
+                report.ok("wal-archiving", detail)
+            }
+            ArchiverVerdict::Elsewhere(detail) => report.warn("wal-archiving", detail),
+            ArchiverVerdict::Failing(detail) => report.fail("wal-archiving", Error::Other(detail)),
+        },
+        Err(e) => report.warn(
+            "wal-archiving",
+            format!("the archiver's state cannot be read: {e}"),
+        ),
     }
 }
 
