@@ -141,7 +141,17 @@ fn every_command_prints_exactly_one_json_document() {
     let out_dir = world.path("generated");
     let drill = world.path("drill");
     let (man, completions) = (out_dir.join("man"), out_dir.join("completions"));
+    let segment = world.path("pg_wal/000000010000000000000001");
+    fs::create_dir_all(segment.parent().unwrap()).unwrap();
+    fs::write(&segment, vec![1u8; 4096]).unwrap();
+    let fetched = world.path("pg_wal/RECOVERYXLOG");
     let succeed: Vec<Vec<&str>> = vec![
+        vec!["wal-push", segment.to_str().unwrap()],
+        vec![
+            "wal-fetch",
+            "000000010000000000000001",
+            fetched.to_str().unwrap(),
+        ],
         vec!["check"],
         vec!["config", "show"],
         vec!["create-backup"],
