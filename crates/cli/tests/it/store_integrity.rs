@@ -23,14 +23,7 @@ struct Case {
 impl Case {
     /// `None` when the backend is Garage and no server was started (outside scripts/test.sh).
     fn new(backend: Backend, backup_settings: &str) -> Option<Case> {
-        let s3 = match backend {
-            Backend::Local => None,
-            Backend::Garage => Some(S3Env::from_env()?),
-        };
-        let world = World::with(WorldOptions {
-            s3: s3.clone(),
-            ..WorldOptions::default()
-        });
+        let (world, s3) = world_on(backend)?;
         // [backup] is the config's last section: settings appended land in it.
         let scratch = world.path("scratch");
         fs::create_dir_all(&scratch).unwrap();

@@ -71,17 +71,9 @@ fn lay_out_segments(data: &Path) {
 
 fn wal_files_round_trip_and_are_never_overwritten(backend: Backend) {
     let _s3 = s3_shared();
-    let s3 = match backend {
-        Backend::Local => None,
-        Backend::Garage => match S3Env::from_env() {
-            Some(s3) => Some(s3),
-            None => return,
-        },
+    let Some((world, s3)) = world_on(backend) else {
+        return;
     };
-    let world = World::with(WorldOptions {
-        s3: s3.clone(),
-        ..Default::default()
-    });
     let raw = RawStore::of(&world, s3.as_ref());
     let pgdata = world.path("pgdata");
     lay_out_segments(&pgdata);
@@ -280,17 +272,9 @@ fn a_cluster_archives_and_recovers_to_a_restore_point(backend: Backend) {
         return;
     };
     let _s3 = s3_shared();
-    let s3 = match backend {
-        Backend::Local => None,
-        Backend::Garage => match S3Env::from_env() {
-            Some(s3) => Some(s3),
-            None => return,
-        },
+    let Some((world, s3)) = world_on(backend) else {
+        return;
     };
-    let world = World::with(WorldOptions {
-        s3: s3.clone(),
-        ..Default::default()
-    });
     pg_cluster::open_folder(world.dir.path());
     fs::create_dir_all(&world.store).unwrap();
     for path in [&world.config, &world.passphrase_file, &world.store] {

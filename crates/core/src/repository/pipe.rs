@@ -9,6 +9,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use crate::archive::ArchiveWriter;
+use crate::error::{Error, Result};
 use crate::progress::Cancel;
 use crate::store::ByteStream;
 
@@ -164,6 +166,17 @@ impl ChunkWriter {
             .send(Piece::End)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the encryption stage stopped"))
     }
+}
+
+/// Ends a tar written into the pipe: the tar's end, the buffer, then a clean end of the stream.
+pub fn finish_archive(archive: ArchiveWriter<io::BufWriter<ChunkWriter>>) -> Result<()> {
+    let failed = |e: io::Error| Error::Other(format!("cannot write the archive: {e}"));
+    let mut out = archive.finish()?;
+    out.flush().map_err(failed)?;
+    out.into_inner()
+        .map_err(|e| failed(e.into_error()))?
+        .finish()
+        .map_err(failed)
 }
 
 impl ChunkWriter {

@@ -18,7 +18,7 @@ use crate::database::wal_names::WalFileName;
 use crate::error::{CorruptKind, Error, IoContext, Result};
 use crate::manifest::{Role, Sha256Digest};
 use crate::progress::NoProgress;
-use crate::repository::pipe::CHUNK;
+use crate::repository::pipe::{finish_archive, CHUNK};
 
 use super::object_reader::read_object;
 use super::object_writer::write_object;
@@ -69,13 +69,7 @@ pub async fn put_wal_file(
                         std::io::ErrorKind::NotFound.into(),
                     )
                 })?;
-            let failed = |e: std::io::Error| Error::Other(format!("cannot write the archive: {e}"));
-            archive
-                .finish()?
-                .into_inner()
-                .map_err(|e| failed(e.into_error()))?
-                .finish()
-                .map_err(failed)?;
+            finish_archive(archive)?;
             Ok(entry)
         })
         .await?;

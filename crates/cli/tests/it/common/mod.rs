@@ -157,6 +157,20 @@ impl World {
     }
 }
 
+/// A world whose store is on `backend`, with the S3 settings it uses; `None` (a skip) when
+/// Garage is asked for and not running.
+pub fn world_on(backend: Backend) -> Option<(World, Option<S3Env>)> {
+    let s3 = match backend {
+        Backend::Local => None,
+        Backend::Garage => Some(S3Env::from_env()?),
+    };
+    let world = World::with(WorldOptions {
+        s3: s3.clone(),
+        ..Default::default()
+    });
+    Some((world, s3))
+}
+
 pub fn run_with_config(config: &Path, args: &[&str]) -> Output {
     Command::new(binary())
         .arg("--config")

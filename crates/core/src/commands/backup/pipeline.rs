@@ -17,7 +17,7 @@ use crate::manifest::{
     POSTGRES_DUMP_PREFIX,
 };
 use crate::progress::{Cancel, Progress};
-use crate::repository::pipe::{ChunkWriter, CHUNK};
+use crate::repository::pipe::{finish_archive, ChunkWriter, CHUNK};
 
 use super::sources::{Folder, Source};
 
@@ -113,11 +113,7 @@ pub(super) fn write_archive(
     }
     let totals = files.finish()?;
     archive.append_generated_file(FILES_MEMBER, &list_path, mtime)?;
-    let out = archive.finish()?;
-    out.into_inner()
-        .map_err(|e| Error::Other(format!("cannot write the archive: {}", e.error())))?
-        .finish()
-        .map_err(|e| Error::Other(format!("cannot write the archive: {e}")))?;
+    finish_archive(archive)?;
     Ok(Archived { totals, vanished })
 }
 

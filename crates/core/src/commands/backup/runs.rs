@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::archive::ArchiveWriter;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{merge_keeping_gone, FileEntry, RunEntry, RunRef, RunWriter, RUN_MEMBER};
-use crate::repository::pipe::{ChunkWriter, CHUNK};
+use crate::repository::pipe::{finish_archive, ChunkWriter, CHUNK};
 use crate::repository::runs::read_runs;
 
 use super::reuse::ChangeSinceParent;
@@ -140,13 +140,7 @@ pub(super) fn write_run(
     let count = write_lines(backup_id, lines, &list)?;
     let mut archive = ArchiveWriter::new(std::io::BufWriter::with_capacity(CHUNK, out));
     archive.append_generated_file(RUN_MEMBER, &list, mtime)?;
-    let failed = |e: std::io::Error| Error::Other(format!("cannot write the archive: {e}"));
-    archive
-        .finish()?
-        .into_inner()
-        .map_err(|e| failed(e.into_error()))?
-        .finish()
-        .map_err(failed)?;
+    finish_archive(archive)?;
     std::fs::remove_file(&list).at("remove", &list)?;
     Ok(count)
 }

@@ -3,13 +3,13 @@
 //! A volume is a tar of `media/...` members and nothing else, so that `gpg -d | tar -x -T list`
 //! restores from it by hand.
 
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 
 use crate::archive::ArchiveWriter;
 use crate::error::{Error, Result};
 use crate::manifest::{FileEntry, Storage};
 use crate::progress::{Cancel, Progress};
-use crate::repository::pipe::{ChunkWriter, CHUNK};
+use crate::repository::pipe::{finish_archive, ChunkWriter, CHUNK};
 
 use super::sources::Source;
 use crate::crypto::Packing;
@@ -95,18 +95,8 @@ pub(super) fn write_volume(
             }
         }
     }
-    finish(archive)?;
+    finish_archive(archive)?;
     Ok(VolumeContents { entries, vanished })
-}
-
-fn finish(archive: ArchiveWriter<BufWriter<ChunkWriter>>) -> Result<()> {
-    let mut out = archive.finish()?;
-    out.flush()
-        .map_err(|e| Error::Other(format!("cannot write the archive: {e}")))?;
-    out.into_inner()
-        .map_err(|e| Error::Other(format!("cannot write the archive: {}", e.error())))?
-        .finish()
-        .map_err(|e| Error::Other(format!("cannot write the archive: {e}")))
 }
 
 #[cfg(test)]
