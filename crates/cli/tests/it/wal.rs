@@ -410,13 +410,38 @@ fn check_reports_the_archiver(world: &World, cluster: &Cluster, tool: &str) {
     };
     let (_, item) = archiving();
     assert_eq!(item["status"], "ok", "{item}");
+    let detail = item["detail"].as_str().unwrap();
+    assert!(detail.contains("through wal-push, last archived"), "{item}");
+    assert!(detail.contains("into this store"), "{item}");
+
+    // wal-push given another config, whose store is not the backups' one: a warning naming both.
+    let other = world.path("other.toml");
+    let config = fs::read_to_string(&world.config).unwrap();
+    let elsewhere = world.path("elsewhere");
     assert!(
-        item["detail"]
-            .as_str()
-            .unwrap()
-            .contains("through wal-push, last archived"),
-        "{item}"
+        config.contains("[local]"),
+        "the archiver's check runs on the local-folder world"
     );
+    let other_text = config.replace(
+        &format!("path = \"{}\"", world.store.display()),
+        &format!("path = \"{}\"", elsewhere.display()),
+    );
+    fs::write(&other, other_text).unwrap();
+    let other_tool = tool.replace(world.config.to_str().unwrap(), other.to_str().unwrap());
+    cluster.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{other_tool} wal-push %p'"
+    ));
+    cluster.sql("SELECT pg_reload_conf()");
+    cluster.wait_for(
+        "SHOW archive_command",
+        &format!("{other_tool} wal-push %p"),
+        Duration::from_secs(60),
+    );
+    let (_, item) = archiving();
+    assert_eq!(item["status"], "warn", "{item}");
+    let detail = item["detail"].as_str().unwrap();
+    assert!(detail.contains("not into this config's store"), "{item}");
+    assert!(detail.contains(elsewhere.to_str().unwrap()), "{item}");
 
     let broken = tool.replace("--config ", "--config /nonexistent/");
     cluster.sql(&format!(

@@ -366,6 +366,7 @@ async fn check_database(report: &mut CheckReport, hs: &HomeserverConfig, config:
                     .await
                     .map_err(|e| Error::task_failed("archiver check", e))
                     .and_then(|r| r),
+                config,
             );
             let server_major = major_version(&server_version);
             for tool in ["pg_dump", "pg_restore"] {
@@ -388,12 +389,14 @@ async fn check_database(report: &mut CheckReport, hs: &HomeserverConfig, config:
 
 /// PostgreSQL's WAL archiver: off or healthy is fine, archiving elsewhere a warning, failing a
 /// failure (its disk fills); a state that cannot be read (a user without the rights) a warning.
-fn report_archiver(report: &mut CheckReport, state: Result<ArchiverState>) {
+fn report_archiver(report: &mut CheckReport, state: Result<ArchiverState>, config: &Config) {
     match state {
         Ok(state) => match state.verdict() {
-            ArchiverVerdict::Off(detail) | ArchiverVerdict::Healthy(detail) => {
-                report.ok("wal-archiving", detail)
-            }
+            ArchiverVerdict::Off(detail) => report.ok("wal-archiving", detail),
+            ArchiverVerdict::Healthy(detail) => match wal_push_store(&state, config) {
+                Ok(()) => report.ok("wal-archiving", format!("{detail}, into this store")),
+                Err(problem) => report.warn("wal-archiving", format!("{detail}; but {problem}")),
+            },
             ArchiverVerdict::Elsewhere(detail) => report.warn("wal-archiving", detail),
             ArchiverVerdict::Failing(detail) => report.fail("wal-archiving", Error::Other(detail)),
         },
@@ -401,6 +404,29 @@ fn report_archiver(report: &mut CheckReport, state: Result<ArchiverState>) {
             "wal-archiving",
             format!("the archiver's state cannot be read: {e}"),
         ),
+    }
+}
+
+/// Whether archive_command's wal-push writes into the store the backups go to: a restore of a
+/// backup needs its WAL in the same store. The reason when it does not, or cannot be told.
+fn wal_push_store(state: &ArchiverState, config: &Config) -> std::result::Result<(), String> {
+    let path = state
+        .wal_push_config()
+        .unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_CONFIG_PATH));
+    let theirs = Config::load(&path, true)
+        .and_then(|other| crate::store::open(&other.store))
+        .map_err(|e| format!("the config archive_command names cannot be read here ({e})"))?
+        .describe();
+    let ours = crate::store::open(&config.store)
+        .map_err(|e| e.to_string())?
+        .describe();
+    if theirs == ours {
+        Ok(())
+    } else {
+        Err(format!(
+            "wal-push archives into {theirs} ({}), not into this config's store {ours}: a restore finds no WAL beside the backups",
+            path.display()
+        ))
     }
 }
 

@@ -1,6 +1,8 @@
 //! PostgreSQL's WAL archiver as the server reports it (`archive_mode`, `archive_command`,
 //! `pg_stat_archiver`), and what `check` makes of it.
 
+use std::path::PathBuf;
+
 use crate::error::{DatabaseTool, Error, Result};
 
 use super::postgres::Postgres;
@@ -71,6 +73,23 @@ impl ArchiverState {
         })
     }
 
+    /// The configuration file archive_command's wal-push is given (`--config FILE` or
+    /// `--config=FILE`), if it names one; without, wal-push reads its default.
+    pub fn wal_push_config(&self) -> Option<PathBuf> {
+        let mut words = self.archive_command.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == "--config" {
+                return words
+                    .next()
+                    .map(|w| PathBuf::from(w.trim_matches(['\'', '"'])));
+            }
+            if let Some(path) = word.strip_prefix("--config=") {
+                return Some(PathBuf::from(path.trim_matches(['\'', '"'])));
+            }
+        }
+        None
+    }
+
     pub fn verdict(&self) -> ArchiverVerdict {
         if self.archive_mode == "off" {
             return ArchiverVerdict::Off(
@@ -136,5 +155,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(ArchiverState::parse("on\tx").is_none());
+        assert_eq!(healthy.wal_push_config(), Some(PathBuf::from("/etc/x")));
+        let quoted =
+            state("on\t/usr/bin/synapse-backup --config='/etc/s b.toml' wal-push %p\t\t\t0\t\tf");
+        assert_eq!(quoted.wal_push_config(), Some(PathBuf::from("/etc/s")));
+        let bare = state("on\tsynapse-backup wal-push %p\t\t\t0\t\tf");
+        assert_eq!(bare.wal_push_config(), None);
     }
 }
