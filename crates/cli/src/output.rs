@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use synapse_backup_core::host::scratch::Leftover;
 use synapse_backup_core::manifest::{DatabaseInfo, DatabaseKind};
+use synapse_backup_core::repository::wal::base_object;
 
 /// `println!` for stdout that survives a reader that went away.
 macro_rules! outln {
@@ -117,6 +118,28 @@ pub struct DatabaseOut<'a> {
     included: bool,
     pub note: Option<&'a str>,
     postgres: Option<PostgresOut<'a>>,
+    /// PostgreSQL only: `logical` (a pg_dump in the backup) or `physical` (a base and WAL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    physical: Option<PhysicalOut<'a>>,
+}
+
+/// What a physical backup restores from and to.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct PhysicalOut<'a> {
+    /// The base object it restores from.
+    base: &'a str,
+    /// Whether this backup took that base (otherwise it shares an earlier backup's).
+    took_base: bool,
+    base_taken: String,
+    /// The moment it restores to: its restore point.
+    restores_to: String,
+    restore_point: &'a str,
+    /// The WAL a restore replays, first and last segment.
+    start_wal: &'a str,
+    end_wal: &'a str,
 }
 
 #[derive(Serialize)]
@@ -142,6 +165,20 @@ impl<'a> DatabaseOut<'a> {
                 encoding: &pg.encoding,
                 collate: &pg.collate,
                 ctype: &pg.ctype,
+            }),
+            mode: match (&database.kind, &database.physical) {
+                (DatabaseKind::Postgresql, Some(_)) => Some("physical"),
+                (DatabaseKind::Postgresql, None) if database.included => Some("logical"),
+                _ => None,
+            },
+            physical: database.physical.as_ref().map(|p| PhysicalOut {
+                base: &p.base,
+                took_base: p.base == base_object(&p.restore_point),
+                base_taken: p.base_taken.to_rfc3339(),
+                restores_to: p.at.to_rfc3339(),
+                restore_point: &p.restore_point,
+                start_wal: &p.start_wal,
+                end_wal: &p.end_wal,
             }),
         }
     }

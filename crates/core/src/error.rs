@@ -101,6 +101,10 @@ pub enum Refusal {
     DrillIsolation,
     /// A WAL file is already archived with other content: nothing is overwritten.
     WalConflict,
+    /// Physical mode needs PostgreSQL to archive its WAL into this store, and it does not.
+    WalArchiving,
+    /// A physical backup's database is restored through `--target-dir` (in place: not built).
+    PhysicalInPlace,
 }
 
 /// Which database program (or library) failed.
@@ -112,6 +116,7 @@ pub enum DatabaseTool {
     /// pg_dump refused because the server's major version is newer than its own.
     PgDumpOlderThanServer,
     PgRestore,
+    PgBasebackup,
 }
 
 /// The restore's configured commands.
@@ -119,14 +124,19 @@ pub enum DatabaseTool {
 pub enum Hook {
     Stop,
     Start,
+    /// `[postgres] stop-command` (a physical restore in place).
+    PostgresStop,
+    PostgresStart,
 }
 
 impl std::fmt::Display for Hook {
-    /// The setting's name in `[restore]`.
+    /// The setting, with its section.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Hook::Stop => "stop-command",
-            Hook::Start => "start-command",
+            Hook::Stop => "[restore] stop-command",
+            Hook::Start => "[restore] start-command",
+            Hook::PostgresStop => "[postgres] stop-command",
+            Hook::PostgresStart => "[postgres] start-command",
         })
     }
 }
@@ -206,7 +216,7 @@ pub enum Error {
 
     /// A configured command (`[restore] stop-command`, `start-command`) failed, or Synapse did
     /// not come back healthy after it.
-    #[error("[restore] {hook}: {failure}")]
+    #[error("{hook}: {failure}")]
     Hook { hook: Hook, failure: HookFailure },
 
     /// What an interrupted restore left and only the admin can sort out.
@@ -277,7 +287,7 @@ impl Error {
             Error::ToolMissing { program, .. } if program.starts_with("pg_") || *program == "psql" => "install the PostgreSQL client programs of the server's major version or newer (e.g. apt-get install postgresql-client) and make sure they are on PATH",
             Error::ToolMissing { .. } => "install it and make sure it is on PATH",
             Error::Database { tool: DatabaseTool::PgDumpOlderThanServer, .. } => "install the pg_dump of the server's major version (or newer) and make sure it comes first on PATH",
-            Error::Hook { hook, .. } => return Some(format!("check [restore] {hook} in the configuration; see the restore's output above for what was done")),
+            Error::Hook { hook, .. } => return Some(format!("check {hook} in the configuration; see the restore's output above for what was done")),
             Error::Leftover { what, .. } => match what {
                 Leftover::UnreadableJournal { .. } => "inspect it and the .staging-/.pre-restore- paths it names, then delete it",
                 Leftover::BothLiveAndPrevious { .. } => "inspect both and remove the wrong one, then run the restore again",

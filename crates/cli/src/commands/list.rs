@@ -1,6 +1,7 @@
 use anyhow::Result;
 use serde::Serialize;
 use synapse_backup_core::repository::catalog::{list_backups, BackupListing, Catalog, Details};
+use synapse_backup_core::repository::wal::base_object;
 use synapse_backup_core::ErrorKind;
 
 use super::Context;
@@ -153,11 +154,18 @@ fn table_row(b: &BackupListing) -> [String; 7] {
         }
         Details::Unreadable { .. } => ("(damaged, or not this backup)".into(), String::new()),
     };
-    let kind = match (&b.details, b.kind()) {
+    let mut kind = match (&b.details, b.kind()) {
         (Details::Charm, _) => "charm".to_string(),
         (_, Some(kind)) => kind.as_str().to_string(),
         _ => String::new(),
     };
+    // Physical backups say whether they carry their base or replay the WAL onto an earlier one.
+    if let Details::Manifest(h) = &b.details {
+        if let Some(p) = &h.database.physical {
+            let took = p.base == base_object(&p.restore_point);
+            kind.push_str(if took { " +db base" } else { " +db WAL" });
+        }
+    }
     [
         b.backup_id.to_string(),
         b.last_modified.format("%Y-%m-%d %H:%M:%S UTC").to_string(),

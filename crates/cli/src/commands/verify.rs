@@ -38,6 +38,12 @@ struct Verified<'a> {
     files: usize,
     bytes: u64,
     volumes: usize,
+    /// Physical backups: the WAL segments read, from the base's start to the restore point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_segments: Option<usize>,
+    /// Physical backups: the size of the base backup's tar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base_bytes: Option<u64>,
     /// Media files the backup lacks (made with --allow-missing-media).
     missing_media: usize,
     #[serde(skip)]
@@ -62,6 +68,8 @@ impl<'a> Verified<'a> {
             files: report.files,
             bytes: report.bytes,
             volumes: report.volumes,
+            wal_segments: report.physical.as_ref().map(|p| p.segments),
+            base_bytes: report.physical.as_ref().map(|p| p.base_bytes),
             missing_media: missing.map_or(0, |m| m.count),
             missing,
         }
@@ -83,6 +91,13 @@ impl CommandOutput for Verified<'_> {
                 self.files,
                 human_bytes(self.bytes)
             ),
+        }
+        if let (Some(segments), Some(base)) = (self.wal_segments, self.base_bytes) {
+            outln!(
+                "{}: its base backup ({}) and the {segments} WAL segments to its restore point open and pass the integrity check",
+                self.backup_id,
+                human_bytes(base)
+            );
         }
         // A backup made with --allow-missing-media verifies, but never quietly.
         if let Some(missing) = self.missing {

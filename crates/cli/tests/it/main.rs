@@ -24,6 +24,7 @@ mod hostile_archives;
 mod incremental;
 mod layouts;
 mod monitoring;
+mod physical;
 mod postgres;
 mod providers;
 mod reliability;

@@ -275,24 +275,7 @@ fn a_cluster_archives_and_recovers_to_a_restore_point(backend: Backend) {
     let Some((world, s3)) = world_on(backend) else {
         return;
     };
-    pg_cluster::open_folder(world.dir.path());
-    fs::create_dir_all(&world.store).unwrap();
-    for path in [&world.config, &world.passphrase_file, &world.store] {
-        pg_cluster::give_to_postgres(path);
-    }
-    if s3.is_some() {
-        pg_cluster::give_to_postgres(&world.path("s3-secret"));
-    }
-    let scratch = world.path("scratch");
-    fs::create_dir_all(&scratch).unwrap();
-    pg_cluster::give_to_postgres(&scratch);
-    let mut config = fs::read_to_string(&world.config).unwrap();
-    config = config.replace(
-        "[backup]\n",
-        &format!("[backup]\ntemp-dir = \"{}\"\n", scratch.display()),
-    );
-    fs::write(&world.config, config).unwrap();
-    let tool = format!("{} --config {}", binary().display(), world.config.display());
+    let tool = pg_cluster::share_world_with_postgres(&world, s3.is_some());
 
     let cluster = Cluster::init(
         &bin,
@@ -382,20 +365,7 @@ fn a_cluster_archives_and_recovers_to_a_restore_point_in_garage() {
 /// `check` on a homeserver whose database is `cluster`: archiving through wal-push is reported
 /// healthy, then, with an archive_command that fails, as failing (exit non-zero).
 fn check_reports_the_archiver(world: &World, cluster: &Cluster, tool: &str) {
-    let yaml_path = world.data.join("homeserver.yaml");
-    let yaml = fs::read_to_string(&yaml_path).unwrap();
-    let start = yaml.find("database:").unwrap();
-    let end = yaml[start..].find("log_config").unwrap() + start;
-    let database = format!(
-        "database:\n  name: psycopg2\n  args:\n    user: postgres\n    dbname: postgres\n    host: {}\n    port: {}\n",
-        cluster.socket_dir.display(),
-        cluster.port
-    );
-    fs::write(
-        &yaml_path,
-        format!("{}{database}{}", &yaml[..start], &yaml[end..]),
-    )
-    .unwrap();
+    pg_cluster::point_homeserver_at(world, cluster);
     let archiving = || {
         let out = world.run(&["--json", "check"]);
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

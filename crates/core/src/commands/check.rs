@@ -22,6 +22,7 @@ use crate::database::archiver::{ArchiverState, ArchiverVerdict};
 use crate::host::free_bytes;
 use crate::host::scratch::{describe_age, remove_leftovers, scratch_parent};
 use crate::repository::catalog::{list_backups, BackupListing, Catalog, Details};
+use crate::repository::wal::wal_push_store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckStatus {
@@ -404,29 +405,6 @@ fn report_archiver(report: &mut CheckReport, state: Result<ArchiverState>, confi
             "wal-archiving",
             format!("the archiver's state cannot be read: {e}"),
         ),
-    }
-}
-
-/// Whether archive_command's wal-push writes into the store the backups go to: a restore of a
-/// backup needs its WAL in the same store. The reason when it does not, or cannot be told.
-fn wal_push_store(state: &ArchiverState, config: &Config) -> std::result::Result<(), String> {
-    let path = state
-        .wal_push_config()
-        .unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_CONFIG_PATH));
-    let theirs = Config::load(&path, true)
-        .and_then(|other| crate::store::open(&other.store))
-        .map_err(|e| format!("the config archive_command names cannot be read here ({e})"))?
-        .describe();
-    let ours = crate::store::open(&config.store)
-        .map_err(|e| e.to_string())?
-        .describe();
-    if theirs == ours {
-        Ok(())
-    } else {
-        Err(format!(
-            "wal-push archives into {theirs} ({}), not into this config's store {ours}: a restore finds no WAL beside the backups",
-            path.display()
-        ))
     }
 }
 

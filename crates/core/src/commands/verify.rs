@@ -17,6 +17,7 @@ use crate::manifest::FileEntry;
 pub use crate::repository::content_check::ArchiveFormat;
 use crate::repository::content_check::{hash_member, unreadable_member, ContentCheck};
 use crate::repository::object_reader::{read_object, read_shared_object};
+use crate::repository::physical::{verify_physical, PhysicalCheck};
 use crate::repository::runs;
 use crate::repository::volumes::{by_volume, check_volumes_exist, read_volume, VOLUMES_AT_ONCE};
 use crate::repository::BackupId;
@@ -31,6 +32,8 @@ pub struct VerifyReport {
     pub volumes: usize,
     /// File-list runs read (format 3).
     pub runs: usize,
+    /// Physical backups: the base's size and the WAL segments read to the restore point.
+    pub physical: Option<PhysicalCheck>,
 }
 
 /// Checks a plaintext archive stream against its manifest, writing nothing. (A format-2
@@ -69,6 +72,7 @@ fn check_base<R: Read>(
         bytes,
         volumes: 0,
         runs: 0,
+        physical: None,
     };
     Ok((report, in_volumes))
 }
@@ -101,6 +105,13 @@ async fn verify_all(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
             report.runs = media.runs.len();
             let bytes = media.volumes.iter().map(|v| v.used_bytes).sum();
             ctx.progress.start("verifying media volumes", Some(bytes));
+        }
+        if let Some(physical) = &header.database.physical {
+            ctx.progress.start(
+                "verifying the base backup and the WAL to the restore point",
+                None,
+            );
+            report.physical = Some(verify_physical(ctx, id, physical).await?);
         }
     }
     let in_volumes = runs::in_volumes(id, listed, run_entries)?;

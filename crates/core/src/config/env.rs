@@ -19,7 +19,7 @@ enum Kind {
 }
 
 /// Every setting of the config file, by section.
-const SETTINGS: [(&str, &[(&str, Kind)]); 8] = [
+const SETTINGS: [(&str, &[(&str, Kind)]); 9] = [
     (
         "synapse",
         &[("config", Kind::Paths), ("working-dir", Kind::Text)],
@@ -80,6 +80,19 @@ const SETTINGS: [(&str, &[(&str, Kind)]); 8] = [
             ("textfile-dir", Kind::Text),
             ("ping-url", Kind::Text),
             ("ping-timeout-secs", Kind::Integer),
+        ],
+    ),
+    (
+        "postgres",
+        &[
+            ("mode", Kind::Text),
+            ("connection", Kind::Text),
+            ("base-backup-every", Kind::Text),
+            ("archive-timeout-secs", Kind::Integer),
+            ("data-dir", Kind::Text),
+            ("stop-command", Kind::Text),
+            ("start-command", Kind::Text),
+            ("recovery-timeout-secs", Kind::Integer),
         ],
     ),
     (

@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::monitoring::MonitoringSettings;
 
 mod env;
+mod postgres;
 pub use env::{variable_name, Origins};
+pub use postgres::{parse_interval, DatabaseMode, PostgresSettings};
 /// The settings as given, section by section (a TOML table, whichever source set them).
 pub use toml::Table as Settings;
 
@@ -41,6 +43,8 @@ struct RawConfig {
     retention: RawRetention,
     #[serde(default)]
     drill: RawDrill,
+    #[serde(default)]
+    postgres: postgres::RawPostgres,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -311,6 +315,7 @@ pub struct Config {
     /// What `prune-backups` keeps when no `--keep-*` flag is given.
     pub retention: RetentionSettings,
     pub drill: DrillSettings,
+    pub postgres: PostgresSettings,
 }
 
 /// `[retention]`: the `prune-backups` policy, and how long unused volumes wait.
@@ -409,6 +414,18 @@ impl Config {
                 );
             }
         }
+        if let Some(toml::Value::Table(postgres)) = table.get_mut("postgres") {
+            let with_password = postgres
+                .get("connection")
+                .and_then(|v| v.as_str())
+                .is_some_and(|c| c.contains("password"));
+            if with_password {
+                postgres.insert(
+                    "connection".into(),
+                    toml::Value::String("<redacted: holds a password>".into()),
+                );
+            }
+        }
         // Paths are relative to the file's folder, or to the current directory without a file;
         // made absolute, so that paths in the file (and Synapse's working directory) are too.
         let parent = match text {
@@ -426,6 +443,8 @@ impl Config {
             settings: table,
             origins,
             synapse: synapse_settings(raw.synapse, base, source)?,
+            postgres: postgres::postgres_settings(raw.postgres, base)
+                .map_err(|e| Error::config(format!("{}: {e}", source.display())))?,
             store,
             backup: BackupSettings {
                 passphrase_file: raw.backup.passphrase_file.map(|p| base.join(p)),

@@ -46,7 +46,7 @@ impl Postgres {
         )
     }
 
-    fn command(&self, program: &str) -> Command {
+    pub(crate) fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);
         let set = |command: &mut Command, key: &str, value: &Option<String>| {
             if let Some(value) = value {
@@ -349,6 +349,7 @@ pub(crate) fn missing_program(tool: DatabaseTool, e: std::io::Error) -> Error {
     let program = match tool {
         DatabaseTool::Psql => "psql",
         DatabaseTool::PgRestore => "pg_restore",
+        DatabaseTool::PgBasebackup => "pg_basebackup",
         _ => "pg_dump",
     };
     if e.kind() == std::io::ErrorKind::NotFound {
@@ -362,7 +363,7 @@ pub(crate) fn missing_program(tool: DatabaseTool, e: std::io::Error) -> Error {
     }
 }
 
-fn stderr_of(child: &mut Child) -> String {
+pub(crate) fn stderr_of(child: &mut Child) -> String {
     let mut text = String::new();
     if let Some(mut stderr) = child.stderr.take() {
         let _ = stderr.read_to_string(&mut text);

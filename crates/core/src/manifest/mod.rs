@@ -33,6 +33,11 @@ use crate::error::{CorruptKind, Error, Refusal, Result};
 /// volumes with the whole file list in every base; version 1 held media inline
 /// (`docs/format.md`).
 pub const FORMAT_VERSION: u32 = 3;
+/// Version 4 is version 3 whose database is physical (`database.physical`): a base backup and
+/// the WAL archive, not a dump. Only such backups carry it, so older tools still read the rest.
+pub const PHYSICAL_FORMAT_VERSION: u32 = 4;
+/// The newest version this tool reads.
+pub const NEWEST_FORMAT_VERSION: u32 = PHYSICAL_FORMAT_VERSION;
 /// The first version whose media entries are in runs, not in the base's file list.
 pub const FORMAT_WITH_RUNS: u32 = 3;
 /// The folder of a base that holds plain lists for restoring by hand: in format 2 one list of
@@ -95,6 +100,9 @@ pub struct DatabaseInfo {
     /// releases that run drills; `drill` compares the restored database with them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<crate::database::counts::RowCounts>,
+    /// Physical mode (format 4): the base and the restore point; no dump in the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<crate::database::physical::PhysicalInfo>,
 }
 
 /// Prefix of the members holding a PostgreSQL custom-format dump, cut into parts because a tar
@@ -406,9 +414,9 @@ pub fn sort_by_path(entries: &mut Vec<FileEntry>) {
 }
 
 pub(crate) fn check_version(id: &str, version: u32) -> Result<()> {
-    if version > FORMAT_VERSION {
+    if version > NEWEST_FORMAT_VERSION {
         return Err(Error::refused(Refusal::NewerFormat, format!(
-            "backup {id} uses format version {version}, newer than this synapse-backup understands ({FORMAT_VERSION}); upgrade synapse-backup"
+            "backup {id} uses format version {version}, newer than this synapse-backup understands ({NEWEST_FORMAT_VERSION}); upgrade synapse-backup"
         )));
     }
     if version == 0 {
@@ -439,6 +447,7 @@ mod tests {
                 note: None,
                 postgres: None,
                 counts: None,
+                physical: None,
             },
             include_remote_media: false,
             expected_bytes: 3,

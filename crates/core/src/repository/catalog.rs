@@ -36,7 +36,8 @@ impl BackupListing {
         }
     }
 
-    /// Bytes this backup added to the store: its base and the volumes and run it wrote.
+    /// Bytes this backup added to the store: its base and the volumes and run it wrote, and
+    /// the base backup it took (not the WAL, which the archiver stores as it comes).
     pub fn added_bytes(&self) -> Option<u64> {
         match &self.details {
             Details::Manifest(h) => Some(
@@ -48,6 +49,13 @@ impl BackupListing {
                             .filter(|r| run_owner(&r.name) == Some(h.backup_id.as_str()));
                         m.own(&h.backup_id).map(|v| v.object_bytes).sum::<u64>()
                             + own_run.map(|r| r.object_bytes).sum::<u64>()
+                    })
+                    + h.database.physical.as_ref().map_or(0, |p| {
+                        if p.base == super::wal::base_object(&h.backup_id) {
+                            p.base_object_bytes
+                        } else {
+                            0
+                        }
                     }),
             ),
             Details::Charm => Some(self.size),
@@ -56,7 +64,7 @@ impl BackupListing {
     }
 
     /// Bytes a restore of this backup downloads: its base, its runs and every volume it takes
-    /// files from.
+    /// files from, and a physical backup's base backup (the WAL it replays comes on top).
     pub fn restore_bytes(&self) -> Option<u64> {
         match &self.details {
             Details::Manifest(h) => Some(
@@ -64,7 +72,11 @@ impl BackupListing {
                     + h.media.as_ref().map_or(0, |m| {
                         m.volumes.iter().map(|v| v.object_bytes).sum::<u64>()
                             + m.runs.iter().map(|r| r.object_bytes).sum::<u64>()
-                    }),
+                    })
+                    + h.database
+                        .physical
+                        .as_ref()
+                        .map_or(0, |p| p.base_object_bytes),
             ),
             Details::Charm => Some(self.size),
             _ => None,

@@ -30,6 +30,7 @@ pub(crate) mod content_check;
 pub(crate) mod object_reader;
 pub(crate) mod object_writer;
 pub(crate) mod open;
+pub mod physical;
 pub(crate) mod pipe;
 pub(crate) mod runs;
 pub(crate) mod volumes;

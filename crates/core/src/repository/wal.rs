@@ -13,7 +13,10 @@ use flate2::write::DeflateEncoder;
 use sha2::{Digest, Sha256};
 
 use crate::archive::{read_members, ArchiveWriter, MemberKind};
+use crate::config::Config;
 use crate::crypto::Packing;
+use crate::database::archiver::ArchiverState;
+use crate::database::physical::{BaseBackupProcess, BaseStart};
 use crate::database::wal_names::WalFileName;
 use crate::error::{CorruptKind, Error, IoContext, Result};
 use crate::manifest::{Role, Sha256Digest};
@@ -40,6 +43,29 @@ pub struct StoredWal {
     pub size: u64,
     pub sha256: Sha256Digest,
     pub object_bytes: u64,
+}
+
+/// Whether archive_command's wal-push writes into the store the backups go to: a restore of a
+/// backup needs its WAL in the same store. The reason when it does not, or cannot be told.
+pub fn wal_push_store(state: &ArchiverState, config: &Config) -> std::result::Result<(), String> {
+    let path = state
+        .wal_push_config()
+        .unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_CONFIG_PATH));
+    let theirs = Config::load(&path, true)
+        .and_then(|other| crate::store::open(&other.store))
+        .map_err(|e| format!("the config archive_command names cannot be read here ({e})"))?
+        .describe();
+    let ours = crate::store::open(&config.store)
+        .map_err(|e| e.to_string())?
+        .describe();
+    if theirs == ours {
+        Ok(())
+    } else {
+        Err(format!(
+            "wal-push archives into {theirs} ({}), not into this config's store {ours}: a restore finds no WAL beside the backups",
+            path.display()
+        ))
+    }
 }
 
 /// Encrypts the file at `path` into `wal/<name>`; returns once the store holds it durably (the
@@ -86,6 +112,54 @@ pub async fn put_wal_file(
         sha256: entry.sha256,
         object_bytes,
     })
+}
+
+/// The object of the base backup taken by backup `backup_id`.
+pub fn base_object(backup_id: &str) -> String {
+    format!("{WAL_FOLDER}/base-{backup_id}")
+}
+
+/// Members of a base object: pg_basebackup's tar, cut into parts (a tar member declares its
+/// size first, the stream's is known only at its end). Concatenated in name order they are the
+/// tar: `gpg -d wal/base-ID | tar -xO | tar -x -C DATADIR`.
+pub const BASE_PART_PREFIX: &str = "postgres/base.tar.part-";
+
+/// Streams a running pg_basebackup into `name`; where its recovery starts, and the object's
+/// size. Stored plain: a base is taken weekly and is as large as the database, so zlib's CPU
+/// would cost more than the bytes it saves.
+pub async fn put_base_backup(
+    ctx: &OpContext<'_>,
+    name: &str,
+    mut process: BaseBackupProcess,
+    expected_bytes: u64,
+) -> Result<(BaseStart, u64)> {
+    let mtime = chrono::Utc::now().timestamp();
+    write_object(
+        ctx,
+        name,
+        expected_bytes,
+        Packing::Plain,
+        move |out, cancel| {
+            let mut archive = ArchiveWriter::new(std::io::BufWriter::with_capacity(CHUNK, out));
+            let streamed = archive.append_stream_in_parts(
+                BASE_PART_PREFIX,
+                &mut process,
+                Role::Database,
+                mtime,
+                &NoProgress,
+                cancel,
+            );
+            if let Err(e) = streamed {
+                process.abort();
+                return Err(e);
+            }
+            // A failing pg_basebackup ends its stream early: its exit status tells.
+            let start = process.finish()?;
+            finish_archive(archive)?;
+            Ok(start)
+        },
+    )
+    .await
 }
 
 /// Whether deflating the file's first MiB takes it below 90 %.

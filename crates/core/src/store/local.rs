@@ -24,6 +24,20 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
+    /// A folder root makes in the store goes to the store's owner: PostgreSQL's user writes
+    /// `wal/` through wal-push while root's create-backup may be the first to write there.
+    fn give_to_the_store_owner(&self, folder: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        if let Ok(root) = std::fs::metadata(&self.root) {
+            if root.uid() != 0 {
+                let _ = std::os::unix::fs::chown(folder, Some(root.uid()), Some(root.gid()));
+            }
+        }
+    }
+
     pub fn new(root: &Path) -> LocalStore {
         LocalStore {
             root: root.to_path_buf(),
@@ -87,9 +101,12 @@ impl Store for LocalStore {
             UploadOwner::current().token()
         ));
         if let Some(folder) = final_path.parent() {
-            tokio::fs::create_dir_all(folder)
-                .await
-                .at("create the store folder", folder)?;
+            if tokio::fs::metadata(folder).await.is_err() {
+                tokio::fs::create_dir_all(folder)
+                    .await
+                    .at("create the store folder", folder)?;
+                self.give_to_the_store_owner(folder);
+            }
         }
         let mut file = tokio::fs::File::create(&temp_path)
             .await

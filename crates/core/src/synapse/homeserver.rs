@@ -91,6 +91,27 @@ impl PostgresArgs {
     }
 }
 
+impl PostgresArgs {
+    /// These settings with `over`'s laid on top: each key `over` sets wins. Another user
+    /// brings its own password (or none: libpq's passfile), never this user's.
+    pub fn overlaid(&self, over: &PostgresArgs) -> PostgresArgs {
+        let pick = |mine: &Option<String>, theirs: &Option<String>| theirs.clone().or(mine.clone());
+        let password = if over.user.is_some() && over.user != self.user {
+            over.password.clone()
+        } else {
+            pick(&self.password, &over.password)
+        };
+        PostgresArgs {
+            dbname: pick(&self.dbname, &over.dbname),
+            user: pick(&self.user, &over.user),
+            host: pick(&self.host, &over.host),
+            port: over.port.or(self.port),
+            sslmode: pick(&self.sslmode, &over.sslmode),
+            password,
+        }
+    }
+}
+
 impl std::fmt::Debug for PostgresArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresArgs")

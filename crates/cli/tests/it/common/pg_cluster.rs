@@ -272,3 +272,53 @@ pub fn append(path: &Path, text: &str) {
     let mut file = fs::OpenOptions::new().append(true).open(path).unwrap();
     file.write_all(text.as_bytes()).unwrap();
 }
+
+/// Lets the postgres user run the tool with the world's config (archive_command and
+/// restore_command run as that user): the config, the passphrase, the store, the S3 secret and
+/// a `[backup] temp-dir` of its own. Returns the tool's command line with `--config`.
+pub fn share_world_with_postgres(world: &super::World, garage: bool) -> String {
+    open_folder(world.dir.path());
+    fs::create_dir_all(&world.store).unwrap();
+    for path in [&world.config, &world.passphrase_file, &world.store] {
+        give_to_postgres(path);
+    }
+    if garage {
+        give_to_postgres(&world.path("s3-secret"));
+    }
+    let scratch = world.path("scratch");
+    fs::create_dir_all(&scratch).unwrap();
+    give_to_postgres(&scratch);
+    let config = fs::read_to_string(&world.config).unwrap().replace(
+        "[backup]\n",
+        &format!("[backup]\ntemp-dir = \"{}\"\n", scratch.display()),
+    );
+    fs::write(&world.config, config).unwrap();
+    format!(
+        "{} --config {}",
+        super::binary().display(),
+        world.config.display()
+    )
+}
+
+/// Makes the world's homeserver.yaml use `cluster` as its database.
+pub fn point_homeserver_at(world: &super::World, cluster: &Cluster) {
+    let yaml_path = world.data.join("homeserver.yaml");
+    let yaml = fs::read_to_string(&yaml_path).unwrap();
+    let start = yaml.find("database:").unwrap();
+    let end = yaml[start..].find("log_config").unwrap() + start;
+    let database = format!(
+        "database:\n  name: psycopg2\n  args:\n    user: postgres\n    dbname: postgres\n    host: {}\n    port: {}\n",
+        cluster.socket_dir.display(),
+        cluster.port
+    );
+    fs::write(
+        &yaml_path,
+        format!("{}{database}{}", &yaml[..start], &yaml[end..]),
+    )
+    .unwrap();
+}
+
+/// A port no one listens on now.
+pub fn unused_port() -> u16 {
+    free_port()
+}

@@ -16,6 +16,7 @@
 
 mod id;
 mod offloaded;
+mod physical;
 mod pipeline;
 mod reuse;
 mod runs;
@@ -30,12 +31,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, DatabaseMode};
 use crate::error::{Error, Result};
 use crate::manifest::DatabaseInfo;
 use crate::store::Store;
 use crate::synapse::media::backed_up_media_dirs;
-use crate::synapse::{check_working_dir, HomeserverConfig};
+use crate::synapse::{check_working_dir, Database, HomeserverConfig};
 
 use super::OpContext;
 use crate::host::scratch;
@@ -101,7 +102,23 @@ pub async fn create_backup(
     let temp = scratch::create(&scratch::scratch_parent(config))?;
 
     let mut sources = sources::key_and_config_sources(&hs)?;
-    let snapshot = snapshot::take(&hs, options, temp.path(), ctx.progress.as_ref()).await?;
+    let snapshot = match &hs.database {
+        Database::Postgres(args)
+            if config.postgres.mode == DatabaseMode::Physical && !options.skip_database =>
+        {
+            physical::take(
+                config,
+                ctx,
+                args,
+                &hs.server_name,
+                backup_id.as_str(),
+                options.full,
+                ctx.progress.as_ref(),
+            )
+            .await?
+        }
+        _ => snapshot::take(&hs, options, temp.path(), ctx.progress.as_ref()).await?,
+    };
     let sqlite_snapshot = snapshot.file.as_ref().map(|s| s.path().into_owned());
     sources.extend(snapshot.file);
     let mut media = list_media(&hs, options).await?;

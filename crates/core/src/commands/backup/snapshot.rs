@@ -52,6 +52,7 @@ pub(super) async fn take(
                     note: None,
                     postgres: None,
                     counts,
+                    physical: None,
                 },
                 file: Some(Source {
                     member: "database/homeserver.db".into(),
@@ -71,6 +72,7 @@ pub(super) async fn take(
                 note: Some("--skip-database: the PostgreSQL database is not in this backup; restore it with its own tools (e.g. pgBackRest) before restoring this backup".into()),
                 postgres: None,
                 counts: None,
+                physical: None,
             },
             file: None,
             dump: None,
@@ -104,6 +106,7 @@ pub(super) async fn take(
                     note: None,
                     postgres: Some(info),
                     counts,
+                    physical: None,
                 },
                 file: None,
                 dump: Some(dump),

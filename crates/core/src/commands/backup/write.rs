@@ -13,7 +13,8 @@ use crate::crypto::Packing;
 use crate::error::Result;
 use crate::manifest::{
     run_name, volume_name, volume_owner, BackupKind, DatabaseInfo, FileEntry, Header, MediaVolumes,
-    MissingMedia, RunEntry, RunRef, VolumeRef, FILES_MEMBER, FORMAT_VERSION, RUNS_LIST, TOOL_NAME,
+    MissingMedia, RunEntry, RunRef, VolumeRef, FILES_MEMBER, FORMAT_VERSION,
+    PHYSICAL_FORMAT_VERSION, RUNS_LIST, TOOL_NAME,
 };
 use crate::synapse::HomeserverConfig;
 
@@ -135,7 +136,11 @@ async fn write_objects(
     let kind = kind_of(backup_id, &volume_refs);
     let parent = contents.parent.filter(|_| kind == BackupKind::Incremental);
     let header = Header {
-        format_version: FORMAT_VERSION,
+        format_version: if contents.snapshot_info.physical.is_some() {
+            PHYSICAL_FORMAT_VERSION
+        } else {
+            FORMAT_VERSION
+        },
         tool: TOOL_NAME.into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         backup_id: backup_id.to_string(),

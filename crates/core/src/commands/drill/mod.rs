@@ -172,6 +172,12 @@ pub async fn run_drill(
             "backup {id} holds no database (made with --skip-database); a drill cannot boot it"
         )));
     }
+    if header.database.physical.is_some() {
+        return Err(Error::refused(
+            crate::error::Refusal::PhysicalInPlace,
+            format!("backup {id} is physical ([postgres] mode = \"physical\"): a drill of a physical backup is not built yet; restore-backup {id} --target-dir DIR lays its database ready to recover and start on another port"),
+        ));
+    }
     let parent = work_dir(config);
     std::fs::create_dir_all(&parent).at("create the drill work dir", &parent)?;
     let scratch = crate::host::scratch::create(&parent)?;

@@ -88,8 +88,8 @@ pub(crate) async fn start_synapse(
 }
 
 /// Runs a configured command through `sh -c`. The commands carry no secret.
-async fn run_hook(hook: Hook, command: &str) -> Result<()> {
-    tracing::info!("running [restore] {hook}: {command}");
+pub(super) async fn run_hook(hook: Hook, command: &str) -> Result<()> {
+    tracing::info!("running {hook}: {command}");
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)

@@ -16,6 +16,8 @@ mod database;
 pub(crate) mod files;
 mod hooks;
 mod journal;
+mod physical;
+mod physical_in_place;
 mod plan;
 mod preflight;
 mod route;
@@ -30,6 +32,8 @@ use secrecy::SecretString;
 
 use crate::archive::{read_members, MemberKind};
 use crate::config::Config;
+use crate::database::physical::PhysicalInfo;
+use crate::error::IoContext;
 use crate::error::{find_cause, Error, Refusal, Result};
 use crate::manifest::FileEntry;
 use crate::progress::{Cancel, Progress};
@@ -43,6 +47,7 @@ use crate::repository::content_check::{
 };
 use crate::repository::open::read_header;
 use crate::repository::open_backup;
+use crate::repository::physical::check_present;
 use crate::repository::pipe::{read_ahead, QUEUE_DEPTH};
 use crate::repository::runs;
 use crate::repository::volumes::check_volumes_exist;
@@ -50,6 +55,7 @@ use crate::repository::BackupId;
 
 pub use journal::{recover, Recovery};
 use journal::{Phase, StagingTransaction};
+use physical_in_place::InPlace;
 use plan::{Destination, Placement, Plan};
 use to_provider::ProviderSink;
 
@@ -161,6 +167,19 @@ pub async fn restore_backup(
     }
 
     let header = read_header(ctx.store, id, ctx.passphrase()?, &ctx.cancel).await?;
+    let physical = header.as_ref().and_then(|h| h.database.physical.clone());
+    // A physical backup's WAL is all in the store, and in place the server can be stopped
+    // and started, before anything is touched.
+    let in_place = match (&physical, &destination) {
+        (Some(physical), destination) => {
+            check_present(ctx, id, physical).await?;
+            match destination {
+                Destination::Live(_) => Some(InPlace::check(config, id)?),
+                Destination::Directory(_) => None,
+            }
+        }
+        (None, _) => None,
+    };
     let mut notes = Vec::new();
     preflight::check_backup_fits(&destination, header.as_ref(), &mut notes)?;
     let plan = Plan::new(
@@ -169,7 +188,7 @@ pub async fn restore_backup(
         header.as_ref(),
         &options.charm_source_root,
     )?;
-    if let Some(postgres) = &plan.postgres {
+    if let (Some(postgres), None) = (&plan.postgres, &physical) {
         preflight::check_database_target(postgres, options.replace_database).await?;
     }
     if !options.skip_space_check {
@@ -208,12 +227,28 @@ pub async fn restore_backup(
         Some(hs) => hooks::stop_synapse_if_running(config, hs, &ctx.cancel).await?,
         None => false,
     };
-    let outcome = stage_and_swap(ctx, id, plan, &state, options, sink, run_entries).await;
+    let database = match (in_place, physical.clone()) {
+        (Some(in_place), Some(physical)) => {
+            DatabaseStep::Physical(config, in_place, Box::new(physical))
+        }
+        _ => DatabaseStep::Logical,
+    };
+    let inputs = Inputs {
+        sink,
+        run_entries,
+        database,
+    };
+    let outcome = stage_and_swap(ctx, id, plan, &state, options, inputs).await;
     let health = match live {
         Some(hs) if stopped => Some(hooks::start_synapse(config, hs, &ctx.cancel).await),
         _ => None,
     };
     let mut report = outcome?;
+    if let (Some(physical), Destination::Directory(dir)) = (&physical, &destination) {
+        report
+            .notes
+            .extend(physical::lay_data_dir(config, ctx, physical, dir).await?);
+    }
     if let Some(health) = health {
         notes.push(health?);
     }
@@ -233,6 +268,23 @@ fn absolute(dir: &Path) -> Result<PathBuf> {
     }
 }
 
+/// How the database is restored between the staging and the swap.
+enum DatabaseStep<'c> {
+    /// A dump into `plan.postgres`, when the backup holds one.
+    Logical,
+    /// A physical backup's base and WAL, in place of the server's data directory.
+    Physical(&'c Config, InPlace, Box<PhysicalInfo>),
+}
+
+/// What a restore reads besides the backup itself, gathered before Synapse is stopped.
+struct Inputs<'c> {
+    /// Where media of storage providers go (`--media-to-provider`).
+    sink: Option<Arc<ProviderSink>>,
+    /// The media entries of the backup's runs.
+    run_entries: Vec<FileEntry>,
+    database: DatabaseStep<'c>,
+}
+
 /// Stages the whole backup, restores the database, then swaps. Any failure before the swap
 /// removes the staging and leaves the live data as it was (the [`StagingTransaction`]).
 async fn stage_and_swap(
@@ -241,9 +293,13 @@ async fn stage_and_swap(
     plan: Plan,
     state: &StateDir,
     options: &RestoreOptions,
-    sink: Option<Arc<ProviderSink>>,
-    run_entries: Vec<FileEntry>,
+    inputs: Inputs<'_>,
 ) -> Result<RestoreReport> {
+    let Inputs {
+        sink,
+        run_entries,
+        database,
+    } = inputs;
     let stream = ctx.store.get(id).await?;
     let staging = StagingTransaction::begin(state, &plan.journal(Phase::Staging))?;
     let (plan, (format, files, bytes)) =
@@ -264,8 +320,14 @@ async fn stage_and_swap(
     };
     plan.sync()?;
     // The database first, then the files, as Synapse's documentation prescribes.
-    let database_notes = match &plan.postgres {
-        Some(postgres) => database::restore_database(
+    let mut physical_kept = None;
+    let database_notes = match (&plan.postgres, database) {
+        (Some(postgres), DatabaseStep::Physical(config, in_place, physical)) => {
+            let (note, kept) = in_place.restore(config, ctx, &physical, postgres).await?;
+            physical_kept = Some(kept);
+            Some(note)
+        }
+        (Some(postgres), DatabaseStep::Logical) => database::restore_database(
             ctx.store,
             id,
             ctx.passphrase()?,
@@ -277,16 +339,22 @@ async fn stage_and_swap(
         .map(|kept| {
             format!("the previous database was kept as {kept}; drop it once Synapse runs well")
         }),
-        None => None,
+        (None, _) => None,
     };
     staging.commit(&plan.journal(Phase::Swapping))?;
     let placed = plan.swap()?;
     journal::remove_journal(state)?;
     let kept_previous = if options.remove_previous {
         plan.remove_previous()?;
+        if let Some(kept) = &physical_kept {
+            std::fs::remove_dir_all(kept).at("remove the previous data directory", kept)?;
+        }
         Vec::new()
     } else {
         plan.existing_previous()
+            .into_iter()
+            .chain(physical_kept)
+            .collect()
     };
     Ok(RestoreReport {
         charm_format: format == ArchiveFormat::Charm,

@@ -1,0 +1,151 @@
+//! What a physical backup needs from the store beside its own object: its base
+//! (`wal/base-<id>`) and every WAL segment from the base's start to the backup's restore point.
+//! Checked by presence before a restore touches anything, and read in full by verify.
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+
+use crate::archive::{read_members, MemberKind};
+use crate::database::physical::PhysicalInfo;
+use crate::database::wal_names::WalFileName;
+use crate::error::{CorruptKind, Error, Result};
+
+use super::object_reader::read_shared_object;
+use super::wal::{read_wal_file, wal_object, BASE_PART_PREFIX, WAL_FOLDER};
+use super::OpContext;
+
+/// How many WAL objects verify reads at once.
+const SEGMENTS_AT_ONCE: usize = 4;
+
+/// What the check found: the segments the backup needs, and the base's plaintext size when it
+/// was read.
+#[derive(Debug, Clone, Default)]
+pub struct PhysicalCheck {
+    pub segments: usize,
+    pub base_bytes: u64,
+}
+
+/// The segments `physical` needs, after checking that the base and every one of them is in
+/// the store (the base at its recorded size). The first gap is named: exit 5.
+pub async fn check_present(
+    ctx: &OpContext<'_>,
+    id: &str,
+    physical: &PhysicalInfo,
+) -> Result<Vec<WalFileName>> {
+    let needed = physical.needed_segments().map_err(|why| {
+        Error::corrupt(
+            id,
+            CorruptKind::Malformed,
+            format!("database.physical: {why}"),
+        )
+    })?;
+    let stored: HashMap<String, u64> = ctx
+        .store
+        .list_folder(WAL_FOLDER)
+        .await?
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
+    match stored.get(&physical.base) {
+        Some(&size) if size == physical.base_object_bytes => {}
+        found => {
+            return Err(Error::corrupt(
+                id,
+                CorruptKind::ManifestMismatch,
+                format!(
+                "its base backup {} is {} in {}: the database cannot be restored from this backup",
+                physical.base,
+                match found {
+                    Some(size) => format!(
+                        "{size} bytes, not the {} recorded,",
+                        physical.base_object_bytes
+                    ),
+                    None => "missing".to_string(),
+                },
+                ctx.store.describe()
+            ),
+            ))
+        }
+    }
+    if let Some(gap) = needed.iter().find(|s| !stored.contains_key(&wal_object(s))) {
+        return Err(Error::corrupt(
+            id,
+            CorruptKind::ManifestMismatch,
+            format!(
+                "WAL segment {gap} is missing from {} (the backup needs {} .. {}): the database cannot recover to its restore point {}; was wal/ pruned or archiving off for a while?",
+                ctx.store.describe(),
+                physical.start_wal,
+                physical.end_wal,
+                physical.restore_point
+            ),
+        ));
+    }
+    Ok(needed)
+}
+
+/// [`check_present`], then the base and every needed segment read to the end (their OpenPGP
+/// integrity checks), the segments a few at a time.
+pub async fn verify_physical(
+    ctx: &OpContext<'_>,
+    id: &str,
+    physical: &PhysicalInfo,
+) -> Result<PhysicalCheck> {
+    let needed = check_present(ctx, id, physical).await?;
+    let base_id = id.to_string();
+    let base_bytes = read_shared_object(ctx, &physical.base, move |reader| {
+        let mut bytes = 0u64;
+        let mut parts = 0usize;
+        read_members(reader, &base_id, |mut member| {
+            if member.kind == MemberKind::Directory {
+                return Ok(());
+            }
+            if !member.path.starts_with(BASE_PART_PREFIX) {
+                return Err(Error::corrupt(
+                    &base_id,
+                    CorruptKind::Malformed,
+                    format!(
+                        "its base holds {:?}, not a part of pg_basebackup's tar",
+                        member.path
+                    ),
+                ));
+            }
+            parts += 1;
+            bytes += std::io::copy(&mut member.data, &mut std::io::sink()).map_err(|e| {
+                Error::corrupt(&base_id, CorruptKind::Truncated, format!("its base: {e}"))
+            })?;
+            Ok(())
+        })?;
+        if parts == 0 {
+            return Err(Error::corrupt(
+                &base_id,
+                CorruptKind::Malformed,
+                "its base holds no part",
+            ));
+        }
+        Ok(bytes)
+    })
+    .await?;
+    let outcomes = futures::stream::iter(needed.iter())
+        .map(|segment| async move {
+            read_wal_file(ctx, segment, None).await.map_err(|e| match e {
+                // The base opened with this passphrase: a segment that does not is damaged.
+                Error::WrongPassphrase { .. } => Error::corrupt(
+                    id,
+                    CorruptKind::Integrity,
+                    format!("WAL segment {segment} does not open with the passphrase that opened its base: it is damaged"),
+                ),
+                other => other,
+            })
+        })
+        .buffer_unordered(SEGMENTS_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
+    for outcome in outcomes {
+        outcome?;
+    }
+    Ok(PhysicalCheck {
+        segments: needed.len(),
+        base_bytes,
+    })
+}
