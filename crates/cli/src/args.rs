@@ -216,8 +216,18 @@ fn without_charm_prefix(id: &str) -> &str {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    #[command(flatten)]
-    pub id: IdArg,
+    /// The backup id, as list-backups shows it (`backup-id=ID` is accepted too)
+    #[arg(
+        value_name = "BACKUP_ID",
+        required_unless_present = "to_time",
+        conflicts_with = "to_time"
+    )]
+    pub backup_id: Option<String>,
+
+    /// Physical mode: restore the database to this moment (RFC 3339, e.g.
+    /// 2026-12-07T09:30:00Z), from the newest backup before it, whose media are restored
+    #[arg(long, value_name = "TIME")]
+    pub to_time: Option<String>,
 
     /// Restore into this empty directory (backup layout) instead of the live paths: for drills
     #[arg(long, value_name = "DIR")]
@@ -245,6 +255,12 @@ pub struct RestoreArgs {
     /// configured now in homeserver.yaml) instead of under media_store_path
     #[arg(long)]
     pub media_to_provider: bool,
+}
+
+impl RestoreArgs {
+    pub fn id(&self) -> Option<&str> {
+        self.backup_id.as_deref().map(without_charm_prefix)
+    }
 }
 
 impl IdArg {

@@ -1,8 +1,11 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use synapse_backup_core::commands::restore::{restore_backup, RestoreOptions, RestoreReport};
+use synapse_backup_core::repository::physical::backup_for_time;
+use synapse_backup_core::synapse::HomeserverConfig;
 
 use super::Context;
 use crate::args::RestoreArgs;
@@ -18,12 +21,41 @@ pub async fn run(context: &Context, args: &RestoreArgs) -> Result<()> {
         skip_space_check: args.skip_space_check,
         replace_database: args.replace_database,
         media_to_provider: args.media_to_provider,
+        to_time: args.to_time.as_deref().map(parse_time).transpose()?,
     };
     let ctx = context.op(store.as_ref(), Some(passphrase));
-    let id = super::backup_id(args.id.id(), "")?;
+    let id = match (args.id(), options.to_time) {
+        (Some(id), _) => super::backup_id(id, "")?,
+        (None, Some(at)) => {
+            // The live server's backups only, unless restoring into a folder.
+            let server = match &options.target_dir {
+                None => Some(HomeserverConfig::load(&context.config.synapse)?.server_name),
+                Some(_) => None,
+            };
+            let id = backup_for_time(&ctx, server.as_deref(), at).await?;
+            eprintln!(
+                "--to-time {}: from backup {id}, the newest before it",
+                at.to_rfc3339()
+            );
+            id
+        }
+        (None, None) => anyhow::bail!("give a BACKUP_ID or --to-time TIME"),
+    };
     let report = restore_backup(&context.config, &ctx, &id, &options).await?;
     emit(context.json, &Restored::of(&report))?;
     Ok(())
+}
+
+/// `--to-time`: RFC 3339, with its offset (a time without one would be read in some zone).
+fn parse_time(text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            synapse_backup_core::Error::config(format!(
+                "--to-time {text:?} is not an RFC 3339 time such as 2026-12-07T09:30:00Z ({e})"
+            ))
+            .into()
+        })
 }
 
 /// What `restore-backup` prints.

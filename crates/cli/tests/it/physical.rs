@@ -283,10 +283,27 @@ fn a_physical_backup_restores_in_place_and_a_failure_puts_the_old_one_back() {
     cluster.sql("CREATE TABLE t (i int, phase text)");
     cluster.sql("CREATE TABLE e2e_one_time_keys_json (key text)");
     cluster.sql("INSERT INTO e2e_one_time_keys_json VALUES ('used-since')");
+    cluster.sql(
+        "CREATE TABLE local_media_repository (media_id text, url_cache text, media_length bigint)",
+    );
+    cluster.sql("CREATE TABLE local_media_repository_thumbnails (media_id text, thumbnail_width int, thumbnail_height int, thumbnail_type text, thumbnail_method text)");
     cluster.sql("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 1000) g");
     config_with(&start);
     let id = created(&world);
     cluster.sql("INSERT INTO t SELECT g, 'after' FROM generate_series(1, 100) g");
+    // Uploaded after the backup: its row is in the database at --to-time, its file in no backup.
+    cluster.sql("INSERT INTO local_media_repository VALUES ('UploadedLaterAbcdef', NULL, 10)");
+    let moment = cluster.sql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    cluster.sql("INSERT INTO t SELECT g, 'late' FROM generate_series(1, 10) g");
+    let last = cluster.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    cluster.sql("SELECT pg_switch_wal()");
+    cluster.wait_for(
+        &format!("SELECT coalesce(last_archived_wal >= '{last}', false) FROM pg_stat_archiver"),
+        "t",
+        Duration::from_secs(120),
+    );
     let kept = std::path::PathBuf::from(format!("{data}.pre-restore-{id}"));
 
     // The restored server does not start: the old data directory is back, and running.
@@ -296,9 +313,45 @@ fn a_physical_backup_restores_in_place_and_a_failure_puts_the_old_one_back() {
     assert!(stderr(&failed).contains("back in"), "{}", stderr(&failed));
     assert!(!kept.exists());
     assert!(!cluster.data.join("recovery.signal").exists());
-    assert_eq!(phases(&cluster), "after=100\nbefore=1000");
+    assert_eq!(phases(&cluster), "after=100\nbefore=1000\nlate=10");
 
+    // To a moment between two inserts, with the media of the backup before it.
     config_with(&start);
+    let out = world.run(&["restore-backup", "--to-time", &moment, "--remove-previous"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out);
+    assert!(printed.contains(&format!("from backup {id}")), "{printed}");
+    assert!(
+        printed.contains("1 media files the restored database names are not in"),
+        "{printed}"
+    );
+    assert!(printed.contains("UploadedLaterAbcdef"), "{printed}");
+    assert_eq!(
+        phases(&cluster),
+        "after=100\nbefore=1000",
+        "{}",
+        cluster.log_text()
+    );
+    assert!(
+        !kept.exists(),
+        "--remove-previous removes the old data directory"
+    );
+    let future = world.run(&["restore-backup", "--to-time", "2999-01-01T00:00:00Z"]);
+    assert_eq!(
+        future.status.code(),
+        Some(i32::from(exit::CONFIG)),
+        "{}",
+        stderr(&future)
+    );
+    let bad = world.run(&["restore-backup", "--to-time", "yesterday"]);
+    assert_eq!(
+        bad.status.code(),
+        Some(i32::from(exit::CONFIG)),
+        "{}",
+        stderr(&bad)
+    );
+
+    // The backup's own restore point, on the timeline before that restore's.
     let out = world.run(&["restore-backup", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(phases(&cluster), "before=1000", "{}", cluster.log_text());

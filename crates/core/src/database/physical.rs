@@ -62,6 +62,38 @@ impl PhysicalInfo {
     }
 }
 
+/// Where a physical restore's recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// A backup's named restore point.
+    RestorePoint(String),
+    /// A moment (`restore-backup --to-time`): transactions committed until then, inclusive.
+    Time(DateTime<Utc>),
+}
+
+impl RecoveryTarget {
+    /// The `recovery_target_*` line of postgresql.auto.conf.
+    pub fn setting(&self) -> String {
+        match self {
+            RecoveryTarget::RestorePoint(name) => {
+                format!("recovery_target_name = '{}'", name.replace('\'', "''"))
+            }
+            RecoveryTarget::Time(at) => format!(
+                "recovery_target_time = '{}'",
+                at.format("%Y-%m-%d %H:%M:%S%.6f+00")
+            ),
+        }
+    }
+
+    /// For messages: `restore point backup-…` or `2026-12-07T10:00:00+00:00`.
+    pub fn describe(&self) -> String {
+        match self {
+            RecoveryTarget::RestorePoint(name) => format!("restore point {name}"),
+            RecoveryTarget::Time(at) => at.to_rfc3339(),
+        }
+    }
+}
+
 /// A restore point just created, and the segment it is in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestorePoint {
@@ -254,6 +286,21 @@ fn parse_start_wal(label: &str) -> Option<WalFileName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_targets_are_written_as_postgresql_reads_them() {
+        let at = DateTime::parse_from_rfc3339("2026-12-07T10:43:44.129711Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            RecoveryTarget::Time(at).setting(),
+            "recovery_target_time = '2026-12-07 10:43:44.129711+00'"
+        );
+        assert_eq!(
+            RecoveryTarget::RestorePoint("backup-1".into()).setting(),
+            "recovery_target_name = 'backup-1'"
+        );
+    }
 
     #[test]
     fn the_base_start_is_read_from_backup_label() {

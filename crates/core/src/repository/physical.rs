@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use crate::archive::{read_members, MemberKind};
@@ -12,7 +13,10 @@ use crate::database::wal_names::WalFileName;
 use crate::error::{CorruptKind, Error, Result};
 
 use super::object_reader::read_shared_object;
+use super::open::read_header;
+use super::trust::split_listing;
 use super::wal::{read_wal_file, wal_object, BASE_PART_PREFIX, WAL_FOLDER};
+use super::BackupId;
 use super::OpContext;
 
 /// How many WAL objects verify reads at once.
@@ -147,5 +151,62 @@ pub async fn verify_physical(
     Ok(PhysicalCheck {
         segments: needed.len(),
         base_bytes,
+    })
+}
+
+/// For `restore-backup --to-time`: the newest physical backup (of `server_name`, when given)
+/// whose restore point is at or before `at`: its base starts the recovery, its media are
+/// restored. Headers that do not open are skipped with a warning, as everywhere.
+pub async fn backup_for_time(
+    ctx: &OpContext<'_>,
+    server_name: Option<&str>,
+    at: DateTime<Utc>,
+) -> Result<BackupId> {
+    if at > Utc::now() {
+        return Err(Error::config(format!(
+            "--to-time {} is in the future",
+            at.to_rfc3339()
+        )));
+    }
+    let listing = split_listing(ctx.store.list().await?);
+    let mut oldest: Option<DateTime<Utc>> = None;
+    for (id, _) in listing.backups.iter().rev() {
+        let header = match read_header(ctx.store, id.as_str(), ctx.passphrase()?, &ctx.cancel).await
+        {
+            Ok(Some(header)) => header,
+            Ok(None) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    crate::error::ErrorKind::Interrupted | crate::error::ErrorKind::Storage
+                ) =>
+            {
+                return Err(e)
+            }
+            Err(e) => {
+                tracing::warn!("{id} is not considered for --to-time: {e}");
+                continue;
+            }
+        };
+        if server_name.is_some_and(|name| name != header.server_name) {
+            continue;
+        }
+        let Some(physical) = header.database.physical else {
+            continue;
+        };
+        if physical.at <= at {
+            return Ok(id.clone());
+        }
+        oldest = Some(physical.at);
+    }
+    Err(Error::NotFound {
+        id: format!(
+            "restoring to {} or earlier (--to-time needs a physical backup whose restore point is before it{})",
+            at.to_rfc3339(),
+            oldest
+                .map(|o| format!("; the oldest restores to {}", o.to_rfc3339()))
+                .unwrap_or_default()
+        ),
+        store: ctx.store.describe(),
     })
 }

@@ -28,17 +28,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
 use crate::archive::{read_members, MemberKind};
 use crate::config::Config;
-use crate::database::physical::PhysicalInfo;
+use crate::database::physical::{PhysicalInfo, RecoveryTarget};
 use crate::error::IoContext;
 use crate::error::{find_cause, Error, Refusal, Result};
 use crate::manifest::FileEntry;
 use crate::progress::{Cancel, Progress};
 use crate::store::ByteStream;
-use crate::synapse::{check_working_dir, HomeserverConfig};
+use crate::synapse::{check_working_dir, Database, HomeserverConfig};
 
 use super::OpContext;
 use crate::host::state_dir::StateDir;
@@ -74,6 +75,9 @@ pub struct RestoreOptions {
     /// Write the media the backup read from a storage provider back to that provider instead
     /// of under media_store_path.
     pub media_to_provider: bool,
+    /// A physical backup's database recovers to this moment instead of its restore point
+    /// (`--to-time`; the backup is chosen by [`backup_for_time`]).
+    pub to_time: Option<DateTime<Utc>>,
 }
 
 impl Default for RestoreOptions {
@@ -85,6 +89,7 @@ impl Default for RestoreOptions {
             skip_space_check: false,
             replace_database: false,
             media_to_provider: false,
+            to_time: None,
         }
     }
 }
@@ -168,6 +173,16 @@ pub async fn restore_backup(
 
     let header = read_header(ctx.store, id, ctx.passphrase()?, &ctx.cancel).await?;
     let physical = header.as_ref().and_then(|h| h.database.physical.clone());
+    let target = match (&physical, options.to_time) {
+        (Some(_), Some(at)) => Some(RecoveryTarget::Time(at)),
+        (Some(physical), None) => Some(RecoveryTarget::RestorePoint(physical.restore_point.clone())),
+        (None, Some(_)) => {
+            return Err(Error::config(format!(
+                "--to-time needs a physical backup ([postgres] mode = \"physical\"); {id} holds no base backup"
+            )))
+        }
+        (None, None) => None,
+    };
     // A physical backup's WAL is all in the store, and in place the server can be stopped
     // and started, before anything is touched.
     let in_place = match (&physical, &destination) {
@@ -227,9 +242,9 @@ pub async fn restore_backup(
         Some(hs) => hooks::stop_synapse_if_running(config, hs, &ctx.cancel).await?,
         None => false,
     };
-    let database = match (in_place, physical.clone()) {
-        (Some(in_place), Some(physical)) => {
-            DatabaseStep::Physical(config, in_place, Box::new(physical))
+    let database = match (in_place, physical.clone(), target.clone()) {
+        (Some(in_place), Some(physical), Some(target)) => {
+            DatabaseStep::Physical(config, in_place, Box::new((physical, target)))
         }
         _ => DatabaseStep::Logical,
     };
@@ -244,10 +259,22 @@ pub async fn restore_backup(
         _ => None,
     };
     let mut report = outcome?;
-    if let (Some(physical), Destination::Directory(dir)) = (&physical, &destination) {
+    if let (Some(_), Some(hs)) = (options.to_time, live) {
+        if let Database::Postgres(args) = &hs.database {
+            let note = physical_in_place::media_rows_without_files(
+                &crate::database::postgres::Postgres::new(args),
+                &hs.media_store,
+            )
+            .await;
+            report.notes.push(note);
+        }
+    }
+    if let (Some(physical), Some(target), Destination::Directory(dir)) =
+        (&physical, &target, &destination)
+    {
         report
             .notes
-            .extend(physical::lay_data_dir(config, ctx, physical, dir).await?);
+            .extend(physical::lay_data_dir(config, ctx, physical, target, dir).await?);
     }
     if let Some(health) = health {
         notes.push(health?);
@@ -273,7 +300,7 @@ enum DatabaseStep<'c> {
     /// A dump into `plan.postgres`, when the backup holds one.
     Logical,
     /// A physical backup's base and WAL, in place of the server's data directory.
-    Physical(&'c Config, InPlace, Box<PhysicalInfo>),
+    Physical(&'c Config, InPlace, Box<(PhysicalInfo, RecoveryTarget)>),
 }
 
 /// What a restore reads besides the backup itself, gathered before Synapse is stopped.
@@ -323,7 +350,10 @@ async fn stage_and_swap(
     let mut physical_kept = None;
     let database_notes = match (&plan.postgres, database) {
         (Some(postgres), DatabaseStep::Physical(config, in_place, physical)) => {
-            let (note, kept) = in_place.restore(config, ctx, &physical, postgres).await?;
+            let (physical, target) = *physical;
+            let (note, kept) = in_place
+                .restore(config, ctx, &physical, &target, postgres)
+                .await?;
             physical_kept = Some(kept);
             Some(note)
         }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::archive::{read_members, MemberKind};
 use crate::config::Config;
-use crate::database::physical::PhysicalInfo;
+use crate::database::physical::{PhysicalInfo, RecoveryTarget};
 use crate::error::{CorruptKind, Error, IoContext, Result};
 use crate::repository::object_reader::read_shared_object;
 use crate::repository::wal::BASE_PART_PREFIX;
@@ -30,6 +30,7 @@ pub(super) async fn lay_data_dir(
     config: &Config,
     ctx: &OpContext<'_>,
     physical: &PhysicalInfo,
+    target: &RecoveryTarget,
     dir: &Path,
 ) -> Result<Vec<String>> {
     let data = dir.join(DATA_DIR_NAME);
@@ -37,9 +38,9 @@ pub(super) async fn lay_data_dir(
     fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).at("chmod", &data)?;
     let laid = async {
         unpack_base(ctx, &physical.base, &data).await?;
-        let config_written = write_recovery_settings(config, physical, &data, Laid::Copy)?;
+        let config_written = write_recovery_settings(config, physical, target, &data, Laid::Copy)?;
         let owner = give_to_the_server_user(&data)?;
-        Ok::<_, Error>(start_notes(physical, &data, owner, config_written))
+        Ok::<_, Error>(start_notes(target, &data, owner, config_written))
     }
     .await;
     if laid.is_err() {
@@ -107,6 +108,7 @@ pub(super) enum Laid {
 pub(super) fn write_recovery_settings(
     config: &Config,
     physical: &PhysicalInfo,
+    target: &RecoveryTarget,
     data: &Path,
     laid: Laid,
 ) -> Result<bool> {
@@ -117,12 +119,14 @@ pub(super) fn write_recovery_settings(
     let config_path = std::path::absolute(&config.source).unwrap_or(config.source.clone());
     let quote = |p: &Path| p.display().to_string().replace('\'', "''");
     let mut settings = format!(
-        "\n{BEGIN_MARK}{id}: recover from the store to the backup's restore point\n\
+        "\n{BEGIN_MARK}{id}: recover from the store to {described}\n\
          restore_command = '{exe} --config {config} wal-fetch %f %p'\n\
-         recovery_target_name = '{id}'\n\
+         {target}\n\
          recovery_target_timeline = '{timeline}'\n\
          recovery_target_action = 'promote'\n",
         id = physical.restore_point,
+        described = target.describe(),
+        target = target.setting(),
         exe = quote(&exe),
         config = quote(&config_path),
         timeline = physical.timeline,
@@ -218,7 +222,7 @@ fn without_recovery_block(text: &str) -> String {
 }
 
 fn start_notes(
-    physical: &PhysicalInfo,
+    target: &RecoveryTarget,
     data: &Path,
     owner: Option<String>,
     config_written: bool,
@@ -230,10 +234,9 @@ fn start_notes(
         .map(|user| format!("runuser -u {user} -- "))
         .unwrap_or_default();
     let mut notes = vec![format!(
-        "the database is laid in {data} and recovers, from the store, to restore point {point} ({at}) when started; on another port, for example: {run_as}pg_ctl -D {data} -l {log} -o \"-p 5433 -c unix_socket_directories={data}\" start. It reads the WAL through wal-fetch with this config, so the server's user needs to read the config and the passphrase. Once it has promoted, TRUNCATE e2e_one_time_keys_json before a Synapse uses it (Synapse's backup documentation)",
+        "the database is laid in {data} and recovers, from the store, to {target} when started; on another port, for example: {run_as}pg_ctl -D {data} -l {log} -o \"-p 5433 -c unix_socket_directories={data}\" start. It reads the WAL through wal-fetch with this config, so the server's user needs to read the config and the passphrase. Once it has promoted, TRUNCATE e2e_one_time_keys_json before a Synapse uses it (Synapse's backup documentation)",
         data = data.display(),
-        point = physical.restore_point,
-        at = physical.at.to_rfc3339(),
+        target = target.describe(),
         log = log.display(),
     )];
     if config_written {

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::database::physical::PhysicalInfo;
+use crate::database::media_rows;
+use crate::database::physical::{PhysicalInfo, RecoveryTarget};
 use crate::database::postgres::Postgres;
 use crate::error::{Error, Hook, IoContext, Refusal, Result};
 use crate::progress::Cancel;
@@ -95,6 +96,7 @@ impl InPlace {
         config: &Config,
         ctx: &OpContext<'_>,
         physical: &PhysicalInfo,
+        target: &RecoveryTarget,
         postgres: &Postgres,
     ) -> Result<(String, PathBuf)> {
         run_hook(Hook::PostgresStop, &self.stop).await?;
@@ -109,7 +111,7 @@ impl InPlace {
             )
             .at("chmod", &self.data_dir)?;
             unpack_base(ctx, &physical.base, &self.data_dir).await?;
-            write_recovery_settings(config, physical, &self.data_dir, Laid::InPlace)?;
+            write_recovery_settings(config, physical, target, &self.data_dir, Laid::InPlace)?;
             chown_tree(&self.data_dir, old.uid(), old.gid())?;
             run_hook(Hook::PostgresStart, &self.start).await?;
             wait_until_promoted(
@@ -134,9 +136,8 @@ impl InPlace {
         let _ = fs::remove_dir_all(self.data_dir.join("pg_wal/.synapse-backup-prefetch"));
         Ok((
             format!(
-                "PostgreSQL recovered to restore point {} ({}) and promoted; e2e_one_time_keys_json was emptied; the previous data directory is kept as {}",
-                physical.restore_point,
-                physical.at.to_rfc3339(),
+                "PostgreSQL recovered to {} and promoted; e2e_one_time_keys_json was emptied; the previous data directory is kept as {}",
+                target.describe(),
                 self.kept.display()
             ),
             self.kept,
@@ -252,4 +253,45 @@ async fn empty_one_time_keys(postgres: &Postgres) -> Result<()> {
     .await
     .map_err(|e| Error::task_failed("emptying e2e_one_time_keys_json", e))?
     .map(|_| ())
+}
+
+/// After `--to-time`: the media rows of the restored database whose file the restored media
+/// store lacks (uploaded between the backup and that moment). Never silent: a count and the
+/// first ids, or why the rows could not be read.
+pub(super) async fn media_rows_without_files(postgres: &Postgres, media_store: &Path) -> String {
+    let postgres = postgres.clone();
+    let listed =
+        tokio::task::spawn_blocking(move || media_rows::postgres_media_rows(&postgres)).await;
+    let rows = match listed {
+        Ok(Ok((rows, _))) => rows,
+        Ok(Err(e)) => {
+            let note = format!("the restored database's media rows could not be compared with the restored media: {e}");
+            tracing::warn!("{note}");
+            return note;
+        }
+        Err(e) => return format!("the media rows could not be compared: {e}"),
+    };
+    let missing: Vec<&str> = rows
+        .iter()
+        .filter(|row| !media_store.join(&row.path).exists())
+        .map(|row| row.media_id.as_str())
+        .collect();
+    if missing.is_empty() {
+        return format!(
+            "every one of the {} media files the restored database names is in {}",
+            rows.len(),
+            media_store.display()
+        );
+    }
+    let mut first: Vec<&str> = missing.clone();
+    first.dedup();
+    first.truncate(5);
+    let note = format!(
+        "{} media files the restored database names are not in {} (uploaded after the backup the media came from, before --to-time); their rows stay, clients get 404 for them. First: {}",
+        missing.len(),
+        media_store.display(),
+        first.join(", ")
+    );
+    tracing::warn!("{note}");
+    note
 }
