@@ -466,7 +466,7 @@ mod tests {
     #[test]
     fn future_version_is_refused() {
         let mut h = header();
-        h.format_version = FORMAT_VERSION + 1;
+        h.format_version = NEWEST_FORMAT_VERSION + 1;
         let json = serde_json::to_vec(&h).unwrap();
         let err = Header::from_json("x", &json).unwrap_err();
         assert_eq!(err.kind(), crate::error::ErrorKind::Refused);
