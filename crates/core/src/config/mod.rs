@@ -406,26 +406,7 @@ impl Config {
             };
             Error::config(format!("{}{with}: {}", source.display(), e.message()))
         })?;
-        if let Some(toml::Value::Table(s3)) = table.get_mut("s3") {
-            if s3.contains_key("secret-key") {
-                s3.insert(
-                    "secret-key".into(),
-                    toml::Value::String("<redacted>".into()),
-                );
-            }
-        }
-        if let Some(toml::Value::Table(postgres)) = table.get_mut("postgres") {
-            let with_password = postgres
-                .get("connection")
-                .and_then(|v| v.as_str())
-                .is_some_and(|c| c.contains("password"));
-            if with_password {
-                postgres.insert(
-                    "connection".into(),
-                    toml::Value::String("<redacted: holds a password>".into()),
-                );
-            }
-        }
+        redact_secrets(&mut table);
         // Paths are relative to the file's folder, or to the current directory without a file;
         // made absolute, so that paths in the file (and Synapse's working directory) are too.
         let parent = match text {
@@ -522,6 +503,31 @@ impl Config {
             ));
         }
         Ok(secret)
+    }
+}
+
+/// What `config show` prints has no secret: the S3 secret key, and a `[postgres] connection`
+/// that carries a password.
+fn redact_secrets(table: &mut toml::Table) {
+    if let Some(toml::Value::Table(s3)) = table.get_mut("s3") {
+        if s3.contains_key("secret-key") {
+            s3.insert(
+                "secret-key".into(),
+                toml::Value::String("<redacted>".into()),
+            );
+        }
+    }
+    if let Some(toml::Value::Table(postgres)) = table.get_mut("postgres") {
+        let with_password = postgres
+            .get("connection")
+            .and_then(|v| v.as_str())
+            .is_some_and(|c| c.contains("password"));
+        if with_password {
+            postgres.insert(
+                "connection".into(),
+                toml::Value::String("<redacted: holds a password>".into()),
+            );
+        }
     }
 }
 

@@ -102,23 +102,7 @@ pub async fn create_backup(
     let temp = scratch::create(&scratch::scratch_parent(config))?;
 
     let mut sources = sources::key_and_config_sources(&hs)?;
-    let snapshot = match &hs.database {
-        Database::Postgres(args)
-            if config.postgres.mode == DatabaseMode::Physical && !options.skip_database =>
-        {
-            physical::take(
-                config,
-                ctx,
-                args,
-                &hs.server_name,
-                backup_id.as_str(),
-                options.full,
-                ctx.progress.as_ref(),
-            )
-            .await?
-        }
-        _ => snapshot::take(&hs, options, temp.path(), ctx.progress.as_ref()).await?,
-    };
+    let snapshot = take_snapshot(config, ctx, &hs, options, &backup_id, temp.path()).await?;
     let sqlite_snapshot = snapshot.file.as_ref().map(|s| s.path().into_owned());
     sources.extend(snapshot.file);
     let mut media = list_media(&hs, options).await?;
@@ -198,6 +182,37 @@ pub async fn create_backup(
         full_reason,
         leftovers,
     })
+}
+
+/// The database's part, before the media are listed: a physical restore point (with a base
+/// when one is due) in physical mode, else a SQLite snapshot or a running pg_dump.
+async fn take_snapshot(
+    config: &Config,
+    ctx: &OpContext<'_>,
+    hs: &HomeserverConfig,
+    options: &BackupOptions,
+    backup_id: &BackupId,
+    temp: &Path,
+) -> Result<snapshot::Snapshot> {
+    match &hs.database {
+        Database::Postgres(args)
+            if config.postgres.mode == DatabaseMode::Physical && !options.skip_database =>
+        {
+            let progress = ctx.progress.as_ref();
+            let id = backup_id.as_str();
+            physical::take(
+                config,
+                ctx,
+                args,
+                &hs.server_name,
+                id,
+                options.full,
+                progress,
+            )
+            .await
+        }
+        _ => snapshot::take(hs, options, temp, ctx.progress.as_ref()).await,
+    }
 }
 
 async fn list_media(hs: &HomeserverConfig, options: &BackupOptions) -> Result<MediaListing> {

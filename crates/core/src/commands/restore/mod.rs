@@ -17,7 +17,6 @@ pub(crate) mod files;
 mod hooks;
 mod journal;
 mod physical;
-mod physical_in_place;
 mod plan;
 mod preflight;
 mod route;
@@ -36,10 +35,10 @@ use crate::config::Config;
 use crate::database::physical::{PhysicalInfo, RecoveryTarget};
 use crate::error::IoContext;
 use crate::error::{find_cause, Error, Refusal, Result};
-use crate::manifest::FileEntry;
+use crate::manifest::{FileEntry, Header};
 use crate::progress::{Cancel, Progress};
 use crate::store::ByteStream;
-use crate::synapse::{check_working_dir, Database, HomeserverConfig};
+use crate::synapse::{check_working_dir, HomeserverConfig};
 
 use super::OpContext;
 use crate::host::state_dir::StateDir;
@@ -48,7 +47,6 @@ use crate::repository::content_check::{
 };
 use crate::repository::open::read_header;
 use crate::repository::open_backup;
-use crate::repository::physical::check_present;
 use crate::repository::pipe::{read_ahead, QUEUE_DEPTH};
 use crate::repository::runs;
 use crate::repository::volumes::check_volumes_exist;
@@ -56,7 +54,7 @@ use crate::repository::BackupId;
 
 pub use journal::{recover, Recovery};
 use journal::{Phase, StagingTransaction};
-use physical_in_place::InPlace;
+use physical::InPlace;
 use plan::{Destination, Placement, Plan};
 use to_provider::ProviderSink;
 
@@ -143,58 +141,24 @@ pub async fn restore_backup(
     crate::host::scratch::remove_leftovers(config);
     crate::host::drills::clean_leftovers(config);
     let object = ctx.store.head(id).await?;
-    let destination = match &options.target_dir {
-        Some(dir) => Destination::Directory(absolute(dir)?),
-        None => {
-            let hs = HomeserverConfig::load(&config.synapse)?;
-            check_working_dir(&hs)?;
-            Destination::Live(Box::new(hs))
-        }
-    };
+    let destination = destination(config, options)?;
     let state = StateDir::beside(destination.state_anchor())?;
     let _lock = state.lock_exclusive()?;
     let recovered = recover(&state)?;
-    if let Some(recovery) = &recovered {
-        tracing::warn!("{recovery}");
-        // Running the interrupted command again finishes it; nothing more to do.
-        if let Recovery::CompletedSwap { backup_id } = recovery {
-            if backup_id == id {
-                let mut report = RestoreReport::empty(id);
-                report.notes.push(
-                    "the interrupted restore of this backup was completed; start Synapse when ready"
-                        .into(),
-                );
-                report.recovered = recovered.clone();
-                report.elapsed = started.elapsed();
-                return Ok(report);
-            }
-        }
+    if let Some(report) = completed_by_recovery(&recovered, id, started) {
+        return Ok(report);
     }
 
     let header = read_header(ctx.store, id, ctx.passphrase()?, &ctx.cancel).await?;
-    let physical = header.as_ref().and_then(|h| h.database.physical.clone());
-    let target = match (&physical, options.to_time) {
-        (Some(_), Some(at)) => Some(RecoveryTarget::Time(at)),
-        (Some(physical), None) => Some(RecoveryTarget::RestorePoint(physical.restore_point.clone())),
-        (None, Some(_)) => {
-            return Err(Error::config(format!(
-                "--to-time needs a physical backup ([postgres] mode = \"physical\"); {id} holds no base backup"
-            )))
-        }
-        (None, None) => None,
-    };
-    // A physical backup's WAL is all in the store, and in place the server can be stopped
-    // and started, before anything is touched.
-    let in_place = match (&physical, &destination) {
-        (Some(physical), destination) => {
-            check_present(ctx, id, physical).await?;
-            match destination {
-                Destination::Live(_) => Some(InPlace::check(config, id)?),
-                Destination::Directory(_) => None,
-            }
-        }
-        (None, _) => None,
-    };
+    let (physical, in_place) = physical::prepare(
+        config,
+        ctx,
+        id,
+        header.as_ref(),
+        &destination,
+        options.to_time,
+    )
+    .await?;
     let mut notes = Vec::new();
     preflight::check_backup_fits(&destination, header.as_ref(), &mut notes)?;
     let plan = Plan::new(
@@ -224,28 +188,13 @@ pub async fn restore_backup(
         Destination::Live(hs) => Some(hs.as_ref()),
         Destination::Directory(_) => None,
     };
-    let sink = match (options.media_to_provider, live, header.as_ref()) {
-        (false, _, _) => None,
-        (true, Some(hs), Some(header)) => Some(Arc::new(ProviderSink::new(config, hs, header)?)),
-        (true, None, _) => {
-            return Err(Error::config(
-                "--media-to-provider writes to the storage providers homeserver.yaml configures; it does not go with --target-dir",
-            ))
-        }
-        (true, Some(_), None) => {
-            return Err(Error::config(format!(
-                "--media-to-provider: backup {id} was made by the Synapse charm, which never reads storage providers; restore it without the option"
-            )))
-        }
-    };
+    let sink = provider_sink(config, options, live, header.as_ref(), id)?;
     let stopped = match live {
         Some(hs) => hooks::stop_synapse_if_running(config, hs, &ctx.cancel).await?,
         None => false,
     };
-    let database = match (in_place, physical.clone(), target.clone()) {
-        (Some(in_place), Some(physical), Some(target)) => {
-            DatabaseStep::Physical(config, in_place, Box::new((physical, target)))
-        }
+    let database = match (in_place, physical.clone()) {
+        (Some(in_place), Some(physical)) => DatabaseStep::Physical(config, in_place, physical),
         _ => DatabaseStep::Logical,
     };
     let inputs = Inputs {
@@ -259,22 +208,9 @@ pub async fn restore_backup(
         _ => None,
     };
     let mut report = outcome?;
-    if let (Some(_), Some(hs)) = (options.to_time, live) {
-        if let Database::Postgres(args) = &hs.database {
-            let note = physical_in_place::media_rows_without_files(
-                &crate::database::postgres::Postgres::new(args),
-                &hs.media_store,
-            )
-            .await;
-            report.notes.push(note);
-        }
-    }
-    if let (Some(physical), Some(target), Destination::Directory(dir)) =
-        (&physical, &target, &destination)
-    {
-        report
-            .notes
-            .extend(physical::lay_data_dir(config, ctx, physical, target, dir).await?);
+    if let Some(physical) = &physical {
+        let after = physical::after(config, ctx, physical, &destination, options.to_time).await?;
+        report.notes.extend(after);
     }
     if let Some(health) = health {
         notes.push(health?);
@@ -283,6 +219,66 @@ pub async fn restore_backup(
     report.recovered = recovered;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The live homeserver's paths, or `--target-dir`.
+fn destination(config: &Config, options: &RestoreOptions) -> Result<Destination> {
+    Ok(match &options.target_dir {
+        Some(dir) => Destination::Directory(absolute(dir)?),
+        None => {
+            let hs = HomeserverConfig::load(&config.synapse)?;
+            check_working_dir(&hs)?;
+            Destination::Live(Box::new(hs))
+        }
+    })
+}
+
+/// When the lock's recovery completed an interrupted restore of this very backup: the report
+/// (running the interrupted command again finishes it; nothing more to do).
+fn completed_by_recovery(
+    recovered: &Option<Recovery>,
+    id: &str,
+    started: Instant,
+) -> Option<RestoreReport> {
+    let recovery = recovered.as_ref()?;
+    tracing::warn!("{recovery}");
+    match recovery {
+        Recovery::CompletedSwap { backup_id } if backup_id == id => {
+            let mut report = RestoreReport::empty(id);
+            report.notes.push(
+                "the interrupted restore of this backup was completed; start Synapse when ready"
+                    .into(),
+            );
+            report.recovered = recovered.clone();
+            report.elapsed = started.elapsed();
+            Some(report)
+        }
+        _ => None,
+    }
+}
+
+/// `--media-to-provider`'s writer to the storage providers homeserver.yaml configures now.
+fn provider_sink(
+    config: &Config,
+    options: &RestoreOptions,
+    live: Option<&HomeserverConfig>,
+    header: Option<&Header>,
+    id: &str,
+) -> Result<Option<Arc<ProviderSink>>> {
+    Ok(match (options.media_to_provider, live, header) {
+        (false, _, _) => None,
+        (true, Some(hs), Some(header)) => Some(Arc::new(ProviderSink::new(config, hs, header)?)),
+        (true, None, _) => {
+            return Err(Error::config(
+                "--media-to-provider writes to the storage providers homeserver.yaml configures; it does not go with --target-dir",
+            ))
+        }
+        (true, Some(_), None) => {
+            return Err(Error::config(format!(
+                "--media-to-provider: backup {id} was made by the Synapse charm, which never reads storage providers; restore it without the option"
+            )))
+        }
+    })
 }
 
 fn absolute(dir: &Path) -> Result<PathBuf> {

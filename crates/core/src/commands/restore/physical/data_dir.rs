@@ -1,9 +1,9 @@
-//! The database of a physical backup, restored into `--target-dir`: `DIR/postgres` is laid from
-//! the base and set to recover, from the store alone, to the backup's restore point
-//! (`recovery.signal`, `restore_command` = wal-fetch, `recovery_target_name`, the backup's
-//! timeline, then promote), ready for `pg_ctl start` on a port of the admin's choosing. Nothing
-//! live is touched: the running server, its data directory and the WAL archive stay as they
-//! are (archiving is off in the laid directory, so it never writes into the store).
+//! Laying a data directory from a physical backup's base: unpacking the base object, the
+//! recovery settings (`recovery.signal`, `restore_command` = wal-fetch, the target, the backup's
+//! timeline, promote) as a marked block of `postgresql.auto.conf`, and the owner PostgreSQL
+//! needs. For `--target-dir`, `DIR/postgres` is laid here, ready for `pg_ctl start` on a port of
+//! the admin's choosing, with archiving off so that it never writes into the backups' store;
+//! `in_place` lays the server's own data directory with the same pieces.
 
 use std::fs;
 use std::io::Write;
@@ -17,7 +17,7 @@ use crate::error::{CorruptKind, Error, IoContext, Result};
 use crate::repository::object_reader::read_shared_object;
 use crate::repository::wal::BASE_PART_PREFIX;
 
-use super::OpContext;
+use crate::repository::OpContext;
 
 /// The folder of `--target-dir` the data directory is laid in.
 pub const DATA_DIR_NAME: &str = "postgres";

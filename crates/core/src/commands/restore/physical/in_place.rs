@@ -21,18 +21,18 @@ use crate::database::postgres::Postgres;
 use crate::error::{Error, Hook, IoContext, Refusal, Result};
 use crate::progress::Cancel;
 
-use super::hooks::run_hook;
-use super::physical::{
+use super::super::hooks::run_hook;
+use super::data_dir::{
     chown_tree, remove_recovery_settings, unpack_base, write_recovery_settings, Laid,
 };
-use super::OpContext;
+use crate::repository::OpContext;
 
 const POLL: Duration = Duration::from_millis(250);
 /// How long PostgreSQL may take to exit after stop-command.
 const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a restore in place needs, checked before anything is stopped.
-pub(super) struct InPlace {
+pub(in crate::commands::restore) struct InPlace {
     data_dir: PathBuf,
     kept: PathBuf,
     stop: String,
@@ -42,7 +42,7 @@ pub(super) struct InPlace {
 impl InPlace {
     /// Refuses, naming the setting, unless `[postgres]` says where the data directory is and
     /// how to stop and start the server, and no earlier restore's copy is in the way.
-    pub fn check(config: &Config, id: &str) -> Result<InPlace> {
+    pub(in crate::commands::restore) fn check(config: &Config, id: &str) -> Result<InPlace> {
         let settings = &config.postgres;
         let missing = |what: &str| {
             Error::refused(
@@ -91,7 +91,7 @@ impl InPlace {
 
     /// Restores the database; on success the note for the report and the kept old data
     /// directory.
-    pub async fn restore(
+    pub(in crate::commands::restore) async fn restore(
         self,
         config: &Config,
         ctx: &OpContext<'_>,
