@@ -162,6 +162,12 @@ def run_scenario(checks, tool, sb, hs, cluster):
     rec = Recorded()
     with running(checks, hs):
         populate(checks, hs, rec, messages=10)
+        # A one-time key that a restore must not bring back (Synapse's backup documentation).
+        uploaded = rec.users["alice"].call("POST", "/_matrix/client/v3/keys/upload", json={
+            "one_time_keys": {"curve25519:AAAAAQ": "dGhpcyBpcyBhIHRlc3Qga2V5"}})
+        checks.require("a one-time key is uploaded", uploaded.status_code == 200, uploaded.text)
+        keys = cluster.sql("SELECT count(*) FROM e2e_one_time_keys_json", dbname="synapse")
+        checks.require("the database holds the one-time key", keys == "1", keys)
         nightly, _ = tool.run_json(checks, "create-backup in physical mode takes a base backup", sb, "create-backup")
         alice = rec.users["alice"]
         after = [alice.send(rec.room_id, f"after the nightly backup {i}") for i in range(5)]

@@ -1,6 +1,7 @@
 //! Stopping Synapse before a live restore and starting it after, through the commands in
 //! `[restore]`. Every wait here is asynchronous and gives up when the user cancels.
 
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -90,9 +91,17 @@ pub(crate) async fn start_synapse(
 /// Runs a configured command through `sh -c`. The commands carry no secret.
 pub(super) async fn run_hook(hook: Hook, command: &str) -> Result<()> {
     tracing::info!("running {hook}: {command}");
+    // What the command prints goes to stderr: stdout is the tool's own (`--json`).
+    let stdout = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::process::Stdio::from)
+        .unwrap_or_else(|_| std::process::Stdio::null());
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
         .status()
         .await
         .map_err(|e| Error::Hook {
