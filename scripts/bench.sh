@@ -6,4 +6,10 @@ if [[ "${1:-}" == --only && "${2:-}" == wal ]]; then
     shift 2
     exec python3 "$(dirname "$0")/bench/wal.py" "$@"
 fi
+# `--only physical` runs scripts/bench/physical.py: PostgreSQL's logical and physical modes on a
+# Synapse-shaped database of a few GB (root and the installed PostgreSQL server, as for wal).
+if [[ "${1:-}" == --only && "${2:-}" == physical ]]; then
+    shift 2
+    exec python3 "$(dirname "$0")/bench/physical.py" "$@"
+fi
 exec python3 "$(dirname "$0")/bench.py" "$@"

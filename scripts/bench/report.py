@@ -874,8 +874,8 @@ def splice_block(doc, section, name):
     return doc + ("" if doc.endswith("\n") else "\n") + "\n" + block + "\n"
 
 
-# Sections written by runs of their own (`--only scale`, `--only wal`), kept by a default run.
-OWN_RUN_BLOCKS = ("scale", "wal")
+# Sections written by runs of their own (`--only scale`, `wal`, `physical`), kept by a default run.
+OWN_RUN_BLOCKS = ("scale", "wal", "physical")
 
 
 def scale_span(doc):

@@ -85,8 +85,11 @@ class Cluster:
                      str(self.data.parent / f"{self.data.name}.log"), "-w", "-t", "300", *args])
 
     def sql(self, sql: str) -> str:
+        return self.sql_in("postgres", sql)
+
+    def sql_in(self, database: str, sql: str) -> str:
         return run([str(self.bin / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-U", "postgres",
-                    "-h", str(self.sock), "-p", str(self.port), "-d", "postgres", "-c", sql]).stdout.strip()
+                    "-h", str(self.sock), "-p", str(self.port), "-d", database, "-c", sql]).stdout.strip()
 
     def configure(self, settings: str) -> None:
         with open(self.data / "postgresql.auto.conf", "a") as f:

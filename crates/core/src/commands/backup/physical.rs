@@ -138,7 +138,7 @@ fn refuse_unless_archiving_here(state: &ArchiverState, config: &Config) -> Resul
     ))
 }
 
-/// The base of the newest backup of this server, when it is physical, on this timeline, newer
+/// The base of the newest physical backup of this server, when it is on this timeline, newer
 /// than `base-backup-every`, and still in the store.
 async fn shareable_base(
     config: &Config,
@@ -167,8 +167,10 @@ async fn shareable_base(
         if header.server_name != server_name {
             continue;
         }
+        // A logical backup in between (the mode changed back and forth) does not end the
+        // search: an earlier physical backup's base is as good.
         let Some(physical) = header.database.physical else {
-            return Ok(None);
+            continue;
         };
         let age = Utc::now().signed_duration_since(physical.base_taken);
         let fresh = age.to_std().unwrap_or(Duration::ZERO) < config.postgres.base_backup_every;
