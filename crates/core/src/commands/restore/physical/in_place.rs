@@ -101,8 +101,23 @@ impl InPlace {
     ) -> Result<(String, PathBuf)> {
         run_hook(Hook::PostgresStop, &self.stop).await?;
         wait_until_stopped(&self.data_dir, &ctx.cancel).await?;
-        let old = fs::metadata(&self.data_dir).at("stat", &self.data_dir)?;
-        fs::rename(&self.data_dir, &self.kept).at("move aside", &self.data_dir)?;
+        // Nothing is changed yet: a data directory that cannot be moved aside (a mount point,
+        // say) leaves the server as it was, started again.
+        let moved = fs::metadata(&self.data_dir)
+            .at("stat", &self.data_dir)
+            .and_then(|old| {
+                fs::rename(&self.data_dir, &self.kept).at("move aside", &self.data_dir)?;
+                Ok(old)
+            });
+        let old = match moved {
+            Ok(old) => old,
+            Err(e) => {
+                if let Err(start) = run_hook(Hook::PostgresStart, &self.start).await {
+                    tracing::error!("PostgreSQL did not start again: {start}");
+                }
+                return Err(e);
+            }
+        };
         let attempt = async {
             fs::create_dir(&self.data_dir).at("create", &self.data_dir)?;
             fs::set_permissions(
