@@ -45,6 +45,18 @@ fn listed(world: &World, id: &str) -> serde_json::Value {
         .clone()
 }
 
+/// `check`'s item `name` (status and detail).
+fn check_item(world: &World, name: &str) -> serde_json::Value {
+    let doc = json(&world.run(&["--json", "check"]));
+    doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {doc}"))
+        .clone()
+}
+
 fn phases(cluster: &Cluster) -> String {
     cluster.sql("SELECT phase || '=' || count(*) FROM t GROUP BY phase ORDER BY phase")
 }
@@ -113,6 +125,13 @@ fn physical_backups_restore_to_their_restore_point(backend: Backend) {
         json(&world.run(&["--json", "list-backups"]))["backups"],
         serde_json::json!([])
     );
+    // check says the same, and that a restore in place lacks its [postgres] settings.
+    let archiving = check_item(&world, "wal-archiving");
+    assert_eq!(archiving["status"], "fail", "{archiving}");
+    assert!(archiving["detail"].as_str().unwrap().contains("physical"), "{archiving}");
+    let in_place = check_item(&world, "physical-restore");
+    assert_eq!(in_place["status"], "warn", "{in_place}");
+    assert!(in_place["detail"].as_str().unwrap().contains("data-dir"), "{in_place}");
     cluster.sql(&format!(
         "ALTER SYSTEM SET archive_command = '{tool} wal-push %p'"
     ));
@@ -289,6 +308,8 @@ fn a_physical_backup_restores_in_place_and_a_failure_puts_the_old_one_back() {
     cluster.sql("CREATE TABLE local_media_repository_thumbnails (media_id text, thumbnail_width int, thumbnail_height int, thumbnail_type text, thumbnail_method text)");
     cluster.sql("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 1000) g");
     config_with(&start);
+    assert_eq!(check_item(&world, "physical-restore")["status"], "ok");
+    assert_eq!(check_item(&world, "wal-archiving")["status"], "ok");
     let id = created(&world);
     cluster.sql("INSERT INTO t SELECT g, 'after' FROM generate_series(1, 100) g");
     // Uploaded after the backup: its row is in the database at --to-time, its file in no backup.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use secrecy::SecretString;
 
-use crate::config::Config;
+use crate::config::{Config, DatabaseMode};
 use crate::database::postgres::Postgres;
 use crate::error::{Error, ErrorKind, Refusal, Result};
 use crate::progress::Cancel;
@@ -369,41 +369,103 @@ async fn check_database(report: &mut CheckReport, hs: &HomeserverConfig, config:
                     .and_then(|r| r),
                 config,
             );
-            let server_major = major_version(&server_version);
-            for tool in ["pg_dump", "pg_restore"] {
-                match client_version(tool) {
-                    Ok(version) => match (major_version(&version), server_major) {
-                        (Some(client), Some(server)) if client < server => report.fail(
-                            "database-tools",
-                            Error::config(format!(
-                                "{tool} {version} is older than the server ({server_version}); install the PostgreSQL {server} client tools"
-                            )),
-                        ),
-                        _ => report.ok("database-tools", format!("{tool} {version}")),
-                    },
-                    Err(e) => report.fail("database-tools", e),
-                }
+            if config.postgres.mode == DatabaseMode::Physical {
+                report_physical_settings(report, config);
             }
+            report_client_tools(report, config, &server_version);
+        }
+    }
+}
+
+/// pg_dump and pg_restore (and pg_basebackup in physical mode), no older than the server.
+fn report_client_tools(report: &mut CheckReport, config: &Config, server_version: &str) {
+    let server_major = major_version(server_version);
+    let mut tools = vec!["pg_dump", "pg_restore"];
+    if config.postgres.mode == DatabaseMode::Physical {
+        tools.push("pg_basebackup");
+    }
+    for tool in tools {
+        match client_version(tool) {
+            Ok(version) => match (major_version(&version), server_major) {
+                (Some(client), Some(server)) if client < server => report.fail(
+                    "database-tools",
+                    Error::config(format!(
+                        "{tool} {version} is older than the server ({server_version}); install the PostgreSQL {server} client tools"
+                    )),
+                ),
+                _ => report.ok("database-tools", format!("{tool} {version}")),
+            },
+            Err(e) => report.fail("database-tools", e),
         }
     }
 }
 
 /// PostgreSQL's WAL archiver: off or healthy is fine, archiving elsewhere a warning, failing a
-/// failure (its disk fills); a state that cannot be read (a user without the rights) a warning.
+/// failure (its disk fills); in physical mode anything but healthy into this store is a failure;
+/// a state that cannot be read (a user without the rights) a warning.
 fn report_archiver(report: &mut CheckReport, state: Result<ArchiverState>, config: &Config) {
+    // In physical mode a backup is refused unless the WAL goes into this store: a failure here.
+    let physical = config.postgres.mode == DatabaseMode::Physical;
+    let needed = |report: &mut CheckReport, detail: String| {
+        if physical {
+            report.fail(
+                "wal-archiving",
+                Error::Other(format!(
+                    "{detail}; [postgres] mode = \"physical\" needs the WAL archived through wal-push into this store (create-backup refuses)"
+                )),
+            )
+        } else {
+            report.warn("wal-archiving", detail)
+        }
+    };
     match state {
         Ok(state) => match state.verdict() {
+            ArchiverVerdict::Off(detail) if physical => needed(report, detail),
             ArchiverVerdict::Off(detail) => report.ok("wal-archiving", detail),
             ArchiverVerdict::Healthy(detail) => match wal_push_store(&state, config) {
                 Ok(()) => report.ok("wal-archiving", format!("{detail}, into this store")),
-                Err(problem) => report.warn("wal-archiving", format!("{detail}; but {problem}")),
+                Err(problem) => needed(report, format!("{detail}; but {problem}")),
             },
-            ArchiverVerdict::Elsewhere(detail) => report.warn("wal-archiving", detail),
+            ArchiverVerdict::Elsewhere(detail) => needed(report, detail),
             ArchiverVerdict::Failing(detail) => report.fail("wal-archiving", Error::Other(detail)),
         },
         Err(e) => report.warn(
             "wal-archiving",
             format!("the archiver's state cannot be read: {e}"),
+        ),
+    }
+}
+
+/// Physical mode: what a restore in place needs (`[postgres] data-dir`, stop and start commands);
+/// without them a restore is refused and only `--target-dir` works.
+fn report_physical_settings(report: &mut CheckReport, config: &Config) {
+    let settings = &config.postgres;
+    let missing: Vec<&str> = [
+        ("data-dir", settings.data_dir.is_none()),
+        ("stop-command", settings.stop_command.is_none()),
+        ("start-command", settings.start_command.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(name, missing)| missing.then_some(name))
+    .collect();
+    match (&settings.data_dir, missing.is_empty()) {
+        (Some(dir), true) if !dir.join("PG_VERSION").is_file() => report.fail(
+            "physical-restore",
+            Error::config(format!(
+                "[postgres] data-dir {} is not a PostgreSQL data directory (no PG_VERSION)",
+                dir.display()
+            )),
+        ),
+        (Some(dir), true) => report.ok(
+            "physical-restore",
+            format!("a restore in place replaces {} (kept aside)", dir.display()),
+        ),
+        _ => report.warn(
+            "physical-restore",
+            format!(
+                "[postgres] {} not set: restore-backup refuses to restore a physical backup in place (only --target-dir works)",
+                missing.join(", ")
+            ),
         ),
     }
 }
