@@ -128,10 +128,16 @@ fn physical_backups_restore_to_their_restore_point(backend: Backend) {
     // check says the same, and that a restore in place lacks its [postgres] settings.
     let archiving = check_item(&world, "wal-archiving");
     assert_eq!(archiving["status"], "fail", "{archiving}");
-    assert!(archiving["detail"].as_str().unwrap().contains("physical"), "{archiving}");
+    assert!(
+        archiving["detail"].as_str().unwrap().contains("physical"),
+        "{archiving}"
+    );
     let in_place = check_item(&world, "physical-restore");
     assert_eq!(in_place["status"], "warn", "{in_place}");
-    assert!(in_place["detail"].as_str().unwrap().contains("data-dir"), "{in_place}");
+    assert!(
+        in_place["detail"].as_str().unwrap().contains("data-dir"),
+        "{in_place}"
+    );
     cluster.sql(&format!(
         "ALTER SYSTEM SET archive_command = '{tool} wal-push %p'"
     ));

@@ -76,8 +76,9 @@ impl InPlace {
             return Err(Error::refused(
                 Refusal::TargetInTheWay,
                 format!(
-                    "{} already exists from an earlier restore of this backup; move it away first",
-                    kept.display()
+                    "{kept} already exists: an earlier restore of this backup moved the data directory there. If that restore did not finish, {kept} is the previous database: stop PostgreSQL and move it back to {data}; otherwise move it away, then run the restore again",
+                    kept = kept.display(),
+                    data = data_dir.display()
                 ),
             ));
         }
@@ -164,7 +165,15 @@ impl InPlace {
         if let Err(e) = run_hook(Hook::PostgresStop, &self.stop).await {
             tracing::warn!("stopping the restored PostgreSQL: {e}");
         }
-        let _ = wait_until_stopped(&self.data_dir, &Cancel::new()).await;
+        // Never pull a data directory from under a running server.
+        if let Err(e) = wait_until_stopped(&self.data_dir, &Cancel::new()).await {
+            tracing::error!(
+                "the restore failed and PostgreSQL still runs on the laid data directory ({e}): stop it, then move {} back to {}",
+                self.kept.display(),
+                self.data_dir.display()
+            );
+            return;
+        }
         if self.data_dir.exists() {
             if let Err(e) = fs::remove_dir_all(&self.data_dir) {
                 tracing::error!(
