@@ -1,6 +1,7 @@
 use anyhow::Result;
 use serde::Serialize;
 use synapse_backup_core::repository::catalog::{list_backups, BackupListing, Catalog, Details};
+use synapse_backup_core::repository::physical::restorable_span;
 use synapse_backup_core::repository::wal::base_object;
 use synapse_backup_core::ErrorKind;
 
@@ -12,8 +13,18 @@ pub async fn run(context: &Context) -> Result<()> {
     let passphrase = context.config.passphrase().ok();
     let store = context.store()?;
     let catalog = list_backups(store.as_ref(), passphrase.as_ref(), &context.cancel).await?;
+    let physical = catalog.verified().filter_map(|b| match &b.details {
+        Details::Manifest(h) => h.database.physical.as_ref(),
+        _ => None,
+    });
+    let span = restorable_span(store.as_ref(), physical).await?;
     let store = store.describe();
-    emit(context.json, &Listed::of(&catalog, &store))?;
+    let mut listed = Listed::of(&catalog, &store);
+    listed.restorable = span.map(|s| SpanOut {
+        from: s.from.to_rfc3339(),
+        wal_stored_until: s.wal_stored_until.map(|t| t.to_rfc3339()),
+    });
+    emit(context.json, &listed)?;
     Ok(())
 }
 
@@ -25,8 +36,20 @@ struct Listed<'a> {
     store: &'a str,
     backups: Vec<ListRow<'a>>,
     not_backups: &'a [String],
+    /// With physical backups: the span `restore-backup --to-time` can reach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restorable: Option<SpanOut>,
     #[serde(skip)]
     catalog: &'a Catalog,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct SpanOut {
+    /// The oldest physical backup's restore point.
+    from: String,
+    /// When the newest WAL segment was stored.
+    wal_stored_until: Option<String>,
 }
 
 /// One object named like a backup. What is known of it depends on whether it was opened.
@@ -105,6 +128,7 @@ impl<'a> Listed<'a> {
             store,
             backups: catalog.backups.iter().map(ListRow::of).collect(),
             not_backups: &catalog.strays,
+            restorable: None,
             catalog,
         }
     }
@@ -127,6 +151,16 @@ impl CommandOutput for Listed<'_> {
         crate::output::write_stdout(&table.render());
         if self.backups.is_empty() {
             eprintln!("no backups in {}", self.store);
+        }
+        if let Some(span) = &self.restorable {
+            eprintln!(
+                "PostgreSQL (physical): restore-backup --to-time reaches any moment from {} to the last archived WAL ({})",
+                span.from,
+                span.wal_stored_until
+                    .as_deref()
+                    .map(|t| format!("stored {t}"))
+                    .unwrap_or_else(|| "none stored yet".into())
+            );
         }
         let unverified = self.catalog.unverified();
         if !unverified.is_empty() {

@@ -163,6 +163,13 @@ fn physical_backups_restore_to_their_restore_point(backend: Backend) {
     assert_eq!(physical["took-base"], false, "{second_row}");
     assert_eq!(physical["base"], first_row["database"]["physical"]["base"]);
     assert_eq!(physical["restore-point"], second.as_str());
+    // The span --to-time reaches starts at the oldest physical backup's restore point.
+    let list = json(&world.run(&["--json", "list-backups"]));
+    assert_eq!(
+        list["restorable"]["from"], first_row["database"]["physical"]["restores-to"],
+        "{list}"
+    );
+    assert!(list["restorable"]["wal-stored-until"].is_string(), "{list}");
     cluster.sql("INSERT INTO t SELECT g, 'after-second' FROM generate_series(1, 50) g");
 
     let verified = world.run(&["--json", "verify-backup", &second]);

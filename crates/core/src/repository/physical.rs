@@ -210,3 +210,37 @@ pub async fn backup_for_time(
         store: ctx.store.describe(),
     })
 }
+
+/// The moments `restore-backup --to-time` can reach: from the oldest physical backup's restore
+/// point to when the newest WAL segment was stored (the archive's last object; its content is
+/// a little older). `None` without a physical backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestorableSpan {
+    pub from: DateTime<Utc>,
+    pub wal_stored_until: Option<DateTime<Utc>>,
+}
+
+pub async fn restorable_span(
+    store: &dyn crate::store::Store,
+    physical: impl Iterator<Item = &PhysicalInfo>,
+) -> Result<Option<RestorableSpan>> {
+    let Some(from) = physical.map(|p| p.at).min() else {
+        return Ok(None);
+    };
+    let wal_stored_until = store
+        .list_folder(WAL_FOLDER)
+        .await?
+        .into_iter()
+        .filter(|o| {
+            o.name
+                .strip_prefix("wal/")
+                .and_then(|n| WalFileName::parse(n).ok())
+                .is_some_and(|n| n.kind() == crate::database::wal_names::WalFileKind::Segment)
+        })
+        .map(|o| o.last_modified)
+        .max();
+    Ok(Some(RestorableSpan {
+        from,
+        wal_stored_until,
+    }))
+}
