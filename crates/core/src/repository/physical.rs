@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
-use crate::archive::{read_members, MemberKind};
+use crate::archive::read_members;
 use crate::database::physical::PhysicalInfo;
 use crate::database::wal_names::WalFileName;
 use crate::error::{CorruptKind, Error, Result};
@@ -15,7 +15,7 @@ use crate::error::{CorruptKind, Error, Result};
 use super::object_reader::read_shared_object;
 use super::open::read_header;
 use super::trust::split_listing;
-use super::wal::{read_wal_file, wal_object, BASE_PART_PREFIX, WAL_FOLDER};
+use super::wal::{base_part, read_wal_file, wal_object, WAL_FOLDER};
 use super::BackupId;
 use super::OpContext;
 
@@ -101,18 +101,8 @@ pub async fn verify_physical(
         let mut bytes = 0u64;
         let mut parts = 0usize;
         read_members(reader, &base_id, |mut member| {
-            if member.kind == MemberKind::Directory {
+            if !base_part(&base_id, &member.path, member.kind)? {
                 return Ok(());
-            }
-            if !member.path.starts_with(BASE_PART_PREFIX) {
-                return Err(Error::corrupt(
-                    &base_id,
-                    CorruptKind::Malformed,
-                    format!(
-                        "its base holds {:?}, not a part of pg_basebackup's tar",
-                        member.path
-                    ),
-                ));
             }
             parts += 1;
             bytes += std::io::copy(&mut member.data, &mut std::io::sink()).map_err(|e| {

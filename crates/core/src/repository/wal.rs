@@ -124,6 +124,22 @@ pub fn base_object(backup_id: &str) -> String {
 /// tar: `gpg -d wal/base-ID | tar -xO | tar -x -C DATADIR`.
 pub const BASE_PART_PREFIX: &str = "postgres/base.tar.part-";
 
+/// Whether a member of base object `object` is one of its parts (`false`: a folder, skipped);
+/// anything else is damage, not something to restore or skip.
+pub fn base_part(object: &str, path: &str, kind: MemberKind) -> Result<bool> {
+    if kind == MemberKind::Directory {
+        return Ok(false);
+    }
+    if !path.starts_with(BASE_PART_PREFIX) {
+        return Err(Error::corrupt(
+            object,
+            CorruptKind::Malformed,
+            format!("it holds {path:?}, not a part of pg_basebackup's tar"),
+        ));
+    }
+    Ok(true)
+}
+
 /// Streams a running pg_basebackup into `name`; where its recovery starts, and the object's
 /// size. Stored plain: a base is taken weekly and is as large as the database, so zlib's CPU
 /// would cost more than the bytes it saves.

@@ -10,12 +10,12 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::archive::{read_members, MemberKind};
+use crate::archive::read_members;
 use crate::config::Config;
 use crate::database::physical::{PhysicalInfo, RecoveryTarget};
-use crate::error::{CorruptKind, Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::repository::object_reader::read_shared_object;
-use crate::repository::wal::BASE_PART_PREFIX;
+use crate::repository::wal::base_part;
 
 use crate::repository::OpContext;
 
@@ -65,18 +65,8 @@ pub(super) async fn unpack_base(ctx: &OpContext<'_>, base: &str, data: &Path) ->
             })
         };
         let fed = read_members(reader, &object, |mut member| {
-            if member.kind == MemberKind::Directory {
+            if !base_part(&object, &member.path, member.kind)? {
                 return Ok(());
-            }
-            if !member.path.starts_with(BASE_PART_PREFIX) {
-                return Err(Error::corrupt(
-                    &object,
-                    CorruptKind::Malformed,
-                    format!(
-                        "it holds {:?}, not a part of pg_basebackup's tar",
-                        member.path
-                    ),
-                ));
             }
             std::io::copy(&mut member.data, &mut pipe_writer)
                 .map(|_| ())
