@@ -2,7 +2,7 @@ use anyhow::Result;
 use serde::Serialize;
 use synapse_backup_core::commands::delete::{delete_backup, DeleteOutcome};
 
-use super::{Context, VolumesOutput};
+use super::{Context, SweptOutput};
 use crate::output::{emit, CommandOutput};
 
 pub async fn run(context: &Context, id: &str) -> Result<()> {
@@ -27,7 +27,8 @@ struct Deleted<'a> {
     ok: bool,
     deleted: &'a str,
     store: &'a str,
-    volumes: VolumesOutput<'a>,
+    volumes: SweptOutput<'a>,
+    wal: SweptOutput<'a>,
     volume_warning: Option<&'a str>,
 }
 
@@ -37,7 +38,8 @@ impl<'a> Deleted<'a> {
             ok: true,
             deleted: id,
             store,
-            volumes: VolumesOutput::of(&outcome.volumes, false),
+            volumes: SweptOutput::volumes(&outcome.sweep.volumes, false),
+            wal: SweptOutput::wal(&outcome.sweep.wal, false),
             volume_warning: outcome.volume_warning.as_deref(),
         }
     }
@@ -47,5 +49,6 @@ impl CommandOutput for Deleted<'_> {
     fn print_human(&self) {
         eprintln!("deleted {} from {}", self.deleted, self.store);
         self.volumes.print_human(self.volume_warning);
+        self.wal.print_human(None);
     }
 }

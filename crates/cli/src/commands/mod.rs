@@ -14,7 +14,7 @@ mod wal;
 
 use std::sync::Arc;
 
-use synapse_backup_core::repository::gc::SweepReport;
+use synapse_backup_core::repository::gc::Swept;
 
 use anyhow::Result;
 use secrecy::SecretString;
@@ -85,17 +85,31 @@ pub async fn run(context: &Context, command: &Command) -> Result<RunFacts> {
     }
 }
 
-/// What a delete or a prune did (or, dry, would do) to the media volumes: in `--json`, each
-/// list of names with its total bytes (`condemned`, `deleted`, `waiting`; dry:
-/// `would-condemn`, `would-free`).
-pub struct VolumesOutput<'a> {
-    report: &'a SweepReport,
+/// What a delete or a prune did (or, dry, would do) to the media volumes, or to the archived
+/// WAL and base backups: in `--json`, each list of names with its total bytes (`condemned`,
+/// `deleted`, `waiting`; dry: `would-condemn`, `would-free`).
+pub struct SweptOutput<'a> {
+    swept: &'a Swept,
     dry_run: bool,
+    /// What the objects are, for people.
+    noun: &'static str,
 }
 
-impl<'a> VolumesOutput<'a> {
-    pub fn of(report: &'a SweepReport, dry_run: bool) -> Self {
-        VolumesOutput { report, dry_run }
+impl<'a> SweptOutput<'a> {
+    pub fn volumes(swept: &'a Swept, dry_run: bool) -> Self {
+        SweptOutput {
+            swept,
+            dry_run,
+            noun: "media volume(s)",
+        }
+    }
+
+    pub fn wal(swept: &'a Swept, dry_run: bool) -> Self {
+        SweptOutput {
+            swept,
+            dry_run,
+            noun: "archived WAL file(s) and base backup(s)",
+        }
     }
 
     fn lists(&self) -> [(&'static str, &'a [(String, u64)]); 3] {
@@ -105,16 +119,16 @@ impl<'a> VolumesOutput<'a> {
             ("condemned", "deleted")
         };
         [
-            (condemned, &self.report.condemned),
-            (deleted, &self.report.deleted),
-            ("waiting", &self.report.waiting),
+            (condemned, &self.swept.condemned),
+            (deleted, &self.swept.deleted),
+            ("waiting", &self.swept.waiting),
         ]
     }
 
-    /// For people, on stderr, after `warning` (volumes left in place) if there is one.
+    /// For people, on stderr, after `warning` (objects left in place) if there is one.
     pub fn print_human(&self, warning: Option<&str>) {
         use crate::output::human_bytes;
-        let report = self.report;
+        let (swept, noun) = (self.swept, self.noun);
         if let Some(warning) = warning {
             eprintln!("warning: {warning}");
         }
@@ -123,38 +137,38 @@ impl<'a> VolumesOutput<'a> {
         } else {
             ("condemned", "freed")
         };
-        if !report.deleted.is_empty() {
+        if !swept.deleted.is_empty() {
             eprintln!(
-                "{delete} {} media volume(s), {}",
-                report.deleted.len(),
-                human_bytes(SweepReport::bytes(&report.deleted))
+                "{delete} {} {noun}, {}",
+                swept.deleted.len(),
+                human_bytes(Swept::bytes(&swept.deleted))
             );
         }
-        if !report.condemned.is_empty() {
+        if !swept.condemned.is_empty() {
             eprintln!(
-                "{condemn} {} media volume(s) no backup needs any more, {} (deleted by a prune once the grace period, [retention] delete-grace-secs, has passed)",
-                report.condemned.len(),
-                human_bytes(SweepReport::bytes(&report.condemned))
+                "{condemn} {} {noun} no backup needs any more, {} (deleted by a prune once the grace period, [retention] delete-grace-secs, has passed)",
+                swept.condemned.len(),
+                human_bytes(Swept::bytes(&swept.condemned))
             );
         }
-        if !report.waiting.is_empty() {
+        if !swept.waiting.is_empty() {
             eprintln!(
-                "{} condemned media volume(s), {}, wait for the grace period to pass",
-                report.waiting.len(),
-                human_bytes(SweepReport::bytes(&report.waiting))
+                "{} condemned {noun}, {}, wait for the grace period to pass",
+                swept.waiting.len(),
+                human_bytes(Swept::bytes(&swept.waiting))
             );
         }
     }
 }
 
-impl serde::Serialize for VolumesOutput<'_> {
+impl serde::Serialize for SweptOutput<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut map = serializer.serialize_map(Some(6))?;
         for (key, list) in self.lists() {
             let names: Vec<&str> = list.iter().map(|(name, _)| name.as_str()).collect();
             map.serialize_entry(key, &names)?;
-            map.serialize_entry(&format!("{key}-bytes"), &SweepReport::bytes(list))?;
+            map.serialize_entry(&format!("{key}-bytes"), &Swept::bytes(list))?;
         }
         map.end()
     }

@@ -4,7 +4,7 @@ use synapse_backup_core::commands::prune::{
     prune_backups, PruneDecision, PruneOutcome, RetentionPolicy,
 };
 
-use super::{Context, VolumesOutput};
+use super::{Context, SweptOutput};
 use crate::args::PruneArgs;
 use crate::output::{emit, CommandOutput, Table};
 
@@ -45,7 +45,8 @@ struct Pruned<'a> {
     backups: Vec<PruneRow<'a>>,
     unverified: Vec<Unverified<'a>>,
     not_backups: &'a [String],
-    volumes: VolumesOutput<'a>,
+    volumes: SweptOutput<'a>,
+    wal: SweptOutput<'a>,
     volume_warning: Option<&'a str>,
 }
 
@@ -95,7 +96,8 @@ impl<'a> Pruned<'a> {
                 })
                 .collect(),
             not_backups: &outcome.strays,
-            volumes: VolumesOutput::of(&outcome.volumes, dry_run),
+            volumes: SweptOutput::volumes(&outcome.sweep.volumes, dry_run),
+            wal: SweptOutput::wal(&outcome.sweep.wal, dry_run),
             volume_warning: outcome.volume_warning.as_deref(),
         }
     }
@@ -142,5 +144,6 @@ impl CommandOutput for Pruned<'_> {
             eprintln!("not a backup (left alone): {}", self.not_backups.join(", "));
         }
         self.volumes.print_human(self.volume_warning);
+        self.wal.print_human(None);
     }
 }

@@ -399,6 +399,8 @@ trait StoreView {
     fn pending(&self) -> Vec<String>;
     fn exists(&self, name: &str) -> bool;
     fn volumes(&self) -> Vec<String>;
+    /// The object's bytes, or `None` when it cannot be read (gone meanwhile).
+    fn read(&self, name: &str) -> Option<Vec<u8>>;
 }
 
 struct LocalView<'a>(&'a World);
@@ -418,6 +420,9 @@ impl StoreView for LocalView<'_> {
     fn volumes(&self) -> Vec<String> {
         volumes(self.0)
     }
+    fn read(&self, name: &str) -> Option<Vec<u8>> {
+        fs::read(self.0.store.join(name)).ok()
+    }
 }
 
 /// A prune in one process while a create in another has announced that it uses a volume that
@@ -434,8 +439,14 @@ fn prune_racing_a_create(world: &World, view: &dyn StoreView) {
     }
     let racing = spawn(world, &["--json", "create-backup"], &[]);
     let started = std::time::Instant::now();
+    // The marker is written before the create chooses its parent, and names the parent's
+    // volumes once it has: that is when the race is on.
+    let names_parent = |marker: &String| {
+        view.read(&format!(".pending/{marker}"))
+            .is_some_and(|body| String::from_utf8_lossy(&body).contains(&parent))
+    };
     let marker = loop {
-        if let Some(marker) = view.pending().into_iter().next() {
+        if let Some(marker) = view.pending().into_iter().find(names_parent) {
             break marker;
         }
         assert!(
@@ -551,6 +562,13 @@ mod s3 {
         }
         fn volumes(&self) -> Vec<String> {
             self.names("volumes")
+        }
+        fn read(&self, name: &str) -> Option<Vec<u8>> {
+            let key = Key::from(format!("{}/{name}", self.prefix));
+            self.runtime.block_on(async {
+                let got = self.client.get(&key).await.ok()?;
+                Some(got.bytes().await.ok()?.to_vec())
+            })
         }
     }
 

@@ -13,7 +13,7 @@ use crate::common::pg_cluster::{self, Cluster};
 use crate::common::*;
 use crate::exit;
 
-fn json(out: &Output) -> serde_json::Value {
+pub(crate) fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "not JSON ({e}): {}\n{}",
@@ -23,17 +23,17 @@ fn json(out: &Output) -> serde_json::Value {
     })
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn created(world: &World) -> String {
+pub(crate) fn created(world: &World) -> String {
     let out = world.run(&["--json", "create-backup"]);
     assert!(out.status.success(), "create-backup: {}", stderr(&out));
     json(&out)["backup-id"].as_str().unwrap().to_string()
 }
 
-fn listed(world: &World, id: &str) -> serde_json::Value {
+pub(crate) fn listed(world: &World, id: &str) -> serde_json::Value {
     let out = world.run(&["--json", "list-backups"]);
     assert!(out.status.success(), "{}", stderr(&out));
     json(&out)["backups"]

@@ -4,16 +4,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::repository::gc::{
-    delete_base, require_passphrase_for_volumes, sweep_after, SweepReport,
-};
+use crate::repository::gc::{delete_base, require_passphrase_for_shared, sweep_after, SweepReport};
 use crate::repository::BackupId;
 use crate::repository::OpContext;
 
 /// What deleting one backup did to the media volumes.
 #[derive(Debug, Clone)]
 pub struct DeleteOutcome {
-    pub volumes: SweepReport,
+    pub sweep: SweepReport,
     pub volume_warning: Option<String>,
 }
 
@@ -27,11 +25,11 @@ pub async fn delete_backup(
     let store = ctx.store;
     // Only backups are ever deleted (the type says so): nothing else in the prefix is ours.
     store.head(id.as_str()).await?;
-    require_passphrase_for_volumes(ctx).await?;
+    require_passphrase_for_shared(ctx).await?;
     delete_base(store, id).await?;
-    let (volumes, volume_warning) = sweep_after(ctx, grace, false, &HashSet::new()).await;
+    let (sweep, volume_warning) = sweep_after(ctx, grace, false, &HashSet::new()).await;
     Ok(DeleteOutcome {
-        volumes,
+        sweep,
         volume_warning,
     })
 }

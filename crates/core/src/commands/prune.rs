@@ -19,9 +19,7 @@ use crate::repository::OpContext;
 
 use crate::repository::catalog::list_backups;
 
-use crate::repository::gc::{
-    delete_base, require_passphrase_for_volumes, sweep_after, SweepReport,
-};
+use crate::repository::gc::{delete_base, require_passphrase_for_shared, sweep_after, SweepReport};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PruneDecision {
@@ -89,7 +87,7 @@ pub struct PruneOutcome {
     pub unverified: Vec<(String, String)>,
     /// Objects not named like backups: left alone.
     pub strays: Vec<String>,
-    pub volumes: SweepReport,
+    pub sweep: SweepReport,
     /// Why volumes were left alone this time (they stay until a later prune can read the
     /// store), when they were.
     pub volume_warning: Option<String>,
@@ -136,19 +134,19 @@ pub async fn prune_backups(
         .filter(|d| !d.keep)
         .map(|d| d.backup_id.clone())
         .collect();
-    require_passphrase_for_volumes(ctx).await?;
+    require_passphrase_for_shared(ctx).await?;
     if !dry_run {
         for id in &leaving {
             delete_base(store, id).await?;
             tracing::info!("deleted {id}");
         }
     }
-    let (volumes, volume_warning) = sweep_after(ctx, grace, dry_run, &leaving).await;
+    let (sweep, volume_warning) = sweep_after(ctx, grace, dry_run, &leaving).await;
     Ok(PruneOutcome {
         decisions,
         unverified,
         strays: catalog.strays,
-        volumes,
+        sweep,
         volume_warning,
     })
 }

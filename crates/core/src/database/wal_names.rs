@@ -72,6 +72,16 @@ impl WalFileName {
         u32::from_str_radix(&self.0[..8], 16).unwrap_or(0)
     }
 
+    /// Where in the WAL the file lies, whatever its timeline: the log and segment numbers as
+    /// one ordered number. `None` for a history file, which belongs to no position.
+    pub fn position(&self) -> Option<u64> {
+        if self.kind() == WalFileKind::History {
+            return None;
+        }
+        let field = |range: std::ops::Range<usize>| u64::from_str_radix(&self.0[range], 16).ok();
+        Some((field(8..16)? << 32) | field(16..24)?)
+    }
+
     /// The segment after this one on the same timeline, for segments of `segment_bytes` (a
     /// power of two, 1 MiB to 1 GiB, as `initdb --wal-segsize` allows); `None` for anything
     /// that is not a segment or a size PostgreSQL cannot have.
@@ -159,6 +169,21 @@ mod tests {
         );
         assert_eq!(next("000000010000000000000003", 3 << 20), None);
         assert_eq!(next("00000002.history", mib16), None);
+    }
+
+    #[test]
+    fn positions_order_files_across_timelines_and_logs() {
+        let position = |name: &str| WalFileName::parse(name).unwrap().position();
+        assert!(position("0000000200000000000000FF") < position("000000010000000100000000"));
+        assert_eq!(
+            position("000000010000000000000003.00000028.backup"),
+            position("000000030000000000000003")
+        );
+        assert_eq!(
+            position("000000010000000000000003.partial"),
+            position("000000010000000000000003")
+        );
+        assert_eq!(position("00000002.history"), None);
     }
 
     #[test]

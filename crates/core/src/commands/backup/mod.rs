@@ -7,8 +7,9 @@
 //!    the snapshot has its file in the backup (Synapse writes the file before the row);
 //! 3. list the key, config and media (`sources`), and the media the database lists that only
 //!    Synapse's storage providers hold (`offloaded`);
-//! 4. decide which media the newest earlier backup already stores (`reuse`), announce the
-//!    backup (`gc::Pending`) and leave out volumes a prune has condemned;
+//! 4. decide which media the newest earlier backup already stores (`reuse`), name its volumes
+//!    in the backup's pending marker (`gc::Pending`, written before step 2 so that a shared
+//!    base is protected too) and leave out volumes a prune has condemned;
 //! 5. stream the other media into new volumes, then the night's run of the file list (`runs`),
 //!    then the base (key, config, database, and the list of runs), each → OpenPGP → store; the
 //!    base is written last, so its existence means the backup is complete (`volumes`,
@@ -100,63 +101,111 @@ pub async fn create_backup(
     // A killed drill's folder holds plaintext too: the night's backup cleans it as well.
     crate::host::drills::clean_leftovers(config);
     let temp = scratch::create(&scratch::scratch_parent(config))?;
-
-    let mut sources = sources::key_and_config_sources(&hs)?;
-    let snapshot = take_snapshot(config, ctx, &hs, options, &backup_id, temp.path()).await?;
-    let sqlite_snapshot = snapshot.file.as_ref().map(|s| s.path().into_owned());
-    sources.extend(snapshot.file);
-    let mut media = list_media(&hs, options).await?;
-    let offloaded = offloaded::find_offloaded(
+    // Announced before anything shared is chosen (`repository::gc`): a base to share, the
+    // parent's volumes. What it chooses is added to the marker before it reads what a prune
+    // condemned.
+    let mut pending = Pending::announce(ctx.store, backup_id.as_str()).await?;
+    let made = Announced {
         config,
-        &hs,
-        sqlite_snapshot.as_deref(),
-        &media.files,
-        temp.path(),
-        options.allow_missing_media,
-    )
-    .await?;
-    let mut offloaded = offloaded;
-    media.files.append(&mut offloaded.files);
-    // Each path once (a provider's files are those not found locally): the in-place sort is
-    // exact and needs no buffer of half the listing, which the stable one would.
-    media.files.sort_unstable_by(|a, b| a.member.cmp(&b.member));
-    media.files.shrink_to_fit();
+        ctx,
+        options,
+        hs: &hs,
+        backup_id: &backup_id,
+        temp: temp.path(),
+    }
+    .make(&mut pending)
+    .await;
+    pending.withdraw().await;
+    drop(lock);
+    drop(temp);
+    let (database, stored, full_reason) = made?;
+    Ok(BackupSummary {
+        backup_id,
+        server_name: hs.server_name,
+        stored,
+        database,
+        elapsed: started.elapsed(),
+        full_reason,
+        leftovers,
+    })
+}
 
-    let (parent, full_reason) = if options.full {
-        (None, None)
-    } else {
-        match reuse::find_parent(ctx, &hs.server_name).await? {
-            ParentChoice::Parent(parent) => (Some(parent), None),
-            ParentChoice::None => (None, None),
-            ParentChoice::Unusable(why) => {
-                tracing::warn!("this backup is full, storing every media file anew: {why}");
-                (None, Some(why))
+/// A create-backup once its pending marker is written.
+struct Announced<'a> {
+    config: &'a Config,
+    ctx: &'a OpContext<'a>,
+    options: &'a BackupOptions,
+    hs: &'a HomeserverConfig,
+    backup_id: &'a BackupId,
+    temp: &'a Path,
+}
+
+impl Announced<'_> {
+    async fn make(
+        &self,
+        pending: &mut Pending<'_>,
+    ) -> Result<(DatabaseInfo, Stored, Option<String>)> {
+        let Announced {
+            config,
+            ctx,
+            options,
+            hs,
+            backup_id,
+            temp,
+        } = *self;
+        let mut sources = sources::key_and_config_sources(hs)?;
+        let snapshot = self.take_snapshot(pending).await?;
+        let sqlite_snapshot = snapshot.file.as_ref().map(|s| s.path().into_owned());
+        sources.extend(snapshot.file);
+        let mut media = list_media(hs, options).await?;
+        let mut offloaded = offloaded::find_offloaded(
+            config,
+            hs,
+            sqlite_snapshot.as_deref(),
+            &media.files,
+            temp,
+            options.allow_missing_media,
+        )
+        .await?;
+        media.files.append(&mut offloaded.files);
+        // Each path once (a provider's files are those not found locally): the in-place sort
+        // is exact and needs no buffer of half the listing, which the stable one would.
+        media.files.sort_unstable_by(|a, b| a.member.cmp(&b.member));
+        media.files.shrink_to_fit();
+
+        let (parent, full_reason) = if options.full {
+            (None, None)
+        } else {
+            match reuse::find_parent(ctx, &hs.server_name).await? {
+                ParentChoice::Parent(parent) => (Some(parent), None),
+                ParentChoice::None => (None, None),
+                ParentChoice::Unusable(why) => {
+                    tracing::warn!("this backup is full, storing every media file anew: {why}");
+                    (None, Some(why))
+                }
             }
-        }
-    };
-    // Announced before the condemned volumes are looked at (`repository::gc`): every volume and
-    // run the parent uses, a superset of those this backup will name.
-    let parent_volumes: Vec<String> = parent
-        .as_ref()
-        .map(|p| p.shared_objects())
-        .unwrap_or_default();
-    let pending = Pending::announce(ctx.store, backup_id.as_str(), &parent_volumes).await?;
-    let written = async {
+        };
+        // Named before the condemned volumes are looked at: every volume and run the parent
+        // uses, a superset of those this backup will name.
+        let parent_volumes: Vec<String> = parent
+            .as_ref()
+            .map(|p| p.shared_objects())
+            .unwrap_or_default();
+        pending.name_volumes(&parent_volumes).await?;
         let condemned = condemned_volumes(ctx.store).await?;
         let parent_id = parent.as_ref().map(|p| p.backup_id.clone());
         let parent_runs = parent.as_ref().map(|p| p.runs.clone()).unwrap_or_default();
         // The parent's entries are moved into the plan or dropped: freed before the writing.
         let folders = reuse::MediaFolders {
             media_store: Arc::from(hs.media_store.as_path()),
-            provider_copies: Arc::from(offloaded::provider_copies(temp.path())),
+            provider_copies: Arc::from(offloaded::provider_copies(temp)),
         };
         let plan = reuse::plan_media(media.files, parent, &condemned, &folders);
-        let parent = parent_id;
         let contents = write::BackupContents {
             backup_id: backup_id.as_str(),
-            hs: &hs,
+            hs,
             options,
-            parent,
+            parent: parent_id,
             sources,
             folders: media.folders,
             dump: snapshot.dump,
@@ -165,53 +214,26 @@ pub async fn create_backup(
             parent_runs,
             condemned: &condemned,
             providers: offloaded,
-            temp: temp.path(),
+            temp,
         };
-        write::write_backup(config, ctx, contents).await
+        let stored = write::write_backup(config, ctx, contents).await?;
+        Ok((snapshot.info, stored, full_reason))
     }
-    .await;
-    pending.withdraw().await;
-    drop(lock);
-    drop(temp);
-    Ok(BackupSummary {
-        backup_id,
-        server_name: hs.server_name,
-        stored: written?,
-        database: snapshot.info,
-        elapsed: started.elapsed(),
-        full_reason,
-        leftovers,
-    })
 }
 
-/// The database's part, before the media are listed: a physical restore point (with a base
-/// when one is due) in physical mode, else a SQLite snapshot or a running pg_dump.
-async fn take_snapshot(
-    config: &Config,
-    ctx: &OpContext<'_>,
-    hs: &HomeserverConfig,
-    options: &BackupOptions,
-    backup_id: &BackupId,
-    temp: &Path,
-) -> Result<snapshot::Snapshot> {
-    match &hs.database {
-        Database::Postgres(args)
-            if config.postgres.mode == DatabaseMode::Physical && !options.skip_database =>
-        {
-            let progress = ctx.progress.as_ref();
-            let id = backup_id.as_str();
-            physical::take(
-                config,
-                ctx,
-                args,
-                &hs.server_name,
-                id,
-                options.full,
-                progress,
-            )
-            .await
+impl Announced<'_> {
+    /// The database's part, before the media are listed: a physical restore point (with a
+    /// base when one is due) in physical mode, else a SQLite snapshot or a running pg_dump.
+    async fn take_snapshot(&self, pending: &mut Pending<'_>) -> Result<snapshot::Snapshot> {
+        match &self.hs.database {
+            Database::Postgres(args)
+                if self.config.postgres.mode == DatabaseMode::Physical
+                    && !self.options.skip_database =>
+            {
+                physical::take(self, args, pending).await
+            }
+            _ => snapshot::take(self.hs, self.options, self.temp, self.ctx.progress.as_ref()).await,
         }
-        _ => snapshot::take(hs, options, temp, ctx.progress.as_ref()).await,
     }
 }
 

@@ -18,14 +18,14 @@ use crate::database::postgres::Postgres;
 use crate::database::wal_names::WalFileName;
 use crate::error::{Error, ErrorKind, Refusal, Result};
 use crate::manifest::{DatabaseInfo, DatabaseKind};
-use crate::progress::Progress;
+use crate::repository::gc::{shared_base_condemned, Pending};
 use crate::repository::open::read_header;
 use crate::repository::trust::split_listing;
 use crate::repository::wal::{base_object, put_base_backup, wal_object, wal_push_store};
 use crate::synapse::PostgresArgs;
 
 use super::snapshot::Snapshot;
-use super::OpContext;
+use super::{Announced, OpContext};
 
 /// The base a backup restores from, taken now or shared with the newest earlier backup.
 struct Base {
@@ -36,14 +36,13 @@ struct Base {
 }
 
 pub(super) async fn take(
-    config: &Config,
-    ctx: &OpContext<'_>,
+    create: &Announced<'_>,
     args: &PostgresArgs,
-    server_name: &str,
-    backup_id: &str,
-    full: bool,
-    progress: &dyn Progress,
+    pending: &mut Pending<'_>,
 ) -> Result<Snapshot> {
+    let (config, ctx) = (create.config, create.ctx);
+    let backup_id = create.backup_id.as_str();
+    let progress = ctx.progress.as_ref();
     let postgres = Postgres::new(&match &config.postgres.connection {
         Some(text) => args.overlaid(&PostgresArgs::from_conninfo(text).map_err(|e| {
             Error::config(format!(
@@ -67,7 +66,15 @@ pub(super) async fn take(
         })
         .await?
     };
-    let base = match shareable_base(config, ctx, server_name, timeline, full).await? {
+    let shareable = shareable_base(
+        config,
+        ctx,
+        &create.hs.server_name,
+        timeline,
+        create.options.full,
+    )
+    .await?;
+    let base = match keep_shared_base(ctx, shareable, pending).await? {
         Some(base) => base,
         None => {
             progress.start("taking a base backup (pg_basebackup)", None);
@@ -195,6 +202,41 @@ async fn shareable_base(
         };
     }
     Ok(None)
+}
+
+/// Names `base` in the create's pending marker, then makes sure no prune condemned it or its WAL
+/// meanwhile and that it is still there (`repository::gc::wal`): else no base is shared and the
+/// marker says so.
+async fn keep_shared_base(
+    ctx: &OpContext<'_>,
+    base: Option<Base>,
+    pending: &mut Pending<'_>,
+) -> Result<Option<Base>> {
+    let Some(base) = base else {
+        return Ok(None);
+    };
+    pending
+        .name_shared_base(Some((&base.name, &base.start_wal)))
+        .await?;
+    let why_not = match shared_base_condemned(ctx.store, &base.name, &base.start_wal).await? {
+        Some(why) => Some(why),
+        None => match ctx.store.head(&base.name).await {
+            Ok(found) if found.size == base.object_bytes => None,
+            Ok(_) => Some(format!("{} is not its recorded size", base.name)),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Some(format!("{} is gone from the store", base.name))
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    match why_not {
+        None => Ok(Some(base)),
+        Some(why) => {
+            tracing::warn!("this backup takes a new base: {why}");
+            pending.name_shared_base(None).await?;
+            Ok(None)
+        }
+    }
 }
 
 async fn take_base(ctx: &OpContext<'_>, postgres: &Postgres, backup_id: &str) -> Result<Base> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::database::wal_names::WalFileName;
 use crate::manifest::{index_name, shared_object_owner};
 use crate::repository::BackupId;
 use crate::store::owner::FOREIGN_STALE_AFTER;
@@ -19,6 +20,17 @@ pub(super) struct PendingMarker {
     pub owner: String,
     /// Volumes of earlier backups the create may use (its parent's); its own are named after it.
     pub volumes: Vec<String>,
+    /// The base (and its WAL from `start_wal` on) the create shares, once chosen; a base it
+    /// takes itself is named after it. Absent in markers of tools before physical mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<PendingWal>,
+}
+
+/// A physical-mode create's choice of an earlier backup's base.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingWal {
+    pub base: String,
+    pub start_wal: String,
 }
 
 /// What a pending marker means for the sweep.
@@ -28,6 +40,7 @@ pub(super) enum PendingVerdict {
     Protects {
         backup_id: String,
         volumes: Vec<String>,
+        wal: Option<PendingWal>,
     },
     /// Its create is gone: the marker can be removed.
     Abandoned,
@@ -51,6 +64,7 @@ pub(super) fn judge_pending(
         Some(marker) if !is_abandoned(&marker.owner, age) => PendingVerdict::Protects {
             backup_id: marker.backup_id,
             volumes: marker.volumes,
+            wal: marker.wal,
         },
         Some(_) => PendingVerdict::Abandoned,
         None if age > FOREIGN_STALE_AFTER => PendingVerdict::Abandoned,
@@ -59,14 +73,36 @@ pub(super) fn judge_pending(
 }
 
 /// The volumes some remaining base or some running create names, and the backups whose own
-/// volumes are all in use (running creates, whose volumes are not named anywhere yet).
+/// volumes are all in use (running creates, whose volumes are not named anywhere yet); in
+/// `wal/`, the bases named and the lowest start of any physical backup or create.
 #[derive(Debug, Default)]
 pub struct InUse {
     pub volumes: HashSet<String>,
     pub owners: HashSet<String>,
+    pub wal_bases: HashSet<String>,
+    pub wal_floor: Option<WalFileName>,
 }
 
 impl InUse {
+    /// Counts a physical backup (or a create's choice) of `base` replaying from `start_wal`.
+    /// A start that is not a segment name is an error: the floor cannot be placed without it.
+    pub fn note_physical(&mut self, base: &str, start_wal: &str) -> Result<(), String> {
+        let start = WalFileName::parse(start_wal)?;
+        let Some(at) = start.position() else {
+            return Err(format!("{start_wal} is not a WAL segment"));
+        };
+        self.wal_bases.insert(base.to_string());
+        if self
+            .wal_floor
+            .as_ref()
+            .and_then(|floor| floor.position())
+            .is_none_or(|floor| at < floor)
+        {
+            self.wal_floor = Some(start);
+        }
+        Ok(())
+    }
+
     /// Whether something still needs `volume` (or run): a base or a pending marker names it,
     /// or it is one of a backup's (or a running create's) own volumes or its run.
     pub fn needs(&self, volume: &str) -> bool {
@@ -182,6 +218,7 @@ mod tests {
         InUse {
             volumes: volumes.iter().map(|v| v.to_string()).collect(),
             owners: owners.iter().map(|o| o.to_string()).collect(),
+            ..InUse::default()
         }
     }
 
@@ -267,6 +304,7 @@ mod tests {
             backup_id: "backup-20261206110000000000".into(),
             owner: owner.into(),
             volumes: vec![OLD.into()],
+            wal: None,
         })
         .expect("encodes")
     }
@@ -281,6 +319,7 @@ mod tests {
             PendingVerdict::Protects {
                 backup_id: "backup-20261206110000000000".into(),
                 volumes: vec![OLD.into()],
+                wal: None,
             }
         );
     }

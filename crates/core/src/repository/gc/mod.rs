@@ -29,14 +29,19 @@ use crate::store::owner::UploadOwner;
 use crate::store::{ObjectInfo, ReadFailed, Store};
 
 use crate::repository::trust::split_listing;
+use crate::repository::wal::WAL_FOLDER;
 use crate::repository::{BackupId, OpContext};
 
 mod decide;
+mod wal;
 
 use decide::{
     decide_volumes, judge_pending, marks_without_volume, orphan_indexes, InUse, PendingMarker,
-    PendingVerdict, VolumeAction,
+    PendingVerdict, PendingWal, VolumeAction,
 };
+pub use wal::{shared_base_condemned, WAL_CONDEMNED};
+
+use crate::database::wal_names::WalFileName;
 
 use super::open::read_stored_header;
 
@@ -47,30 +52,53 @@ const HEADER_READS_AT_ONCE: usize = 8;
 /// default volume size. A bigger one is treated as unreadable, never as empty.
 const MARKER_READ_CAP: usize = 16 << 20;
 
-/// A create-backup's announcement that it is under way.
+/// A create-backup's announcement that it is under way, rewritten as it learns what it uses.
 pub struct Pending<'a> {
     store: &'a dyn Store,
     name: String,
+    marker: PendingMarker,
 }
 
 impl<'a> Pending<'a> {
-    /// Writes the marker of `backup_id`, naming the `volumes` it means to use.
-    pub async fn announce(
-        store: &'a dyn Store,
-        backup_id: &str,
-        volumes: &[String],
-    ) -> Result<Pending<'a>> {
-        let marker = PendingMarker {
-            backup_id: backup_id.to_string(),
-            owner: UploadOwner::current().token(),
-            volumes: volumes.to_vec(),
+    /// Writes the marker of `backup_id`, before it chooses anything shared: from now on its own
+    /// volumes and base are protected, and what it names later is too.
+    pub async fn announce(store: &'a dyn Store, backup_id: &str) -> Result<Pending<'a>> {
+        let pending = Pending {
+            store,
+            name: format!("{PENDING}/{backup_id}"),
+            marker: PendingMarker {
+                backup_id: backup_id.to_string(),
+                owner: UploadOwner::current().token(),
+                volumes: Vec::new(),
+                wal: None,
+            },
         };
-        let body = serde_json::to_vec(&marker)
+        pending.write().await?;
+        Ok(pending)
+    }
+
+    /// Names the `volumes` the create means to use; before it reads which are condemned.
+    pub async fn name_volumes(&mut self, volumes: &[String]) -> Result<()> {
+        self.marker.volumes = volumes.to_vec();
+        self.write().await
+    }
+
+    /// Names the earlier base (and its WAL from `start_wal`) the create means to share, or
+    /// none; before it reads whether they are condemned ([`shared_base_condemned`]).
+    pub async fn name_shared_base(&mut self, base: Option<(&str, &WalFileName)>) -> Result<()> {
+        self.marker.wal = base.map(|(base, start)| PendingWal {
+            base: base.to_string(),
+            start_wal: start.to_string(),
+        });
+        self.write().await
+    }
+
+    async fn write(&self) -> Result<()> {
+        let body = serde_json::to_vec(&self.marker)
             .map_err(|e| Error::Internal(format!("cannot encode the pending marker: {e}")))?;
-        let name = format!("{PENDING}/{backup_id}");
         let stream = futures::stream::once(async move { Ok(bytes::Bytes::from(body)) }).boxed();
-        store.put(&name, stream, None).await?;
-        Ok(Pending { store, name })
+        self.store.put(&self.name, stream, None).await?;
+        Ok(())
     }
 
     /// Removes the marker; a marker left behind stops protecting anything once its process is
@@ -103,26 +131,34 @@ fn condemned_marker(volume: &str) -> String {
     )
 }
 
-/// What a sweep did, or (dry run) would do.
+/// What a sweep did, or (dry run) would do, to the media volumes and in `wal/`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Volumes no backup needs, condemned now: deleted by a sweep once the grace period passed.
+    pub volumes: Swept,
+    /// Archived WAL files and base backups.
+    pub wal: Swept,
+}
+
+/// Objects (name, bytes) by what a sweep did to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// No backup needs them, condemned now: deleted by a sweep once the grace period passed.
     pub condemned: Vec<(String, u64)>,
-    /// Volumes deleted (condemned long enough and still unused).
+    /// Deleted (condemned long enough and still unused).
     pub deleted: Vec<(String, u64)>,
-    /// Volumes condemned earlier, still within the grace period.
+    /// Condemned earlier, still within the grace period.
     pub waiting: Vec<(String, u64)>,
 }
 
-impl SweepReport {
+impl Swept {
     pub fn bytes(list: &[(String, u64)]) -> u64 {
         list.iter().map(|(_, size)| size).sum()
     }
 }
 
-/// Condemns the volumes nothing needs and deletes those condemned longer than `grace`. With
-/// `dry_run`, changes nothing and reports what it would do, as if the bases in `leaving` were
-/// already gone.
+/// Condemns the volumes, WAL files and bases nothing needs and deletes those condemned longer
+/// than `grace`. With `dry_run`, changes nothing and reports what it would do, as if the
+/// backups in `leaving` were already gone.
 pub async fn sweep(
     ctx: &OpContext<'_>,
     grace: std::time::Duration,
@@ -139,22 +175,40 @@ pub async fn sweep(
         .into_iter()
         .filter_map(|o| Some((condemned_volume(&o.name)?, o)))
         .collect();
-    let mut report = SweepReport::default();
-    if volumes.is_empty() && condemned.is_empty() {
-        return Ok(report);
+    let wal_in_store = !store.list_folder(WAL_FOLDER).await?.is_empty();
+    if volumes.is_empty() && condemned.is_empty() && !wal_in_store {
+        return Ok(SweepReport::default());
     }
     let Some(passphrase) = ctx.passphrase.as_ref() else {
         return Err(Error::config(
-            "the store holds media volumes of incremental backups; the passphrase is needed to read which of them the remaining backups use (set [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE)",
+            "the store holds media volumes or archived WAL shared between backups; the passphrase is needed to read which of them the remaining backups use (set [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE)",
         ));
     };
     let in_use = volumes_in_use(store, passphrase, &ctx.cancel, dry_run, leaving).await?;
+    let volumes = sweep_volumes(store, &volumes, &condemned, &in_use, grace, dry_run).await?;
+    let wal = if wal_in_store {
+        wal::sweep_wal(store, &in_use, grace, dry_run).await?
+    } else {
+        Swept::default()
+    };
+    Ok(SweepReport { volumes, wal })
+}
+
+async fn sweep_volumes(
+    store: &dyn Store,
+    volumes: &[ObjectInfo],
+    condemned: &HashMap<String, ObjectInfo>,
+    in_use: &InUse,
+    grace: std::time::Duration,
+    dry_run: bool,
+) -> Result<Swept> {
+    let mut report = Swept::default();
     let now = Utc::now();
     let condemned_since: HashMap<String, DateTime<Utc>> = condemned
         .iter()
         .map(|(volume, mark)| (volume.clone(), mark.last_modified))
         .collect();
-    let actions = decide_volumes(&volumes, &condemned_since, &in_use, now, grace);
+    let actions = decide_volumes(volumes, &condemned_since, in_use, now, grace);
     for (volume, action) in volumes.iter().zip(actions) {
         let entry = (volume.name.clone(), volume.size);
         match action {
@@ -185,11 +239,11 @@ pub async fn sweep(
         }
     }
     if !dry_run {
-        for volume in marks_without_volume(condemned.keys(), &volumes) {
+        for volume in marks_without_volume(condemned.keys(), volumes) {
             store.delete(&condemned_marker(&volume)).await?;
         }
         let indexes = store.list_folder("index").await?;
-        for index in orphan_indexes(&indexes, &in_use, now, grace) {
+        for index in orphan_indexes(&indexes, in_use, now, grace) {
             store.delete(&index).await?;
         }
     }
@@ -211,8 +265,15 @@ async fn volumes_in_use(
         let age = decide::age(Utc::now(), marker.last_modified);
         let (body, complete) = read_small_object(store, &marker.name).await?;
         match judge_pending(&body, complete, age, UploadOwner::is_abandoned) {
-            PendingVerdict::Protects { backup_id, volumes } => {
+            PendingVerdict::Protects {
+                backup_id,
+                volumes,
+                wal,
+            } => {
                 in_use.volumes.extend(volumes);
+                if let Some(wal) = wal {
+                    note_physical(&mut in_use, &marker.name, &wal.base, &wal.start_wal)?;
+                }
                 in_use.owners.insert(backup_id);
             }
             PendingVerdict::UnreadableYoung => unreadable_markers.push(marker.name),
@@ -263,6 +324,9 @@ async fn volumes_in_use(
                         .volumes
                         .extend(media.runs.into_iter().map(|r| r.name));
                 }
+                if let Some(physical) = &header.database.physical {
+                    note_physical(&mut in_use, &id, &physical.base, &physical.start_wal)?;
+                }
                 in_use.owners.insert(id);
             }
             // A charm backup or a format-1 one: no volumes.
@@ -286,6 +350,17 @@ async fn volumes_in_use(
     Ok(in_use)
 }
 
+/// Counts a physical backup's (or a running create's) base and start; one whose start cannot
+/// be read stops the sweep: the WAL it needs cannot be told from the WAL it does not.
+fn note_physical(in_use: &mut InUse, whose: &str, base: &str, start_wal: &str) -> Result<()> {
+    in_use.note_physical(base, start_wal).map_err(|e| {
+        Error::refused(
+            Refusal::UnreadableBackups,
+            format!("{whose} names a WAL start that cannot be placed ({e}), so nothing was condemned or deleted; check it, and delete it with delete-backup if it is not your backup"),
+        )
+    })
+}
+
 /// The bytes of a bookkeeping object, up to [`MARKER_READ_CAP`], and whether that was all.
 async fn read_small_object(store: &dyn Store, name: &str) -> Result<(Vec<u8>, bool)> {
     let mut stream = store.get(name).await?;
@@ -306,13 +381,24 @@ async fn read_small_object(store: &dyn Store, name: &str) -> Result<(Vec<u8>, bo
     }
     Ok((body, true))
 }
-/// Refuses, before anything is deleted, to delete backups from a store with media volumes
-/// without the passphrase that tells which volumes the remaining backups use.
-pub async fn require_passphrase_for_volumes(ctx: &OpContext<'_>) -> Result<()> {
-    if ctx.passphrase.is_none() && !ctx.store.list_folder("volumes").await?.is_empty() {
-        return Err(Error::config(
-            "this store holds media volumes of incremental backups, and the passphrase is needed to read which of them the remaining backups use; set [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE",
-        ));
+/// Refuses, before anything is deleted, to delete backups from a store with media volumes or
+/// archived WAL without the passphrase that tells which of them the remaining backups use.
+pub async fn require_passphrase_for_shared(ctx: &OpContext<'_>) -> Result<()> {
+    if ctx.passphrase.is_some() {
+        return Ok(());
+    }
+    for (folder, what) in [
+        ("volumes", "media volumes of incremental backups"),
+        (
+            WAL_FOLDER,
+            "archived WAL and base backups of physical backups",
+        ),
+    ] {
+        if !ctx.store.list_folder(folder).await?.is_empty() {
+            return Err(Error::config(format!(
+                "this store holds {what}, and the passphrase is needed to read which of them the remaining backups use; set [backup] passphrase-file or SYNAPSE_BACKUP_PASSPHRASE"
+            )));
+        }
     }
     Ok(())
 }
@@ -339,7 +425,7 @@ pub async fn sweep_after(
     match sweep(ctx, grace, dry_run, leaving).await {
         Ok(report) => (report, None),
         Err(e) => {
-            let warning = format!("media volumes were left in place: {e}");
+            let warning = format!("media volumes and archived WAL were left in place: {e}");
             tracing::warn!("{warning}");
             (SweepReport::default(), Some(warning))
         }
