@@ -57,12 +57,7 @@ pub(super) async fn unpack_base(ctx: &OpContext<'_>, base: &str, data: &Path) ->
         let (pipe_reader, mut pipe_writer) = std::io::pipe().at("create a pipe for", &target)?;
         let unpacker = {
             let target = target.clone();
-            std::thread::spawn(move || -> std::io::Result<()> {
-                let mut archive = tar::Archive::new(pipe_reader);
-                archive.set_preserve_permissions(true);
-                archive.set_overwrite(false);
-                archive.unpack(&target)
-            })
+            std::thread::spawn(move || unpack_tar(pipe_reader, &target))
         };
         let fed = read_members(reader, &object, |mut member| {
             if !base_part(&object, &member.path, member.kind)? {
@@ -80,6 +75,98 @@ pub(super) async fn unpack_base(ctx: &OpContext<'_>, base: &str, data: &Path) ->
         unpacked.map_err(|e| Error::io("unpack the base backup into", &target, e))
     })
     .await
+}
+
+/// Unpacks pg_basebackup's tar into `target`, the large files flushed to disk behind the
+/// unpacking ([`WriteBehind`]).
+fn unpack_tar(tar_stream: impl std::io::Read, target: &Path) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(tar_stream);
+    archive.set_preserve_permissions(true);
+    archive.set_overwrite(false);
+    let write_behind = WriteBehind::start();
+    let unpacked = (|| {
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let path = entry.path()?.into_owned();
+            if entry.header().entry_type().is_file() && entry.header().size()? >= WriteBehind::LARGE
+            {
+                write_behind.writing(target.join(&path));
+            }
+            // unpack_in refuses paths that leave `target` (`..`, absolute).
+            if !entry.unpack_in(target)? {
+                return Err(std::io::Error::other(format!(
+                    "the base backup holds {}, which lies outside the data directory",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    })();
+    write_behind.stop();
+    unpacked
+}
+
+/// Flushes the large files of an unpacking to disk while it goes on. PostgreSQL fsyncs every
+/// file of a restored data directory when it starts (the base has a backup_label), and with
+/// gigabytes still only in the page cache that waits on the disk alone; flushed behind, the
+/// disk works during the decryption instead. Best effort, and stopped (not awaited) at the
+/// end: PostgreSQL's own fsync is what makes the data durable, and it reports failures.
+struct WriteBehind {
+    files: std::sync::mpsc::Sender<PathBuf>,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    flusher: std::thread::JoinHandle<()>,
+}
+
+impl WriteBehind {
+    /// Smaller files are left to PostgreSQL: a flush each would cost more than it saves.
+    const LARGE: u64 = 1 << 20;
+    /// How often the file being written is flushed: relation files are 1 GiB segments.
+    const TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
+    fn start() -> WriteBehind {
+        use std::sync::atomic::Ordering;
+        use std::sync::mpsc::RecvTimeoutError;
+        let (files, queue) = std::sync::mpsc::channel::<PathBuf>();
+        let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = stopping.clone();
+        let flusher = std::thread::spawn(move || {
+            let mut writing: Option<(PathBuf, Option<fs::File>)> = None;
+            while !stop.load(Ordering::Relaxed) {
+                let next = queue.recv_timeout(Self::TICK);
+                if let Some((path, file)) = &mut writing {
+                    // Opened once it exists (the unpacking creates it after it is named).
+                    if file.is_none() {
+                        *file = fs::File::open(&*path).ok();
+                    }
+                    if let Some(file) = file {
+                        let _ = file.sync_data();
+                    }
+                }
+                match next {
+                    Ok(path) => writing = Some((path, None)),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        });
+        WriteBehind {
+            files,
+            stopping,
+            flusher,
+        }
+    }
+
+    /// `path` is about to be written (the one before it is complete).
+    fn writing(&self, path: PathBuf) {
+        let _ = self.files.send(path);
+    }
+
+    fn stop(self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(self.files);
+        let _ = self.flusher.join();
+    }
 }
 
 /// Where a base is laid: a copy beside the live server (`--target-dir`), or in its place.

@@ -120,6 +120,7 @@ impl InPlace {
             }
         };
         let attempt = async {
+            let started = Instant::now();
             fs::create_dir(&self.data_dir).at("create", &self.data_dir)?;
             fs::set_permissions(
                 &self.data_dir,
@@ -127,9 +128,14 @@ impl InPlace {
             )
             .at("chmod", &self.data_dir)?;
             unpack_base(ctx, &physical.base, &self.data_dir).await?;
+            tracing::info!("laid the base in {:.1} s", started.elapsed().as_secs_f64());
             write_recovery_settings(config, physical, target, &self.data_dir, Laid::InPlace)?;
             chown_tree(&self.data_dir, old.uid(), old.gid())?;
             run_hook(Hook::PostgresStart, &self.start).await?;
+            tracing::info!(
+                "PostgreSQL started at {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             wait_until_promoted(
                 postgres,
                 &self.data_dir,
@@ -137,6 +143,10 @@ impl InPlace {
                 &ctx.cancel,
             )
             .await?;
+            tracing::info!(
+                "PostgreSQL promoted at {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             empty_one_time_keys(postgres).await?;
             Ok::<_, Error>(())
         }
