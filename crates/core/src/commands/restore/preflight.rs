@@ -61,6 +61,16 @@ pub(crate) async fn check_database_target(postgres: &Postgres, replace: bool) ->
         .map_err(|e| Error::task_failed("database check", e))?
 }
 
+/// Whether `path` lies on the filesystem of one of `others` (both looked up at their nearest
+/// existing folder).
+pub(crate) fn same_filesystem<'a>(path: &Path, others: impl IntoIterator<Item = &'a Path>) -> bool {
+    let device = |p: &Path| fs::metadata(existing_ancestor(p)).ok().map(|m| m.dev());
+    let Some(mine) = device(path) else {
+        return false;
+    };
+    others.into_iter().any(|other| device(other) == Some(mine))
+}
+
 /// Refuses when a target's filesystem has less room than `needed` bytes plus a margin.
 pub(crate) fn check_free_space<'a>(
     live_paths: impl IntoIterator<Item = &'a Path>,

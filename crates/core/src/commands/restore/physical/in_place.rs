@@ -90,6 +90,11 @@ impl InPlace {
         })
     }
 
+    /// The data directory the base replaces (kept beside it).
+    pub(in crate::commands::restore) fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Restores the database; on success the note for the report and the kept old data
     /// directory.
     pub(in crate::commands::restore) async fn restore(
