@@ -266,24 +266,33 @@ pub(super) async fn sweep_wal(
     if objects.is_empty() {
         return Ok(Swept::default());
     }
-    let record = match read_record(store).await {
-        Ok(record) => record.unwrap_or_default(),
+    let now = Utc::now();
+    let (record, unreadable) = match read_record(store).await {
+        Ok(record) => (record.unwrap_or_default(), false),
         Err(e) if matches!(e.kind(), ErrorKind::Storage | ErrorKind::Interrupted) => return Err(e),
         Err(e) => {
-            // What it recorded is lost: start again, deleting nothing this time, and tell
-            // creates that everything below today's floor may be gone.
-            tracing::warn!("{e}; it is written anew and no WAL is deleted by this sweep");
-            WalCondemned {
-                deleted_below: in_use.wal_floor.as_ref().map(|f| f.to_string()),
+            // What it recorded is lost: condemn again from now (so nothing is deleted before
+            // a full grace period), which also tells creates that everything below today's
+            // floor may be gone.
+            tracing::warn!(
+                "{e}; it is written anew, and no WAL is deleted before the grace period has passed again"
+            );
+            let floors = in_use.wal_floor.iter().map(|floor| FloorMark {
+                below: floor.to_string(),
+                since: now,
+            });
+            let record = WalCondemned {
+                floors: floors.collect(),
                 ..WalCondemned::default()
-            }
+            };
+            (record, true)
         }
     };
-    let decision = decide_wal(&objects, &record, in_use, Utc::now(), grace);
+    let decision = decide_wal(&objects, &record, in_use, now, grace);
     if dry_run {
         return Ok(decision.report);
     }
-    if decision.record != record || !decision.delete.is_empty() {
+    if unreadable || decision.record != record || !decision.delete.is_empty() {
         write_record(store, &decision.record).await?;
     }
     for object in &decision.delete {
@@ -561,5 +570,53 @@ mod tests {
             ..WalCondemned::default()
         };
         assert!(choice_condemned(&gone, BASE_NEW, &start("000000020000000000000002")).is_some());
+    }
+
+    fn put(store: &dyn Store, name: &str, body: &'static [u8]) {
+        let stream = futures::stream::once(async move { Ok(bytes::Bytes::from_static(body)) });
+        futures::executor::block_on(store.put(name, stream.boxed(), None)).expect("put");
+    }
+
+    async fn why_not_shared(store: &dyn Store, start: &WalFileName) -> Option<String> {
+        shared_base_condemned(store, BASE_NEW, start)
+            .await
+            .expect("answers")
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_deletes_nothing_and_turns_creates_to_a_new_base() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = crate::store::local::LocalStore::new(dir.path());
+        for name in [segment(1), segment(2), segment(5)] {
+            put(&store, &name, b"segment");
+        }
+        put(&store, WAL_CONDEMNED, b"{\"floors\": [trunc");
+        let start = WalFileName::parse("000000010000000000000005").expect("a segment name");
+        let why = shared_base_condemned(&store, BASE_NEW, &start).await;
+        assert!(
+            why.expect("answers").is_some(),
+            "an unreadable record forbids sharing"
+        );
+        let report = sweep_wal(&store, &kept_from_5(), DAY, false)
+            .await
+            .expect("sweeps");
+        assert!(report.deleted.is_empty(), "{report:?}");
+        for name in [segment(1), segment(2), segment(5)] {
+            assert!(store.head(&name).await.is_ok(), "{name} deleted");
+        }
+        let record = read_record(&store)
+            .await
+            .expect("readable again")
+            .expect("written");
+        assert_eq!(record.floors.len(), 1);
+        assert_eq!(record.floors[0].below, "000000010000000000000005");
+        assert!(why_not_shared(&store, &start).await.is_none());
+        // Written anew, it condemns again; a sweep once the grace has passed (none here)
+        // deletes below today's floor only.
+        let report = sweep_wal(&store, &kept_from_5(), Duration::ZERO, false)
+            .await
+            .expect("sweeps");
+        assert_eq!(names(&report.deleted), [segment(1), segment(2)]);
+        assert!(store.head(&segment(5)).await.is_ok());
     }
 }
