@@ -53,19 +53,19 @@ pub(super) async fn take(
         None => args.clone(),
     });
     progress.start("checking PostgreSQL's WAL archiving", None);
-    let (info, segment_bytes, timeline) = {
+    let (info, segment_bytes, current) = {
         let postgres = postgres.clone();
         let config = config.clone();
         blocking("the archiver check", move || {
             refuse_unless_archiving_here(&ArchiverState::read(&postgres)?, &config)?;
             let current = postgres.rows("SELECT pg_walfile_name(pg_current_wal_lsn())")?;
-            let timeline = WalFileName::parse(&current)
-                .map_err(|e| Error::Other(format!("pg_walfile_name gave {current:?}: {e}")))?
-                .timeline();
-            Ok((postgres.info()?, postgres.segment_bytes()?, timeline))
+            let current = WalFileName::parse(&current)
+                .map_err(|e| Error::Other(format!("pg_walfile_name gave {current:?}: {e}")))?;
+            Ok((postgres.info()?, postgres.segment_bytes()?, current))
         })
         .await?
     };
+    let timeline = current.timeline();
     let shareable = shareable_base(
         config,
         ctx,
@@ -77,6 +77,11 @@ pub(super) async fn take(
     let base = match keep_shared_base(ctx, shareable, pending).await? {
         Some(base) => base,
         None => {
+            // The base will start at or after the segment WAL is in now: named as its start,
+            // that keeps every sweep from here on off the WAL it needs.
+            pending
+                .name_base(Some((&base_object(backup_id), &current)))
+                .await?;
             progress.start("taking a base backup (pg_basebackup)", None);
             take_base(ctx, &postgres, backup_id).await?
         }
@@ -216,7 +221,7 @@ async fn keep_shared_base(
         return Ok(None);
     };
     pending
-        .name_shared_base(Some((&base.name, &base.start_wal)))
+        .name_base(Some((&base.name, &base.start_wal)))
         .await?;
     let why_not = match shared_base_condemned(ctx.store, &base.name, &base.start_wal).await? {
         Some(why) => Some(why),
@@ -233,7 +238,7 @@ async fn keep_shared_base(
         None => Ok(Some(base)),
         Some(why) => {
             tracing::warn!("this backup takes a new base: {why}");
-            pending.name_shared_base(None).await?;
+            pending.name_base(None).await?;
             Ok(None)
         }
     }

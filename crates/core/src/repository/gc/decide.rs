@@ -81,6 +81,8 @@ pub struct InUse {
     pub owners: HashSet<String>,
     pub wal_bases: HashSet<String>,
     pub wal_floor: Option<WalFileName>,
+    /// The timelines some physical backup or create starts on.
+    pub wal_timelines: HashSet<u32>,
 }
 
 impl InUse {
@@ -92,6 +94,7 @@ impl InUse {
             return Err(format!("{start_wal} is not a WAL segment"));
         };
         self.wal_bases.insert(base.to_string());
+        self.wal_timelines.insert(start.timeline());
         if self
             .wal_floor
             .as_ref()

@@ -83,9 +83,10 @@ impl<'a> Pending<'a> {
         self.write().await
     }
 
-    /// Names the earlier base (and its WAL from `start_wal`) the create means to share, or
-    /// none; before it reads whether they are condemned ([`shared_base_condemned`]).
-    pub async fn name_shared_base(&mut self, base: Option<(&str, &WalFileName)>) -> Result<()> {
+    /// Names the base the create means to use (an earlier one it shares, or its own) and the
+    /// WAL from `start_wal` on, or none; a shared one before it reads whether they are
+    /// condemned ([`shared_base_condemned`]).
+    pub async fn name_base(&mut self, base: Option<(&str, &WalFileName)>) -> Result<()> {
         self.marker.wal = base.map(|(base, start)| PendingWal {
             base: base.to_string(),
             start_wal: start.to_string(),

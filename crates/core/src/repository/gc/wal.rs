@@ -6,7 +6,11 @@
 //! the **floor**: the lowest `start_wal` of any kept physical backup or running create (by
 //! position, whatever the timeline: every backup replays from its own start, and restore to a
 //! time between backups needs everything after the oldest start). History files are never
-//! deleted; with no physical backup at all nothing below a floor is known, so no WAL file is.
+//! deleted; with no physical backup at all nothing below a floor is known, so no WAL file is;
+//! nor is any on the newest timeline while no backup starts on it (after a restore to an
+//! earlier moment, its first base may start below the older timeline's floor). A create that
+//! takes its own base names the segment WAL was at before it began, a bound below the base's
+//! start, so its WAL is above every floor from then on.
 //!
 //! The race this answers: a create chose to share base X (start S) of the newest backup while a
 //! delete of that backup lets a sweep free X and the WAL below a higher floor. The objects are
@@ -106,7 +110,7 @@ pub(super) fn decide_wal(
     };
     decide_bases(objects, in_use, now, grace, &mut decision);
     if let Some(floor) = &in_use.wal_floor {
-        decide_files(objects, floor, now, grace, &mut decision);
+        decide_files(objects, in_use, floor, now, grace, &mut decision);
     }
     decision
 }
@@ -153,6 +157,7 @@ fn decide_bases(
 
 fn decide_files(
     objects: &[ObjectInfo],
+    in_use: &InUse,
     floor: &WalFileName,
     now: DateTime<Utc>,
     grace: Duration,
@@ -180,12 +185,21 @@ fn decide_files(
         .iter()
         .filter_map(|m| position(&m.below))
         .max();
-    let mut files: Vec<(&ObjectInfo, u64)> = objects
+    let named: Vec<(&ObjectInfo, WalFileName)> = objects
         .iter()
-        .filter_map(|o| {
-            let name = WalFileName::parse(o.name.strip_prefix("wal/")?).ok()?;
-            Some((o, name.position()?))
-        })
+        .filter_map(|o| Some((o, WalFileName::parse(o.name.strip_prefix("wal/")?).ok()?)))
+        .collect();
+    // The newest timeline no backup starts on yet is the one a restore just promoted: the
+    // first create on it takes a base there that may lie below the floor of the older
+    // timeline's backups (a restore to an earlier moment), and needs that WAL.
+    let newest = named.iter().map(|(_, name)| name.timeline()).max();
+    let unprotected = |name: &WalFileName| {
+        Some(name.timeline()) != newest || in_use.wal_timelines.contains(&name.timeline())
+    };
+    let mut files: Vec<(&ObjectInfo, u64)> = named
+        .iter()
+        .filter(|(_, name)| unprotected(name))
+        .filter_map(|(o, name)| Some((*o, name.position()?)))
         .collect();
     files.sort_by(|a, b| (a.1, &a.0.name).cmp(&(b.1, &b.0.name)));
     for (object, at) in files {
@@ -570,6 +584,61 @@ mod tests {
             ..WalCondemned::default()
         };
         assert!(choice_condemned(&gone, BASE_NEW, &start("000000020000000000000002")).is_some());
+    }
+
+    #[test]
+    fn after_a_restore_to_an_earlier_moment_the_new_timelines_wal_is_kept() {
+        // Timeline 1's kept backups start at 0x64; a restore branched timeline 2 at 0x3C, and
+        // its first create is taking a base from 0x50 (not named by any marker yet).
+        let mut listing: Vec<ObjectInfo> = [0x30, 0x3C, 0x50, 0x64]
+            .iter()
+            .map(|n| object(&format!("wal/000000010000000000{n:06X}")))
+            .collect();
+        listing.extend(
+            [
+                "wal/000000020000000000000050",
+                "wal/000000020000000000000051",
+                "wal/00000002.history",
+            ]
+            .map(object),
+        );
+        let mut in_use = InUse::default();
+        in_use
+            .note_physical(BASE_NEW, "000000010000000000000064")
+            .expect("a segment name");
+        let record = WalCondemned {
+            floors: vec![FloorMark {
+                below: "000000010000000000000064".into(),
+                since: hours_ago(25),
+            }],
+            ..WalCondemned::default()
+        };
+        let decision = decide_wal(&listing, &record, &in_use, now(), DAY);
+        let deleted: Vec<&str> = decision.delete.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(
+            deleted,
+            [
+                "wal/000000010000000000000030",
+                "wal/00000001000000000000003C",
+                "wal/000000010000000000000050"
+            ]
+        );
+        // Once the create names its start, the floor is below it on every timeline.
+        in_use
+            .note_physical(
+                "wal/base-backup-20261207000000000000",
+                "00000002000000000000004F",
+            )
+            .expect("a segment name");
+        let decision = decide_wal(&listing, &record, &in_use, now(), DAY);
+        let deleted: Vec<&str> = decision.delete.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(
+            deleted,
+            [
+                "wal/000000010000000000000030",
+                "wal/00000001000000000000003C"
+            ]
+        );
     }
 
     fn put(store: &dyn Store, name: &str, body: &'static [u8]) {
