@@ -177,17 +177,7 @@ pub async fn restore_backup(
             .unwrap_or(object.size);
         preflight::check_free_space(plan.live_paths(), needed)?;
         if let Some(physical) = &physical {
-            // The base is laid beside the data directory it replaces (kept), or in the folder.
-            let laid_in = match (&in_place, &destination) {
-                (Some(in_place), _) => Some(in_place.data_dir()),
-                (None, Destination::Directory(dir)) => Some(dir.as_path()),
-                (None, Destination::Live(_)) => None,
-            };
-            if let Some(laid_in) = laid_in {
-                let shared = preflight::same_filesystem(laid_in, plan.live_paths());
-                let base = physical.0.base_object_bytes;
-                preflight::check_free_space([laid_in], base + if shared { needed } else { 0 })?;
-            }
+            physical::check_room(&physical.0, in_place.as_ref(), &destination, &plan, needed)?;
         }
     }
 

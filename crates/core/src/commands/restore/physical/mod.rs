@@ -55,6 +55,26 @@ pub(super) async fn prepare(
     Ok((Some(Box::new((physical, target))), in_place))
 }
 
+/// Refuses unless the filesystem the base is laid on (beside the data directory it replaces,
+/// which is kept, or in the folder) holds it, plus the `staged` bytes of the files when they
+/// share it.
+pub(super) fn check_room(
+    physical: &PhysicalInfo,
+    in_place: Option<&InPlace>,
+    destination: &Destination,
+    plan: &super::plan::Plan,
+    staged: u64,
+) -> Result<()> {
+    let laid_in = match (in_place, destination) {
+        (Some(in_place), _) => in_place.data_dir(),
+        (None, Destination::Directory(dir)) => dir.as_path(),
+        (None, Destination::Live(_)) => return Ok(()),
+    };
+    let shared = super::preflight::same_filesystem(laid_in, plan.live_paths());
+    let needed = physical.base_object_bytes + if shared { staged } else { 0 };
+    super::preflight::check_free_space([laid_in], needed)
+}
+
 /// After the files are in place: `--target-dir` gets its `postgres` folder; in place,
 /// `--to-time` reports the media rows whose file the restored backup lacks.
 pub(super) async fn after(
