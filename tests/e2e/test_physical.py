@@ -6,7 +6,8 @@
               are sent after it; the moment is noted; one more message is sent; the database is
               then lost (DROP DATABASE). `restore-backup --to-time` brings it back in place:
               Synapse starts on it, and every message up to that moment is there, the later
-              one is not, and the old data directory is kept aside.
+              one is not, and the old data directory is kept aside. Before the failure, a
+              drill of the nightly backup recovers it on a private server and boots Synapse.
 
 Skipped when no private cluster can be made here (not root, no postgres user, no initdb),
 unless SYNAPSE_BACKUP_REQUIRE_POSTGRES=1.
@@ -19,13 +20,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
 from synapse_harness import COMMAND_TIMEOUT, Recorded, Tool, log, run
 
-from test_synapse import populate, running
+from test_synapse import DRILL_TIMEOUT, check_drill_passed, drill_extra, populate, running
 
 
 def server_bin():
@@ -148,6 +150,8 @@ def test_physical(checks, synapse_backup_bin, make_synapse, scenario_dir):
         f.write(f'temp-dir = "{temp}"\n\n[postgres]\nmode = "physical"\n'
                 f'data-dir = "{cluster.data}"\nstop-command = "{cluster.stop_command()}"\n'
                 f'start-command = "{cluster.start_command()}"\n')
+        # The drill runs while the live Synapse is stopped: it is told which Synapse to boot.
+        f.write(drill_extra(scenario_dir, synapse_command=f"{sys.executable} -m synapse.app.homeserver"))
     give_to_postgres(sb)
     cluster.start()
     try:
@@ -184,6 +188,14 @@ def run_scenario(checks, tool, sb, hs, cluster):
                  json.dumps(row["database"]))
     tool.run_json(checks, "verify-backup reads the base and the WAL to the restore point", sb,
                   "verify-backup", nightly["backup-id"])
+    # The drill recovers the base on a private server in its scratch folder and boots Synapse.
+    drill, elapsed = tool.run_json(checks, "drill of the physical backup", sb, "drill", nightly["backup-id"],
+                                   timeout=DRILL_TIMEOUT)
+    check_drill_passed(checks, drill, os.path.dirname(sb))
+    database = next((c["detail"] for c in drill.get("checks", []) if c["name"] == "database"), "")
+    checks.check("the drill's database recovered to the backup's restore point",
+                 f"restore point {nightly['backup-id']}" in database, database)
+    checks.timing(f"E2E-TIMING physical: drill of a physical backup took {elapsed:.1f}s")
 
     # The failure: the database is gone.
     cluster.sql("DROP DATABASE synapse WITH (FORCE)")

@@ -167,7 +167,7 @@ fn the_next_backup_cleans_a_killed_drills_folder_too() {
 }
 
 /// Waits until a drill in `drills` has recorded the pid of the Synapse it started.
-fn wait_for_synapse_pid(drills: &Path) -> (std::path::PathBuf, i32) {
+pub(crate) fn wait_for_synapse_pid(drills: &Path) -> (std::path::PathBuf, i32) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         for entry in std::fs::read_dir(drills).into_iter().flatten().flatten() {

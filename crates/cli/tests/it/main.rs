@@ -25,6 +25,7 @@ mod incremental;
 mod layouts;
 mod monitoring;
 mod physical;
+mod physical_drill;
 mod physical_gc;
 mod postgres;
 mod providers;

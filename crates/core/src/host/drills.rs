@@ -66,6 +66,9 @@ pub struct Marker {
     pub server_name: String,
     pub synapse_pid: Option<i32>,
     pub database: Option<String>,
+    /// A physical backup's recovered data directory, whose server may be running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_data: Option<PathBuf>,
 }
 
 impl Marker {
@@ -75,6 +78,7 @@ impl Marker {
             server_name: header.server_name.clone(),
             synapse_pid: None,
             database: None,
+            postgres_data: None,
         }
     }
 
@@ -109,6 +113,11 @@ pub fn clean_leftovers(config: &Config) -> Vec<String> {
         if let Some(name) = marker.as_ref().and_then(|m| m.database.clone()) {
             parts.push(drop_leftover_database(config, &name));
         }
+        if let Some(data) = marker.as_ref().and_then(|m| m.postgres_data.clone()) {
+            if let Some(pid) = stop_leftover_postgres(&data) {
+                parts.push(format!("stopped its PostgreSQL (pid {pid})"));
+            }
+        }
         match std::fs::remove_dir_all(&leftover.path) {
             Ok(()) => parts.push("removed the folder".into()),
             Err(e) => parts.push(format!(
@@ -124,6 +133,25 @@ pub fn clean_leftovers(config: &Config) -> Vec<String> {
         said.push(line);
     }
     said
+}
+
+/// Stops the server running on `data` (a killed drill's): the pid in its `postmaster.pid`, only
+/// when that process runs in `data`; immediate shutdown, the data is thrown away.
+fn stop_leftover_postgres(data: &Path) -> Option<i32> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    if std::fs::canonicalize(data).ok()? != cwd {
+        return None;
+    }
+    kill(Pid::from_raw(pid), Signal::SIGQUIT).ok()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while kill(Pid::from_raw(pid), None).is_ok() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Some(pid)
 }
 
 fn drop_leftover_database(config: &Config, name: &str) -> String {

@@ -13,6 +13,7 @@ use crate::manifest::{DatabaseKind, Header, POSTGRES_DUMP_PREFIX};
 use crate::synapse::PostgresArgs;
 
 use super::isolation::DrillDatabase;
+use super::recovered::RecoveredCluster;
 use crate::host::drills::drill_database_name;
 
 /// The drill's database, ready for Synapse.
@@ -20,6 +21,8 @@ pub struct ScratchDatabase {
     pub database: DrillDatabase,
     /// The throwaway PostgreSQL database to drop, and where.
     pub throwaway: Option<Postgres>,
+    /// A physical backup's recovered server, to stop, and its database.
+    pub recovered: Option<(RecoveredCluster, Postgres)>,
 }
 
 /// Makes the restored database usable: the SQLite file as restored, or a new PostgreSQL
@@ -42,6 +45,7 @@ pub fn prepare(
             Ok(ScratchDatabase {
                 database: DrillDatabase::Sqlite(path),
                 throwaway: None,
+                recovered: None,
             })
         }
         DatabaseKind::Postgresql => {
@@ -56,6 +60,7 @@ pub fn prepare(
             let scratch = ScratchDatabase {
                 database: DrillDatabase::Postgres(postgres.args().clone()),
                 throwaway: Some(postgres.clone()),
+                recovered: None,
             };
             load_dump(&postgres, restored)?;
             Ok(scratch)
@@ -97,10 +102,35 @@ fn load_dump(postgres: &Postgres, restored: &Path) -> Result<()> {
     restore.finish()
 }
 
+/// A physical backup's database: the server the restore laid in `restored/postgres`,
+/// recovered to the backup's restore point on a private socket.
+pub async fn recover(
+    restored: &Path,
+    scratch: &Path,
+    server: &PostgresArgs,
+    timeout: std::time::Duration,
+    cancel: &crate::progress::Cancel,
+) -> Result<ScratchDatabase> {
+    let data = restored.join("postgres");
+    let (cluster, args) = RecoveredCluster::start(scratch, &data, server, timeout, cancel).await?;
+    Ok(ScratchDatabase {
+        database: DrillDatabase::Postgres(args.clone()),
+        throwaway: None,
+        recovered: Some((cluster, Postgres::new(&args))),
+    })
+}
+
 impl ScratchDatabase {
+    /// Where the restored PostgreSQL database is asked.
+    fn postgres(&self) -> Option<&Postgres> {
+        self.throwaway
+            .as_ref()
+            .or(self.recovered.as_ref().map(|(_, postgres)| postgres))
+    }
+
     /// The restored database's row counts.
     pub fn counts(&self) -> Result<Option<RowCounts>> {
-        match (&self.database, &self.throwaway) {
+        match (&self.database, self.postgres()) {
             (DrillDatabase::Sqlite(path), _) => sqlite_counts(path),
             (DrillDatabase::Postgres(_), Some(postgres)) => postgres_counts(postgres, None),
             (DrillDatabase::Postgres(_), None) => Ok(None),
@@ -110,10 +140,17 @@ impl ScratchDatabase {
     /// A random `n` of the restored database's local media rows with their thumbnail rows,
     /// and how many local media it lists in all.
     pub fn media_sample(&self, n: usize) -> Result<(Vec<MediaRow>, u64)> {
-        match (&self.database, &self.throwaway) {
+        match (&self.database, self.postgres()) {
             (DrillDatabase::Sqlite(path), _) => media_rows::sqlite_media_sample(path, n),
             (_, Some(postgres)) => media_rows::postgres_media_sample(postgres, n),
             (_, None) => Ok((Vec::new(), 0)),
+        }
+    }
+
+    /// Stops a recovered server.
+    pub fn stop_recovered(&self) {
+        if let Some((cluster, _)) = &self.recovered {
+            cluster.stop();
         }
     }
 

@@ -284,6 +284,54 @@ fn path_value(path: &Path) -> Value {
     Value::String(path.to_string_lossy().into_owned())
 }
 
+/// Why the database the drill's config names is not provably the drill's own, if it is not:
+/// a SQLite file inside the scratch folder, a `synapse_drill_` database, or any database of a
+/// private server whose socket folder is inside the scratch folder (a physical backup's).
+fn database_is_the_drills(
+    database: &DrillDatabase,
+    args: Option<&Value>,
+    layout: &DrillLayout,
+    live: &LivePaths,
+) -> std::result::Result<(), String> {
+    match (database, args) {
+        (DrillDatabase::Sqlite(_), Some(args)) => {
+            let path = args.get("database").and_then(Value::as_str).unwrap_or("");
+            if !Path::new(path).starts_with(&layout.scratch) {
+                return Err(format!(
+                    "the SQLite database {path:?} is outside the scratch folder"
+                ));
+            }
+        }
+        (DrillDatabase::Postgres(pg), Some(args)) => {
+            let name = args.get("database").and_then(Value::as_str).unwrap_or("");
+            let host = args.get("host").and_then(Value::as_str).unwrap_or("");
+            // A physical backup's server listens only on a socket folder in the scratch
+            // folder: every database on it is the drill's.
+            let private_server = Path::new(host).starts_with(&layout.scratch)
+                && !Path::new(host)
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+                && pg.host.as_deref() == Some(host);
+            if Some(name) != pg.dbname.as_deref()
+                || !(private_server || name.starts_with(crate::host::drills::DRILL_DATABASE_PREFIX))
+            {
+                return Err(format!(
+                    "the PostgreSQL database {name:?} is not the drill's own"
+                ));
+            }
+            if let Some((host, port, live_name)) = &live.postgres {
+                let same_server = host.as_deref() == pg.host.as_deref()
+                    && port.unwrap_or(5432) == pg.port.unwrap_or(5432);
+                if same_server && live_name == name {
+                    return Err(format!("the database {name} is the live one"));
+                }
+            }
+        }
+        (_, None) => return Err("it has no database args".into()),
+    }
+    Ok(())
+}
+
 /// Reads the rewritten config back and refuses the drill unless it is isolated: one plain
 /// listener on loopback, every path Synapse writes inside the scratch folder, no federation,
 /// pushers, app services or storage providers, and no value naming a live path.
@@ -325,33 +373,8 @@ pub fn prove_isolated(config: &Mapping, layout: &DrillLayout, live: &LivePaths) 
         }
     }
     let args = config.get("database").and_then(|d| d.get("args"));
-    match (&layout.database, args) {
-        (DrillDatabase::Sqlite(_), Some(args)) => {
-            let path = args.get("database").and_then(Value::as_str).unwrap_or("");
-            if !Path::new(path).starts_with(&layout.scratch) {
-                return refuse(format!(
-                    "the SQLite database {path:?} is outside the scratch folder"
-                ));
-            }
-        }
-        (DrillDatabase::Postgres(pg), Some(args)) => {
-            let name = args.get("database").and_then(Value::as_str).unwrap_or("");
-            if Some(name) != pg.dbname.as_deref()
-                || !name.starts_with(crate::host::drills::DRILL_DATABASE_PREFIX)
-            {
-                return refuse(format!(
-                    "the PostgreSQL database {name:?} is not the drill's own"
-                ));
-            }
-            if let Some((host, port, live_name)) = &live.postgres {
-                let same_server = host.as_deref() == pg.host.as_deref()
-                    && port.unwrap_or(5432) == pg.port.unwrap_or(5432);
-                if same_server && live_name == name {
-                    return refuse(format!("the database {name} is the live one"));
-                }
-            }
-        }
-        (_, None) => return refuse("it has no database args".into()),
+    if let Err(what) = database_is_the_drills(&layout.database, args, layout, live) {
+        return refuse(what);
     }
     for (key, empty) in [
         ("federation_domain_whitelist", true),
@@ -529,6 +552,30 @@ retention: {enabled: true}
         );
         let err = prove_isolated(&drill, &layout(scratch), &live_paths()).unwrap_err();
         assert!(err.to_string().contains("not loopback"), "{err}");
+    }
+
+    #[test]
+    fn a_live_named_database_is_the_drills_only_on_a_socket_inside_the_scratch_folder() {
+        let scratch = Path::new("/tmp/drill-x");
+        let merged = merge(&[("h.yaml".into(), LIVE.into())]).unwrap();
+        let on = |host: &str| {
+            let args = PostgresArgs::from_conninfo(&format!(
+                "host={host} port=5433 user=synapse dbname=synapse"
+            ))
+            .unwrap();
+            let mut layout = layout(scratch);
+            layout.database = DrillDatabase::Postgres(args);
+            let drill = rewrite(merged.clone(), &layout, "s3cret");
+            prove_isolated(&drill, &layout, &live_paths())
+        };
+        on("/tmp/drill-x/pg-socket").unwrap();
+        for host in ["/var/run/postgresql", "/tmp/drill-x/../run", "db.internal"] {
+            let err = on(host).unwrap_err();
+            assert!(
+                err.to_string().contains("not the drill's own"),
+                "{host}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `drill`: proves that a backup boots as a homeserver.
 //!
 //! The backup is restored into a scratch folder (every file checked against the manifest, as
-//! `restore-backup --target-dir` does), its database made usable (the SQLite file, or a
-//! throwaway PostgreSQL database), its config rewritten so that Synapse reaches nothing live
+//! `restore-backup --target-dir` does), its database made usable (the SQLite file, a
+//! throwaway PostgreSQL database, or a physical backup's base recovered on a private server:
+//! `recovered`), its config rewritten so that Synapse reaches nothing live
 //! (`isolation`, proven before anything starts), and the installed Synapse booted on it on a
 //! free loopback port (`synapse::launch`). Then named checks ask that Synapse what a homeserver must
 //! answer (`probes`). The Synapse is stopped, the database dropped and the folder removed,
@@ -13,6 +14,7 @@ mod database;
 mod isolation;
 mod media;
 mod probes;
+mod recovered;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -172,12 +174,6 @@ pub async fn run_drill(
             "backup {id} holds no database (made with --skip-database); a drill cannot boot it"
         )));
     }
-    if header.database.physical.is_some() {
-        return Err(Error::refused(
-            crate::error::Refusal::PhysicalInPlace,
-            format!("backup {id} is physical ([postgres] mode = \"physical\"): a drill of a physical backup is not built yet; restore-backup {id} --target-dir DIR lays its database ready to recover and start on another port"),
-        ));
-    }
     let parent = work_dir(config);
     std::fs::create_dir_all(&parent).at("create the drill work dir", &parent)?;
     let scratch = crate::host::scratch::create(&parent)?;
@@ -223,6 +219,16 @@ fn finish(
     command: &SynapseCommand,
     notes: &mut Vec<String>,
 ) -> Result<Option<KeptDrill>> {
+    if let Some(database) = &database {
+        // A kept folder's server is stopped too: --keep says how to start it.
+        database.stop_recovered();
+        if let (true, Some((cluster, _))) = (options.keep, &database.recovered) {
+            notes.push(format!(
+                "the drill's PostgreSQL is stopped; start it again with: {}",
+                cluster.start_command()
+            ));
+        }
+    }
     if !options.keep {
         if let Some(warning) = database.as_ref().and_then(ScratchDatabase::drop_throwaway) {
             notes.push(warning);
@@ -314,7 +320,7 @@ impl Drill<'_, '_> {
             return Ok(());
         }
         self.check_identity(checks, &restored).await;
-        if !self.prepare_database(checks, &restored)? {
+        if !self.prepare_database(checks, &restored).await? {
             checks.skip_rest("the database is not usable");
             return Ok(());
         }
@@ -403,25 +409,14 @@ impl Drill<'_, '_> {
         checks.record("identity", t, result);
     }
 
-    fn prepare_database(&mut self, checks: &mut Checks, restored: &Path) -> Result<bool> {
+    async fn prepare_database(&mut self, checks: &mut Checks, restored: &Path) -> Result<bool> {
         let t = Instant::now();
-        let server = match self.header.database.kind {
-            crate::manifest::DatabaseKind::Postgresql => {
-                let restored_args = restored_postgres_args(restored);
-                Some(drill_server(
-                    self.config.drill.postgres.as_deref(),
-                    self.live,
-                    restored_args.as_ref(),
-                )?)
-            }
-            crate::manifest::DatabaseKind::Sqlite => None,
+        let prepared = if self.header.database.physical.is_some() {
+            self.recover_database(restored).await?
+        } else {
+            self.load_database(restored)?
         };
-        if server.is_some() {
-            // Named before it exists: a drill killed while loading it leaves a name to drop.
-            self.marker.database = Some(drill_database_name(self.id));
-            self.marker.write(self.scratch)?;
-        }
-        let db = match database::prepare(self.header, restored, server, self.id) {
+        let db = match prepared {
             Ok(db) => db,
             Err(e) if e.kind() == ErrorKind::ToolMissing || e.kind() == ErrorKind::Config => {
                 return Err(e)
@@ -439,6 +434,11 @@ impl Drill<'_, '_> {
         let result = match (counted, &self.header.database.counts) {
             (Err(e), _) => Err(format!("the restored database does not answer: {e}")),
             (Ok(None), _) => Err("the restored database lacks Synapse's tables (users, rooms, events, local_media_repository)".to_string()),
+            (Ok(Some(now)), None) if self.header.database.physical.is_some() => Ok(format!(
+                "recovered from the base and the WAL to the restore point {} and promoted; it answers with {}",
+                self.id,
+                now.describe()
+            )),
             (Ok(Some(now)), None) => {
                 checks.skip("database", &format!("the backup was made before row counts were recorded; the restored database answers with {}", now.describe()));
                 return Ok(true);
@@ -447,6 +447,40 @@ impl Drill<'_, '_> {
             (Ok(Some(now)), Some(then)) => Err(format!("the restored database holds {}, the backup recorded {}", now.describe(), then.describe())),
         };
         Ok(checks.record("database", t, result))
+    }
+
+    /// A SQLite file, or a dump loaded into a throwaway database (the outer error: the drill
+    /// cannot go on; the inner one: the database check fails).
+    fn load_database(&mut self, restored: &Path) -> Result<Result<ScratchDatabase>> {
+        let server = match self.header.database.kind {
+            crate::manifest::DatabaseKind::Postgresql => {
+                let restored_args = restored_postgres_args(restored);
+                Some(drill_server(
+                    self.config.drill.postgres.as_deref(),
+                    self.live,
+                    restored_args.as_ref(),
+                )?)
+            }
+            crate::manifest::DatabaseKind::Sqlite => None,
+        };
+        if server.is_some() {
+            // Named before it exists: a drill killed while loading it leaves a name to drop.
+            self.marker.database = Some(drill_database_name(self.id));
+            self.marker.write(self.scratch)?;
+        }
+        Ok(database::prepare(self.header, restored, server, self.id))
+    }
+
+    /// A physical backup's server, laid by the restore, recovered on a private socket.
+    async fn recover_database(&mut self, restored: &Path) -> Result<Result<ScratchDatabase>> {
+        let args = restored_postgres_args(restored).ok_or_else(|| {
+            Error::config("the restored homeserver.yaml names no PostgreSQL database")
+        })?;
+        // Named before it starts: a drill killed meanwhile leaves a server to stop.
+        self.marker.postgres_data = Some(restored.join("postgres"));
+        self.marker.write(self.scratch)?;
+        let timeout = self.config.postgres.recovery_timeout;
+        Ok(database::recover(restored, self.scratch, &args, timeout, &self.ctx.cancel).await)
     }
 
     /// Writes the isolated config and proves it isolated.

@@ -17,6 +17,7 @@ pub(crate) mod files;
 mod hooks;
 mod journal;
 mod physical;
+pub(crate) use physical::wait_until_promoted;
 mod plan;
 mod preflight;
 mod route;

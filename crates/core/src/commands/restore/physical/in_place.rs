@@ -244,7 +244,7 @@ async fn wait_until_stopped(data_dir: &Path, cancel: &Cancel) -> Result<()> {
 
 /// Waits until the server answers that it is out of recovery. A server that exits meanwhile
 /// (a recovery that cannot reach its target is fatal) fails at once.
-async fn wait_until_promoted(
+pub(crate) async fn wait_until_promoted(
     postgres: &Postgres,
     data_dir: &Path,
     timeout: Duration,

@@ -18,6 +18,7 @@ use crate::synapse::Database;
 use super::plan::Destination;
 use data_dir::lay_data_dir;
 use in_place::media_rows_without_files;
+pub(crate) use in_place::wait_until_promoted;
 pub(super) use in_place::InPlace;
 
 /// What a physical backup's restore needs besides the files: its base and WAL range, where
