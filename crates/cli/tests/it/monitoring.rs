@@ -36,6 +36,16 @@ impl PingServer {
     fn seen(&self) -> Vec<(String, String)> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// What it has seen once it has seen `n` requests (or after 30 s): a ping is recorded
+    /// after it is answered, so the tool may have exited before its last one is in the list.
+    fn seen_at_least(&self, n: usize) -> Vec<(String, String)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.seen().len() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.seen()
+    }
 }
 
 fn read_request(mut stream: TcpStream) -> Option<(String, String)> {
@@ -100,7 +110,7 @@ fn pings_and_textfile_tell_success_and_failure() {
     assert_eq!(metric(&text, "last_exit_code"), Some(0.0));
     assert!(metric(&text, "last_files").unwrap() > 0.0);
     assert!(metric(&text, "last_size_bytes").unwrap() > 0.0);
-    let seen = server.seen();
+    let seen = server.seen_at_least(2);
     assert_eq!(
         seen.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
         ["POST /ping/abc/start", "POST /ping/abc"],
@@ -126,7 +136,7 @@ fn pings_and_textfile_tell_success_and_failure() {
         Some(success)
     );
     assert!(metric(&text, "last_attempt_timestamp_seconds").unwrap() > success);
-    let seen = server.seen();
+    let seen = server.seen_at_least(4);
     let (request, body) = seen.last().unwrap();
     assert_eq!(request, "POST /ping/abc/fail");
     assert!(
@@ -250,11 +260,7 @@ fn wal_push_writes_the_archive_time_and_never_pings() {
     );
     // The next pings the server sees are create-backup's own: wal-push sent none before them.
     world.create_backup();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while server.seen().len() < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let seen = server.seen();
+    let seen = server.seen_at_least(2);
     assert_eq!(
         seen.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
         ["POST /ping/abc/start", "POST /ping/abc"],
