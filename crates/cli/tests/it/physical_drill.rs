@@ -30,6 +30,7 @@ fn physical_world(
     bin: &std::path::Path,
     synapse_command: &str,
     timeout: u32,
+    drills: &str,
 ) -> (World, Cluster, String) {
     let world = World::new();
     let tool = pg_cluster::share_world_with_postgres(&world, false);
@@ -37,7 +38,7 @@ fn physical_world(
         &world.config,
         &format!(
             "\n[postgres]\nmode = \"physical\"\narchive-timeout-secs = 120\nrecovery-timeout-secs = 120\n\n[drill]\nwork-dir = \"{}\"\nsynapse-command = \"{synapse_command}\"\nstart-timeout-secs = {timeout}\n",
-            world.path("drills").display()
+            world.path(drills).display()
         ),
     );
     let cluster = Cluster::init(
@@ -64,8 +65,11 @@ fn a_physical_backup_is_drilled_on_a_private_server_that_is_stopped_afterwards()
     let Some(bin) = pg_cluster::available() else {
         return;
     };
-    let (world, cluster, id) = physical_world(&bin, "/bin/false", 10);
-    let drills = world.path("drills");
+    // A work dir deep enough that the socket's own path would not fit in a Unix socket.
+    let deep =
+        "drills-in-a-folder-whose-name-is-long-enough-to-push-the-socket-path-past-108-bytes";
+    let (world, cluster, id) = physical_world(&bin, "/bin/false", 10, deep);
+    let drills = world.path(deep);
     // After the restore point: the drill's database must not have it.
     cluster.sql("INSERT INTO users VALUES ('@later:x')");
     let out = world.run(&["--json", "drill", &id]);
@@ -123,7 +127,7 @@ fn a_killed_drills_private_server_is_stopped_by_the_next_cleaning() {
     let fake = std::env::temp_dir().join(format!("fake-synapse-{}", std::process::id()));
     std::fs::write(&fake, "#!/bin/sh\nexec sleep 600\n").unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let (world, cluster, id) = physical_world(&bin, &fake.display().to_string(), 600);
+    let (world, cluster, id) = physical_world(&bin, &fake.display().to_string(), 600, "drills");
     let drills = world.path("drills");
     let drill = Kill(spawn(&world, &["drill", &id], &[]));
     // Synapse is started once the server has recovered.
@@ -139,6 +143,15 @@ fn a_killed_drills_private_server_is_stopped_by_the_next_cleaning() {
     let said = String::from_utf8_lossy(&out.stdout).to_string() + &stderr(&out);
     assert!(said.contains("stopped its PostgreSQL"), "{said}");
     assert!(!folder.exists(), "check removed {}", folder.display());
+    let links: Vec<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(&folder)))
+        .collect();
+    assert!(
+        links.is_empty(),
+        "a link into the removed folder is left: {links:?}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !processes_in(&drills).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));

@@ -117,6 +117,7 @@ pub fn clean_leftovers(config: &Config) -> Vec<String> {
             if let Some(pid) = stop_leftover_postgres(&data) {
                 parts.push(format!("stopped its PostgreSQL (pid {pid})"));
             }
+            remove_links_into(Path::new("/tmp"), &leftover.path);
         }
         match std::fs::remove_dir_all(&leftover.path) {
             Ok(()) => parts.push("removed the folder".into()),
@@ -133,6 +134,18 @@ pub fn clean_leftovers(config: &Config) -> Vec<String> {
         said.push(line);
     }
     said
+}
+
+/// Removes the short links a drill's server was given to its socket folder (`sb-drill-*` in
+/// `temp`) that point into `folder`.
+fn remove_links_into(temp: &Path, folder: &Path) {
+    for entry in std::fs::read_dir(temp).into_iter().flatten().flatten() {
+        let is_ours = entry.file_name().to_string_lossy().starts_with("sb-drill-");
+        let target = std::fs::read_link(entry.path());
+        if is_ours && target.is_ok_and(|t| t.starts_with(folder)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Stops the server running on `data` (a killed drill's): the pid in its `postmaster.pid`, only

@@ -306,9 +306,12 @@ fn database_is_the_drills(
             let name = args.get("database").and_then(Value::as_str).unwrap_or("");
             let host = args.get("host").and_then(Value::as_str).unwrap_or("");
             // A physical backup's server listens only on a socket folder in the scratch
-            // folder: every database on it is the drill's.
-            let private_server = Path::new(host).starts_with(&layout.scratch)
-                && !Path::new(host)
+            // folder (reached through a short link when its path is too long for a socket):
+            // every database on it is the drill's.
+            let place = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            let socket_folder = place(Path::new(host));
+            let private_server = socket_folder.starts_with(place(&layout.scratch))
+                && !socket_folder
                     .components()
                     .any(|c| c == std::path::Component::ParentDir)
                 && pg.host.as_deref() == Some(host);

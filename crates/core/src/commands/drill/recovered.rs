@@ -25,7 +25,12 @@ pub struct RecoveredCluster {
     /// The user the server runs as when this tool is root (the data directory's owner).
     run_as: Option<String>,
     log: PathBuf,
+    /// A short link to the socket folder, when its own path is too long for a socket.
+    short_link: Option<PathBuf>,
 }
+
+/// A Unix socket's path must fit in 108 bytes; PostgreSQL's socket file name takes ~20.
+const SOCKET_FOLDER_MAX: usize = 80;
 
 impl RecoveredCluster {
     /// Starts the server on `data` (laid by the restore) and waits until it has promoted.
@@ -55,20 +60,27 @@ impl RecoveredCluster {
         fs::set_permissions(&socket, fs::Permissions::from_mode(0o700)).at("chmod", &socket)?;
         std::os::unix::fs::chown(&socket, Some(owner.uid()), Some(owner.gid()))
             .at("chown", &socket)?;
+        // A scratch folder deep in the tree makes the socket's path too long: PostgreSQL is
+        // then given a short link in the system's temp folder to the same socket folder.
+        let short_link = (socket.as_os_str().len() > SOCKET_FOLDER_MAX)
+            .then(|| short_link_to(&socket))
+            .transpose()?;
+        let socket_path = short_link.clone().unwrap_or(socket);
         let port = crate::synapse::launch::free_loopback_port()?;
-        write_private_settings(data, &socket, port)?;
+        write_private_settings(data, &socket_path, port)?;
         let cluster = RecoveredCluster {
             data: data.to_path_buf(),
             pg_ctl: pg_ctl_for(data),
             run_as,
             log: scratch.join("postgres.log"),
+            short_link,
         };
         let log = fs::File::create(&cluster.log).at("create", &cluster.log)?;
         std::os::unix::fs::chown(&cluster.log, Some(owner.uid()), Some(owner.gid()))
             .at("chown", &cluster.log)?;
         drop(log);
         let mut args = restored.clone();
-        args.host = Some(socket.display().to_string());
+        args.host = Some(socket_path.display().to_string());
         args.port = Some(port);
         cluster.pg_ctl_run(&[
             "-D",
@@ -93,6 +105,9 @@ impl RecoveredCluster {
         let data = self.data.display().to_string();
         if let Err(e) = self.pg_ctl_run(&["-D", &data, "-m", "fast", "-w", "stop"]) {
             tracing::warn!("stopping the drill's PostgreSQL on {data}: {e}");
+        }
+        if let Some(link) = &self.short_link {
+            let _ = fs::remove_file(link);
         }
     }
 
@@ -144,6 +159,18 @@ impl RecoveredCluster {
         let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
         format!("its log ({}) ends: {tail}", self.log.display())
     }
+}
+
+/// A new symbolic link `/tmp/sb-drill-<pid>-<nanos>` (root's, in a sticky folder: nobody
+/// else can replace it) to `socket`.
+fn short_link_to(socket: &Path) -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let link = PathBuf::from(format!("/tmp/sb-drill-{}-{nanos}", std::process::id()));
+    std::os::unix::fs::symlink(socket, &link).at("link the socket folder as", &link)?;
+    Ok(link)
 }
 
 /// The server user to run as, when this tool is root (PostgreSQL refuses to run as root).
