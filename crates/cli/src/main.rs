@@ -131,8 +131,12 @@ fn report(error: &anyhow::Error, json: bool) -> u8 {
 /// network threads and freed on the archive threads then hold far more than they use. Reading
 /// 1 GiB of media from a storage provider peaked at 145–217 MiB with the default and at 76–109
 /// MiB with two arenas, at the same speed; a backup of local media alone goes from 66 to 76 MiB
-/// (`scripts/bench/providers.sh`, docs/design.md).
+/// (`scripts/bench/providers.sh`, docs/design.md). An admin's own `MALLOC_ARENA_MAX` is left
+/// as it is: glibc has read it already, and the benchmark compares the two that way.
 fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
     unsafe {

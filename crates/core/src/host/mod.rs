@@ -1,12 +1,13 @@
 //! What the tool keeps on this host, outside the store: the data dir's locks and state
 //! ([`state_dir`]), a create's private scratch folder and the removal of those a kill left
-//! ([`scratch`]), what a wal-push uploaded ahead ([`wal_records`]), and how much room a
-//! filesystem has.
+//! ([`scratch`]), what a wal-push uploaded ahead ([`wal_records`]), the sorted walk of a folder
+//! tree ([`walk`]), and how much room a filesystem has.
 
 pub mod drills;
 pub mod scratch;
 pub mod state_dir;
 pub mod wal_records;
+pub mod walk;
 
 use std::path::Path;
 
