@@ -5,11 +5,13 @@
 //!    store, clean up after interrupted uploads, choose an unused id (`id`);
 //! 2. snapshot the database (`snapshot`) before the media are listed, so every media row in
 //!    the snapshot has its file in the backup (Synapse writes the file before the row);
-//! 3. list the key, config and media (`sources`), and the media the database lists that only
-//!    Synapse's storage providers hold (`offloaded`);
-//! 4. decide which media the newest earlier backup already stores (`reuse`), name its volumes
-//!    in the backup's pending marker (`gc::Pending`, written before step 2 so that a shared
-//!    base is protected too) and leave out volumes a prune has condemned;
+//! 3. find the newest earlier backup to build on (`reuse`), name its volumes in the backup's
+//!    pending marker (`gc::Pending`, written before step 2 so that a shared base is protected
+//!    too) and leave out volumes a prune has condemned;
+//! 4. list the key, config and media (`sources`), each media file joined with the parent's
+//!    entries as the walk finds it to decide whether the parent already stores it (`reuse`),
+//!    and the media the database lists that only Synapse's storage providers hold
+//!    (`offloaded`);
 //! 5. stream the other media into new volumes, then the night's run of the file list (`runs`),
 //!    then the base (key, config, database, and the list of runs), each → OpenPGP → store; the
 //!    base is written last, so its existence means the backup is complete (`volumes`,
@@ -28,6 +30,7 @@ mod write;
 
 pub use write::Stored;
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +49,7 @@ use crate::repository::gc::{condemned_volumes, Pending};
 use crate::repository::object_writer::write_object as stream_to_store;
 use crate::repository::BackupId;
 
-use reuse::ParentChoice;
+use reuse::{Parent, ParentChoice};
 use sources::MediaListing;
 
 #[derive(Debug, Clone, Default)]
@@ -157,34 +160,7 @@ impl Announced<'_> {
         let snapshot = self.take_snapshot(pending).await?;
         let sqlite_snapshot = snapshot.file.as_ref().map(|s| s.path().into_owned());
         sources.extend(snapshot.file);
-        let mut media = list_media(hs, options).await?;
-        let mut offloaded = offloaded::find_offloaded(
-            config,
-            hs,
-            sqlite_snapshot.as_deref(),
-            &media.files,
-            temp,
-            options.allow_missing_media,
-        )
-        .await?;
-        media.files.append(&mut offloaded.files);
-        // Each path once (a provider's files are those not found locally): the in-place sort
-        // is exact and needs no buffer of half the listing, which the stable one would.
-        media.files.sort_unstable_by(|a, b| a.member.cmp(&b.member));
-        media.files.shrink_to_fit();
-
-        let (parent, full_reason) = if options.full {
-            (None, None)
-        } else {
-            match reuse::find_parent(ctx, &hs.server_name).await? {
-                ParentChoice::Parent(parent) => (Some(parent), None),
-                ParentChoice::None => (None, None),
-                ParentChoice::Unusable(why) => {
-                    tracing::warn!("this backup is full, storing every media file anew: {why}");
-                    (None, Some(why))
-                }
-            }
-        };
+        let (parent, full_reason) = self.choose_parent().await?;
         // Named before the condemned volumes are looked at: every volume and run the parent
         // uses, a superset of those this backup will name.
         let parent_volumes: Vec<String> = parent
@@ -196,11 +172,9 @@ impl Announced<'_> {
         let parent_id = parent.as_ref().map(|p| p.backup_id.clone());
         let parent_runs = parent.as_ref().map(|p| p.runs.clone()).unwrap_or_default();
         // The parent's entries are moved into the plan or dropped: freed before the writing.
-        let folders = reuse::MediaFolders {
-            media_store: Arc::from(hs.media_store.as_path()),
-            provider_copies: Arc::from(offloaded::provider_copies(temp)),
-        };
-        let plan = reuse::plan_media(media.files, parent, &condemned, &folders);
+        let media = self
+            .plan_media(parent, condemned, sqlite_snapshot.as_deref())
+            .await?;
         let contents = write::BackupContents {
             backup_id: backup_id.as_str(),
             hs,
@@ -210,10 +184,10 @@ impl Announced<'_> {
             folders: media.folders,
             dump: snapshot.dump,
             snapshot_info: snapshot.info.clone(),
-            plan,
+            plan: media.plan,
             parent_runs,
-            condemned: &condemned,
-            providers: offloaded,
+            condemned: &media.condemned,
+            providers: media.offloaded,
             temp,
         };
         let stored = write::write_backup(config, ctx, contents).await?;
@@ -235,6 +209,90 @@ impl Announced<'_> {
             _ => snapshot::take(self.hs, self.options, self.temp, self.ctx.progress.as_ref()).await,
         }
     }
+}
+
+impl Announced<'_> {
+    /// The backup this one is made against, if any, and why it is full if there is one that
+    /// cannot be built on.
+    async fn choose_parent(&self) -> Result<(Option<Parent>, Option<String>)> {
+        if self.options.full {
+            return Ok((None, None));
+        }
+        Ok(
+            match reuse::find_parent(self.ctx, &self.hs.server_name).await? {
+                ParentChoice::Parent(parent) => (Some(parent), None),
+                ParentChoice::None => (None, None),
+                ParentChoice::Unusable(why) => {
+                    tracing::warn!("this backup is full, storing every media file anew: {why}");
+                    (None, Some(why))
+                }
+            },
+        )
+    }
+
+    /// Lists the media and decides what to store and what to take from `parent`. Without
+    /// storage providers the walk hands its files straight to the join, so the listing is
+    /// never held; with them, which files are missing locally is only known once the whole
+    /// listing is, so it is held, the providers' files are added, and then it is joined.
+    async fn plan_media(
+        &self,
+        parent: Option<Parent>,
+        condemned: HashSet<String>,
+        sqlite_snapshot: Option<&Path>,
+    ) -> Result<PlannedMedia> {
+        let (hs, options) = (self.hs, self.options);
+        let folders = reuse::MediaFolders {
+            media_store: Arc::from(hs.media_store.as_path()),
+            provider_copies: Arc::from(offloaded::provider_copies(self.temp)),
+        };
+        if hs.media_providers.is_empty() {
+            let dirs = backed_up_media_dirs(options.include_remote_media);
+            let media_store = hs.media_store.clone();
+            return tokio::task::spawn_blocking(move || {
+                let mut planner = reuse::Planner::new(parent, &condemned, &folders);
+                let media_folders =
+                    sources::list_media_into(&media_store, &dirs, &mut |file| planner.add(file))?;
+                Ok(PlannedMedia {
+                    plan: planner.finish(),
+                    folders: media_folders,
+                    offloaded: offloaded::Offloaded::default(),
+                    condemned,
+                })
+            })
+            .await
+            .map_err(|e| Error::task_failed("media listing", e))?;
+        }
+        let mut media = list_media(hs, options).await?;
+        let mut offloaded = offloaded::find_offloaded(
+            self.config,
+            hs,
+            sqlite_snapshot,
+            &media.files,
+            self.temp,
+            options.allow_missing_media,
+        )
+        .await?;
+        media.files.append(&mut offloaded.files);
+        // Each path once (a provider's files are those not found locally): the in-place sort
+        // is exact and needs no buffer of half the listing, which the stable one would.
+        media.files.sort_unstable_by(|a, b| a.member.cmp(&b.member));
+        media.files.shrink_to_fit();
+        let plan = reuse::plan_media(media.files, parent, &condemned, &folders)?;
+        Ok(PlannedMedia {
+            plan,
+            folders: media.folders,
+            offloaded,
+            condemned,
+        })
+    }
+}
+
+/// What [`Announced::plan_media`] decided, and what it was given back.
+struct PlannedMedia {
+    plan: reuse::MediaPlan,
+    folders: Vec<sources::Folder>,
+    offloaded: offloaded::Offloaded,
+    condemned: HashSet<String>,
 }
 
 async fn list_media(hs: &HomeserverConfig, options: &BackupOptions) -> Result<MediaListing> {

@@ -14,9 +14,11 @@
 //! volume the newest backup references is then at least 2/3 live, so the volumes it needs hold
 //! at most 1.5× its media.
 //!
-//! Memory: the parent's entries are one sorted list, merge-joined with the sorted listing of
-//! the media store, and an unchanged file's entry is moved into the new backup, never copied:
-//! at most one entry per file is held at a time, with no hash table beside it.
+//! Memory: the parent's entries are one sorted list, merge-joined ([`Planner`]) with the media
+//! store's files as the walk hands them over in path order, so the listing is never held (only
+//! the files to store), and an unchanged file's entry is moved into the new backup, never
+//! copied: at most one entry per file is held, with no hash table beside it. With storage
+//! providers the listing is held first (which files are missing locally needs all of it).
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufReader;
@@ -220,90 +222,167 @@ async fn read_index(ctx: &OpContext<'_>, header: &Header) -> Result<Vec<FileEntr
 
 /// Decides, file by file, what to store and what to take from `parent`, leaving out the
 /// volumes in `excluded` (condemned by a prune). `files` is sorted by member path.
-///
-/// The parent's entries are filtered in place: those taken stay where they are (updated), the
-/// others are dropped as the join passes them, so no second list of them is ever built.
 pub(super) fn plan_media(
     files: Vec<Source>,
     parent: Option<Parent>,
     excluded: &HashSet<String>,
     folders: &MediaFolders,
-) -> MediaPlan {
-    let Some(parent) = parent else {
-        return MediaPlan {
-            to_store: files,
-            ..MediaPlan::default()
-        };
-    };
-    let Parent {
-        volumes,
-        mut entries,
-        unusable,
-        ..
-    } = parent;
-    let unusable_index: HashMap<&str, usize> = unusable
-        .iter()
-        .enumerate()
-        .map(|(i, (name, _))| (name.as_str(), i))
-        .collect();
-    let mut stored_again = vec![0usize; unusable.len()];
-    let mut to_store = Vec::new();
-    let mut change = ChangeSinceParent::default();
-    let mut listing = files.into_iter().peekable();
-    entries.retain_mut(|entry| {
-        // Both lists are sorted by path: files before this entry are new since the parent.
-        while let Some(new) = listing.next_if(|f| f.member < entry.path) {
-            to_store.push(new);
+) -> Result<MediaPlan> {
+    let mut planner = Planner::new(parent, excluded, folders);
+    for file in files {
+        planner.add(file)?;
+    }
+    Ok(planner.finish())
+}
+
+/// The merge join of the media store's files, handed over one by one in path order as the walk
+/// finds them, with the parent's entries: the listing itself is never held, only the files to
+/// store. The parent's entries are filtered in place: those taken are moved down over the
+/// dropped ones as the join passes them, so no second list of them is ever built.
+pub(super) struct Planner<'a> {
+    parent: Option<Joined>,
+    excluded: &'a HashSet<String>,
+    folders: &'a MediaFolders,
+    to_store: Vec<Source>,
+    change: ChangeSinceParent,
+    /// The last member added: the join is only right if they come in order.
+    previous: String,
+}
+
+/// The parent's side of the join.
+struct Joined {
+    volumes: HashMap<String, VolumeRef>,
+    entries: Vec<FileEntry>,
+    /// The next entry not yet joined; the entries before `kept` are those taken.
+    next: usize,
+    kept: usize,
+    unusable: Vec<(String, VolumeFault)>,
+    unusable_index: HashMap<String, usize>,
+    stored_again: Vec<usize>,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(
+        parent: Option<Parent>,
+        excluded: &'a HashSet<String>,
+        folders: &'a MediaFolders,
+    ) -> Planner<'a> {
+        let parent = parent.map(|parent| Joined {
+            unusable_index: (parent.unusable.iter().enumerate())
+                .map(|(i, (name, _))| (name.clone(), i))
+                .collect(),
+            stored_again: vec![0; parent.unusable.len()],
+            unusable: parent.unusable,
+            volumes: parent.volumes,
+            entries: parent.entries,
+            next: 0,
+            kept: 0,
+        });
+        Planner {
+            parent,
+            excluded,
+            folders,
+            to_store: Vec::new(),
+            change: ChangeSinceParent::default(),
+            previous: String::new(),
         }
-        let Some(file) = listing.next_if(|f| f.member == entry.path) else {
+    }
+
+    /// The next file of the media store; its member path sorts after the last one's.
+    pub fn add(&mut self, file: Source) -> Result<()> {
+        if !self.previous.is_empty() && file.member.as_str() <= self.previous.as_str() {
+            return Err(Error::Other(format!(
+                "the media listing is out of order ({} after {}); this is a bug, please report it",
+                file.member, self.previous
+            )));
+        }
+        self.previous.clear();
+        self.previous.push_str(&file.member);
+        let Some(parent) = &mut self.parent else {
+            self.to_store.push(file);
+            return Ok(());
+        };
+        // Entries before this file are gone from the media store.
+        while let Some(entry) = parent.entries.get_mut(parent.next) {
+            if entry.path >= file.member {
+                break;
+            }
+            self.change.gone.push(std::mem::take(&mut entry.path));
+            parent.next += 1;
+        }
+        let Some(entry) = parent.entries.get_mut(parent.next) else {
+            self.to_store.push(file);
+            return Ok(());
+        };
+        if entry.path != file.member {
+            // New since the parent.
+            self.to_store.push(file);
+            return Ok(());
+        }
+        parent.next += 1;
+        if let Some(&i) = entry.volume().and_then(|v| parent.unusable_index.get(v)) {
+            parent.stored_again[i] += 1;
+        } else if let Some(retouched) = take_unchanged(&file, entry, &parent.volumes, self.excluded)
+        {
+            if retouched {
+                self.change.retouched.insert(entry.path.clone());
+            }
+            parent.entries.swap(parent.kept, parent.next - 1);
+            parent.kept += 1;
+            return Ok(());
+        }
+        self.change.stored_anew.push(file.member.clone());
+        self.to_store.push(file);
+        Ok(())
+    }
+
+    /// What to store and what to take, once every file was added.
+    pub fn finish(self) -> MediaPlan {
+        let Planner {
+            parent,
+            folders,
+            mut to_store,
+            mut change,
+            ..
+        } = self;
+        let Some(mut parent) = parent else {
+            return MediaPlan {
+                to_store,
+                ..MediaPlan::default()
+            };
+        };
+        // Entries after the last file are gone too.
+        for entry in &mut parent.entries[parent.next..] {
             change.gone.push(std::mem::take(&mut entry.path));
-            return false;
-        };
-        if let Some(&i) = entry.volume().and_then(|v| unusable_index.get(v)) {
-            stored_again[i] += 1;
-            change.stored_anew.push(file.member.clone());
-            to_store.push(file);
-            return false;
         }
-        match take_unchanged(&file, entry, &volumes, excluded) {
-            Some(retouched) => {
-                if retouched {
-                    change.retouched.insert(entry.path.clone());
-                }
-                true
+        let mut entries = parent.entries;
+        entries.truncate(parent.kept);
+        let (kept, reused_volumes) = live_volumes(&entries, &parent.volumes);
+        entries.retain_mut(|entry| {
+            if entry.volume().is_some_and(|v| kept.contains(v)) {
+                return true;
             }
-            None => {
-                change.stored_anew.push(file.member.clone());
-                to_store.push(file);
-                false
-            }
+            // Its volume is mostly dead: the file is stored again, from where it is now.
+            change.retouched.remove(&entry.path);
+            change.stored_anew.push(entry.path.clone());
+            to_store.push(folders.source_of(entry));
+            false
+        });
+        change.stored_anew.sort();
+        // Stored in listing order, as a full backup stores them.
+        to_store.sort_unstable_by(|a, b| a.member.cmp(&b.member));
+        MediaPlan {
+            to_store,
+            reused: entries,
+            reused_volumes,
+            stored_again: parent
+                .unusable
+                .iter()
+                .zip(parent.stored_again)
+                .map(|((name, fault), files)| (name.clone(), fault.clone(), files))
+                .collect(),
+            change,
         }
-    });
-    to_store.extend(listing);
-    let (kept, reused_volumes) = live_volumes(&entries, &volumes);
-    entries.retain_mut(|entry| {
-        if entry.volume().is_some_and(|v| kept.contains(v)) {
-            return true;
-        }
-        // Its volume is mostly dead: the file is stored again, from where it is now.
-        change.retouched.remove(&entry.path);
-        change.stored_anew.push(entry.path.clone());
-        to_store.push(folders.source_of(entry));
-        false
-    });
-    change.stored_anew.sort();
-    // Stored in listing order, as a full backup stores them.
-    to_store.sort_unstable_by(|a, b| a.member.cmp(&b.member));
-    MediaPlan {
-        to_store,
-        reused: entries,
-        reused_volumes,
-        stored_again: unusable
-            .iter()
-            .zip(stored_again)
-            .map(|((name, fault), files)| (name.clone(), fault.clone(), files))
-            .collect(),
-        change,
     }
 }
 
@@ -473,7 +552,7 @@ mod tests {
         b_entry.mtime_nanos = b_entry.mtime_nanos.map(|n| (n + 1) % 1_000_000_000);
         // Only "a" (100 of the volume's 150 bytes) is still as the parent read it.
         let parent = parent(vec![a_entry, b_entry], 150);
-        let plan = plan_media(vec![a, b, c], Some(parent), &HashSet::new(), &folders());
+        let plan = plan_media(vec![a, b, c], Some(parent), &HashSet::new(), &folders()).unwrap();
         let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
         assert_eq!(stored, vec!["media/b", "media/c"]);
         assert_eq!(plan.change.stored_anew, ["media/b"]);
@@ -503,7 +582,8 @@ mod tests {
             Some(parent(parent_entries, 30)),
             &HashSet::new(),
             &folders(),
-        );
+        )
+        .unwrap();
         let reused: Vec<&str> = plan.reused.iter().map(|e| e.path.as_str()).collect();
         let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
         assert_eq!(reused, ["media/c", "media/f"]);
@@ -527,13 +607,32 @@ mod tests {
     }
 
     #[test]
+    fn files_out_of_order_are_refused_rather_than_joined_wrongly() {
+        // A file joined after the parent's entry for it was passed would be both "gone" and
+        // stored anew in the same run.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, a_entry) = write(dir.path(), "a", 10);
+        let (b, b_entry) = write(dir.path(), "b", 10);
+        let excluded = HashSet::new();
+        let folders = folders();
+        let mut planner = Planner::new(
+            Some(parent(vec![a_entry, b_entry], 20)),
+            &excluded,
+            &folders,
+        );
+        planner.add(b).unwrap();
+        let e = planner.add(a).unwrap_err();
+        assert!(e.to_string().contains("out of order"), "{e}");
+    }
+
+    #[test]
     fn files_in_an_unusable_volume_are_stored_again_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let (a, a_entry) = write(dir.path(), "a", 100);
         let (b, b_entry) = write(dir.path(), "b", 100);
         let mut parent = parent(vec![a_entry, b_entry], 200);
         parent.unusable = vec![("volumes/backup-1-0000".into(), VolumeFault::Missing)];
-        let plan = plan_media(vec![a, b], Some(parent), &HashSet::new(), &folders());
+        let plan = plan_media(vec![a, b], Some(parent), &HashSet::new(), &folders()).unwrap();
         assert!(plan.reused.is_empty());
         assert!(plan.reused_volumes.is_empty());
         assert_eq!(plan.to_store.len(), 2);
@@ -553,7 +652,8 @@ mod tests {
             Some(parent(vec![a_entry.clone()], 100)),
             &HashSet::new(),
             &folders(),
-        );
+        )
+        .unwrap();
         assert!(plan.reused.is_empty());
         assert_eq!(plan.to_store.len(), 1);
         assert_eq!(plan.to_store[0].path(), Path::new("/media_store/a"));
@@ -564,7 +664,8 @@ mod tests {
             Some(parent(vec![a_entry.clone()], 90)),
             &HashSet::new(),
             &folders(),
-        );
+        )
+        .unwrap();
         assert_eq!(plan.reused.len(), 1);
         assert_eq!(plan.reused_volumes[0].used_bytes, 60);
         // A condemned volume is never used.
@@ -574,7 +675,8 @@ mod tests {
             Some(parent(vec![a_entry], 60)),
             &excluded,
             &folders(),
-        );
+        )
+        .unwrap();
         assert!(plan.reused.is_empty());
     }
 }

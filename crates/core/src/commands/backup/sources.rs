@@ -232,12 +232,31 @@ pub(super) fn file_size(path: &Path) -> Result<u64> {
 /// has about as many folders as files, and almost all share one mode. The walk runs on several
 /// threads (`host::walk`): with nothing changed since the last backup, it is most of a backup.
 pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListing> {
-    let mut out = MediaListing::default();
+    let mut files = Vec::new();
+    let folders = list_media_into(media_store, dirs, &mut |file| {
+        files.push(file);
+        Ok(())
+    })?;
+    Ok(MediaListing { files, folders })
+}
+
+/// [`list_media`], handing each file to `sink` in the order of its member path as the walk
+/// finds it rather than holding them all: the join with the parent's entries takes them as
+/// they come. Returns the folders.
+pub(super) fn list_media_into(
+    media_store: &Path,
+    dirs: &[&str],
+    sink: &mut dyn FnMut(Source) -> Result<()>,
+) -> Result<Vec<Folder>> {
+    let mut folders = Vec::new();
     let mut skipped = Vec::new();
     let media_store_folder: Arc<Path> = Arc::from(media_store);
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 8);
+    // In the order of their members: a folder as its name and a slash.
+    let mut dirs = dirs.to_vec();
+    dirs.sort_by_key(|dir| format!("{dir}/"));
     for dir in dirs {
         let root = media_store.join(dir);
         if !root.exists() {
@@ -259,10 +278,9 @@ pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListi
             skipped: Vec::new(),
         };
         walk_sorted(&root, threads, new_visitor, |visited| {
-            out.files.extend(visited.listing.files);
-            out.folders.extend(visited.listing.folders);
+            folders.extend(visited.listing.folders);
             skipped.extend(visited.skipped);
-            Ok(())
+            visited.listing.files.into_iter().try_for_each(&mut *sink)
         })?;
     }
     if !skipped.is_empty() {
@@ -272,7 +290,7 @@ pub(super) fn list_media(media_store: &Path, dirs: &[&str]) -> Result<MediaListi
             skipped.join(", ")
         );
     }
-    Ok(out)
+    Ok(folders)
 }
 
 /// What [`list_media`] keeps of the walk of one media folder (or a part of it).
