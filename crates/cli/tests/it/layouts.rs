@@ -413,9 +413,14 @@ fn folder_modes_are_restored() {
         .map(|e| e.unwrap().path())
         .find(|p| p.is_dir())
         .expect("a media folder two levels down");
+    // Three levels down, under a folder the backup does not list either.
+    let great_grandchild = grandchild.join("deeper");
+    fs::create_dir(&great_grandchild).unwrap();
+    fs::write(great_grandchild.join("file"), b"x").unwrap();
     fs::set_permissions(&local_content, fs::Permissions::from_mode(0o700)).unwrap();
     fs::set_permissions(&some_subfolder, fs::Permissions::from_mode(0o750)).unwrap();
     fs::set_permissions(&grandchild, fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(&great_grandchild, fs::Permissions::from_mode(0o750)).unwrap();
     let id = world.create_backup();
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
 
@@ -425,6 +430,7 @@ fn folder_modes_are_restored() {
     assert_eq!(mode(&local_content), 0o700);
     assert_eq!(mode(&some_subfolder), 0o750);
     assert_eq!(mode(&grandchild), 0o750);
+    assert_eq!(mode(&great_grandchild), 0o750);
 
     let drill = world.restore_drill(&id, "restore into a fresh folder");
     let rel = some_subfolder
@@ -432,8 +438,12 @@ fn folder_modes_are_restored() {
         .unwrap();
     assert_eq!(mode(&drill.join("media/local_content")), 0o700);
     assert_eq!(mode(&drill.join("media").join(rel)), 0o750);
-    let rel = grandchild
+    let rel = great_grandchild
         .strip_prefix(world.data.join("media_store"))
         .unwrap();
     assert_eq!(mode(&drill.join("media").join(rel)), 0o750);
+    assert_eq!(
+        mode(&drill.join("media").join(rel).parent().unwrap()),
+        0o750
+    );
 }

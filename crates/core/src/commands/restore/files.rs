@@ -17,16 +17,28 @@ const MODE_MASK: u32 = 0o775;
 /// A uid and gid to give what the restore creates.
 pub(crate) type Owner = Option<(u32, u32)>;
 
-/// Creates `path` and the folders above it that are missing, each owned by `owner`.
-pub(crate) fn create_dirs(path: &Path, owner: Owner) -> Result<()> {
+/// The mode a folder the restore makes gets at once (`None`: none, it keeps what it was made
+/// with or gets its own later).
+pub(crate) type ModeOfNewFolder<'a> = &'a dyn Fn(&Path) -> Option<u32>;
+
+/// Creates `path` and the folders above it that are missing, each owned by `owner` and given
+/// the mode `mode_of` says, so that no second walk of the staged tree is needed for it.
+pub(crate) fn create_dirs(path: &Path, owner: Owner, mode_of: ModeOfNewFolder<'_>) -> Result<()> {
     if path.is_dir() {
         return Ok(());
     }
     if let Some(parent) = path.parent() {
-        create_dirs(parent, owner)?;
+        create_dirs(parent, owner, mode_of)?;
     }
     match fs::create_dir(path) {
-        Ok(()) => chown(path, owner),
+        Ok(()) => {
+            chown(path, owner)?;
+            match mode_of(path) {
+                Some(mode) => set_folder_mode(path, mode, None),
+                None => Ok(()),
+            }
+        }
+        // Made by another thread meanwhile, which gives it the same mode.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
         Err(e) => Err(Error::io("create", path, e)),
     }
@@ -37,10 +49,11 @@ pub(crate) fn create_file(
     path: &Path,
     mode: u32,
     owner: Owner,
+    mode_of: ModeOfNewFolder<'_>,
     backup_id: &str,
 ) -> Result<BufWriter<File>> {
     if let Some(parent) = path.parent() {
-        create_dirs(parent, owner)?;
+        create_dirs(parent, owner, mode_of)?;
     }
     let file = OpenOptions::new()
         .write(true)

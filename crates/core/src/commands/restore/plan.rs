@@ -333,54 +333,45 @@ impl Plan {
     /// Creates a folder of the backup; it gets `mode` once all files are written (a
     /// read-only folder would refuse them before).
     pub fn make_dir(&mut self, path: &Path, mode: u32, mtime: i64) -> Result<()> {
-        files::create_dirs(path, self.owner_of(path))?;
         self.folder_modes
             .insert(path.to_path_buf(), (mode, Some(mtime)));
-        Ok(())
+        files::create_dirs(path, self.owner_of(path), &|p| self.mode_of_new_folder(p))
     }
 
-    /// Gives the staged folders their modes, from the backup or else from the live folder
-    /// they replace; a folder the backup does not list takes its parent's (format 3 lists a
-    /// folder only when its mode is not its parent's).
+    /// Gives the folders the backup lists their modes, from the backup or else from the live
+    /// folder they replace. The others got theirs when they were made.
     pub fn apply_folder_modes(&self) -> Result<()> {
-        for target in self.targets.iter().filter(|t| t.is_dir && t.staged) {
-            self.inherit_modes(&target.staging)?;
-        }
         for (path, (mode, mtime)) in &self.folder_modes {
             files::set_folder_mode(path, *mode, *mtime)?;
         }
         Ok(())
     }
 
-    fn inherit_modes(&self, root: &Path) -> Result<()> {
-        // The modes of the folders above the entry being looked at, by depth; `None` where
-        // neither the backup nor the live data says one (a folder keeps what it was made with).
-        let mut modes: Vec<Option<u32>> = vec![self.folder_modes.get(root).map(|m| m.0)];
-        for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
-            let entry = entry.map_err(|e| {
-                let path = e.path().unwrap_or(root).to_path_buf();
-                Error::io("read the staged folder", path, e.into())
-            })?;
-            if !entry.file_type().is_dir() {
-                continue;
-            }
-            modes.truncate(entry.depth());
-            let parent = modes.last().copied().flatten();
-            let mode = match (self.folder_modes.get(entry.path()), parent) {
-                (Some(&(listed, _)), _) => Some(listed),
-                (None, Some(parent)) => {
-                    files::set_folder_mode(entry.path(), parent, None)?;
-                    Some(parent)
-                }
-                (None, None) => None,
-            };
-            modes.push(mode);
+    /// The mode a staged folder the backup does not list gets when the restore makes it: its
+    /// parent's, as the backup or the live data says it, up to the target's own folder
+    /// (format 3 lists a folder only when its mode is not its parent's). `None` for a listed
+    /// folder (it gets its own at the end) and where nothing above says one (it keeps what it
+    /// was made with).
+    fn mode_of_new_folder(&self, path: &Path) -> Option<u32> {
+        if self.folder_modes.contains_key(path) {
+            return None;
         }
-        Ok(())
+        let mut above = path.parent();
+        while let Some(folder) = above {
+            if let Some(&(mode, _)) = self.folder_modes.get(folder) {
+                return Some(mode);
+            }
+            if self.targets.iter().any(|t| t.staging == folder) {
+                return None;
+            }
+            above = folder.parent();
+        }
+        None
     }
 
     pub fn create_file(&self, path: &Path, mode: u32) -> Result<BufWriter<File>> {
-        files::create_file(path, mode, self.owner_of(path), &self.id)
+        let mode_of = |p: &Path| self.mode_of_new_folder(p);
+        files::create_file(path, mode, self.owner_of(path), &mode_of, &self.id)
     }
 
     pub fn finish_file(&self, file: BufWriter<File>, path: &Path, mtime: i64) -> Result<()> {
