@@ -442,8 +442,5 @@ fn folder_modes_are_restored() {
         .strip_prefix(world.data.join("media_store"))
         .unwrap();
     assert_eq!(mode(&drill.join("media").join(rel)), 0o750);
-    assert_eq!(
-        mode(&drill.join("media").join(rel).parent().unwrap()),
-        0o750
-    );
+    assert_eq!(mode(drill.join("media").join(rel).parent().unwrap()), 0o750);
 }
