@@ -176,32 +176,14 @@ impl<V: Visitor, F: Fn() -> V> Walker<'_, F> {
     fn unit(&self, root_fd: BorrowedFd<'_>, child: &Child, root_mode: u32) -> Result<V> {
         let mut visitor = (self.new_visitor)();
         let mut relative = Vec::with_capacity(256);
+        relative.extend_from_slice(&child.name);
         self.descend(root_fd, child, root_mode, &mut relative, 1, &mut visitor)?;
         Ok(visitor)
     }
 
     /// Visits `child` of the folder `dir` (whose mode is `parent_mode`) and, if it is a
-    /// folder, what it holds. `relative` is the parent's path on entry and on return.
+    /// folder, what it holds. `relative` is the child's path, on entry and on return.
     fn descend(
-        &self,
-        dir: BorrowedFd<'_>,
-        child: &Child,
-        parent_mode: u32,
-        relative: &mut Vec<u8>,
-        depth: usize,
-        visitor: &mut V,
-    ) -> Result<()> {
-        let parent_len = relative.len();
-        if parent_len > 0 {
-            relative.push(b'/');
-        }
-        relative.extend_from_slice(&child.name);
-        let result = self.visit_and_enter(dir, child, parent_mode, relative, depth, visitor);
-        relative.truncate(parent_len);
-        result
-    }
-
-    fn visit_and_enter(
         &self,
         dir: BorrowedFd<'_>,
         child: &Child,
@@ -234,8 +216,15 @@ impl<V: Visitor, F: Fn() -> V> Walker<'_, F> {
         let flags = dir_flags() | OFlag::O_NOFOLLOW;
         let mut sub = match Dir::openat(dir, child.name.as_slice(), flags, Mode::empty()) {
             Ok(sub) => sub,
-            // Removed (or replaced by something else) since it was listed: a live server's.
-            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(()),
+            // Removed since it was listed: a live server's, and nothing to back up.
+            Err(Errno::ENOENT) => return Ok(()),
+            // Replaced by a file or a link since it was listed: what it holds now is not
+            // known, so the backup stops rather than leave it out unsaid.
+            Err(e @ (Errno::ENOTDIR | Errno::ELOOP)) => return Err(Error::io(
+                "open the folder (it changed while the media were listed; run the backup again)",
+                self.path_of(relative),
+                e.into(),
+            )),
             Err(e) => {
                 return Err(Error::io(
                     "open the folder",
@@ -245,7 +234,12 @@ impl<V: Visitor, F: Fn() -> V> Walker<'_, F> {
             }
         };
         for grandchild in read_sorted(&mut sub, self.root, relative)? {
-            self.descend(sub.as_fd(), &grandchild, mode, relative, depth + 1, visitor)?;
+            let len = relative.len();
+            relative.push(b'/');
+            relative.extend_from_slice(&grandchild.name);
+            let result = self.descend(sub.as_fd(), &grandchild, mode, relative, depth + 1, visitor);
+            relative.truncate(len);
+            result?;
         }
         Ok(())
     }
