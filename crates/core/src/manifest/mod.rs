@@ -16,8 +16,8 @@ mod runs;
 pub use digest::Sha256Digest;
 pub use file_list::{read_file_list, FileListWriter, ListTotals};
 pub use runs::{
-    merge_keeping_gone, merge_runs, path_fits_a_run, read_run, run_name, run_owner, RunEntry,
-    RunWriter, RUN_MEMBER,
+    merge_keeping_gone, merge_runs, path_fits_a_run, read_run, run_name, run_owner, MergedRuns,
+    RunEntry, RunReader, RunWriter, RUN_MEMBER,
 };
 
 use std::collections::HashSet;

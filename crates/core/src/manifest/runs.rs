@@ -142,43 +142,147 @@ pub fn read_run<R: BufRead>(
     reader: R,
     mut visit: impl FnMut(RunEntry) -> Result<()>,
 ) -> Result<usize> {
-    let bad = |why: String| Error::corrupt(name, CorruptKind::Malformed, why);
-    let mut lines = reader.lines();
-    let first = lines
-        .next()
-        .transpose()
-        .map_err(|e| bad(format!("cannot read the run: {e}")))?
-        .unwrap_or_default();
-    match first.strip_prefix(FIRST_LINE_PREFIX) {
-        Some(id) if id == backup_id => {}
-        Some(id) => {
-            return Err(Error::corrupt(
-                name,
-                CorruptKind::ManifestMismatch,
-                format!("the run was written by {id}, not {backup_id}"),
-            ))
-        }
-        None => return Err(bad("it does not start as a run of format 3".into())),
-    }
-    let mut last: Option<String> = None;
     let mut count = 0;
-    let mut names = VolumeNames::default();
-    for (number, line) in lines.enumerate() {
-        let line = line.map_err(|e| bad(format!("cannot read the run: {e}")))?;
-        let entry = parse_line(&line, &mut names)
-            .map_err(|why| bad(format!("line {}: {why}", number + 2)))?;
-        if last.as_deref().is_some_and(|last| last >= entry.path()) {
-            return Err(bad(format!(
-                "line {}: {:?} is out of order or repeated",
-                number + 2,
-                entry.path()
-            )));
-        }
-        last = Some(entry.path().to_string());
-        visit(entry)?;
+    for entry in RunReader::new(name, backup_id, reader)? {
+        visit(entry?)?;
         count += 1;
     }
     Ok(count)
+}
+
+/// A run's lines one at a time, each checked as [`read_run`] checks it: a run of millions of
+/// lines is read without being held.
+pub struct RunReader<R> {
+    name: String,
+    lines: std::io::Lines<R>,
+    number: usize,
+    last: String,
+    names: VolumeNames,
+}
+
+impl<R: BufRead> RunReader<R> {
+    /// Checks the first line, which must name `backup_id`.
+    pub fn new(name: &str, backup_id: &str, reader: R) -> Result<Self> {
+        let mut lines = reader.lines();
+        let first = lines
+            .next()
+            .transpose()
+            .map_err(|e| malformed(name, format!("cannot read the run: {e}")))?
+            .unwrap_or_default();
+        match first.strip_prefix(FIRST_LINE_PREFIX) {
+            Some(id) if id == backup_id => {}
+            Some(id) => {
+                return Err(Error::corrupt(
+                    name,
+                    CorruptKind::ManifestMismatch,
+                    format!("the run was written by {id}, not {backup_id}"),
+                ))
+            }
+            None => {
+                return Err(malformed(
+                    name,
+                    "it does not start as a run of format 3".into(),
+                ))
+            }
+        }
+        Ok(RunReader {
+            name: name.to_string(),
+            lines,
+            number: 1,
+            last: String::new(),
+            names: VolumeNames::default(),
+        })
+    }
+
+    fn parse(&mut self, line: std::io::Result<String>) -> Result<RunEntry> {
+        self.number += 1;
+        let bad = |why: String| malformed(&self.name, format!("line {}: {why}", self.number));
+        let line = line.map_err(|e| malformed(&self.name, format!("cannot read the run: {e}")))?;
+        let entry = parse_line(&line, &mut self.names).map_err(bad)?;
+        if self.number > 2 && self.last.as_str() >= entry.path() {
+            return Err(bad(format!(
+                "{:?} is out of order or repeated",
+                entry.path()
+            )));
+        }
+        self.last.clear();
+        self.last.push_str(entry.path());
+        Ok(entry)
+    }
+}
+
+impl<R: BufRead> Iterator for RunReader<R> {
+    type Item = Result<RunEntry>;
+
+    fn next(&mut self) -> Option<Result<RunEntry>> {
+        let line = self.lines.next()?;
+        Some(self.parse(line))
+    }
+}
+
+fn malformed(name: &str, why: String) -> Error {
+    Error::corrupt(name, CorruptKind::Malformed, why)
+}
+
+/// Runs read one line at a time and merged as [`merge_runs`] merges them, oldest run first:
+/// for each path the entry of the newest run that names it, unless that one says it is gone.
+/// Holds one line per run, whatever their length.
+pub struct MergedRuns<I: Iterator<Item = Result<RunEntry>>> {
+    runs: Vec<I>,
+    heads: Vec<Option<RunEntry>>,
+    started: bool,
+}
+
+impl<I: Iterator<Item = Result<RunEntry>>> MergedRuns<I> {
+    pub fn new(runs: Vec<I>) -> Self {
+        MergedRuns {
+            heads: runs.iter().map(|_| None).collect(),
+            runs,
+            started: false,
+        }
+    }
+
+    fn advance(&mut self, run: usize) -> Result<()> {
+        self.heads[run] = self.runs[run].next().transpose()?;
+        Ok(())
+    }
+
+    /// The next path's line of the newest run naming it, gone or not.
+    fn next_line(&mut self) -> Result<Option<RunEntry>> {
+        if !self.started {
+            self.started = true;
+            for run in 0..self.runs.len() {
+                self.advance(run)?;
+            }
+        }
+        let Some(first) = (self.heads.iter().flatten().map(RunEntry::path)).min() else {
+            return Ok(None);
+        };
+        let first = first.to_string();
+        let mut newest = None;
+        for run in 0..self.runs.len() {
+            if self.heads[run].as_ref().is_some_and(|h| h.path() == first) {
+                newest = self.heads[run].take();
+                self.advance(run)?;
+            }
+        }
+        Ok(newest)
+    }
+}
+
+impl<I: Iterator<Item = Result<RunEntry>>> Iterator for MergedRuns<I> {
+    type Item = Result<FileEntry>;
+
+    fn next(&mut self) -> Option<Result<FileEntry>> {
+        loop {
+            match self.next_line() {
+                Err(e) => return Some(Err(e)),
+                Ok(None) => return None,
+                Ok(Some(RunEntry::Gone(_))) => continue,
+                Ok(Some(RunEntry::File(entry))) => return Some(Ok(entry)),
+            }
+        }
+    }
 }
 
 fn parse_line(line: &str, names: &mut VolumeNames) -> std::result::Result<RunEntry, String> {
@@ -415,6 +519,32 @@ mod tests {
                 RunEntry::Gone(_) => None,
             })
             .collect();
-        assert_eq!(merge_runs(runs), files);
+        assert_eq!(merge_runs(runs.clone()), files);
+        let streamed: Vec<FileEntry> = MergedRuns::new(
+            runs.into_iter()
+                .map(|run| run.into_iter().map(Ok))
+                .collect(),
+        )
+        .collect::<Result<_>>()
+        .unwrap();
+        assert_eq!(streamed, files);
+    }
+
+    #[test]
+    fn a_damaged_line_stops_the_streamed_merge_with_its_run_and_line() {
+        let good = String::from_utf8(write(&[file("media/a", 1), file("media/b", 1)])).unwrap();
+        let broken = good.replace("media/b\t", "media/0\t");
+        let runs = vec![
+            RunReader::new("r1", "backup-1", good.as_bytes()).unwrap(),
+            RunReader::new("r2", "backup-1", broken.as_bytes()).unwrap(),
+        ];
+        let e = MergedRuns::new(runs)
+            .collect::<Result<Vec<_>>>()
+            .unwrap_err();
+        assert_eq!(e.corrupt_kind(), Some(CorruptKind::Malformed));
+        assert!(
+            e.to_string().contains("r2") && e.to_string().contains("line 3"),
+            "{e}"
+        );
     }
 }

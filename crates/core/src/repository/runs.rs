@@ -4,15 +4,17 @@
 //! volume the backup's header names.
 
 use std::collections::HashSet;
-use std::io::BufReader;
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 
 use crate::archive::read_members;
-use crate::error::{CorruptKind, Error, Result};
+use crate::error::{CorruptKind, Error, IoContext, Result};
 use crate::manifest::{
-    merge_runs, read_run, run_owner, FileEntry, Header, RunEntry, RunRef, FORMAT_WITH_RUNS,
-    RUN_MEMBER,
+    merge_runs, read_run, run_owner, FileEntry, Header, MergedRuns, RunEntry, RunReader, RunRef,
+    FORMAT_WITH_RUNS, RUN_MEMBER,
 };
 
 use super::object_reader::read_shared_object;
@@ -24,16 +26,121 @@ const RUNS_AT_ONCE: usize = 4;
 /// not trusted with more; a larger run grows as it is read).
 const MAX_PRESIZED: u64 = 1 << 20;
 
+/// The backup that wrote `run`, which its first line must name.
+fn owner_of(run: &RunRef) -> Result<String> {
+    run_owner(&run.name).map(str::to_string).ok_or_else(|| {
+        Error::corrupt(
+            &run.name,
+            CorruptKind::ManifestMismatch,
+            "a header names it as a run, but it is not named like one",
+        )
+    })
+}
+
+/// Runs copied out of the store as plain text into a scratch folder, to be merged from disk
+/// ([`RunsOnDisk::merged`]) rather than held: what a create joins the media store with.
+pub(crate) struct RunsOnDisk {
+    runs: Vec<(RunRef, String, PathBuf)>,
+}
+
+/// The media entries of one backup read from its runs on disk, one at a time, in path order.
+pub(crate) type MergedOnDisk = MergedRuns<RunReader<BufReader<File>>>;
+
+impl RunsOnDisk {
+    /// Decrypts each of `runs` into `dir` and checks that it holds the number of lines its
+    /// backup recorded; the lines themselves are checked as they are merged.
+    pub(crate) async fn fetch(ctx: &OpContext<'_>, runs: &[RunRef], dir: &Path) -> Result<Self> {
+        let fetched = futures::stream::iter(runs)
+            .map(|run| fetch_run(ctx, run, dir))
+            .buffered(RUNS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        let runs = runs
+            .iter()
+            .zip(fetched)
+            .map(|(run, path)| Ok((run.clone(), owner_of(run)?, path?)))
+            .collect::<Result<_>>()?;
+        Ok(RunsOnDisk { runs })
+    }
+
+    /// Runs already on disk: each, who wrote it, and its file.
+    #[cfg(test)]
+    pub(crate) fn from_files(runs: Vec<(RunRef, String, PathBuf)>) -> Self {
+        RunsOnDisk { runs }
+    }
+
+    /// The effective entries, merged from the files one line per run at a time.
+    pub(crate) fn merged(&self) -> Result<MergedOnDisk> {
+        let readers = (self.runs.iter())
+            .map(|(run, owner, path)| {
+                let file = File::open(path).at("open", path)?;
+                RunReader::new(&run.name, owner, BufReader::with_capacity(1 << 16, file))
+            })
+            .collect::<Result<_>>()?;
+        Ok(MergedRuns::new(readers))
+    }
+}
+
+/// Copies run `run`'s one member into `dir`, counting its lines as they pass.
+async fn fetch_run(ctx: &OpContext<'_>, run: &RunRef, dir: &Path) -> Result<PathBuf> {
+    let name = run.name.clone();
+    let owner = owner_of(run)?;
+    let path = dir.join(format!("{owner}.tsv"));
+    let target = path.clone();
+    let expected = run.entries;
+    read_shared_object(ctx, &run.name, move |reader| {
+        let mut lines = None;
+        read_members(reader, &name, |member| {
+            if member.path != RUN_MEMBER || lines.is_some() {
+                return Err(Error::corrupt(
+                    &name,
+                    CorruptKind::Malformed,
+                    format!("unexpected member {:?} in a run", member.path),
+                ));
+            }
+            lines = Some(copy_counting_lines(member.data, &target)?);
+            Ok(())
+        })?;
+        // The first line names the run's backup (checked first: a run copied over another's
+        // name is told as such); each entry is one line after it.
+        let first = File::open(&target).at("open", &target)?;
+        RunReader::new(&name, &owner, BufReader::new(first))?;
+        let entries = lines.unwrap_or(0).saturating_sub(1);
+        if entries != expected {
+            return Err(Error::corrupt(
+                &name,
+                CorruptKind::ManifestMismatch,
+                format!("it holds {entries} entries, the backup recorded {expected}"),
+            ));
+        }
+        Ok(target)
+    })
+    .await?;
+    Ok(path)
+}
+
+fn copy_counting_lines(mut data: impl Read, path: &Path) -> Result<u64> {
+    let mut out = std::io::BufWriter::new(File::create(path).at("create", path)?);
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut lines = 0u64;
+    loop {
+        let read = match data.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        lines += buffer[..read].iter().filter(|&&b| b == b'\n').count() as u64;
+        out.write_all(&buffer[..read]).at("write", path)?;
+    }
+    out.flush().at("write", path)?;
+    Ok(lines)
+}
+
 /// The lines of run `run`, in order.
 pub(crate) async fn read_one_run(ctx: &OpContext<'_>, run: &RunRef) -> Result<Vec<RunEntry>> {
     let name = run.name.clone();
-    let Some(owner) = run_owner(&name).map(str::to_string) else {
-        return Err(Error::corrupt(
-            &name,
-            CorruptKind::ManifestMismatch,
-            "a header names it as a run, but it is not named like one",
-        ));
-    };
+    let owner = owner_of(run)?;
     let expected = run.entries;
     read_shared_object(ctx, &run.name, move |reader| {
         // Sized by the count its backup recorded (a list grown by doubling holds up to twice

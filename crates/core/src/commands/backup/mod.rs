@@ -17,6 +17,7 @@
 //!    base is written last, so its existence means the backup is complete (`volumes`,
 //!    `pipeline`; docs/format.md).
 
+mod entry_list;
 mod id;
 mod offloaded;
 mod physical;
@@ -160,7 +161,7 @@ impl Announced<'_> {
         let snapshot = self.take_snapshot(pending).await?;
         let sqlite_snapshot = snapshot.file.as_ref().map(|s| s.path().into_owned());
         sources.extend(snapshot.file);
-        let (parent, full_reason) = self.choose_parent().await?;
+        let (parent, mut full_reason) = self.choose_parent().await?;
         // Named before the condemned volumes are looked at: every volume and run the parent
         // uses, a superset of those this backup will name.
         let parent_volumes: Vec<String> = parent
@@ -169,12 +170,14 @@ impl Announced<'_> {
             .unwrap_or_default();
         pending.name_volumes(&parent_volumes).await?;
         let condemned = condemned_volumes(ctx.store).await?;
-        let parent_id = parent.as_ref().map(|p| p.backup_id.clone());
-        let parent_runs = parent.as_ref().map(|p| p.runs.clone()).unwrap_or_default();
-        // The parent's entries are moved into the plan or dropped: freed before the writing.
-        let media = self
+        let mut parent_id = parent.as_ref().map(|p| p.backup_id.clone());
+        let mut parent_runs = parent.as_ref().map(|p| p.runs.clone()).unwrap_or_default();
+        let mut media = self
             .plan_media(parent, condemned, sqlite_snapshot.as_deref())
             .await?;
+        if let Some(why) = media.plan.parent_dropped.take() {
+            (parent_id, parent_runs, full_reason) = (None, Vec::new(), Some(why));
+        }
         let contents = write::BackupContents {
             backup_id: backup_id.as_str(),
             hs,
@@ -219,7 +222,7 @@ impl Announced<'_> {
             return Ok((None, None));
         }
         Ok(
-            match reuse::find_parent(self.ctx, &self.hs.server_name).await? {
+            match reuse::find_parent(self.ctx, &self.hs.server_name, self.temp).await? {
                 ParentChoice::Parent(parent) => (Some(parent), None),
                 ParentChoice::None => (None, None),
                 ParentChoice::Unusable(why) => {
@@ -245,15 +248,22 @@ impl Announced<'_> {
             media_store: Arc::from(hs.media_store.as_path()),
             provider_copies: Arc::from(offloaded::provider_copies(self.temp)),
         };
+        let scratch = self.temp.to_path_buf();
         if hs.media_providers.is_empty() {
             let dirs = backed_up_media_dirs(options.include_remote_media);
             let media_store = hs.media_store.clone();
             return tokio::task::spawn_blocking(move || {
-                let mut planner = reuse::Planner::new(parent, &condemned, &folders);
+                let context = reuse::PlanContext {
+                    excluded: &condemned,
+                    folders: &folders,
+                    scratch: &scratch,
+                };
+                let mut planner = reuse::Planner::new(parent, &context)?;
                 let media_folders =
                     sources::list_media_into(&media_store, &dirs, &mut |file| planner.add(file))?;
+                let plan = planner.finish()?;
                 Ok(PlannedMedia {
-                    plan: planner.finish(),
+                    plan,
                     folders: media_folders,
                     offloaded: offloaded::Offloaded::default(),
                     condemned,
@@ -277,7 +287,12 @@ impl Announced<'_> {
         // is exact and needs no buffer of half the listing, which the stable one would.
         media.files.sort_unstable_by(|a, b| a.member.cmp(&b.member));
         media.files.shrink_to_fit();
-        let plan = reuse::plan_media(media.files, parent, &condemned, &folders)?;
+        let context = reuse::PlanContext {
+            excluded: &condemned,
+            folders: &folders,
+            scratch: &scratch,
+        };
+        let plan = reuse::plan_media(media.files, parent, &context)?;
         Ok(PlannedMedia {
             plan,
             folders: media.folders,

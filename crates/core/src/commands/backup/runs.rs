@@ -8,15 +8,16 @@
 //! its life. Merging down to the bottom writes the whole list, with no `gone` lines.
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::archive::ArchiveWriter;
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{merge_keeping_gone, FileEntry, RunEntry, RunRef, RunWriter, RUN_MEMBER};
+use crate::manifest::{merge_keeping_gone, RunEntry, RunRef, RunWriter, RUN_MEMBER};
 use crate::repository::pipe::{finish_archive, ChunkWriter, CHUNK};
 use crate::repository::runs::read_runs;
 
+use super::entry_list::EntryList;
 use super::reuse::ChangeSinceParent;
 use super::OpContext;
 
@@ -76,37 +77,64 @@ pub(super) fn stack_runs(
     }
 }
 
-/// The night's change as run lines, sorted by path: the entries stored anew (`new`), the
-/// retouched ones among those taken from the parent (`reused`), and `gone` for the parent's
-/// paths that have no entry any more. `reused` and `new` are each sorted by path.
-pub(super) fn change_lines(
-    reused: &[FileEntry],
-    new: &[FileEntry],
-    change: &ChangeSinceParent,
-) -> Vec<RunEntry> {
-    let mut lines: Vec<RunEntry> = new
-        .iter()
-        .chain(reused.iter().filter(|e| change.retouched.contains(&e.path)))
-        .cloned()
-        .map(RunEntry::File)
-        .collect();
+/// The night's change as run lines, sorted by path: the entries stored anew (`new`, sorted by
+/// path), the retouched ones among those taken from the parent, and `gone` for the parent's
+/// paths that have no entry any more.
+pub(super) fn change_lines(new: &EntryList, change: ChangeSinceParent) -> Result<Vec<RunEntry>> {
+    let mut lines = Vec::with_capacity(new.tally.files + change.retouched.len());
     // A file to store anew that is not among the new entries vanished before it was read.
-    let stored = |path: &str| new.binary_search_by(|e| e.path.as_str().cmp(path)).is_ok();
-    lines.extend(
-        change
-            .gone
-            .iter()
-            .chain(change.stored_anew.iter().filter(|p| !stored(p)))
-            .map(|p| RunEntry::Gone(p.clone())),
-    );
+    let mut vanished = change.stored_anew.into_iter().peekable();
+    for entry in new.entries()? {
+        let entry = entry?;
+        while let Some(path) = vanished.next_if(|p| p.as_str() <= entry.path.as_str()) {
+            if path != entry.path {
+                lines.push(RunEntry::Gone(path));
+            }
+        }
+        lines.push(RunEntry::File(entry));
+    }
+    lines.extend(vanished.map(RunEntry::Gone));
+    lines.extend(change.retouched.into_iter().map(RunEntry::File));
+    lines.extend(change.gone.into_iter().map(RunEntry::Gone));
     lines.sort_unstable_by(|a, b| a.path().cmp(b.path()));
-    lines
+    Ok(lines)
+}
+
+/// Every media entry of the new backup: those taken from the parent (on disk) and those
+/// stored anew, each sorted by path.
+pub(super) struct WholeList {
+    pub reused: EntryList,
+    pub new: EntryList,
+}
+
+impl WholeList {
+    pub fn is_empty(&self) -> bool {
+        self.reused.tally.files == 0 && self.new.tally.files == 0
+    }
+
+    /// The entries in path order: the two lists merged from disk as they are read.
+    fn write_to<W: Write>(&self, writer: &mut RunWriter<W>, path: &Path) -> Result<()> {
+        let failed = |e: std::io::Error| Error::io("write", path, e);
+        let mut new = self.new.entries()?.peekable();
+        for reused in self.reused.entries()? {
+            let reused = reused?;
+            while let Some(entry) = new.next_if(|e| e.as_ref().is_ok_and(|e| e.path < reused.path))
+            {
+                writer.push_file(&entry?).map_err(failed)?;
+            }
+            writer.push_file(&reused).map_err(failed)?;
+        }
+        for entry in new {
+            writer.push_file(&entry?).map_err(failed)?;
+        }
+        Ok(())
+    }
 }
 
 /// What the new run holds.
 pub(super) enum RunLines {
     /// The whole list: the bottom of the stack.
-    Whole(Arc<Vec<FileEntry>>),
+    Whole(WholeList),
     /// Merged runs with the night's change on top, `gone` lines kept.
     Merged(Vec<RunEntry>),
 }
@@ -115,11 +143,11 @@ pub(super) enum RunLines {
 pub(super) async fn new_run_lines(
     ctx: &OpContext<'_>,
     stacking: &Stacking,
-    effective: Arc<Vec<FileEntry>>,
+    whole: WholeList,
     change: Vec<RunEntry>,
 ) -> Result<RunLines> {
     if stacking.whole {
-        return Ok(RunLines::Whole(effective));
+        return Ok(RunLines::Whole(whole));
     }
     let mut runs = read_runs(ctx, &stacking.merge).await?;
     runs.push(change);
@@ -150,11 +178,7 @@ fn write_lines(backup_id: &str, lines: &RunLines, path: &Path) -> Result<usize> 
     let failed = |e: std::io::Error| Error::io("write", path, e);
     let mut writer = RunWriter::new(std::io::BufWriter::new(file), backup_id).map_err(failed)?;
     match lines {
-        RunLines::Whole(entries) => {
-            for entry in entries.iter() {
-                writer.push_file(entry).map_err(failed)?;
-            }
-        }
+        RunLines::Whole(whole) => whole.write_to(&mut writer, path)?,
         RunLines::Merged(lines) => {
             for line in lines {
                 writer.push(line).map_err(failed)?;
@@ -167,7 +191,9 @@ fn write_lines(backup_id: &str, lines: &RunLines, path: &Path) -> Result<usize> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::entry_list::EntryListWriter;
     use super::*;
+    use crate::manifest::FileEntry;
 
     fn run(name: &str, entries: u64) -> RunRef {
         RunRef {
@@ -230,15 +256,18 @@ mod tests {
 
     #[test]
     fn the_change_names_new_retouched_gone_and_vanished_paths() {
-        let reused = vec![entry("media/a"), entry("media/c")];
-        let new = vec![entry("media/b")];
+        let scratch = tempfile::tempdir().unwrap();
+        let mut new = EntryListWriter::create(scratch.path().join("new.tsv")).unwrap();
+        new.push(&entry("media/b")).unwrap();
+        let new = new.finish().unwrap();
         let change = ChangeSinceParent {
             gone: vec!["media/0".into()],
             // "d" was to be stored anew but vanished before it was read.
             stored_anew: vec!["media/b".into(), "media/d".into()],
-            retouched: ["media/c".to_string()].into(),
+            retouched: vec![entry("media/c")],
         };
-        let lines: Vec<String> = change_lines(&reused, &new, &change)
+        let lines: Vec<String> = change_lines(&new, change)
+            .unwrap()
             .iter()
             .map(|l| match l {
                 RunEntry::File(e) => format!("file {}", e.path),

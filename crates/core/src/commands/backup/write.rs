@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::crypto::Packing;
 use crate::error::Result;
 use crate::manifest::{
-    run_name, volume_name, volume_owner, BackupKind, DatabaseInfo, FileEntry, Header, MediaVolumes,
+    run_name, volume_name, volume_owner, BackupKind, DatabaseInfo, Header, MediaVolumes,
     MissingMedia, RunEntry, RunRef, VolumeRef, FILES_MEMBER, FORMAT_VERSION,
     PHYSICAL_FORMAT_VERSION, RUNS_LIST, TOOL_NAME,
 };
@@ -20,6 +20,7 @@ use crate::synapse::HomeserverConfig;
 
 use crate::provider::ProviderAccess;
 
+use super::entry_list::{EntryList, EntryListWriter};
 use super::offloaded;
 use super::pipeline::{self, ArchiveContents};
 use super::reuse::{ChangeSinceParent, MediaPlan};
@@ -93,8 +94,8 @@ async fn write_objects(
     written: &mut Vec<String>,
 ) -> Result<Stored> {
     let base_bytes: u64 = contents.sources.iter().map(|s| s.size).sum();
-    let reused_files = contents.plan.reused.len();
-    let reused_bytes: u64 = contents.plan.reused.iter().map(|e| e.size).sum();
+    let reused_files = contents.plan.reused.tally.files;
+    let reused_bytes = contents.plan.reused.tally.bytes;
     log_intent(ctx, &contents, reused_files, reused_bytes);
     let BackupContents {
         backup_id,
@@ -112,7 +113,7 @@ async fn write_objects(
         ctx,
         backup_id,
         plan.to_store,
-        &providers.access,
+        (&providers.access, contents.temp),
         written,
     )
     .await?;
@@ -258,7 +259,8 @@ fn log_intent(
 
 /// What the new volumes hold.
 struct NewVolumes {
-    entries: Vec<FileEntry>,
+    /// Their entries, in path order, on disk.
+    entries: EntryList,
     refs: Vec<VolumeRef>,
     vanished: Vec<String>,
     object_bytes: u64,
@@ -271,22 +273,20 @@ async fn write_new_volumes(
     ctx: &OpContext<'_>,
     backup_id: &str,
     to_store: Vec<Source>,
-    access: &[Option<ProviderAccess>],
+    (access, scratch): (&[Option<ProviderAccess>], &Path),
     written: &mut Vec<String>,
 ) -> Result<NewVolumes> {
-    let mut new = NewVolumes {
-        entries: Vec::new(),
-        refs: Vec::new(),
-        vanished: Vec::new(),
-        object_bytes: 0,
-    };
+    let mut entries = EntryListWriter::create(scratch.join("stored-anew.tsv"))?;
+    let mut refs = Vec::new();
+    let mut vanished = Vec::new();
+    let mut object_bytes = 0;
     let downloads = config.backup.provider_downloads;
     let mut queue = volumes::split_into_volumes(to_store, config.backup.volume_size)
         .into_iter()
         .enumerate();
     let mut next = offloaded::fetch_volume(queue.next(), access, downloads).await?;
     while let Some(offloaded::FetchedVolume { index, files, gone }) = next.take() {
-        new.vanished.extend(gone);
+        vanished.extend(gone);
         let name = volume_name(backup_id, index);
         let fetched = offloaded::fetched_paths(&files);
         let bytes: u64 = files.iter().map(|s| s.size).sum();
@@ -306,25 +306,33 @@ async fn write_new_volumes(
         let (contents, size) = stored?;
         next = following?;
         let file_bytes = contents.entries.iter().map(|e| e.size).sum();
-        new.refs.push(VolumeRef {
+        refs.push(VolumeRef {
             name,
             file_bytes,
             used_bytes: file_bytes,
             object_bytes: size,
         });
-        new.object_bytes += size;
-        new.entries.extend(contents.entries);
-        new.vanished.extend(contents.vanished);
+        object_bytes += size;
+        // Volumes hold the files in path order, one after the other: so does the list.
+        for entry in &contents.entries {
+            entries.push(entry)?;
+        }
+        vanished.extend(contents.vanished);
     }
-    Ok(new)
+    Ok(NewVolumes {
+        entries: entries.finish()?,
+        refs,
+        vanished,
+        object_bytes,
+    })
 }
 
 /// The media entries of the new backup, and what its run is made from.
 struct MediaList<'a> {
     /// Taken over from the parent.
-    reused: Vec<FileEntry>,
+    reused: EntryList,
     /// Stored anew in this backup's volumes.
-    new: Vec<FileEntry>,
+    new: EntryList,
     change: ChangeSinceParent,
     parent_runs: Vec<RunRef>,
     condemned: &'a HashSet<String>,
@@ -353,23 +361,19 @@ impl MediaList<'_> {
         let change = if runs::builds_anew(&self.parent_runs, self.condemned) {
             Vec::new()
         } else {
-            runs::change_lines(&self.reused, &self.new, &self.change)
+            runs::change_lines(&self.new, self.change)?
         };
         let stacking = runs::stack_runs(&self.parent_runs, change.len() as u64, self.condemned);
-        // Both sorted and apart: sorted again in place, with no second list of them.
-        let mut entries = self.reused;
-        entries.reserve_exact(self.new.len());
-        entries.extend(self.new);
-        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        let (provider_files, provider_bytes) = provider_totals(&entries);
-        let files = entries.len();
-        let bytes = entries.iter().map(|e| e.size).sum();
-        let entries = Arc::new(entries);
+        let tally = self.reused.tally.plus(self.new.tally);
+        let whole = runs::WholeList {
+            reused: self.reused,
+            new: self.new,
+        };
         let (runs, run_bytes) = write_runs(
             ctx,
             backup_id,
             stacking,
-            entries,
+            whole,
             change,
             temp_and_mtime,
             written,
@@ -378,10 +382,10 @@ impl MediaList<'_> {
         Ok(MediaListed {
             runs,
             run_bytes,
-            files,
-            bytes,
-            provider_files,
-            provider_bytes,
+            files: tally.files,
+            bytes: tally.bytes,
+            provider_files: tally.provider_files,
+            provider_bytes: tally.provider_bytes,
         })
     }
 }
@@ -392,16 +396,16 @@ async fn write_runs(
     ctx: &OpContext<'_>,
     backup_id: &str,
     stacking: runs::Stacking,
-    media_entries: Arc<Vec<FileEntry>>,
+    whole: runs::WholeList,
     change: Vec<RunEntry>,
     (temp, mtime): (&Path, i64),
     written: &mut Vec<String>,
 ) -> Result<(Vec<RunRef>, u64)> {
     let mut refs = stacking.keep.clone();
-    if !stacking.write || (stacking.whole && media_entries.is_empty()) {
+    if !stacking.write || (stacking.whole && whole.is_empty()) {
         return Ok((refs, 0));
     }
-    let lines = runs::new_run_lines(ctx, &stacking, media_entries, change).await?;
+    let lines = runs::new_run_lines(ctx, &stacking, whole, change).await?;
     let name = run_name(backup_id);
     let id = backup_id.to_string();
     let temp = temp.to_path_buf();
@@ -427,14 +431,6 @@ fn runs_list(header: &Header) -> Vec<u8> {
         .map(|r| format!("{}\n", r.name))
         .collect::<String>()
         .into_bytes()
-}
-
-/// How many of the media files live in a storage provider, and their bytes.
-fn provider_totals(media_entries: &[FileEntry]) -> (usize, u64) {
-    media_entries
-        .iter()
-        .filter(|e| e.provider.is_some())
-        .fold((0, 0), |(n, b), e| (n + 1, b + e.size))
 }
 
 /// Incremental when it takes anything from an earlier backup's volumes.
