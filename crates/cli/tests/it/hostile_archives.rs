@@ -1297,3 +1297,58 @@ fn a_format_1_backup_restores_and_is_never_a_parent() {
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(created["kind"], "full", "{created}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A parent's run that breaks off half-way
+// ---------------------------------------------------------------------------------------------
+
+/// The parent's bottom run is sealed with the right passphrase and starts as its own, with the
+/// count its header records, but half-way down a line names a volume the header does not: the
+/// next backup meets it only as the join reads the run from disk, gives the parent up there,
+/// stores every file anew, says why, and restores whole.
+#[test]
+fn a_parent_run_breaking_off_half_way_makes_the_next_backup_full_and_whole() {
+    let world = World::new();
+    let first = world.create_backup();
+    world.upload_media("breakoffAAAAAAAAAAAAAAAA", 5_000, 3);
+    let second = world.create_backup();
+    let run = world.store.join(format!("volumes/{first}-files"));
+    let mut members = members_of(&world, &run);
+    assert_eq!(members.len(), 1);
+    let text = String::from_utf8(members[0].data.clone()).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    assert!(lines.len() > 4, "{text}");
+    let middle = lines.len() / 2;
+    let mut fields: Vec<&str> = lines[middle].split('\t').collect();
+    fields[1] = "volumes/backup-19990101000000000000-0000";
+    lines[middle] = fields.join("\t");
+    members[0].data = format!("{}\n", lines.join("\n")).into_bytes();
+    fs::write(
+        &run,
+        gpg_encrypt(&repack(&members), &world.passphrase_file, &[]),
+    )
+    .unwrap();
+
+    let out = world.run(&["--json", "create-backup"]);
+    assert_success(&out, "create-backup on a parent whose run breaks off");
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["kind"], "full", "{created}");
+    let why = created["full-reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&second) && why.contains("does not name"),
+        "{why}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broke off"), "{stderr}");
+    let next = created["backup-id"].as_str().unwrap().to_string();
+    assert_success(
+        &world.run(&["verify-backup", &next]),
+        "verify the full backup",
+    );
+    let drill = world.restore_drill(&next, "restore the full backup");
+    let media = |root: &Path| tree_hashes(&root.join("local_content"));
+    assert_eq!(
+        media(&drill.join("media")),
+        media(&world.data.join("media_store"))
+    );
+}

@@ -7,10 +7,11 @@ use std::io::BufWriter;
 
 use crate::archive::ArchiveWriter;
 use crate::error::{Error, Result};
-use crate::manifest::{FileEntry, Storage};
+use crate::manifest::Storage;
 use crate::progress::{Cancel, Progress};
 use crate::repository::pipe::{finish_archive, ChunkWriter, CHUNK};
 
+use super::entry_list::EntryListWriter;
 use super::sources::Source;
 use crate::crypto::Packing;
 
@@ -32,7 +33,10 @@ pub(super) fn packing_for(files: &[Source]) -> Packing {
 
 /// What one volume ended up holding.
 pub(super) struct VolumeContents {
-    pub entries: Vec<FileEntry>,
+    /// The list its entries were written to, handed back.
+    pub entries: EntryListWriter,
+    /// The bytes of its files.
+    pub file_bytes: u64,
     /// Media deleted between listing and reading (a purge running meanwhile).
     pub vanished: Vec<String>,
 }
@@ -62,16 +66,17 @@ pub(super) fn split_into_volumes(mut files: Vec<Source>, volume_size: u64) -> Ve
     volumes
 }
 
-/// Writes the media `files` as volume `name`; each entry names the volume.
+/// Writes the media `files` as volume `name`, each entry (naming the volume) to `entries` as
+/// its file is archived: a volume of a million small files holds no entry for each.
 pub(super) fn write_volume(
     name: &str,
     files: Vec<Source>,
+    mut entries: EntryListWriter,
     out: ChunkWriter,
-    progress: &dyn Progress,
-    cancel: &Cancel,
+    (progress, cancel): (&dyn Progress, &Cancel),
 ) -> Result<VolumeContents> {
     let mut archive = ArchiveWriter::new(BufWriter::with_capacity(CHUNK, out));
-    let mut entries = Vec::with_capacity(files.len());
+    let mut file_bytes = 0;
     let mut vanished = Vec::new();
     let volume: std::sync::Arc<str> = name.into();
     for file in files {
@@ -84,7 +89,8 @@ pub(super) fn write_volume(
                     volume: volume.clone(),
                 };
                 entry.provider = file.provider;
-                entries.push(entry);
+                file_bytes += entry.size;
+                entries.push(&entry)?;
             }
             None => {
                 tracing::info!(
@@ -96,7 +102,11 @@ pub(super) fn write_volume(
         }
     }
     finish_archive(archive)?;
-    Ok(VolumeContents { entries, vanished })
+    Ok(VolumeContents {
+        entries,
+        file_bytes,
+        vanished,
+    })
 }
 
 #[cfg(test)]

@@ -276,6 +276,7 @@ async fn write_new_volumes(
     (access, scratch): (&[Option<ProviderAccess>], &Path),
     written: &mut Vec<String>,
 ) -> Result<NewVolumes> {
+    // Volumes hold the files in path order, one after the other: so does the list.
     let mut entries = EntryListWriter::create(scratch.join("stored-anew.tsv"))?;
     let mut refs = Vec::new();
     let mut vanished = Vec::new();
@@ -294,18 +295,20 @@ async fn write_new_volumes(
         let progress = Arc::clone(&ctx.progress);
         let volume = name.clone();
         written.push(name.clone());
+        let list = entries;
         // The next volume's provider media download while this one is written: at most two
         // volumes of them in the temp dir.
         let (stored, following) = futures::join!(
             stream_to_store(ctx, &name, bytes, packing, move |out, cancel| {
-                volumes::write_volume(&volume, files, out, progress.as_ref(), cancel)
+                volumes::write_volume(&volume, files, list, out, (progress.as_ref(), cancel))
             }),
             offloaded::fetch_volume(queue.next(), access, downloads)
         );
         offloaded::remove_fetched(&fetched);
         let (contents, size) = stored?;
         next = following?;
-        let file_bytes = contents.entries.iter().map(|e| e.size).sum();
+        entries = contents.entries;
+        let file_bytes = contents.file_bytes;
         refs.push(VolumeRef {
             name,
             file_bytes,
@@ -313,10 +316,6 @@ async fn write_new_volumes(
             object_bytes: size,
         });
         object_bytes += size;
-        // Volumes hold the files in path order, one after the other: so does the list.
-        for entry in &contents.entries {
-            entries.push(entry)?;
-        }
         vanished.extend(contents.vanished);
     }
     Ok(NewVolumes {
