@@ -11,7 +11,8 @@
 //! 4. list the key, config and media (`sources`), each media file joined with the parent's
 //!    entries as the walk finds it to decide whether the parent already stores it (`reuse`),
 //!    and the media the database lists that only Synapse's storage providers hold
-//!    (`offloaded`);
+//!    (`offloaded`); the files to store and the entries taken go to scratch lists
+//!    (`to_store`, `entry_list`), so nothing per file is held;
 //! 5. stream the other media into new volumes, then the night's run of the file list (`runs`),
 //!    then the base (key, config, database, and the list of runs), each → OpenPGP → store; the
 //!    base is written last, so its existence means the backup is complete (`volumes`,
@@ -26,6 +27,7 @@ mod reuse;
 mod runs;
 mod snapshot;
 mod sources;
+mod to_store;
 mod volumes;
 mod write;
 

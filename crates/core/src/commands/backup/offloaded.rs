@@ -263,23 +263,19 @@ fn set_media_mode(path: &Path) -> Result<()> {
 
 /// A volume's files, its provider media downloaded.
 pub(super) struct FetchedVolume {
-    pub index: usize,
     pub files: Vec<Source>,
     /// Provider media gone before they could be read.
     pub gone: Vec<String>,
 }
 
-/// Downloads the provider media of volume `next` (its number and files), if any.
+/// Downloads the provider media among a volume's `files`.
 pub(super) async fn fetch_volume(
-    next: Option<(usize, Vec<Source>)>,
+    mut files: Vec<Source>,
     access: &[Option<ProviderAccess>],
     concurrency: usize,
-) -> Result<Option<FetchedVolume>> {
-    let Some((index, mut files)) = next else {
-        return Ok(None);
-    };
+) -> Result<FetchedVolume> {
     let gone = fetch_from_providers(&mut files, access, concurrency).await?;
-    Ok(Some(FetchedVolume { index, files, gone }))
+    Ok(FetchedVolume { files, gone })
 }
 
 /// The temp copies among `files` (those read from a provider).

@@ -25,6 +25,7 @@ use super::offloaded;
 use super::pipeline::{self, ArchiveContents};
 use super::reuse::{ChangeSinceParent, MediaPlan};
 use super::sources::{self, Source};
+use super::to_store::{SourceLines, ToStore, VolumeCut};
 use super::{runs, stream_to_store, volumes, BackupOptions, OpContext, StoredAgain};
 
 /// Everything one backup stores, decided.
@@ -104,7 +105,7 @@ async fn write_objects(
         ..
     } = contents;
     let stored_again = warn_stored_again(plan.stored_again);
-    let new_bytes: u64 = plan.to_store.iter().map(|s| s.size).sum();
+    let new_bytes = plan.to_store.bytes;
     ctx.progress
         .start("backing up", Some(new_bytes + base_bytes));
 
@@ -242,13 +243,13 @@ fn log_intent(
     reused_bytes: u64,
 ) {
     let to_store = &contents.plan.to_store;
-    let new_bytes: u64 = to_store.iter().map(|s| s.size).sum();
     tracing::info!(
-        "backing up {} as {} to {}: {} media files ({new_bytes} bytes) to store, {reused_files} ({reused_bytes} bytes) already stored{}",
+        "backing up {} as {} to {}: {} media files ({} bytes) to store, {reused_files} ({reused_bytes} bytes) already stored{}",
         contents.hs.server_name,
         contents.backup_id,
         ctx.store.describe(),
-        to_store.len(),
+        to_store.files,
+        to_store.bytes,
         contents
             .parent
             .as_deref()
@@ -266,13 +267,13 @@ struct NewVolumes {
     object_bytes: u64,
 }
 
-/// Streams the media to store into new volumes, one at a time, while the next volume's
-/// provider media download.
+/// Streams the media to store into new volumes, one at a time, each read from the list as it
+/// is written, while the next volume's provider media download.
 async fn write_new_volumes(
     config: &Config,
     ctx: &OpContext<'_>,
     backup_id: &str,
-    to_store: Vec<Source>,
+    to_store: ToStore,
     (access, scratch): (&[Option<ProviderAccess>], &Path),
     written: &mut Vec<String>,
 ) -> Result<NewVolumes> {
@@ -282,16 +283,25 @@ async fn write_new_volumes(
     let mut vanished = Vec::new();
     let mut object_bytes = 0;
     let downloads = config.backup.provider_downloads;
-    let mut queue = volumes::split_into_volumes(to_store, config.backup.volume_size)
-        .into_iter()
-        .enumerate();
-    let mut next = offloaded::fetch_volume(queue.next(), access, downloads).await?;
-    while let Some(offloaded::FetchedVolume { index, files, gone }) = next.take() {
-        vanished.extend(gone);
+    let cuts = to_store.cut_into_volumes(config.backup.volume_size)?;
+    let mut queue = cuts.iter().enumerate();
+    let mut next = prepare_volume(&to_store, queue.next(), access, downloads).await?;
+    while let Some(PreparedVolume { index, cut, files }) = next.take() {
         let name = volume_name(backup_id, index);
-        let fetched = offloaded::fetched_paths(&files);
-        let bytes: u64 = files.iter().map(|s| s.size).sum();
-        let packing = volumes::packing_for(&files);
+        let (files, fetched, bytes) = match files {
+            VolumeFiles::Fetched(fetched) => {
+                vanished.extend(fetched.gone);
+                let paths = offloaded::fetched_paths(&fetched.files);
+                // Sizes as downloaded, which may differ from what the database said.
+                let bytes = fetched.files.iter().map(|s| s.size).sum();
+                let files: SourceStream = Box::new(fetched.files.into_iter().map(Ok));
+                (files, paths, bytes)
+            }
+            VolumeFiles::Streamed(lines) => {
+                (Box::new(lines) as SourceStream, Vec::new(), cut.bytes)
+            }
+        };
+        let packing = volumes::packing_for(cut.files, bytes);
         let progress = Arc::clone(&ctx.progress);
         let volume = name.clone();
         written.push(name.clone());
@@ -302,7 +312,7 @@ async fn write_new_volumes(
             stream_to_store(ctx, &name, bytes, packing, move |out, cancel| {
                 volumes::write_volume(&volume, files, list, out, (progress.as_ref(), cancel))
             }),
-            offloaded::fetch_volume(queue.next(), access, downloads)
+            prepare_volume(&to_store, queue.next(), access, downloads)
         );
         offloaded::remove_fetched(&fetched);
         let (contents, size) = stored?;
@@ -324,6 +334,46 @@ async fn write_new_volumes(
         vanished,
         object_bytes,
     })
+}
+
+type SourceStream = Box<dyn Iterator<Item = Result<Source>> + Send>;
+
+/// A volume about to be written: its number, its share of the list, and its files.
+struct PreparedVolume {
+    index: usize,
+    cut: VolumeCut,
+    files: VolumeFiles,
+}
+
+enum VolumeFiles {
+    /// Read from the list as the volume is written.
+    Streamed(SourceLines),
+    /// With files from storage providers, downloaded first (held: a volume's worth).
+    Fetched(offloaded::FetchedVolume),
+}
+
+/// Opens the next volume's files; those a storage provider holds are downloaded first.
+async fn prepare_volume(
+    to_store: &ToStore,
+    next: Option<(usize, &VolumeCut)>,
+    access: &[Option<ProviderAccess>],
+    downloads: usize,
+) -> Result<Option<PreparedVolume>> {
+    let Some((index, cut)) = next else {
+        return Ok(None);
+    };
+    let lines = to_store.volume(cut)?;
+    let files = if cut.provider_files == 0 {
+        VolumeFiles::Streamed(lines)
+    } else {
+        let listed = lines.collect::<Result<Vec<Source>>>()?;
+        VolumeFiles::Fetched(offloaded::fetch_volume(listed, access, downloads).await?)
+    };
+    Ok(Some(PreparedVolume {
+        index,
+        cut: *cut,
+        files,
+    }))
 }
 
 /// The media entries of the new backup, and what its run is made from.

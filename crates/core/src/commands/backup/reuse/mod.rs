@@ -16,11 +16,13 @@
 //!
 //! Memory: the parent's entries are read one at a time, merged from its runs decrypted into
 //! the scratch folder ([`RunsOnDisk`]), and merge-joined ([`Planner`]) with the media store's
-//! files as the walk hands them over in path order; the entries taken are written to a
-//! scratch file as they are found ([`kept`]). Neither the listing nor the parent's entries are
-//! held, only the night's change (files to store, paths gone). A format-2 parent's index is
-//! read whole (one night's cost, until the first format-3 backup). With storage providers the
-//! listing is held first (which files are missing locally needs all of it).
+//! files as the walk hands them over in path order; the entries taken and the files to store
+//! are written to scratch files as they are decided
+//! ([`EntryList`](super::entry_list::EntryList), [`ToStore`](super::to_store::ToStore)).
+//! Nothing per file is held, only the night's change (paths gone, entries retouched). A
+//! format-2 parent's index is read whole (one night's cost, until the first format-3 backup).
+//! With storage providers the listing is held first (which files are missing locally needs
+//! all of it).
 
 mod planner;
 

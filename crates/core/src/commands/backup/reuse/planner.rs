@@ -17,6 +17,7 @@ use crate::repository::trust::VolumeFault;
 
 use super::super::entry_list::{keep_only, EntryList, EntryListWriter, Tally};
 use super::super::sources::{Location, Source};
+use super::super::to_store::{ToStore, ToStoreWriter};
 use super::{Parent, ParentStream};
 
 /// A volume is used only while at least this share of its bytes belongs to the backup.
@@ -25,7 +26,8 @@ pub const MIN_LIVE_FRACTION: (u64, u64) = (2, 3);
 /// What the backup stores and what it takes from earlier volumes.
 #[derive(Default)]
 pub(in crate::commands::backup) struct MediaPlan {
-    pub to_store: Vec<Source>,
+    /// The files to store anew, on disk in path order.
+    pub to_store: ToStore,
     /// Entries taken as they are from the parent (volume and hash included), on disk.
     pub reused: EntryList,
     /// The parent volumes used, with the bytes this backup takes from each.
@@ -77,7 +79,7 @@ pub(in crate::commands::backup) struct PlanContext<'a> {
 pub(in crate::commands::backup) struct Planner<'a> {
     parent: Option<Joined>,
     context: &'a PlanContext<'a>,
-    to_store: Vec<Source>,
+    to_store: ToStoreWriter,
     change: ChangeSinceParent,
     kept: Option<EntryListWriter>,
     parent_dropped: Option<String>,
@@ -143,7 +145,7 @@ impl<'a> Planner<'a> {
         Ok(Planner {
             parent,
             context,
-            to_store: Vec::new(),
+            to_store: ToStoreWriter::create(context.scratch.join("to-store.tsv"))?,
             change: ChangeSinceParent::default(),
             kept: None,
             parent_dropped: None,
@@ -170,14 +172,13 @@ impl<'a> Planner<'a> {
             Err(Failure::Ours(e)) => return Err(e),
         };
         match decision {
-            Decision::Taken => {}
-            Decision::New => self.to_store.push(file),
+            Decision::Taken => Ok(()),
+            Decision::New => self.to_store.push(&file),
             Decision::Anew => {
                 self.change.stored_anew.push(file.member.clone());
-                self.to_store.push(file);
+                self.to_store.push(&file)
             }
         }
-        Ok(())
     }
 
     /// Joins `file` with the parent's entries. The parent's list is read on before anything
@@ -244,7 +245,7 @@ impl<'a> Planner<'a> {
         if let Some(kept) = self.kept.take() {
             let folders = self.context.folders;
             for entry in kept.finish()?.entries()? {
-                self.to_store.push(folders.source_of(&entry?));
+                self.to_store.push_late(folders.source_of(&entry?));
             }
         }
         Ok(())
@@ -267,9 +268,8 @@ impl<'a> Planner<'a> {
             ..
         } = self;
         let Some(parent) = parent else {
-            to_store.sort_unstable_by(|a, b| a.member.cmp(&b.member));
             return Ok(MediaPlan {
-                to_store,
+                to_store: to_store.finish(context.folders)?,
                 parent_dropped,
                 ..MediaPlan::default()
             });
@@ -287,7 +287,7 @@ impl<'a> Planner<'a> {
                 keep_only(all, &live, &rewritten, |entry| {
                     // Its volume is mostly dead: the file is stored again, from where it is now.
                     change.stored_anew.push(entry.path.clone());
-                    to_store.push(context.folders.source_of(&entry));
+                    to_store.push_late(context.folders.source_of(&entry));
                 })?
             }
         };
@@ -295,10 +295,9 @@ impl<'a> Planner<'a> {
             .retouched
             .retain(|e| e.volume().is_some_and(|v| live.contains(v)));
         change.stored_anew.sort();
-        // Stored in listing order, as a full backup stores them.
-        to_store.sort_unstable_by(|a, b| a.member.cmp(&b.member));
         Ok(MediaPlan {
-            to_store,
+            // Stored in listing order, as a full backup stores them.
+            to_store: to_store.finish(context.folders)?,
             reused,
             reused_volumes,
             stored_again: parent
@@ -500,6 +499,11 @@ mod tests {
         plan_media(files, Some(parent), &context).unwrap()
     }
 
+    fn stored(plan: &MediaPlan) -> Vec<String> {
+        let sources = plan.to_store.sources().unwrap();
+        sources.map(|s| s.unwrap().member).collect()
+    }
+
     fn reused_paths(plan: &MediaPlan) -> Vec<String> {
         let entries = plan.reused.entries().unwrap();
         entries.map(|e| e.unwrap().path).collect()
@@ -515,7 +519,7 @@ mod tests {
         // Only "a" (100 of the volume's 150 bytes) is still as the parent read it.
         let parent = parent(vec![a_entry, b_entry], 150);
         let plan = join(dir.path(), vec![a, b, c], parent);
-        let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
+        let stored = stored(&plan);
         assert_eq!(stored, vec!["media/b", "media/c"]);
         assert_eq!(plan.change.stored_anew, ["media/b"]);
         assert_eq!(plan.reused.tally.files, 1);
@@ -541,7 +545,7 @@ mod tests {
         let files: Vec<Source> = [1, 2, 4, 5].iter().map(|&i| written[i].0.clone()).collect();
         let plan = join(dir.path(), files, parent(parent_entries, 30));
         let reused = reused_paths(&plan);
-        let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
+        let stored = stored(&plan);
         assert_eq!(reused, ["media/c", "media/f"]);
         assert_eq!(stored, ["media/b", "media/e"]);
         assert_eq!(plan.change.gone, ["media/a", "media/d"]);
@@ -592,7 +596,7 @@ mod tests {
         let plan = join(dir.path(), vec![a, b], parent);
         assert_eq!(plan.reused.tally.files, 0);
         assert!(plan.reused_volumes.is_empty());
-        assert_eq!(plan.to_store.len(), 2);
+        assert_eq!(plan.to_store.files, 2);
         assert_eq!(
             plan.stored_again,
             [("volumes/backup-1-0000".to_string(), VolumeFault::Missing, 2)]
@@ -610,8 +614,9 @@ mod tests {
             parent(vec![a_entry.clone()], 100),
         );
         assert!(reused_paths(&plan).is_empty());
-        assert_eq!(plan.to_store.len(), 1);
-        assert_eq!(plan.to_store[0].path(), Path::new("/media_store/a"));
+        assert_eq!(plan.to_store.files, 1);
+        let first = plan.to_store.sources().unwrap().next().unwrap().unwrap();
+        assert_eq!(first.path(), Path::new("/media_store/a"));
         assert_eq!(plan.change.stored_anew, ["media/a"]);
         // 60 of 90: exactly 2/3, still used.
         let plan = join(
@@ -677,7 +682,7 @@ mod tests {
         assert_eq!(reused_paths(&plan), ["media/a", "media/c"]);
         assert_eq!(plan.change.gone, ["media/d"]);
         assert_eq!(plan.change.stored_anew, ["media/e"]);
-        let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
+        let stored = stored(&plan);
         assert_eq!(stored, ["media/e", "media/f"]);
         assert!(plan.parent_dropped.is_none());
     }
@@ -702,7 +707,7 @@ mod tests {
         let plan = join(scratch.path(), files, on_disk(vec![(run, owner, path)], 30));
         let why = plan.parent_dropped.as_deref().unwrap_or_default();
         assert!(why.contains("backup-1") && why.contains("line 4"), "{why}");
-        let stored: Vec<&str> = plan.to_store.iter().map(|s| s.member.as_str()).collect();
+        let stored = stored(&plan);
         assert_eq!(stored, ["media/a", "media/b", "media/c"]);
         assert_eq!(plan.reused.tally, Tally::default());
         assert!(plan.change.gone.is_empty() && plan.change.stored_anew.is_empty());
@@ -718,6 +723,6 @@ mod tests {
         let plan = join(scratch.path(), vec![a], on_disk(vec![run], 10));
         let why = plan.parent_dropped.as_deref().unwrap_or_default();
         assert!(why.contains("does not name"), "{why}");
-        assert_eq!(plan.to_store.len(), 1);
+        assert_eq!(plan.to_store.files, 1);
     }
 }
