@@ -246,7 +246,7 @@ impl Announced<'_> {
         sqlite_snapshot: Option<&Path>,
     ) -> Result<PlannedMedia> {
         let (hs, options) = (self.hs, self.options);
-        let folders = reuse::MediaFolders {
+        let folders = to_store::MediaFolders {
             media_store: Arc::from(hs.media_store.as_path()),
             provider_copies: Arc::from(offloaded::provider_copies(self.temp)),
         };

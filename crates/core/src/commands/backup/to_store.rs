@@ -15,9 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::Role;
+use crate::manifest::{FileEntry, Role};
 
-use super::reuse::MediaFolders;
 use super::sources::{Location, Source};
 
 /// Writes the files to store, in path order; those out of order wait for [`finish`].
@@ -256,6 +255,30 @@ impl Iterator for SourceLines {
         self.next_with_length()
             .transpose()
             .map(|next| next.map(|(source, _)| source))
+    }
+}
+
+/// The folders media files are read from, for a file taken from the parent at first and then
+/// stored again after all (its volume mostly dead).
+pub(super) struct MediaFolders {
+    pub media_store: Arc<Path>,
+    pub provider_copies: Arc<Path>,
+}
+
+impl MediaFolders {
+    pub(super) fn source_of(&self, entry: &FileEntry) -> Source {
+        let folder = match entry.provider {
+            Some(_) => &self.provider_copies,
+            None => &self.media_store,
+        };
+        Source {
+            member: entry.path.clone(),
+            location: Location::Under(Arc::clone(folder)),
+            role: Role::Media,
+            size: entry.size,
+            provider: entry.provider,
+            stamp: None,
+        }
     }
 }
 

@@ -26,9 +26,7 @@
 
 mod planner;
 
-pub(super) use planner::{
-    plan_media, ChangeSinceParent, MediaFolders, MediaPlan, PlanContext, Planner,
-};
+pub(super) use planner::{plan_media, ChangeSinceParent, MediaPlan, PlanContext, Planner};
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufReader;

@@ -9,15 +9,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::manifest::{FileEntry, Role, VolumeRef};
+use crate::manifest::{FileEntry, VolumeRef};
 use crate::repository::trust::VolumeFault;
 
 use super::super::entry_list::{keep_only, EntryList, EntryListWriter, Tally};
-use super::super::sources::{Location, Source};
-use super::super::to_store::{ToStore, ToStoreWriter};
+use super::super::sources::Source;
+use super::super::to_store::{MediaFolders, ToStore, ToStoreWriter};
 use super::{Parent, ParentStream};
 
 /// A volume is used only while at least this share of its bytes belongs to the backup.
@@ -390,40 +389,19 @@ fn take_unchanged(
     Some(retouched)
 }
 
-/// The folders media files are read from, for a file taken from the parent at first and then
-/// stored again after all (its volume mostly dead).
-pub(in crate::commands::backup) struct MediaFolders {
-    pub media_store: Arc<Path>,
-    pub provider_copies: Arc<Path>,
-}
-
-impl MediaFolders {
-    pub(super) fn source_of(&self, entry: &FileEntry) -> Source {
-        let folder = match entry.provider {
-            Some(_) => &self.provider_copies,
-            None => &self.media_store,
-        };
-        Source {
-            member: entry.path.clone(),
-            location: Location::Under(Arc::clone(folder)),
-            role: Role::Media,
-            size: entry.size,
-            provider: entry.provider,
-            stamp: None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::super::sources::Location;
     use super::super::ParentEntries;
     use super::*;
+    use crate::manifest::Role;
     use crate::manifest::{
         run_name, sort_by_path, RunEntry, RunRef, RunWriter, Sha256Digest, Storage,
     };
     use crate::repository::runs::RunsOnDisk;
     use std::os::unix::fs::MetadataExt;
     use std::path::Path;
+    use std::sync::Arc;
 
     fn write(dir: &Path, name: &str, bytes: usize) -> (Source, FileEntry) {
         let path = dir.join(name);
