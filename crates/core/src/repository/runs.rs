@@ -89,34 +89,50 @@ async fn fetch_run(ctx: &OpContext<'_>, run: &RunRef, dir: &Path) -> Result<Path
     let target = path.clone();
     let expected = run.entries;
     read_shared_object(ctx, &run.name, move |reader| {
-        let mut lines = None;
-        read_members(reader, &name, |member| {
-            if member.path != RUN_MEMBER || lines.is_some() {
-                return Err(Error::corrupt(
-                    &name,
-                    CorruptKind::Malformed,
-                    format!("unexpected member {:?} in a run", member.path),
-                ));
-            }
-            lines = Some(copy_counting_lines(member.data, &target)?);
-            Ok(())
-        })?;
+        let lines = read_run_member(reader, &name, |data| copy_counting_lines(data, &target))?;
         // The first line names the run's backup (checked first: a run copied over another's
         // name is told as such); each entry is one line after it.
         let first = File::open(&target).at("open", &target)?;
         RunReader::new(&name, &owner, BufReader::new(first))?;
-        let entries = lines.unwrap_or(0).saturating_sub(1);
-        if entries != expected {
-            return Err(Error::corrupt(
-                &name,
-                CorruptKind::ManifestMismatch,
-                format!("it holds {entries} entries, the backup recorded {expected}"),
-            ));
-        }
+        check_count(&name, lines.saturating_sub(1), expected)?;
         Ok(target)
     })
     .await?;
     Ok(path)
+}
+
+/// Hands the one member a run object holds, [`RUN_MEMBER`], to `read`, and returns what it
+/// counted (0 when there is no member); any other member, or a second one, is damage.
+fn read_run_member(
+    reader: impl Read,
+    name: &str,
+    mut read: impl FnMut(&mut dyn Read) -> Result<u64>,
+) -> Result<u64> {
+    let mut counted = None;
+    read_members(reader, name, |mut member| {
+        if member.path != RUN_MEMBER || counted.is_some() {
+            return Err(Error::corrupt(
+                name,
+                CorruptKind::Malformed,
+                format!("unexpected member {:?} in a run", member.path),
+            ));
+        }
+        counted = Some(read(&mut member.data)?);
+        Ok(())
+    })?;
+    Ok(counted.unwrap_or(0))
+}
+
+/// A run must hold the number of entries its backup recorded.
+fn check_count(name: &str, entries: u64, expected: u64) -> Result<()> {
+    if entries != expected {
+        return Err(Error::corrupt(
+            name,
+            CorruptKind::ManifestMismatch,
+            format!("it holds {entries} entries, the backup recorded {expected}"),
+        ));
+    }
+    Ok(())
 }
 
 fn copy_counting_lines(mut data: impl Read, path: &Path) -> Result<u64> {
@@ -146,30 +162,15 @@ pub(crate) async fn read_one_run(ctx: &OpContext<'_>, run: &RunRef) -> Result<Ve
         // Sized by the count its backup recorded (a list grown by doubling holds up to twice
         // the room), within reason should that count be wrong.
         let mut entries = Vec::with_capacity(expected.min(MAX_PRESIZED) as usize);
-        let mut count = None;
-        read_members(reader, &name, |member| {
-            if member.path != RUN_MEMBER || count.is_some() {
-                return Err(Error::corrupt(
-                    &name,
-                    CorruptKind::Malformed,
-                    format!("unexpected member {:?} in a run", member.path),
-                ));
-            }
-            let data = BufReader::with_capacity(1 << 16, member.data);
-            count = Some(read_run(&name, &owner, data, |e| {
+        let count = read_run_member(reader, &name, |data| {
+            let data = BufReader::with_capacity(1 << 16, data);
+            let count = read_run(&name, &owner, data, |e| {
                 entries.push(e);
                 Ok(())
-            })?);
-            Ok(())
+            })?;
+            Ok(count as u64)
         })?;
-        let count = count.unwrap_or(0);
-        if count as u64 != expected {
-            return Err(Error::corrupt(
-                &name,
-                CorruptKind::ManifestMismatch,
-                format!("it holds {count} entries, the backup recorded {expected}"),
-            ));
-        }
+        check_count(&name, count, expected)?;
         Ok(entries)
     })
     .await
