@@ -940,7 +940,7 @@ def scale_ours(t: Step) -> None:
     b = t.bench
     remove(scale_store(b))
     write_scale_config(t)
-    if scale_ours_create(t, "create") is None or scale_ours_create(t, "create-same") is None:
+    if scale_ours_create(t, "create") is None or (same_id := scale_ours_create(t, "create-same")) is None:
         remove(scale_store(b))
         return
     new = add_scale_media(t.ds.data, max(1, t.ds.media_files // 100))
@@ -948,6 +948,7 @@ def scale_ours(t: Step) -> None:
         incr_id = scale_ours_create(t, "create-incr")
         if incr_id is not None:
             scale_restore(restoring_into(t, "ours"), incr_id, new)
+            scale_maintenance(t, incr_id, same_id)
         remove(scale_store(b))
         scale_tar(restoring_into(t, "tar"), new)
     finally:
@@ -958,6 +959,16 @@ def scale_restore(t: Step, backup_id: str, new: NewMedia) -> None:
     """restore-backup --target-dir of the third backup into a new dir (see restoring_into)."""
     if measure(t, "ours", "restore-incr", functools.partial(op_ours_restore, backup_id=backup_id)):
         check_restore(t, "ours", t.ds.media_files + len(new.files), t.ds.media_bytes + new.bytes)
+
+
+def scale_maintenance(t: Step, incr_id: str, same_id: str) -> None:
+    """What an admin runs besides create and restore, on the store of the three backups: verify
+    the third, list, delete the second, then prune down to the newest (deleting the first)."""
+    b = t.bench
+    measure(t, "ours", "verify-incr", functools.partial(op_ours_verify, backup_id=incr_id))
+    measure(t, "ours", "list", lambda t, s: s.run(("list", ours(b, "list-backups"))))
+    measure(t, "ours", "delete", lambda t, s: s.run(("delete", ours(b, "delete-backup", same_id))))
+    measure(t, "ours", "prune", lambda t, s: s.run(("prune", ours(b, "prune-backups", "--keep-last", "1"))))
 
 
 def op_tar_create(t: Step, s: Stages) -> bool:

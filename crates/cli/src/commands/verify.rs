@@ -5,7 +5,7 @@ use synapse_backup_core::manifest::MissingMedia;
 
 use super::Context;
 use crate::output::{emit, human_bytes, outln, CommandOutput};
-use synapse_backup_core::host::scratch::remove_leftovers;
+use synapse_backup_core::host::scratch::{remove_leftovers, scratch_parent};
 use synapse_backup_core::repository::catalog::newest_backup;
 
 pub async fn run(context: &Context, id: &str) -> Result<()> {
@@ -21,7 +21,12 @@ pub async fn run(context: &Context, id: &str) -> Result<()> {
             "; or latest, the newest backup that opens with the passphrase",
         )?
     };
-    let report = verify_backup(&context.op(store.as_ref(), Some(passphrase)), &id).await?;
+    let report = verify_backup(
+        &context.op(store.as_ref(), Some(passphrase)),
+        &id,
+        &scratch_parent(&context.config),
+    )
+    .await?;
     emit(context.json, &Verified::of(&report))?;
     Ok(())
 }

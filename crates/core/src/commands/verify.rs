@@ -4,12 +4,14 @@
 //! at the end of the stream, and its members agree with its manifest (see `content_check`).
 
 use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures::StreamExt;
 
 use crate::archive::{read_members, MemberKind};
 use crate::error::{Error, Result};
+use crate::host::scratch;
 use crate::progress::Progress;
 
 use super::OpContext;
@@ -19,7 +21,8 @@ use crate::repository::content_check::{hash_member, unreadable_member, ContentCh
 use crate::repository::object_reader::{read_object, read_shared_object};
 use crate::repository::physical::{verify_physical, PhysicalCheck};
 use crate::repository::runs;
-use crate::repository::volumes::{by_volume, check_volumes_exist, read_volume, VOLUMES_AT_ONCE};
+use crate::repository::volumes::{check_volumes_exist, read_volume, VOLUMES_AT_ONCE};
+use crate::repository::wants;
 use crate::repository::BackupId;
 
 #[derive(Debug, Clone)]
@@ -77,9 +80,16 @@ fn check_base<R: Read>(
     Ok((report, in_volumes))
 }
 
-pub async fn verify_backup(ctx: &OpContext<'_>, id: &BackupId) -> Result<VerifyReport> {
+/// Verifies backup `id`; lists too long to hold go to a scratch folder made in
+/// `scratch_parent` (`host::scratch`), removed when done.
+pub async fn verify_backup(
+    ctx: &OpContext<'_>,
+    id: &BackupId,
+    scratch_parent: &Path,
+) -> Result<VerifyReport> {
     let id = id.as_str();
-    let verified = verify_all(ctx, id).await;
+    let scratch = scratch::create(scratch_parent)?;
+    let verified = verify_all(ctx, id, scratch.path()).await;
     // Whatever a read cut by Ctrl-C looked like, it was the user's doing.
     match verified {
         Err(_) if ctx.cancel.is_cancelled() => Err(Error::Interrupted),
@@ -88,7 +98,7 @@ pub async fn verify_backup(ctx: &OpContext<'_>, id: &BackupId) -> Result<VerifyR
 }
 
 /// The base, then every volume it takes files from: every byte a restore would use.
-async fn verify_all(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
+async fn verify_all(ctx: &OpContext<'_>, id: &str, scratch: &Path) -> Result<VerifyReport> {
     let info = ctx.store.head(id).await?;
     ctx.progress.start("verifying", Some(info.size));
     let progress = Arc::clone(&ctx.progress);
@@ -97,11 +107,11 @@ async fn verify_all(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
         check_base(reader, &backup_id, progress.as_ref())
     })
     .await?;
-    let mut run_entries = Vec::new();
+    let mut from_runs = Vec::new();
     if let ArchiveFormat::Manifest(header) = &report.format {
         if let Some(media) = &header.media {
             check_volumes_exist(ctx.store, id, media).await?;
-            run_entries = runs::run_entries_of(ctx, Some(header)).await?;
+            from_runs = runs::wants_from_runs(ctx, Some(header), scratch).await?;
             report.runs = media.runs.len();
             let bytes = media.volumes.iter().map(|v| v.used_bytes).sum();
             ctx.progress.start("verifying media volumes", Some(bytes));
@@ -114,8 +124,8 @@ async fn verify_all(ctx: &OpContext<'_>, id: &str) -> Result<VerifyReport> {
             report.physical = Some(verify_physical(ctx, id, physical).await?);
         }
     }
-    let in_volumes = runs::in_volumes(id, listed, run_entries)?;
-    let outcomes = futures::stream::iter(by_volume(in_volumes))
+    let wants = wants::of_base_or_runs(id, listed, from_runs)?;
+    let outcomes = futures::stream::iter(wants)
         .map(|want| {
             let name = want.name.clone();
             let backup_id = id.to_string();

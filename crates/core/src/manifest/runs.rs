@@ -127,6 +127,11 @@ impl<W: Write> RunWriter<W> {
         Ok(())
     }
 
+    /// The output as written so far: a buffer's lines may be moved elsewhere as the run grows.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// The writer back, and how many entries the run holds.
     pub fn finish(mut self) -> std::io::Result<(W, usize)> {
         self.out.flush()?;

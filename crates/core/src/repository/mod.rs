@@ -8,6 +8,8 @@
 //! - `content_check`: the manifest check that verify and restore share.
 //! - `volumes`: reading the media volumes a backup's files live in, and checking they exist.
 //! - `runs`: reading the file-list runs a format-3 backup's media entries are in.
+//! - `wants`: which entries restore and verify take from each volume, grouped from the runs
+//!   into scratch lists on disk.
 //! - [`wal`]: PostgreSQL's archived WAL files, one object each under `wal/`.
 //! - [`catalog`]: every object named like a backup, whether it opens as itself, and `latest`.
 //! - [`gc`]: which volumes may be deleted and when (pending and condemned markers, sweep).
@@ -35,6 +37,7 @@ pub(crate) mod pipe;
 pub(crate) mod runs;
 pub(crate) mod volumes;
 pub mod wal;
+pub(crate) mod wants;
 
 pub use content_check::ArchiveFormat;
 pub use context::OpContext;

@@ -13,11 +13,12 @@ use futures::StreamExt;
 use crate::archive::read_members;
 use crate::error::{CorruptKind, Error, IoContext, Result};
 use crate::manifest::{
-    merge_runs, read_run, run_owner, FileEntry, Header, MergedRuns, RunEntry, RunReader, RunRef,
-    FORMAT_WITH_RUNS, RUN_MEMBER,
+    read_run, run_owner, Header, MergedRuns, RunEntry, RunReader, RunRef, FORMAT_WITH_RUNS,
+    RUN_MEMBER,
 };
 
 use super::object_reader::read_shared_object;
+use super::wants::{spill_by_volume, VolumeWant};
 use super::OpContext;
 
 /// Runs downloaded at once: a stack holds a handful, each one stream and one decryption thread.
@@ -187,58 +188,31 @@ pub(crate) async fn read_runs(ctx: &OpContext<'_>, runs: &[RunRef]) -> Result<Ve
         .collect()
 }
 
-/// The media entries of a format-3 backup: its runs merged. An entry naming a volume the
-/// header does not name is refused, naming the run's backup.
-pub(crate) async fn media_entries(ctx: &OpContext<'_>, header: &Header) -> Result<Vec<FileEntry>> {
-    let Some(media) = &header.media else {
-        return Ok(Vec::new());
-    };
-    let entries = merge_runs(read_runs(ctx, &media.runs).await?);
-    let volumes: HashSet<&str> = media.volumes.iter().map(|v| v.name.as_str()).collect();
-    if let Some(stray) = entries
-        .iter()
-        .find(|e| !e.volume().is_some_and(|v| volumes.contains(v)))
-    {
-        return Err(Error::corrupt(
-            &header.backup_id,
-            CorruptKind::ManifestMismatch,
-            format!(
-                "its runs say {:?} is in {}, which its header does not name",
-                stray.path,
-                stray.volume().unwrap_or("no volume")
-            ),
-        ));
-    }
-    Ok(entries)
-}
-
-/// The media entries whose bytes are in volumes: those a format-2 base lists, or a format-3
-/// backup's runs. A format-3 base that lists some too is refused: which list would count?
-pub(crate) fn in_volumes(
-    backup_id: &str,
-    listed_in_base: Vec<FileEntry>,
-    from_runs: Vec<FileEntry>,
-) -> Result<Vec<FileEntry>> {
-    match (listed_in_base.is_empty(), from_runs.is_empty()) {
-        (_, true) => Ok(listed_in_base),
-        (true, false) => Ok(from_runs),
-        (false, false) => Err(Error::corrupt(
-            backup_id,
-            CorruptKind::ManifestMismatch,
-            "its base lists media in volumes although its runs hold its media entries",
-        )),
-    }
-}
-
-/// The media entries of `header`'s backup when they are in runs (format 3), else none.
-pub(crate) async fn run_entries_of(
+/// What restore and verify take from each volume of a format-3 backup: its runs copied into
+/// `dir`, merged from there and grouped by volume into scratch lists beside them (the copies
+/// are removed once merged). None for an earlier format, whose base lists its media.
+pub(crate) async fn wants_from_runs(
     ctx: &OpContext<'_>,
     header: Option<&Header>,
-) -> Result<Vec<FileEntry>> {
-    match header {
-        Some(header) if header.format_version >= FORMAT_WITH_RUNS => {
-            media_entries(ctx, header).await
-        }
-        _ => Ok(Vec::new()),
-    }
+    dir: &Path,
+) -> Result<Vec<VolumeWant>> {
+    let Some((header, media)) = header
+        .filter(|h| h.format_version >= FORMAT_WITH_RUNS)
+        .and_then(|h| Some((h, h.media.as_ref()?)))
+    else {
+        return Ok(Vec::new());
+    };
+    let copies = dir.join("runs");
+    std::fs::create_dir_all(&copies).at("create", &copies)?;
+    let runs = RunsOnDisk::fetch(ctx, &media.runs, &copies).await?;
+    let volumes: HashSet<String> = media.volumes.iter().map(|v| v.name.clone()).collect();
+    let backup_id = header.backup_id.clone();
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let wants = spill_by_volume(&backup_id, runs.merged()?, &volumes, &dir)?;
+        std::fs::remove_dir_all(&copies).at("remove", &copies)?;
+        Ok(wants)
+    })
+    .await
+    .map_err(|e| Error::task_failed("grouping the backup's media entries by volume", e))?
 }

@@ -5,7 +5,7 @@
 //! include (media purged since it was written); they are skipped, so a restore never brings
 //! back purged media.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Read;
 
 use futures::StreamExt;
@@ -14,6 +14,7 @@ use crate::archive::{read_members, Member, MemberKind};
 use crate::error::{CorruptKind, Error, ErrorKind, Result};
 use crate::manifest::{FileEntry, MediaVolumes, Sha256Digest, SharedObject};
 use crate::repository::trust::{describe_faults, unusable_volumes};
+use crate::repository::wants::VolumeWant;
 use crate::repository::BackupId;
 use crate::store::Store;
 
@@ -22,71 +23,6 @@ const HEADS_AT_ONCE: usize = 8;
 /// Volumes downloaded, decrypted and read at once by restore and verify: each is one stream
 /// and one decryption thread, so several keep both the network and the cores busy.
 pub(crate) const VOLUMES_AT_ONCE: usize = 4;
-
-/// The entries a backup takes from one volume: sorted by member path, each path once, and
-/// whether each was found yet. A sorted list rather than a map by path: a backup's volumes
-/// hold one entry per media file between them, and a map's table and keys would double that.
-pub(crate) struct VolumeWant {
-    pub name: String,
-    entries: Vec<FileEntry>,
-    found: Vec<bool>,
-}
-
-impl VolumeWant {
-    /// The entry of `path`, the first time it is asked for; `None` if the backup does not list
-    /// it here or it was found already.
-    fn take(&mut self, path: &str) -> Option<&FileEntry> {
-        let i = self
-            .entries
-            .binary_search_by(|e| e.path.as_str().cmp(path))
-            .ok()?;
-        if std::mem::replace(&mut self.found[i], true) {
-            return None;
-        }
-        Some(&self.entries[i])
-    }
-
-    /// The paths never found, sorted.
-    fn absent(&self) -> impl Iterator<Item = &str> {
-        self.entries
-            .iter()
-            .zip(&self.found)
-            .filter(|(_, found)| !**found)
-            .map(|(e, _)| e.path.as_str())
-    }
-}
-
-/// Groups `entries` (each naming its volume) by volume, in volume name order; of a path listed
-/// twice, the later entry counts.
-pub(crate) fn by_volume(entries: Vec<FileEntry>) -> Vec<VolumeWant> {
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for volume in entries.iter().filter_map(FileEntry::volume) {
-        *counts.entry(volume).or_default() += 1;
-    }
-    // Sized exactly, so that the entries moved in take no more room than they left.
-    let mut volumes: BTreeMap<String, Vec<FileEntry>> = counts
-        .into_iter()
-        .map(|(name, count)| (name.to_string(), Vec::with_capacity(count)))
-        .collect();
-    for entry in entries {
-        let Some(list) = entry.volume().and_then(|v| volumes.get_mut(v)) else {
-            continue;
-        };
-        list.push(entry);
-    }
-    volumes
-        .into_iter()
-        .map(|(name, mut entries)| {
-            crate::manifest::sort_by_path(&mut entries);
-            let found = vec![false; entries.len()];
-            VolumeWant {
-                name,
-                entries,
-                found,
-            }
-        })
-        .collect()
-}
 
 /// Checks that every one of `volumes` (named by backup `backup_id`) is in the store with the
 /// size the backup recorded, naming each one that is not, before anything is downloaded.
@@ -150,10 +86,11 @@ pub(crate) async fn check_volumes_exist(
 pub(crate) fn read_volume<R: Read>(
     reader: R,
     backup_id: &str,
-    mut want: VolumeWant,
+    want: VolumeWant,
     mut take: impl FnMut(&FileEntry, &mut Member<'_>) -> Result<(Sha256Digest, u64)>,
 ) -> Result<(usize, u64)> {
     let name = want.name.clone();
+    let mut wanted = want.open()?;
     let mut files = 0usize;
     let mut bytes = 0u64;
     read_members(reader, &name, |mut member| {
@@ -161,10 +98,10 @@ pub(crate) fn read_volume<R: Read>(
             return Ok(());
         }
         // Not in this backup: media purged after the volume was written.
-        let Some(entry) = want.take(&member.path) else {
+        let Some(entry) = wanted.take(&member.path)? else {
             return Ok(());
         };
-        let (hash, size) = take(entry, &mut member)?;
+        let (hash, size) = take(&entry, &mut member)?;
         if size != entry.size || hash != entry.sha256 {
             return Err(Error::corrupt(
                 backup_id,
@@ -179,9 +116,8 @@ pub(crate) fn read_volume<R: Read>(
         bytes += size;
         Ok(())
     })?;
-    let absent = want.absent().count();
+    let (absent, first) = wanted.absent(5)?;
     if absent > 0 {
-        let first: Vec<&str> = want.absent().take(5).collect();
         return Err(Error::corrupt(
             backup_id,
             CorruptKind::ManifestMismatch,
@@ -198,6 +134,7 @@ pub(crate) fn read_volume<R: Read>(
 mod tests {
     use super::*;
     use crate::manifest::{Role, Storage};
+    use crate::repository::wants::by_volume;
     use sha2::{Digest, Sha256};
 
     fn entry(volume: &str, path: &str, bytes: &[u8]) -> FileEntry {
@@ -230,24 +167,6 @@ mod tests {
         let mut bytes = Vec::new();
         member.data.read_to_end(&mut bytes).unwrap();
         Ok((Sha256::digest(&bytes).into(), bytes.len() as u64))
-    }
-
-    #[test]
-    fn entries_are_grouped_by_volume_sorted_with_the_later_of_a_path_winning() {
-        let wants = by_volume(vec![
-            entry("volumes/v2", "media/b", b"1"),
-            entry("volumes/v1", "media/z", b"1"),
-            entry("volumes/v2", "media/a", b"1"),
-            entry("volumes/v2", "media/b", b"22"),
-        ]);
-        let names: Vec<&str> = wants.iter().map(|w| w.name.as_str()).collect();
-        assert_eq!(names, ["volumes/v1", "volumes/v2"]);
-        let v2: Vec<(&str, u64)> = wants[1]
-            .entries
-            .iter()
-            .map(|e| (e.path.as_str(), e.size))
-            .collect();
-        assert_eq!(v2, [("media/a", 1), ("media/b", 2)]);
     }
 
     #[test]
@@ -296,8 +215,9 @@ mod tests {
         .unwrap_err();
         assert_eq!(lacking.corrupt_kind(), Some(CorruptKind::ManifestMismatch));
         assert!(lacking.to_string().contains("media/c"), "{lacking}");
-        let mut changed = listed(&["media/a"]);
-        changed.entries[0].sha256 = Sha256::digest(b"other").into();
+        let mut changed = entry("volumes/v", "media/a", b"alpha");
+        changed.sha256 = Sha256::digest(b"other").into();
+        let changed = by_volume(vec![changed]).pop().unwrap();
         let err = read_volume(&tar[..], "backup-1", changed, |_, m| hash(m)).unwrap_err();
         assert!(err.to_string().contains("does not match"), "{err}");
     }

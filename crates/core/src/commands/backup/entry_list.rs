@@ -7,14 +7,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
-use crate::manifest::{FileEntry, RunEntry, RunReader, RunWriter};
-
-/// The first line's backup id of an entry list (a run in all but name, never stored).
-const LIST_OWNER: &str = "scratch";
+use crate::manifest::{FileEntry, RunWriter};
+use crate::repository::wants::{read_scratch_list, SCRATCH_LIST_OWNER};
 
 /// How many files, and bytes, a set of entries holds, and how many of them a storage provider
 /// holds.
@@ -56,17 +54,10 @@ pub(super) struct EntryList {
 impl EntryList {
     /// The entries, in path order, read back one at a time.
     pub fn entries(&self) -> Result<Box<dyn Iterator<Item = Result<FileEntry>> + Send>> {
-        let Some(path) = &self.list else {
-            return Ok(Box::new(std::iter::empty()));
-        };
-        let file = File::open(path).at("open", path)?;
-        let name = path.display().to_string();
-        let lines = RunReader::new(&name, LIST_OWNER, BufReader::with_capacity(1 << 16, file))?;
-        Ok(Box::new(lines.filter_map(|line| match line {
-            Ok(RunEntry::File(entry)) => Some(Ok(entry)),
-            Ok(RunEntry::Gone(_)) => None,
-            Err(e) => Some(Err(e)),
-        })))
+        match &self.list {
+            Some(path) => read_scratch_list(path),
+            None => Ok(Box::new(std::iter::empty())),
+        }
     }
 }
 
@@ -80,7 +71,7 @@ pub(super) struct EntryListWriter {
 impl EntryListWriter {
     pub fn create(path: PathBuf) -> Result<Self> {
         let file = File::create(&path).at("create", &path)?;
-        let list = RunWriter::new(BufWriter::with_capacity(1 << 16, file), LIST_OWNER)
+        let list = RunWriter::new(BufWriter::with_capacity(1 << 16, file), SCRATCH_LIST_OWNER)
             .at("write", &path)?;
         Ok(EntryListWriter {
             path,

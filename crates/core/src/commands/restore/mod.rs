@@ -42,6 +42,7 @@ use crate::store::ByteStream;
 use crate::synapse::{check_working_dir, HomeserverConfig};
 
 use super::OpContext;
+use crate::host::scratch;
 use crate::host::state_dir::StateDir;
 use crate::repository::content_check::{
     hash_member, unreadable_member, ArchiveFormat, ContentCheck, WriteFailed,
@@ -51,6 +52,7 @@ use crate::repository::open_backup;
 use crate::repository::pipe::{read_ahead, QUEUE_DEPTH};
 use crate::repository::runs;
 use crate::repository::volumes::check_volumes_exist;
+use crate::repository::wants::{self, VolumeWant};
 use crate::repository::BackupId;
 
 pub use journal::{recover, Recovery};
@@ -187,7 +189,9 @@ pub async fn restore_backup(
     if let Some(media) = header.as_ref().and_then(|h| h.media.as_ref()) {
         check_volumes_exist(ctx.store, id, media).await?;
     }
-    let run_entries = runs::run_entries_of(ctx, header.as_ref()).await?;
+    // The runs' entries go to lists per volume in a scratch folder, kept to the end.
+    let scratch = scratch::create(&scratch::scratch_parent(config))?;
+    let from_runs = runs::wants_from_runs(ctx, header.as_ref(), scratch.path()).await?;
     let live = match &destination {
         Destination::Live(hs) => Some(hs.as_ref()),
         Destination::Directory(_) => None,
@@ -203,7 +207,7 @@ pub async fn restore_backup(
     };
     let inputs = Inputs {
         sink,
-        run_entries,
+        from_runs,
         database,
     };
     let outcome = stage_and_swap(ctx, id, plan, &state, options, inputs).await;
@@ -307,8 +311,8 @@ enum DatabaseStep<'c> {
 struct Inputs<'c> {
     /// Where media of storage providers go (`--media-to-provider`).
     sink: Option<Arc<ProviderSink>>,
-    /// The media entries of the backup's runs.
-    run_entries: Vec<FileEntry>,
+    /// What the backup's runs take from each volume.
+    from_runs: Vec<VolumeWant>,
     database: DatabaseStep<'c>,
 }
 
@@ -324,13 +328,13 @@ async fn stage_and_swap(
 ) -> Result<RestoreReport> {
     let Inputs {
         sink,
-        run_entries,
+        from_runs,
         database,
     } = inputs;
     let stream = ctx.store.get(id).await?;
     let staging = StagingTransaction::begin(state, &plan.journal(Phase::Staging))?;
     let (plan, (format, files, bytes)) =
-        stage_everything(ctx, id, stream, plan, sink.as_ref(), run_entries)
+        stage_everything(ctx, id, stream, plan, sink.as_ref(), from_runs)
             .await
             .map_err(|e| {
                 if ctx.cancel.is_cancelled() {
@@ -402,20 +406,20 @@ async fn stage_and_swap(
 type Staged = (ArchiveFormat, usize, u64);
 
 /// Stages the base's members, then the media its volumes hold (listed in the base, or in the
-/// runs, `run_entries`); the plan, with every target staged, and what was staged.
+/// runs, `from_runs`); the plan, with every target staged, and what was staged.
 async fn stage_everything(
     ctx: &OpContext<'_>,
     id: &str,
     stream: ByteStream,
     plan: Plan,
     sink: Option<&Arc<ProviderSink>>,
-    run_entries: Vec<FileEntry>,
+    from_runs: Vec<VolumeWant>,
 ) -> Result<(Plan, Staged)> {
     let (plan, ((format, files, bytes), listed)) =
         stage_in_background(ctx, id, stream, plan).await?;
-    let in_volumes = runs::in_volumes(id, listed, run_entries)?;
+    let wants = wants::of_base_or_runs(id, listed, from_runs)?;
     let (plan, (more_files, more_bytes)) =
-        volumes::stage_volumes(ctx, id, plan, in_volumes, sink.cloned()).await?;
+        volumes::stage_volumes(ctx, id, plan, wants, sink.cloned()).await?;
     plan.apply_folder_modes()?;
     Ok((plan, (format, files + more_files, bytes + more_bytes)))
 }

@@ -17,7 +17,8 @@ use crate::commands::OpContext;
 use crate::repository::content_check::{hash_member, unreadable_member, WriteFailed};
 use crate::repository::object_reader::read_shared_object;
 use crate::repository::pipe::{read_ahead, QUEUE_DEPTH};
-use crate::repository::volumes::{by_volume, read_volume, VolumeWant, VOLUMES_AT_ONCE};
+use crate::repository::volumes::{read_volume, VOLUMES_AT_ONCE};
+use crate::repository::wants::VolumeWant;
 
 /// Stages every volume's members; the plan back, and the files and bytes staged. On a failure
 /// the restore's staging transaction removes what was staged.
@@ -25,11 +26,11 @@ pub(super) async fn stage_volumes(
     ctx: &OpContext<'_>,
     id: &str,
     plan: Plan,
-    in_volumes: Vec<FileEntry>,
+    wants: Vec<VolumeWant>,
     sink: Option<Arc<ProviderSink>>,
 ) -> Result<(Plan, (usize, u64))> {
     let plan = Arc::new(Mutex::new(plan));
-    let outcomes = futures::stream::iter(by_volume(in_volumes))
+    let outcomes = futures::stream::iter(wants)
         .map(|want| stage_one(ctx, id, Arc::clone(&plan), sink.clone(), want))
         .buffer_unordered(VOLUMES_AT_ONCE)
         .collect::<Vec<_>>()
