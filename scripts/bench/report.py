@@ -825,7 +825,9 @@ class ScaleReport(Report):
             "a fresh one in each run, defaults otherwise: `create-backup --json` (full), again with nothing "
             "changed, then 1% new media files (new random ids over all shards, as uploads land; every fifth a "
             "thumbnail; the database unchanged) and a third `create-backup --json`, then `restore-backup ID "
-            "--target-dir DIR` of that third (incremental) backup into an empty dir. \"stored\" is the "
+            "--target-dir DIR` of that third (incremental) backup into an empty dir; then, on the same store, "
+            "`verify-backup` of the third backup, `list-backups`, `delete-backup` of the second and "
+            "`prune-backups --keep-last 1` (which deletes the first). \"stored\" is the "
             "`object-bytes` that create-backup reported.",
             "References in the same run: `tar -c` of the files the third backup holds (the signing key, "
             "`homeserver.db`, `local_content`, `local_thumbnails`) into a local file and `tar -x` of it into an "
