@@ -3,15 +3,17 @@
 machine's own limits, on the same data and the same kind of S3 server, in one run.
 
 Usage:
-  scripts/bench.py [--size GIB] [--runs N] [--only media-heavy|many-small] [--workdir DIR] [--keep]
+  scripts/bench.py [--size GIB] [--runs N] [--only media-heavy|media-small|many-small] [--workdir DIR] [--keep]
                    [--allow-load]
   scripts/bench.py --only scale [--scale-files N,N,...] [--runs N] [--workdir DIR] [--keep] [--allow-load]
   (scripts/bench.sh runs this program with the same arguments.)
 
-  --size GIB    scale of the data sets (default 1): media-heavy is GIB GiB of media, many-small
+  --size GIB    scale of the data sets (default 1): media-heavy is GIB GiB of media, media-small
+                the same shape at 0.32 × GIB GiB (one or two volumes: a restore's least parallel
+                case), many-small
                 is 50,000 × GIB files of 2–60 KiB (at least 1,000). Fractions work (0.05).
   --runs N      how many times each measurement is repeated (default 3); median and spread
-  --only NAME   only one data set: media-heavy or many-small; or `scale`, which is not part of the
+  --only NAME   only one data set: media-heavy, media-small or many-small; or `scale`, which is not part of the
                 default run: per-file costs at several numbers of tiny media files (below)
   --scale-files N,N,...
                 with --only scale: the numbers of media files, one data set each (default
@@ -103,9 +105,12 @@ sys.dont_write_bytecode = True  # no __pycache__ left in the work tree
 import dirstat  # noqa: E402  (scripts/bench/dirstat.py)
 import report  # noqa: E402  (scripts/bench/report.py)
 
-DATASETS = ("media-heavy", "many-small")
+DATASETS = ("media-heavy", "media-small", "many-small")
+# media-small: media-heavy's shape at this share of its size (about 400 MB at --size 1): a backup
+# of one or two 256 MiB volumes, where a restore has the fewest volumes to spread over threads.
+MEDIA_SMALL_SHARE = 0.32
 # Disk use per --size unit, in GiB: what the space check budgets for each data set.
-DISK_PER_GIB = {"media-heavy": 1.05, "many-small": 0.85}
+DISK_PER_GIB = {"media-heavy": 1.05, "media-small": 1.05 * MEDIA_SMALL_SHARE, "many-small": 0.85}
 # Where the nightly change puts its new media (media ids are letters, so no generated file is there).
 NEW_MEDIA = "media_store/local_content/00"
 # --only scale: the data sets' name prefix, the default numbers of media files, and the disk one
@@ -188,6 +193,10 @@ class Bench:
     @property
     def media_mib(self) -> str:
         return f"{float(self.size) * 1024:.2f}"
+
+    @property
+    def media_small_mib(self) -> str:
+        return f"{float(self.size) * 1024 * MEDIA_SMALL_SHARE:.2f}"
 
     @property
     def small_files(self) -> int:
@@ -1198,6 +1207,8 @@ def generation_params(b: Bench, name: str) -> list[str]:
     first of a larger one's, and without media rows the database is the same at every N."""
     if name == "media-heavy":
         return ["--profile", "media-heavy", "--size-mib", b.media_mib, "--seed", "1"]
+    if name == "media-small":
+        return ["--profile", "media-heavy", "--size-mib", b.media_small_mib, "--seed", "3"]
     if name == "many-small":
         return ["--profile", "many-small", "--files", str(b.small_files), "--seed", "2"]
     files = int(name[len(SCALE) + 1:])
@@ -1342,7 +1353,8 @@ def write_meta(path: Path, values: dict[str, str], mode: str = "a") -> None:
 
 def write_run_meta(b: Bench, loaded: bool) -> None:
     values = {"loaded": "1" if loaded else "0", "size_gib": b.size, "runs": str(b.runs), "command": b.command,
-              "media_mib": b.media_mib, "small_files": str(b.small_files)}
+              "media_mib": b.media_mib,
+              "media_small_mib": b.media_small_mib, "small_files": str(b.small_files)}
     values.update(machine_facts(b))
     values.update(versions(b))
     values["load_start"] = " ".join(load_average())
@@ -1448,7 +1460,8 @@ def run(b: Bench) -> None:
     if b.scale_only:
         run_scale(b)
         return
-    log(f"size {b.size} GiB (media-heavy {b.media_mib} MiB, many-small {b.small_files} files), "
+    log(f"size {b.size} GiB (media-heavy {b.media_mib} MiB, media-small {b.media_small_mib} MiB, "
+        f"many-small {b.small_files} files), "
         f"{b.runs} run(s), work dir {b.work}")
     ensure_tools(b)
     build_tool(b)
@@ -1499,7 +1512,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not re.fullmatch(r"[1-9][0-9]*", args.runs):
         die(f"--runs must be a positive integer (got '{args.runs}')")
     if args.only not in ("", *DATASETS, SCALE):
-        die(f"--only must be media-heavy, many-small or scale (got '{args.only}')")
+        die(f"--only must be media-heavy, media-small, many-small or scale (got '{args.only}')")
     if args.scale_files and args.only != SCALE:
         die("--scale-files goes with --only scale")
     if args.scale_files and not re.fullmatch(r"[0-9]+(,[0-9]+)*", args.scale_files):

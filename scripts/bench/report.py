@@ -20,7 +20,7 @@ import shlex
 import statistics
 import sys
 
-DATASETS = ("media-heavy", "many-small")
+DATASETS = ("media-heavy", "media-small", "many-small")
 
 # (tool, op) in the order the tables show them, with a label.
 ROWS = [
@@ -272,6 +272,8 @@ class Report:
         size = self.meta.get(f"bytes_{key}")
         if ds == "media-heavy":
             what = f"media-heavy, {self.meta.get('media_mib', '?')} MiB of media asked for"
+        elif ds == "media-small":
+            what = f"media-small, media-heavy's shape at {self.meta.get('media_small_mib', '?')} MiB of media asked for"
         else:
             what = f"many-small, {self.meta.get('small_files', '?')} media files of 2–60 KiB asked for"
         extra = ""
@@ -458,7 +460,9 @@ class Report:
         for text in [
             f"One run of `scripts/bench.py` does everything on this machine: it generates the data sets with "
             f"`scripts/example-datadir.py` (fixed seeds: media-heavy `--profile media-heavy --size-mib "
-            f"{m.get('media_mib', '?')} --seed 1`, many-small `--profile many-small --files {m.get('small_files', '?')} "
+            f"{m.get('media_mib', '?')} --seed 1`, media-small `--profile media-heavy --size-mib "
+            f"{m.get('media_small_mib', '?')} --seed 3` (one or two media volumes, so a restore has few to spread "
+            f"over threads), many-small `--profile many-small --files {m.get('small_files', '?')} "
             f"--seed 2`; random media bytes, as real JPEG/MP4 do not compress), then repeats every measurement "
             f"{runs} time(s) and reports the median and the range.",
             "All tools back up the same files: the signing key, `homeserver.db` and `media_store/local_content` and "
