@@ -352,7 +352,7 @@ class Report:
         size = self.meta.get("size_gib", "?")
         for ds in DATASETS:
             peak = self.ours_peak_rss(ds)
-            label = f"peak RSS ≤ {RSS_TARGET_MIB} MiB (create, verify, restore; {ds}, {size} GiB)"
+            label = f"peak RSS ≤ {RSS_TARGET_MIB} MiB (create, verify, restore; {ds}, --size {size})"
             if peak is None:
                 self.out(f"| {label} | not measured | – | – | – |")
             else:

@@ -492,3 +492,41 @@ on_both_stores!(
         );
     }
 );
+
+// Restore and verify of a backup whose entries are in runs group them per volume in files of a
+// scratch folder in temp-dir: every file comes back from both volumes, and the folder is gone
+// after each command.
+on_both_stores!(
+    restore_and_verify_read_entries_from_scratch_lists_and_leave_none_behind,
+    "",
+    |case: &Case| {
+        let first = case.create_id(&[]);
+        case.world
+            .upload_media("newDDDDDDDDDDDDDDDDDDDDD", 20_000, 3);
+        let newer = case.create_id(&[]);
+        let volumes = case.media_volumes_of(&first).len() + case.media_volumes_of(&newer).len();
+        assert!(case.media_volumes_of(&newer).len() == 1, "{newer}");
+
+        let verified = case.json(&["verify-backup", &newer]);
+        assert_eq!(verified["volumes"], volumes, "{verified}");
+        assert!(
+            names_in(&case.scratch()).is_empty(),
+            "{:?}",
+            names_in(&case.scratch())
+        );
+
+        let drill = case
+            .world
+            .restore_drill(&newer, "restore-backup --target-dir");
+        assert!(
+            names_in(&case.scratch()).is_empty(),
+            "{:?}",
+            names_in(&case.scratch())
+        );
+        assert_same_tree(
+            &tree_hashes(&drill.join("media/local_content")),
+            &tree_hashes(&case.world.data.join("media_store/local_content")),
+            &newer,
+        );
+    }
+);

@@ -111,7 +111,8 @@ impl WantCursor {
         Ok(self.passed.remove(path))
     }
 
-    /// How many entries were never found, and the first few of their paths in order.
+    /// How many entries were never found, and the first few of their paths in order (those
+    /// set aside all sort before those not reached).
     pub(crate) fn absent(mut self, named: usize) -> Result<(usize, Vec<String>)> {
         let mut count = self.passed.len();
         let mut first: Vec<String> = self.passed.into_keys().take(named).collect();
@@ -122,8 +123,6 @@ impl WantCursor {
                 first.push(entry.path);
             }
         }
-        first.sort();
-        first.truncate(named);
         Ok((count, first))
     }
 }
