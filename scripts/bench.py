@@ -10,8 +10,8 @@ Usage:
 
   --size GIB    scale of the data sets (default 1): media-heavy is GIB GiB of media, media-small
                 the same shape at 0.32 × GIB GiB (one or two volumes: a restore's least parallel
-                case), many-small
-                is 50,000 × GIB files of 2–60 KiB (at least 1,000). Fractions work (0.05).
+                case), many-small is 50,000 × GIB files of 2–60 KiB (at least 1,000). Fractions
+                work (0.05).
   --runs N      how many times each measurement is repeated (default 3); median and spread
   --only NAME   only one data set: media-heavy, media-small or many-small; or `scale`, which is not part of the
                 default run: per-file costs at several numbers of tiny media files (below)
@@ -1257,7 +1257,8 @@ def make_ingest_file(b: Bench, ds: DataSet) -> None:
 def check_space(b: Bench) -> None:
     """The data sets stay for the whole run; while one data set is measured the disk also holds
     its pre-made ingest object, one server's copy and one restore (about 3 × its size).
-    media-heavy is about 1.0 GiB and many-small about 0.85 GiB per --size unit."""
+    media-heavy is about 1.0 GiB, media-small a third of that and many-small about 0.85 GiB per
+    --size unit."""
     need_kib, max_kib = 0, 0
     for name in b.datasets:
         estimate = int(float(b.size) * DISK_PER_GIB[name] * 1048576)
@@ -1353,8 +1354,7 @@ def write_meta(path: Path, values: dict[str, str], mode: str = "a") -> None:
 
 def write_run_meta(b: Bench, loaded: bool) -> None:
     values = {"loaded": "1" if loaded else "0", "size_gib": b.size, "runs": str(b.runs), "command": b.command,
-              "media_mib": b.media_mib,
-              "media_small_mib": b.media_small_mib, "small_files": str(b.small_files)}
+              "media_mib": b.media_mib, "media_small_mib": b.media_small_mib, "small_files": str(b.small_files)}
     values.update(machine_facts(b))
     values.update(versions(b))
     values["load_start"] = " ".join(load_average())

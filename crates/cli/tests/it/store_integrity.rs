@@ -504,25 +504,19 @@ on_both_stores!(
         case.world
             .upload_media("newDDDDDDDDDDDDDDDDDDDDD", 20_000, 3);
         let newer = case.create_id(&[]);
-        let volumes = case.media_volumes_of(&first).len() + case.media_volumes_of(&newer).len();
-        assert!(case.media_volumes_of(&newer).len() == 1, "{newer}");
+        let new_volumes = case.media_volumes_of(&newer).len();
+        assert_eq!(new_volumes, 1, "{newer}");
+        let volumes = case.media_volumes_of(&first).len() + new_volumes;
+        let assert_no_scratch = || assert_eq!(names_in(&case.scratch()), Vec::<String>::new());
 
         let verified = case.json(&["verify-backup", &newer]);
         assert_eq!(verified["volumes"], volumes, "{verified}");
-        assert!(
-            names_in(&case.scratch()).is_empty(),
-            "{:?}",
-            names_in(&case.scratch())
-        );
+        assert_no_scratch();
 
         let drill = case
             .world
             .restore_drill(&newer, "restore-backup --target-dir");
-        assert!(
-            names_in(&case.scratch()).is_empty(),
-            "{:?}",
-            names_in(&case.scratch())
-        );
+        assert_no_scratch();
         assert_same_tree(
             &tree_hashes(&drill.join("media/local_content")),
             &tree_hashes(&case.world.data.join("media_store/local_content")),
